@@ -1,0 +1,221 @@
+"""GraphConfig -> GraphPlan: ports and edges checked, cycles rejected, routes precomputed."""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from omnistage.errors import ConfigIssue, GraphConfigError
+from omnistage.graph.kinds import registry
+from omnistage.graph.load import load_graph
+from omnistage.graph.placement import place
+from omnistage.graph.plan import REQUEST, Edge, GraphPlan, Route, StagePlan
+from omnistage.graph.ports import REQUEST_FIELDS, RESPONSE_MODALITIES, compatible
+from omnistage.graph.resolve import resolve_model_path
+from omnistage.graph.schema import GraphConfig, StageConfig
+from omnistage.graph.strict import suggest
+
+
+def compile_file(path: str | Path) -> GraphPlan:
+    path = Path(path)
+    return compile_graph(load_graph(path), base_dir=path.parent, source=str(path))
+
+
+def compile_graph(config: GraphConfig, base_dir: Path | None = None, source: str = "") -> GraphPlan:
+    issues: list[ConfigIssue] = []
+    stages = {name: _stage_plan(name, st, config, base_dir or Path.cwd(), issues)
+              for name, st in config.stages.items()}
+    stages = {k: v for k, v in stages.items() if v is not None}
+    if not issues:
+        _check_edges(stages, issues)
+    order: tuple[str, ...] = ()
+    if not issues:
+        order = _topological_order(stages, issues)
+    if not issues:
+        _check_dangling(stages, issues)
+    placement = place(config, issues) if not issues else {}
+    if issues:
+        raise GraphConfigError(issues, source)
+    edges = tuple(e for name in order for e in stages[name].in_edges)
+    routes = _all_routes(stages, order, edges)
+    return GraphPlan(config.name, config, MappingProxyType(stages), order, edges,
+                     MappingProxyType(routes), placement)
+
+
+def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
+                issues: list[ConfigIssue]) -> StagePlan | None:
+    path = f"stages.{name}"
+    spec = registry()[st.kind]
+    model_path, dtype = None, "float32"
+    if st.model is not None:
+        model = config.models.get(st.model)
+        if model is None:
+            issues.append(ConfigIssue(f"{path}.model", f"unknown model {st.model!r}{suggest(st.model, config.models)}; "
+                                                       f"models: {', '.join(config.models) or 'none declared'}"))
+            return None
+        model_path = resolve_model_path(model.path, base_dir, f"models.{st.model}.path", issues)
+        dtype = model.dtype
+    elif spec.needs_model:
+        issues.append(ConfigIssue(f"{path}.model", f"stage kind {st.kind!r} needs a model"))
+        return None
+    inputs, outputs = spec.ports(st.options, st.inputs)
+    in_edges = []
+    for port, src in st.inputs.items():
+        src_stage, dot, src_port = src.partition(".")
+        if not dot or not src_port:
+            issues.append(ConfigIssue(f"{path}.inputs.{port}", f'got {src!r}, expected "request.<field>" or "<stage>.<port>"'))
+            continue
+        in_edges.append(Edge(src_stage, src_port, name, port))
+    response = {}
+    for port, dst in st.outputs.items():
+        head, dot, modality = dst.partition(".")
+        if head != "response" or not dot:
+            issues.append(ConfigIssue(f"{path}.outputs.{port}", f'got {dst!r}, expected "response.<modality>"'))
+        elif modality not in RESPONSE_MODALITIES:
+            issues.append(ConfigIssue(f"{path}.outputs.{port}", f"unknown modality {modality!r}"
+                                      f"{suggest(modality, RESPONSE_MODALITIES)}; known: {', '.join(RESPONSE_MODALITIES)}"))
+        else:
+            response[port] = modality
+    return StagePlan(name, spec, st, st.options, model_path, dtype, inputs, outputs, tuple(in_edges),
+                     MappingProxyType(response))
+
+
+def _check_edges(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> None:
+    for name, st in stages.items():
+        path = f"stages.{name}"
+        in_ports = {p.name: p for p in st.inputs}
+        for edge in st.in_edges:
+            where = f"{path}.inputs.{edge.dst_port}"
+            port = in_ports.get(edge.dst_port)
+            if port is None:
+                issues.append(ConfigIssue(where, f"stage kind {st.kind.name!r} has no input port {edge.dst_port!r}"
+                                                 f"{suggest(edge.dst_port, in_ports)}; ports: {', '.join(in_ports)}"))
+                continue
+            produced = _source_type(edge, stages, where, issues)
+            if produced is not None and not compatible(produced, port.type):
+                issues.append(ConfigIssue(where, f"{edge.src_stage}.{edge.src_port} carries {produced}, "
+                                                 f"but port {edge.dst_port!r} takes {port.type}"))
+        wired = {e.dst_port for e in st.in_edges}
+        for port in st.inputs:
+            if port.required and port.name not in wired:
+                issues.append(ConfigIssue(f"{path}.inputs", f"required input port {port.name!r} is not connected"))
+        for group in st.kind.any_of:
+            if not wired & set(group):
+                issues.append(ConfigIssue(f"{path}.inputs", f"connect at least one of: {', '.join(group)}"))
+        out_ports = {p.name: p for p in st.outputs}
+        for port, modality in st.response.items():
+            if port not in out_ports:
+                issues.append(ConfigIssue(f"{path}.outputs.{port}", f"stage kind {st.kind.name!r} has no output port "
+                                                                    f"{port!r}{suggest(port, out_ports)}; ports: {', '.join(out_ports)}"))
+            elif not compatible(out_ports[port].type, RESPONSE_MODALITIES[modality]):
+                issues.append(ConfigIssue(f"{path}.outputs.{port}", f"port {port!r} carries {out_ports[port].type}, "
+                                                                    f"response.{modality} needs {RESPONSE_MODALITIES[modality]}"))
+
+
+def _source_type(edge: Edge, stages: Mapping[str, StagePlan], where: str, issues: list[ConfigIssue]) -> str | None:
+    if edge.src_stage == REQUEST:
+        if edge.src_port not in REQUEST_FIELDS:
+            issues.append(ConfigIssue(where, f"unknown request field {edge.src_port!r}{suggest(edge.src_port, REQUEST_FIELDS)}; "
+                                             f"fields: {', '.join(REQUEST_FIELDS)}"))
+            return None
+        return REQUEST_FIELDS[edge.src_port]
+    src = stages.get(edge.src_stage)
+    if src is None:
+        issues.append(ConfigIssue(where, f"unknown stage {edge.src_stage!r}{suggest(edge.src_stage, list(stages) + [REQUEST])}"))
+        return None
+    ports = {p.name: p for p in src.outputs}
+    if edge.src_port not in ports:
+        issues.append(ConfigIssue(where, f"stage {edge.src_stage!r} has no output port {edge.src_port!r}"
+                                         f"{suggest(edge.src_port, ports)}; ports: {', '.join(ports)}"))
+        return None
+    return ports[edge.src_port].type
+
+
+def _topological_order(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> tuple[str, ...]:
+    deps = {n: {e.src_stage for e in st.in_edges if e.src_stage != REQUEST} for n, st in stages.items()}
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the DFS stack, 2 = done
+
+    def visit(node: str, stack: list[str]) -> bool:
+        if state.get(node) == 2:
+            return True
+        if state.get(node) == 1:
+            cycle = stack[stack.index(node):] + [node]
+            issues.append(ConfigIssue(f"stages.{node}.inputs", f"cycle: {' -> '.join(cycle)}"))
+            return False
+        state[node] = 1
+        for dep in sorted(deps[node]):
+            if not visit(dep, stack + [node]):
+                return False
+        state[node] = 2
+        order.append(node)
+        return True
+
+    for name in stages:
+        if not visit(name, []):
+            return ()
+    return tuple(order)
+
+
+def _check_dangling(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> None:
+    consumed = {e.src_stage for st in stages.values() for e in st.in_edges}
+    for name, st in stages.items():
+        if not st.response and name not in consumed:
+            issues.append(ConfigIssue(f"stages.{name}", "its outputs go nowhere: map a port to response.<modality> "
+                                                        "or use it as another stage's input"))
+        if not st.in_edges:
+            issues.append(ConfigIssue(f"stages.{name}.inputs", "stage has no inputs, so no request can reach it"))
+
+
+def _all_routes(stages: Mapping[str, StagePlan], order: tuple[str, ...],
+                edges: tuple[Edge, ...]) -> dict[tuple[frozenset[str], frozenset[str]], Route]:
+    fields = sorted({e.src_port for e in edges if e.src_stage == REQUEST})
+    routes = {}
+    for present in _subsets(fields):
+        live = _live_stages(stages, order, present)
+        offered = sorted({m for s in live for m in stages[s].response.values()})
+        for wanted in _subsets(offered):
+            if wanted:
+                routes[(present, wanted)] = _route(stages, order, present, live, wanted)
+    return routes
+
+
+def _live_stages(stages: Mapping[str, StagePlan], order: tuple[str, ...], present: frozenset[str]) -> set[str]:
+    """Stages that can run when the request carries ``present``: required ports and groups fed."""
+    live: set[str] = set()
+    for name in order:
+        st = stages[name]
+        fed = {e.dst_port for e in st.in_edges if _edge_live(e, present, live)}
+        required = all(p.name in fed for p in st.inputs if p.required)
+        groups = all(fed & set(g) for g in st.kind.any_of)
+        if fed and required and groups:
+            live.add(name)
+    return live
+
+
+def _edge_live(edge: Edge, present: frozenset[str], live: set[str]) -> bool:
+    return edge.src_port in present if edge.src_stage == REQUEST else edge.src_stage in live
+
+
+def _route(stages: Mapping[str, StagePlan], order: tuple[str, ...], present: frozenset[str],
+           live: set[str], wanted: frozenset[str]) -> Route:
+    produces = {}
+    for name in order:
+        for port, modality in stages[name].response.items():
+            if modality in wanted and name in live and modality not in produces:
+                produces[modality] = (name, port)
+    needed = {s for s, _ in produces.values()}
+    for name in reversed(order):  # pull in every live producer a needed stage reads from
+        if name in needed:
+            needed |= {e.src_stage for e in stages[name].in_edges
+                       if e.src_stage != REQUEST and e.src_stage in live}
+    visit = tuple(n for n in order if n in needed)
+    route_edges = tuple(e for n in visit for e in stages[n].in_edges if _edge_live(e, present, needed))
+    expect = {n: tuple(sorted({e.dst_port for e in route_edges if e.dst_stage == n})) for n in visit}
+    return Route(present, wanted, visit, route_edges, MappingProxyType(expect), MappingProxyType(produces))
+
+
+def _subsets(items: Iterable[str]) -> list[frozenset[str]]:
+    items = list(items)
+    return [frozenset(c) for r in range(len(items) + 1) for c in itertools.combinations(items, r)]

@@ -1,0 +1,107 @@
+"""The stage-kind registry.
+
+A kind is pure data here: its ports, its options class and the import path of the engine that
+implements it. The graph compiler and the CLI read this registry without importing torch; a
+worker imports the engine only when it starts.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from omnistage.graph.strict import frozen_dict
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    name: str
+    type: str
+    required: bool = False
+    # Emitted as deltas while the request runs (e.g. text), concatenated by the receiver.
+    streaming: bool = False
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    name: str
+    engine: str  # "module:factory"; called as factory(stage_plan, runtime)
+    options: type
+    inputs: tuple[PortSpec, ...] = ()
+    outputs: tuple[PortSpec, ...] = ()
+    needs_model: bool = False
+    # Groups of input ports of which at least one must be connected and present.
+    any_of: tuple[tuple[str, ...], ...] = ()
+    # For kinds whose ports come from their options (python): options -> (inputs, outputs).
+    dynamic_ports: Callable[[Any, Mapping[str, str]], tuple[tuple[PortSpec, ...], tuple[PortSpec, ...]]] | None = None
+    description: str = ""
+
+    def ports(self, options: Any, wired_inputs: Mapping[str, str]) -> tuple[tuple[PortSpec, ...], tuple[PortSpec, ...]]:
+        if self.dynamic_ports is not None:
+            return self.dynamic_ports(options, wired_inputs)
+        return self.inputs, self.outputs
+
+
+@dataclass(frozen=True)
+class ArOptions:
+    """Defaults for generation; a request's own parameters override them."""
+
+    max_tokens: int = 32
+    max_prompt_tokens: int = 4096
+    chat_template: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_tokens <= 0 or self.max_prompt_tokens <= 0:
+            raise ValueError("max_tokens and max_prompt_tokens must be > 0")
+
+
+@dataclass(frozen=True)
+class PythonOptions:
+    """``function`` is "module:callable"; ``outputs`` declares the ports it returns and their types."""
+
+    function: str
+    outputs: Mapping[str, str] = field(default_factory=lambda: frozen_dict({"out": "any"}))
+
+    def __post_init__(self) -> None:
+        module, sep, attr = self.function.partition(":")
+        if not (module and sep and attr):
+            raise ValueError(f'function must look like "package.module:callable", got {self.function!r}')
+
+
+def _python_ports(options: PythonOptions, wired: Mapping[str, str]) -> tuple[tuple[PortSpec, ...], tuple[PortSpec, ...]]:
+    inputs = tuple(PortSpec(name, "any", required=True) for name in wired)
+    outputs = tuple(PortSpec(name, tp) for name, tp in options.outputs.items())
+    return inputs, outputs
+
+
+_REGISTRY: dict[str, KindSpec] = {}
+
+
+def register_kind(spec: KindSpec) -> None:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"stage kind {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+
+
+def registry() -> Mapping[str, KindSpec]:
+    return MappingProxyType(_REGISTRY)
+
+
+register_kind(KindSpec(
+    name="ar",
+    engine="omnistage.stages.kinds.ar:build",
+    options=ArOptions,
+    inputs=(PortSpec("prompt", "text"), PortSpec("messages", "messages")),
+    outputs=(PortSpec("text", "text", streaming=True), PortSpec("tokens", "tokens", streaming=True)),
+    needs_model=True,
+    any_of=(("prompt", "messages"),),
+    description="autoregressive generation with a causal LM",
+))
+register_kind(KindSpec(
+    name="python",
+    engine="omnistage.stages.kinds.python:build",
+    options=PythonOptions,
+    dynamic_ports=_python_ports,
+    description="calls a user function once per request",
+))

@@ -1,0 +1,115 @@
+"""The immutable plan a graph compiles to. Nothing here changes after compile."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omnistage.errors import RequestRejected
+from omnistage.graph.kinds import KindSpec, PortSpec
+from omnistage.graph.schema import GraphConfig, StageConfig
+
+REQUEST = "request"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``src_stage == "request"`` means the value comes from the request itself."""
+
+    src_stage: str
+    src_port: str
+    dst_stage: str
+    dst_port: str
+
+    def __str__(self) -> str:
+        return f"{self.src_stage}.{self.src_port} -> {self.dst_stage}.{self.dst_port}"
+
+
+@dataclass(frozen=True)
+class ReplicaSlot:
+    stage: str
+    index: int
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    kind: KindSpec
+    config: StageConfig
+    options: Any
+    model_path: str | None  # resolved; "tiny:<name>" stays symbolic until a worker loads it
+    model_dtype: str
+    inputs: tuple[PortSpec, ...]
+    outputs: tuple[PortSpec, ...]
+    in_edges: tuple[Edge, ...]
+    # stage port -> response modality it feeds
+    response: Mapping[str, str]
+
+    def output(self, port: str) -> PortSpec:
+        return next(p for p in self.outputs if p.name == port)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What one kind of request visits: stages (in topological order) and the live edges."""
+
+    fields: frozenset[str]
+    modalities: frozenset[str]
+    stages: tuple[str, ...]
+    edges: tuple[Edge, ...]
+    # stage -> its input ports that will receive a value on this route
+    expect: Mapping[str, tuple[str, ...]]
+    # modality -> (stage, port) producing it
+    produces: Mapping[str, tuple[str, str]]
+
+    def out_edges(self, stage: str) -> tuple[Edge, ...]:
+        return tuple(e for e in self.edges if e.src_stage == stage)
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    name: str
+    config: GraphConfig
+    stages: Mapping[str, StagePlan]
+    order: tuple[str, ...]
+    edges: tuple[Edge, ...]
+    routes: Mapping[tuple[frozenset[str], frozenset[str]], Route]
+    placement: Mapping[str, tuple[ReplicaSlot, ...]]
+
+    @property
+    def request_fields(self) -> frozenset[str]:
+        return frozenset(e.src_port for e in self.edges if e.src_stage == REQUEST)
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        return frozenset(m for s in self.stages.values() for m in s.response.values())
+
+    def route_for(self, fields: frozenset[str] | set[str], modalities: frozenset[str] | set[str] | None = None) -> Route:
+        """The route for a request carrying ``fields`` and asking for ``modalities``.
+
+        ``modalities=None`` asks for text where the graph can answer in text, else for every
+        modality the request's inputs can reach. Raises RequestRejected (400) otherwise.
+        """
+        fields = frozenset(fields)
+        unused = sorted(fields - self.request_fields)
+        if unused:
+            raise RequestRejected(
+                f"graph {self.name!r} does not accept {', '.join(unused)}; "
+                f"it accepts: {', '.join(sorted(self.request_fields)) or 'nothing'}", param=unused[0])
+        reachable = self.reachable_modalities(fields)
+        if modalities is None:
+            modalities = {"text"} if "text" in reachable else reachable
+        modalities = frozenset(modalities)
+        route = self.routes.get((fields, modalities))
+        if route is None or not modalities:
+            offered = ", ".join(sorted(reachable)) or "none"
+            raise RequestRejected(
+                f"graph {self.name!r} cannot produce {', '.join(sorted(modalities)) or 'anything'} from "
+                f"{', '.join(sorted(fields)) or 'an empty request'}; for these inputs it offers: {offered}",
+                param="modalities")
+        return route
+
+    def reachable_modalities(self, fields: frozenset[str]) -> frozenset[str]:
+        return frozenset(m for (f, ms) in self.routes if f == fields for m in ms)

@@ -1,0 +1,30 @@
+"""Port types, the fields a request can carry and the modalities a response can hold."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+# A port type names what flows on an edge. "any" matches everything (user python stages).
+PORT_TYPES = frozenset({"text", "tokens", "messages", "image", "audio", "video", "tensor", "any"})
+
+# request.<field> -> the type it carries.
+REQUEST_FIELDS: Mapping[str, str] = MappingProxyType({
+    "prompt": "text",
+    "messages": "messages",
+    "images": "image",
+    "audio": "audio",
+    "video": "video",
+})
+
+# response.<modality> -> the type a port must have to feed it.
+RESPONSE_MODALITIES: Mapping[str, str] = MappingProxyType({
+    "text": "text",
+    "image": "image",
+    "audio": "audio",
+    "video": "video",
+    "embedding": "tensor",
+})
+
+
+def compatible(produced: str, accepted: str) -> bool:
+    return produced == accepted or "any" in (produced, accepted)

@@ -1,0 +1,94 @@
+"""The YAML graph schema: one frozen dataclass per section; unknown keys are rejected.
+
+Derived values are properties. Anything discovered at run time (devices found, addresses,
+KV blocks) lives in the plan or the runtime replica table, never here.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from omnistage.graph.strict import frozen_dict
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A checkpoint: a local directory, ``tiny:<name>`` for a generated tiny model, or a hub id."""
+
+    path: str
+    dtype: DType = "float32"
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch: int = 8
+    max_wait_ms: float = 0.0
+    queue_depth: int = 256
+
+    def __post_init__(self) -> None:
+        _positive("max_batch", self.max_batch)
+        _positive("max_wait_ms", self.max_wait_ms, allow_zero=True)
+        _positive("queue_depth", self.queue_depth)
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Where the stage's replicas run. ``threads: 0`` shares the CPU cores evenly."""
+
+    device: str = "cpu"
+    replicas: int = 1
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("replicas", self.replicas)
+        _positive("threads", self.threads, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    kind: str
+    model: str | None = None
+    inputs: Mapping[str, str] = field(default_factory=frozen_dict)
+    outputs: Mapping[str, str] = field(default_factory=frozen_dict)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    # Kind-specific; parsed into the kind's own options class by the loader.
+    options: Mapping[str, Any] = field(default_factory=frozen_dict)
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """How stage workers talk. Same-host tensors above the threshold go through shared memory."""
+
+    protocol: Literal["ipc", "tcp"] = "ipc"
+    host: str = "127.0.0.1"
+    shm: bool = True
+    shm_slots: int = 8
+    shm_slot_mb: int = 64
+    shm_threshold_kb: int = 64
+    high_water_mark: int = 1000
+    startup_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        _positive("shm_slots", self.shm_slots)
+        _positive("shm_slot_mb", self.shm_slot_mb)
+        _positive("startup_timeout_s", self.startup_timeout_s)
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    name: str
+    stages: Mapping[str, StageConfig]
+    models: Mapping[str, ModelConfig] = field(default_factory=frozen_dict)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    description: str = ""

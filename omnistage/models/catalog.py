@@ -1,0 +1,12 @@
+"""Names of the tiny checkpoints ``omnistage tiny-models`` builds. Pure data: no torch import."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+TINY_MODELS: Mapping[str, str] = MappingProxyType({
+    "qwen2": "Qwen2ForCausalLM, 2 layers, BPE tokenizer with a chat template",
+    "llama": "LlamaForCausalLM, 2 layers, BPE tokenizer with a chat template",
+    "qwen2-vl": "Qwen2VLForConditionalGeneration with its PIL image processor",
+    "sd": "StableDiffusionPipeline: UNet2DConditionModel, AutoencoderKL, CLIP text encoder",
+})

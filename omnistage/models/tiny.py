@@ -1,0 +1,141 @@
+"""Tiny random-weight checkpoints of real architectures, written with ``save_pretrained``.
+
+They load through exactly the code path a user's real checkpoint takes (``from_pretrained`` on
+a directory). Generation is seeded, so the same version of this module writes the same
+weights; results are cached under ``cache_root()`` and shared by processes via a file lock.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from omnistage.models.catalog import TINY_MODELS
+from omnistage.models.tokenizer import build_tokenizer
+
+# Bump when any builder changes, so cached checkpoints are rebuilt.
+GENERATOR_VERSION = "1"
+SEED = 1234
+
+
+def cache_root() -> Path:
+    base = os.environ.get("OMNISTAGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "omnistage")
+    return Path(base) / "tiny-models" / f"v{GENERATOR_VERSION}"
+
+
+def ensure_tiny(name: str, root: Path | None = None) -> Path:
+    """Directory of tiny model ``name``, building it once (safe across concurrent processes)."""
+    if name not in TINY_MODELS:
+        raise KeyError(f"unknown tiny model {name!r}; available: {', '.join(TINY_MODELS)}")
+    root = Path(root) if root is not None else cache_root()
+    target = root / name
+    if (target / ".complete").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            _build_into(name, target)
+    return target
+
+
+def _build_into(name: str, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        torch.manual_seed(SEED)
+        BUILDERS[name](tmp)
+        (tmp / ".complete").write_text(GENERATOR_VERSION)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _text_config_kwargs(vocab: int) -> dict:
+    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                tie_word_embeddings=False, initializer_range=0.2)
+
+
+def build_qwen2(out: Path) -> None:
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    tok = build_tokenizer()
+    config = Qwen2Config(**_text_config_kwargs(len(tok)), eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, bos_token_id=None)
+    model = Qwen2ForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def build_llama(out: Path) -> None:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    tok = build_tokenizer()
+    config = LlamaConfig(**_text_config_kwargs(len(tok)), eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, bos_token_id=None)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def build_qwen2_vl(out: Path) -> None:
+    from transformers import (GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessorPil)
+    tok = build_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    text = dict(_text_config_kwargs(len(tok)), rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                "mrope_section": [2, 3, 3]},
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.2)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"])
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
+    # Saved side by side as in a real Qwen2-VL checkpoint directory. Qwen2VLProcessor itself is
+    # not built: its video processor needs torchvision, which is kept out of the dependencies.
+    model.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def build_sd(out: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    tok = build_tokenizer(model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=16, projection_dim=32, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8).eval()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=16).eval()
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "qwen2": build_qwen2,
+    "llama": build_llama,
+    "qwen2-vl": build_qwen2_vl,
+    "sd": build_sd,
+}
+assert set(BUILDERS) == set(TINY_MODELS), "catalog and builders disagree"
