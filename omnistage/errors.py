@@ -40,10 +40,10 @@ class RequestRejected(OmnistageError):
 
 
 class Overloaded(RequestRejected):
-    """Admission refused because queues are full. Maps to 429/503."""
+    """Admission refused: queues full (429) or no live replica (503)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, status=503)
+    def __init__(self, message: str, status: int = 429) -> None:
+        super().__init__(message, status=status)
 
 
 class RequestFailed(OmnistageError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import MappingProxyType
+from omnistage.graph.strict import frozen_dict
 
 from omnistage.errors import ConfigIssue, GraphConfigError
 from omnistage.graph.kinds import registry
@@ -39,8 +39,8 @@ def compile_graph(config: GraphConfig, base_dir: Path | None = None, source: str
         raise GraphConfigError(issues, source)
     edges = tuple(e for name in order for e in stages[name].in_edges)
     routes = _all_routes(stages, order, edges)
-    return GraphPlan(config.name, config, MappingProxyType(stages), order, edges,
-                     MappingProxyType(routes), placement)
+    return GraphPlan(config.name, config, frozen_dict(stages), order, edges,
+                     frozen_dict(routes), placement)
 
 
 def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
@@ -78,7 +78,7 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
         else:
             response[port] = modality
     return StagePlan(name, spec, st, st.options, model_path, dtype, inputs, outputs, tuple(in_edges),
-                     MappingProxyType(response))
+                     frozen_dict(response))
 
 
 def _check_edges(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> None:
@@ -213,7 +213,7 @@ def _route(stages: Mapping[str, StagePlan], order: tuple[str, ...], present: fro
     visit = tuple(n for n in order if n in needed)
     route_edges = tuple(e for n in visit for e in stages[n].in_edges if _edge_live(e, present, needed))
     expect = {n: tuple(sorted({e.dst_port for e in route_edges if e.dst_stage == n})) for n in visit}
-    return Route(present, wanted, visit, route_edges, MappingProxyType(expect), MappingProxyType(produces))
+    return Route(present, wanted, visit, route_edges, frozen_dict(expect), frozen_dict(produces))
 
 
 def _subsets(items: Iterable[str]) -> list[frozenset[str]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from omnistage.graph.strict import frozen_dict
@@ -85,7 +84,7 @@ def register_kind(spec: KindSpec) -> None:
 
 
 def registry() -> Mapping[str, KindSpec]:
-    return MappingProxyType(_REGISTRY)
+    return frozen_dict(_REGISTRY)
 
 
 register_kind(KindSpec(

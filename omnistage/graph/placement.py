@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from types import MappingProxyType
+from omnistage.graph.strict import frozen_dict
 
 from omnistage.errors import ConfigIssue
 from omnistage.graph.plan import ReplicaSlot
@@ -31,4 +31,4 @@ def place(config: GraphConfig, issues: list[ConfigIssue], cores: int | None = No
             continue
         threads = res.threads or (share if res.device == "cpu" else 1)
         out[name] = tuple(ReplicaSlot(name, i, res.device, threads) for i in range(res.replicas))
-    return MappingProxyType(out)
+    return frozen_dict(out)

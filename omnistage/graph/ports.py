@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
+from omnistage.graph.strict import frozen_dict
 
 # A port type names what flows on an edge. "any" matches everything (user python stages).
 PORT_TYPES = frozenset({"text", "tokens", "messages", "image", "audio", "video", "tensor", "any"})
 
 # request.<field> -> the type it carries.
-REQUEST_FIELDS: Mapping[str, str] = MappingProxyType({
+REQUEST_FIELDS: Mapping[str, str] = frozen_dict({
     "prompt": "text",
     "messages": "messages",
     "images": "image",
@@ -17,7 +17,7 @@ REQUEST_FIELDS: Mapping[str, str] = MappingProxyType({
 })
 
 # response.<modality> -> the type a port must have to feed it.
-RESPONSE_MODALITIES: Mapping[str, str] = MappingProxyType({
+RESPONSE_MODALITIES: Mapping[str, str] = frozen_dict({
     "text": "text",
     "image": "image",
     "audio": "audio",

@@ -11,7 +11,6 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any, Literal, Union
 
 from omnistage.errors import ConfigIssue
@@ -86,7 +85,7 @@ class Parser:
             parsed = self.parse(args[1], item, join(path, key))
             if parsed is not _MISSING:
                 out[key] = parsed
-        return MappingProxyType(out)
+        return FrozenDict(out)
 
     def _parse_tuple(self, tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
@@ -150,5 +149,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def frozen_dict(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(data or {}))
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A read-only dict that, unlike MappingProxyType, pickles (plans go to spawned workers)."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("this mapping is frozen")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+    __ior__ = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+def frozen_dict(data: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
+    return FrozenDict(data or {})

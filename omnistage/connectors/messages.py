@@ -1,0 +1,87 @@
+"""Every message that crosses a process boundary. Encoding lives in ``wire.py``.
+
+Values on ports (``Data.value``, ``Chunk.value``) may be any msgpack-able structure holding
+``torch.Tensor`` and ``bytes`` leaves; those travel out of band (zmq frames or shared memory).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Dest(msgspec.Struct, frozen=True, array_like=True):
+    """Where a stage sends one of its output ports for one request."""
+
+    address: str
+    port: str  # destination input port, or the response modality when ``to_response``
+    to_response: bool = False
+
+
+class Ready(msgspec.Struct, array_like=True):
+    stage: str
+    replica: int
+    pid: int
+    address: str  # where this replica's inbox listens
+
+
+class StartFailed(msgspec.Struct, array_like=True):
+    stage: str
+    replica: int
+    error: str
+
+
+class Admit(msgspec.Struct, array_like=True):
+    """Tells a stage replica that a request will visit it: what to wait for, where outputs go."""
+
+    rid: str
+    expect: list[str]
+    routes: dict[str, list[Dest]]
+    params: dict[str, Any]
+    sink: str  # address of the orchestrator's inbox
+
+
+class Data(msgspec.Struct, array_like=True):
+    """A complete value for one input port of one request."""
+
+    rid: str
+    port: str
+    value: Any
+
+
+class Chunk(msgspec.Struct, array_like=True):
+    """A piece of a response modality (a text delta, an audio chunk), in order."""
+
+    rid: str
+    modality: str
+    value: Any
+
+
+class Done(msgspec.Struct, array_like=True):
+    """A stage finished its part of a request; ``meta`` carries usage and finish reasons."""
+
+    rid: str
+    stage: str
+    replica: int
+    meta: dict[str, Any]
+
+
+class Failed(msgspec.Struct, array_like=True):
+    rid: str
+    stage: str
+    replica: int
+    error: str
+    status: int = 500
+
+
+class Abort(msgspec.Struct, array_like=True):
+    rid: str
+
+
+class Shutdown(msgspec.Struct, array_like=True):
+    pass
+
+
+# The position in this tuple is the one-byte type frame: append only, never reorder.
+MESSAGE_TYPES: tuple[type, ...] = (Ready, StartFailed, Admit, Data, Chunk, Done, Failed, Abort, Shutdown)
+Message = Ready | StartFailed | Admit | Data | Chunk | Done | Failed | Abort | Shutdown

@@ -1,0 +1,114 @@
+"""The one wire format: ``[type byte, msgpack body, *out-of-band buffers]``. No pickle.
+
+Tensors inside a message become msgpack extension values that point at a buffer: either a following zmq frame (sent with ``copy=False``) or a slot of the sender's
+shared-memory ring (same host only). Receivers rebuild tensors over the received frame
+without copying; shared-memory slots are copied out and released at once. ``bytes`` values
+travel inside the msgpack body (send big binary payloads as uint8 tensors).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import torch
+
+from omnistage.connectors.messages import MESSAGE_TYPES, Message
+from omnistage.connectors.shm import ShmReaders, ShmRing
+
+_TYPE_ID = {t: i for i, t in enumerate(MESSAGE_TYPES)}
+_EXT_TENSOR, _EXT_SHM_TENSOR = 1, 2
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16,
+    torch.int32, torch.int64, torch.bool, torch.complex64, torch.complex128)}
+
+
+class TensorHeader(msgspec.Struct, array_like=True):
+    dtype: str
+    shape: list[int]
+    index: int  # frame index, or slot number for shared memory
+    segment: str = ""
+    nbytes: int = 0
+
+
+class Encoder:
+    """Encodes messages; not thread-safe (one per sending thread)."""
+
+    def __init__(self, shm: ShmRing | None = None, shm_threshold: int = 64 * 1024) -> None:
+        self._shm = shm
+        self._threshold = shm_threshold
+        self._frames: list[Any] = []
+        self._body = msgspec.msgpack.Encoder(enc_hook=self._hook)
+        self._header = msgspec.msgpack.Encoder()
+
+    def encode(self, msg: Message) -> list[Any]:
+        self._frames = []
+        body = self._body.encode(msg)
+        frames, self._frames = self._frames, []
+        return [bytes((_TYPE_ID[type(msg)],)), body, *frames]
+
+    def _hook(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return self._tensor(obj)
+        raise TypeError(f"cannot send a {type(obj).__name__} over the wire")
+
+    def _tensor(self, t: torch.Tensor) -> msgspec.msgpack.Ext:
+        dtype = str(t.dtype).removeprefix("torch.")
+        if dtype not in _DTYPES:
+            raise TypeError(f"cannot send a tensor of dtype {t.dtype}")
+        t = t.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        flat = t.contiguous().reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+        nbytes = flat.numel()
+        if self._shm is not None and nbytes >= self._threshold:
+            slot = self._shm.put(flat)
+            if slot is not None:  # ring full or tensor too big: fall through to a zmq frame
+                head = TensorHeader(dtype, list(t.shape), slot, self._shm.name, nbytes)
+                return msgspec.msgpack.Ext(_EXT_SHM_TENSOR, self._header.encode(head))
+        self._frames.append(memoryview(flat.numpy()))
+        head = TensorHeader(dtype, list(t.shape), len(self._frames) - 1)
+        return msgspec.msgpack.Ext(_EXT_TENSOR, self._header.encode(head))
+
+
+class Decoder:
+    """Decodes messages; not thread-safe (one per receiving thread)."""
+
+    def __init__(self, shm_readers: ShmReaders | None = None) -> None:
+        self._readers = shm_readers or ShmReaders()
+        self._frames: Sequence[Any] = ()
+        self._bodies = [msgspec.msgpack.Decoder(t, ext_hook=self._ext) for t in MESSAGE_TYPES]
+        self._header = msgspec.msgpack.Decoder(TensorHeader)
+
+    def decode(self, frames: Sequence[Any]) -> Message:
+        type_id = bytes(frames[0])[0]
+        if type_id >= len(self._bodies):
+            raise ValueError(f"unknown message type {type_id}")
+        self._frames = frames
+        try:
+            return self._bodies[type_id].decode(frames[1])
+        finally:
+            self._frames = ()
+
+    def _ext(self, code: int, data: memoryview) -> Any:
+        head = self._header.decode(data)
+        dtype = _DTYPES[head.dtype]
+        if code == _EXT_SHM_TENSOR:
+            flat = self._readers.take(head.segment, head.index, head.nbytes)
+        elif code == _EXT_TENSOR:
+            raw = _buffer(self._frames[2 + head.index])
+            if len(raw) == 0:
+                return torch.empty(head.shape, dtype=dtype)
+            flat = torch.frombuffer(raw, dtype=torch.uint8)
+        else:
+            raise ValueError(f"unknown extension type {code}")
+        return flat.view(dtype).reshape(head.shape)
+
+    def close(self) -> None:
+        self._readers.close()
+
+
+def _buffer(frame: Any) -> Any:
+    """A zmq Frame's writable buffer (received frames are ours alone), or the object itself."""
+    return frame.buffer if hasattr(frame, "buffer") else frame

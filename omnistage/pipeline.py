@@ -1,0 +1,80 @@
+"""The Python API: compile a graph, start its workers, send requests.
+
+    with Pipeline.from_yaml("examples/text_chat.yaml") as pipe:
+        print(pipe.generate(prompt="Hello", max_tokens=16, temperature=0).text)
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from omnistage.graph.compile import compile_file
+from omnistage.graph.plan import GraphPlan
+from omnistage.stages.handle import ChunkEvent, RequestHandle, Result
+from omnistage.stages.orchestrator import Orchestrator
+
+_INPUT_FIELDS = ("prompt", "messages", "images", "audio", "video")
+
+
+class Pipeline:
+    def __init__(self, plan: GraphPlan, in_process: bool = False) -> None:
+        """Start every stage replica; returns once all are ready (raises StageStartError)."""
+        self.plan = plan
+        self.orchestrator = Orchestrator(plan, in_process=in_process)
+        self.orchestrator.start()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, in_process: bool = False) -> Pipeline:
+        return cls(compile_file(path), in_process=in_process)
+
+    def submit(self, *, modalities: list[str] | None = None, loop: asyncio.AbstractEventLoop | None = None,
+               **kwargs: Any) -> RequestHandle:
+        inputs = {k: kwargs.pop(k) for k in _INPUT_FIELDS if k in kwargs}
+        return self.orchestrator.submit(inputs, kwargs, None if modalities is None else set(modalities), loop)
+
+    def generate(self, *, timeout: float | None = 600, **kwargs: Any) -> Result:
+        """Run one request to completion. Inputs: prompt, messages, images, audio, video;
+        everything else (max_tokens, temperature, seed, stop, ...) is a request parameter."""
+        return self.submit(**kwargs).result(timeout)
+
+    def stream(self, *, timeout: float | None = 600, **kwargs: Any) -> Iterator[ChunkEvent]:
+        """Yield output chunks (text deltas, ...) as they are produced; raises on failure."""
+        handle = self.submit(**kwargs)
+        for event in handle.events(timeout):
+            if isinstance(event, ChunkEvent):
+                yield event
+            elif not hasattr(event, "meta"):
+                raise event.error  # type: ignore[union-attr]
+
+    async def agenerate(self, **kwargs: Any) -> Result:
+        handle = self.submit(loop=asyncio.get_running_loop(), **kwargs)
+        try:
+            return await handle.aresult()
+        except asyncio.CancelledError:
+            self.orchestrator.abort(handle.rid)
+            raise
+
+    async def astream(self, **kwargs: Any) -> AsyncIterator[ChunkEvent]:
+        handle = self.submit(loop=asyncio.get_running_loop(), **kwargs)
+        finished = False
+        try:
+            async for event in handle.aevents():
+                if isinstance(event, ChunkEvent):
+                    yield event
+                elif not hasattr(event, "meta"):
+                    raise event.error  # type: ignore[union-attr]
+            finished = True
+        finally:
+            if not finished:
+                self.orchestrator.abort(handle.rid)
+
+    def close(self) -> None:
+        self.orchestrator.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

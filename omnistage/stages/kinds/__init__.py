@@ -1,0 +1,1 @@
+"""Engines behind the built-in stage kinds (declared in ``omnistage.graph.kinds``)."""

@@ -1,0 +1,272 @@
+"""Admission, routing and result collection for a running graph.
+
+The orchestrator owns the live replica table, sends each admitted request's route to the
+stages it visits, feeds the entry stages, and turns what comes back to its sink into the
+request's events. Stage-to-stage data never passes through here. A replica whose process dies
+fails its in-flight requests with StageDeadError within one monitor period.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from omnistage.connectors.messages import (Abort, Admit, Chunk, Data, Dest, Done, Failed, Ready, Shutdown,
+                                           StartFailed)
+from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
+from omnistage.connectors.transport import Inbox, Outbox, bind_address
+from omnistage.connectors.wire import Decoder, Encoder
+from omnistage.errors import (Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError)
+from omnistage.graph.plan import REQUEST, GraphPlan, Route
+from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
+from omnistage.stages.launcher import ReplicaRuntime, launch
+from omnistage.stages.worker import WorkerSpec
+
+MONITOR_PERIOD_S = 0.1
+
+
+@dataclass
+class Replica:
+    stage: str
+    index: int
+    runtime: ReplicaRuntime
+    address: str = ""
+    state: str = "starting"  # starting -> ready -> dead | stopped
+    error: str = ""
+    inflight: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Live:
+    handle: RequestHandle
+    route: Route
+    replicas: dict[str, Replica]
+    pending: set[str]
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Orchestrator:
+    def __init__(self, plan: GraphPlan, in_process: bool = False) -> None:
+        self.plan = plan
+        self.in_process = in_process
+        self.session = uuid.uuid4().hex[:10]
+        self.run_dir = tempfile.mkdtemp(prefix=f"omnistage-{self.session}-")
+        transport = plan.config.transport
+        self._ctx = zmq.Context()
+        self._ring = (ShmRing(segment_name(self.session, "api"), transport.shm_slots, transport.shm_slot_mb << 20)
+                      if transport.shm else None)
+        self._sink = Inbox(self._ctx, bind_address(transport.protocol, transport.host, self.run_dir, "sink"),
+                           Decoder(), transport.high_water_mark)
+        self._outbox = Outbox(self._ctx, Encoder(self._ring, transport.shm_threshold_kb << 10),
+                              transport.high_water_mark)
+        self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self.replicas: dict[str, list[Replica]] = {name: [] for name in plan.order}
+        self.requests: dict[str, _Live] = {}
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        for target in (self._receive, self._send):
+            thread = threading.Thread(target=target, name=f"orchestrator{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        for stage in self.plan.order:
+            for slot in self.plan.placement[stage]:
+                spec = WorkerSpec(self.plan, stage, slot.index, slot.device, slot.threads, self.session,
+                                  self.run_dir, self._sink.address, self.in_process)
+                self.replicas[stage].append(Replica(stage, slot.index, launch(spec)))
+        try:
+            self._wait_ready(self.plan.config.transport.startup_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        monitor = threading.Thread(target=self._monitor, name="orchestrator-monitor", daemon=True)
+        monitor.start()
+        self._threads.append(monitor)
+
+    def _wait_ready(self, timeout: float) -> None:
+        def settled() -> bool:
+            return all(r.state != "starting" or not r.runtime.is_alive() for r in self._all())
+        with self._lock:
+            if not self._lock.wait_for(settled, timeout):
+                late = [f"{r.stage}[{r.index}]" for r in self._all() if r.state == "starting"]
+                raise StageStartError(f"stages not ready after {timeout:.0f} s: {', '.join(late)}")
+        broken = [r for r in self._all() if r.state != "ready"]
+        if broken:
+            details = "\n".join(f"stage {r.stage!r} replica {r.index}: {r.error or 'exited during start-up'}"
+                                for r in broken)
+            raise StageStartError(f"stage workers failed to start:\n{details}")
+
+    def close(self) -> None:
+        """Stop every worker, fail what is still running, release sockets and shared memory."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        for replica in self._all():
+            if replica.address:
+                self._out.put((replica.address, Shutdown()))
+        self._out.put(None)
+        for replica in self._all():
+            replica.runtime.stop(timeout=10)
+            replica.state = "stopped"
+        with self._lock:
+            live = list(self.requests)
+        for rid in live:
+            self._fail(rid, RequestFailed("the pipeline was shut down"), notify_stages=False)
+        for thread in self._threads:
+            thread.join(5)
+        self._outbox.close()
+        self._sink.close()
+        if self._ring is not None:
+            self._ring.close()
+        self._ctx.term()
+        remove_segments(self.session)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _all(self) -> list[Replica]:
+        return [r for reps in self.replicas.values() for r in reps]
+
+    # --- requests -------------------------------------------------------------------------
+    def submit(self, inputs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
+               modalities: set[str] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+        """Admit a request; raises RequestRejected (bad route) or Overloaded (no capacity)."""
+        if self._stopping.is_set():
+            raise Overloaded("the pipeline is shutting down", status=503)
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        route = self.plan.route_for(frozenset(inputs), None if modalities is None else frozenset(modalities))
+        rid = uuid.uuid4().hex
+        handle = RequestHandle(rid, loop)
+        with self._lock:
+            chosen = {stage: self._pick(stage) for stage in route.stages}
+            self.requests[rid] = _Live(handle, route, chosen, set(route.stages))
+            for replica in chosen.values():
+                replica.inflight.add(rid)
+        for stage in route.stages:
+            admit = Admit(rid, list(route.expect[stage]), self._dests(route, stage, chosen), dict(params or {}),
+                          self._sink.address)
+            self._out.put((chosen[stage].address, admit))
+        for edge in route.edges:
+            if edge.src_stage == REQUEST:
+                self._out.put((chosen[edge.dst_stage].address, Data(rid, edge.dst_port, inputs[edge.src_port])))
+        return handle
+
+    def _pick(self, stage: str) -> Replica:
+        live = [r for r in self.replicas[stage] if r.state == "ready"]
+        if not live:
+            raise Overloaded(f"stage {stage!r} has no live replica", status=503)
+        best = min(live, key=lambda r: len(r.inflight))
+        if len(best.inflight) >= self.plan.stages[stage].config.batching.queue_depth:
+            raise Overloaded(f"stage {stage!r} is at capacity; retry later")
+        return best
+
+    def _dests(self, route: Route, stage: str, chosen: Mapping[str, Replica]) -> dict[str, list[Dest]]:
+        dests: dict[str, list[Dest]] = {}
+        for edge in route.out_edges(stage):
+            dests.setdefault(edge.src_port, []).append(Dest(chosen[edge.dst_stage].address, edge.dst_port))
+        for modality, (src, port) in route.produces.items():
+            if src == stage:
+                dests.setdefault(port, []).append(Dest(self._sink.address, modality, to_response=True))
+        return dests
+
+    def abort(self, rid: str) -> None:
+        """Stop a request in every stage (e.g. its client went away). No further events."""
+        with self._lock:
+            live = self.requests.pop(rid, None)
+            if live is None:
+                return
+            for replica in live.replicas.values():
+                replica.inflight.discard(rid)
+        live.handle.closed = True
+        for replica in live.replicas.values():
+            self._out.put((replica.address, Abort(rid)))
+
+    def _fail(self, rid: str, error: RequestFailed | RequestRejected, notify_stages: bool = True) -> None:
+        with self._lock:
+            live = self.requests.pop(rid, None)
+            if live is None:
+                return
+            for replica in live.replicas.values():
+                replica.inflight.discard(rid)
+        if notify_stages:
+            for replica in live.replicas.values():
+                if replica.state == "ready":
+                    self._out.put((replica.address, Abort(rid)))
+        live.handle.push(ErrorEvent(error))
+
+    # --- threads --------------------------------------------------------------------------
+    def _receive(self) -> None:
+        while not self._stopping.is_set():
+            msg = self._sink.recv(timeout_ms=50)
+            if msg is not None:
+                self._on_message(msg)
+
+    def _on_message(self, msg: Any) -> None:
+        if isinstance(msg, (Ready, StartFailed)):
+            with self._lock:
+                replica = self.replicas[msg.stage][msg.replica]
+                if isinstance(msg, Ready):
+                    replica.address, replica.state = msg.address, "ready"
+                else:
+                    replica.error, replica.state = msg.error, "dead"
+                self._lock.notify_all()
+        elif isinstance(msg, Chunk):
+            live = self.requests.get(msg.rid)
+            if live is not None:
+                live.handle.push(ChunkEvent(msg.modality, msg.value))
+        elif isinstance(msg, Done):
+            self._on_done(msg)
+        elif isinstance(msg, Failed):
+            error: RequestFailed | RequestRejected = (RequestRejected(msg.error, status=msg.status) if msg.status < 500
+                                                      else RequestFailed(msg.error, stage=msg.stage))
+            self._fail(msg.rid, error)
+        else:
+            raise TypeError(f"orchestrator got unexpected message {type(msg).__name__}")
+
+    def _on_done(self, msg: Done) -> None:
+        with self._lock:
+            live = self.requests.get(msg.rid)
+            if live is None:
+                return
+            live.pending.discard(msg.stage)
+            live.meta[msg.stage] = msg.meta
+            live.replicas[msg.stage].inflight.discard(msg.rid)
+            finished = not live.pending
+            if finished:
+                del self.requests[msg.rid]
+        if finished:
+            live.handle.push(DoneEvent(live.meta))
+
+    def _send(self) -> None:
+        while (item := self._out.get()) is not None:
+            address, msg = item
+            replica = self._replica_at(address)
+            if replica is not None and replica.state == "dead":
+                continue  # its requests were failed; nothing to deliver
+            self._outbox.send(address, msg)
+
+    def _replica_at(self, address: str) -> Replica | None:
+        return next((r for r in self._all() if r.address == address), None)
+
+    def _monitor(self) -> None:
+        while not self._stopping.wait(MONITOR_PERIOD_S):
+            for replica in self._all():
+                if replica.state == "ready" and not replica.runtime.is_alive() and not self._stopping.is_set():
+                    self._on_replica_death(replica)
+
+    def _on_replica_death(self, replica: Replica) -> None:
+        with self._lock:
+            replica.state = "dead"
+            victims = list(replica.inflight)
+        for rid in victims:
+            self._fail(rid, StageDeadError(f"stage {replica.stage!r} replica {replica.index} died "
+                                           f"while serving the request", stage=replica.stage))

@@ -1,0 +1,219 @@
+"""A stage replica: gathers each request's inputs, runs the engine, forwards outputs.
+
+Three threads. The reader turns inbox messages into a queue; the sender drains a queue into
+sockets; the main loop below touches only queues and the engine. The same class runs in a
+spawned process (production) or in a thread (the in-process twin used for debugging).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import threading
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from omnistage.connectors.messages import Abort, Admit, Chunk, Data, Done, Failed, Ready, Shutdown, StartFailed
+from omnistage.connectors.shm import ShmRing, segment_name
+from omnistage.connectors.transport import Inbox, Outbox, bind_address
+from omnistage.connectors.wire import Decoder, Encoder
+from omnistage.errors import RequestRejected
+from omnistage.graph.plan import GraphPlan
+from omnistage.stages.engine import StageEngine, StageOutput, StageRequest, concat
+
+_POLL_MS = 50
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    plan: GraphPlan
+    stage: str
+    replica: int
+    device: str
+    threads: int
+    session: str
+    run_dir: str
+    sink: str
+    in_process: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}-{self.replica}"
+
+
+def build_engine(spec: WorkerSpec) -> StageEngine:
+    stage = spec.plan.stages[spec.stage]
+    module, _, attr = stage.kind.engine.partition(":")
+    return getattr(importlib.import_module(module), attr)(stage, spec.device)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point of a replica (process target or thread target)."""
+    if not spec.in_process and spec.device == "cpu":
+        import torch
+        torch.set_num_threads(spec.threads)
+    transport = spec.plan.config.transport
+    ctx = zmq.Context()
+    ring = ShmRing(segment_name(spec.session, spec.name), transport.shm_slots,
+                   transport.shm_slot_mb << 20) if transport.shm else None
+    outbox = Outbox(ctx, Encoder(ring, transport.shm_threshold_kb << 10), transport.high_water_mark)
+    try:
+        try:
+            engine = build_engine(spec)
+            inbox = Inbox(ctx, bind_address(transport.protocol, transport.host, spec.run_dir, spec.name),
+                          Decoder(), transport.high_water_mark)
+        except Exception:  # noqa: BLE001 - any load failure is reported to the orchestrator, then re-raised
+            outbox.send(spec.sink, StartFailed(spec.stage, spec.replica, traceback.format_exc()))
+            raise
+        outbox.send(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address))
+        StageWorker(spec, engine, inbox, outbox).run()
+    finally:
+        outbox.close()
+        if ring is not None:
+            ring.close()
+        ctx.term()
+
+
+class StageWorker:
+    def __init__(self, spec: WorkerSpec, engine: StageEngine, inbox: Inbox, outbox: Outbox) -> None:
+        self.spec = spec
+        self.engine = engine
+        self.streaming = {p.name for p in spec.plan.stages[spec.stage].outputs if p.streaming}
+        self._inbox, self._outbox = inbox, outbox
+        self._in: queue.Queue[Any] = queue.Queue()
+        self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._stop = threading.Event()
+        self.admitted: dict[str, Admit] = {}
+        self.inputs: dict[str, dict[str, Any]] = defaultdict(dict)
+        self.early: dict[str, list[Data]] = defaultdict(list)
+        self.held: dict[str, dict[str, Any]] = defaultdict(dict)  # outputs bound for other stages
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> None:
+        reader = threading.Thread(target=self._read, name=f"{self.spec.name}-reader", daemon=True)
+        sender = threading.Thread(target=self._send, name=f"{self.spec.name}-sender", daemon=True)
+        reader.start()
+        sender.start()
+        try:
+            while self._handle_messages(block=not self.engine.has_work()):
+                if self.engine.has_work():
+                    self._emit(self._step())
+        finally:
+            self._stop.set()
+            self._out.put(None)
+            sender.join()
+            reader.join()
+            self._inbox.close()
+
+    def _step(self) -> list[StageOutput]:
+        try:
+            return self.engine.step()
+        except Exception as exc:
+            # A broken engine is a crashed stage: fail what it holds, then die loudly.
+            for rid in list(self.admitted):
+                self._fail(rid, f"stage {self.spec.stage!r} crashed: {type(exc).__name__}: {exc}")
+            self._out.put(None)
+            raise
+
+    def _handle_messages(self, block: bool) -> bool:
+        """Apply queued messages; False once Shutdown arrives."""
+        try:
+            msg = self._in.get(timeout=_POLL_MS / 1000) if block else self._in.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if isinstance(msg, Shutdown):
+                return False
+            self._apply(msg)
+            try:
+                msg = self._in.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _apply(self, msg: Any) -> None:
+        if isinstance(msg, Admit):
+            self.admitted[msg.rid] = msg
+            for data in self.early.pop(msg.rid, []):
+                self.inputs[msg.rid][data.port] = data.value
+            self._maybe_start(msg.rid)
+        elif isinstance(msg, Data):
+            if msg.rid in self.admitted:
+                self.inputs[msg.rid][msg.port] = msg.value
+                self._maybe_start(msg.rid)
+            else:  # an upstream stage can be faster than our Admit
+                self.early[msg.rid].append(msg)
+        elif isinstance(msg, Abort):
+            self.engine.abort(msg.rid)
+            self._forget(msg.rid)
+        else:
+            raise TypeError(f"stage worker got unexpected message {type(msg).__name__}")
+
+    def _maybe_start(self, rid: str) -> None:
+        admit, got = self.admitted[rid], self.inputs[rid]
+        if any(port not in got for port in admit.expect):
+            return
+        try:
+            self.engine.add(StageRequest(rid, self.inputs.pop(rid), admit.params))
+        except RequestRejected as exc:
+            self._fail(rid, str(exc), exc.status)
+
+    # --- outputs --------------------------------------------------------------------------
+    def _emit(self, outputs: list[StageOutput]) -> None:
+        for out in outputs:
+            admit = self.admitted.get(out.rid)
+            if admit is None:
+                continue  # aborted while the step ran
+            if out.error is not None:
+                self._fail(out.rid, out.error, out.status)
+                continue
+            for port, value in out.ports.items():
+                for dest in admit.routes.get(port, ()):
+                    if dest.to_response:
+                        self._out.put((admit.sink, Chunk(out.rid, dest.port, value)))
+                    elif port in self.streaming:
+                        self.held[out.rid][port] = concat(self.held[out.rid].get(port), value)
+                    else:
+                        self.held[out.rid][port] = value
+            if out.finished:
+                self._finish(admit, out)
+
+    def _finish(self, admit: Admit, out: StageOutput) -> None:
+        held = self.held.pop(admit.rid, {})
+        for port, dests in admit.routes.items():
+            for dest in dests:
+                if dest.to_response:
+                    continue
+                if port not in held:
+                    self._fail(admit.rid, f"stage {self.spec.stage!r} finished without a value for port {port!r}")
+                    return
+                self._out.put((dest.address, Data(admit.rid, dest.port, held[port])))
+        self._out.put((admit.sink, Done(admit.rid, self.spec.stage, self.spec.replica, out.meta)))
+        self._forget(admit.rid)
+
+    def _fail(self, rid: str, error: str, status: int = 500) -> None:
+        admit = self.admitted.get(rid)
+        if admit is not None:
+            self._out.put((admit.sink, Failed(rid, self.spec.stage, self.spec.replica, error, status)))
+        self.engine.abort(rid)
+        self._forget(rid)
+
+    def _forget(self, rid: str) -> None:
+        for table in (self.admitted, self.inputs, self.early, self.held):
+            table.pop(rid, None)
+
+    # --- I/O threads ----------------------------------------------------------------------
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            msg = self._inbox.recv(timeout_ms=_POLL_MS)
+            if msg is not None:
+                self._in.put(msg)
+                if isinstance(msg, Shutdown):
+                    return
+
+    def _send(self) -> None:
+        while (item := self._out.get()) is not None:
+            self._outbox.send(*item)
