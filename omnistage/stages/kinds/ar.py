@@ -123,9 +123,9 @@ class ArEngine:
 
     def _append(self, seq: _Seq, token: int) -> StageOutput:
         seq.tokens.append(token)
-        text_tokens = seq.tokens[:-1] if token in self.eos_ids else seq.tokens
-        full = self.tok.decode(text_tokens, skip_special_tokens=True)
-        if token in self.eos_ids:
+        is_eos = token in self.eos_ids and not seq.sampling.ignore_eos
+        full = self.tok.decode(seq.tokens[:-1] if is_eos else seq.tokens, skip_special_tokens=True)
+        if is_eos:
             seq.done, seq.finish_reason = True, "stop"
         elif len(seq.tokens) >= seq.sampling.max_tokens:
             seq.done, seq.finish_reason = True, "length"

@@ -18,6 +18,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
     generator: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
@@ -35,7 +36,9 @@ class SamplingParams:
         _check(all(isinstance(s, str) and s for s in stop), "stop must be a string or a list of non-empty strings", "stop")
         seed = params.get("seed")
         _check(seed is None or isinstance(seed, int), "seed must be an integer", "seed")
-        return cls(max_tokens, float(temperature), float(top_p), top_k, seed, stop)
+        ignore_eos = params.get("ignore_eos", False)
+        _check(isinstance(ignore_eos, bool), "ignore_eos must be true or false", "ignore_eos")
+        return cls(max_tokens, float(temperature), float(top_p), top_k, seed, stop, ignore_eos)
 
     def find_stop(self, text: str) -> int | None:
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]

@@ -1,0 +1,25 @@
+"""Human-readable summary of a GraphPlan (what ``omnistage validate`` prints)."""
+from __future__ import annotations
+
+from omnistage.graph.plan import GraphPlan
+
+
+def describe(plan: GraphPlan) -> str:
+    lines = [f"graph {plan.name!r}: {len(plan.stages)} stage(s), OK", "stages:"]
+    for name in plan.order:
+        st = plan.stages[name]
+        model = f" model={st.model_path}" if st.model_path else ""
+        outs = ", ".join(f"{p.name}:{p.type}" for p in st.outputs)
+        lines.append(f"  {name} [{st.kind.name}]{model} outputs({outs})")
+    lines.append("edges:")
+    lines += [f"  {edge}" for edge in plan.edges]
+    lines += [f"  {n}.{port} -> response.{m}" for n in plan.order for port, m in plan.stages[n].response.items()]
+    lines.append("routes (request fields -> modalities: stages):")
+    for (fields, modalities), route in sorted(plan.routes.items(), key=lambda kv: (sorted(kv[0][0]), sorted(kv[0][1]))):
+        if fields:
+            lines.append(f"  {'+'.join(sorted(fields))} -> {'+'.join(sorted(modalities))}: {' -> '.join(route.stages)}")
+    lines.append("placement:")
+    for name in plan.order:
+        for slot in plan.placement[name]:
+            lines.append(f"  {name}[{slot.index}] on {slot.device} ({slot.threads} thread(s))")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Tensors between two real processes over ZeroMQ (tcp and ipc), with and without shared memory."""
+import multiprocessing as mp
+
+import pytest
+import torch
+import zmq
+
+from omnistage.connectors.messages import Data, Shutdown
+from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
+from omnistage.connectors.transport import Inbox, Outbox, bind_address
+from omnistage.connectors.wire import Decoder, Encoder
+
+
+def _payloads():
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(2, 3, generator=g),
+        torch.randn(64, 64, generator=g).to(torch.bfloat16)[:, ::2],
+        torch.randint(-5, 5, (3, 4, 5), generator=g, dtype=torch.int64).permute(2, 0, 1),
+        torch.zeros(0, 8, dtype=torch.float16),
+        torch.randn(1 << 20, generator=g),  # 4 MiB
+        torch.tensor(3.5, dtype=torch.float64),
+    ]
+
+
+def _echo(address_queue, protocol, run_dir, session):
+    ctx = zmq.Context()
+    inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", run_dir, "echo"), Decoder())
+    ring = ShmRing(segment_name(session, "echo"), 4, 8 << 20)
+    outbox = Outbox(ctx, Encoder(ring, 1024))
+    address_queue.put(inbox.address)
+    reply_to = address_queue.get()
+    while not isinstance(msg := inbox.recv(), Shutdown):
+        outbox.send(reply_to, Data(msg.rid, msg.port, [t * 2 if t.is_floating_point() else t for t in msg.value]))
+    outbox.close()
+    inbox.close()
+    ring.close()
+    ctx.term()
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "ipc"])
+def test_tensors_cross_real_processes(protocol, tmp_path):
+    session = f"t{tmp_path.name[-8:]}"
+    q = mp.get_context("spawn").Queue()
+    proc = mp.get_context("spawn").Process(target=_echo, args=(q, protocol, str(tmp_path), session))
+    proc.start()
+    ctx = zmq.Context()
+    ring = ShmRing(segment_name(session, "main"), 4, 8 << 20)
+    inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", str(tmp_path), "main"), Decoder())
+    outbox = Outbox(ctx, Encoder(ring, 1024))
+    try:
+        peer = q.get(timeout=60)
+        q.put(inbox.address)
+        payload = _payloads()
+        for i in range(3):
+            outbox.send(peer, Data(f"r{i}", "x", payload))
+            back = inbox.recv(timeout_ms=30_000)
+            assert back is not None and back.rid == f"r{i}"
+            for sent, got in zip(payload, back.value):
+                want = sent * 2 if sent.is_floating_point() else sent
+                assert got.dtype == want.dtype and got.shape == want.shape
+                assert torch.equal(got, want)
+        outbox.send(peer, Shutdown())
+        proc.join(30)
+        assert proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        outbox.close()
+        inbox.close()
+        ring.close()
+        ctx.term()
+        assert remove_segments(session) == []  # both sides unlinked their rings

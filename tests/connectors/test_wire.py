@@ -1,0 +1,83 @@
+import msgspec
+import pytest
+import torch
+
+from omnistage.connectors.messages import (MESSAGE_TYPES, Abort, Admit, Chunk, Data, Dest, Done, Failed, Ready,
+                                           Shutdown, StartFailed)
+from omnistage.connectors.shm import ShmRing
+from omnistage.connectors.wire import Decoder, Encoder
+
+SAMPLES = [
+    Ready("llm", 1, 4242, "ipc:///tmp/x.sock"),
+    StartFailed("llm", 0, "Traceback: boom"),
+    Admit("r1", ["messages"], {"text": [Dest("tcp://127.0.0.1:5555", "text"), Dest("ipc://s", "text", True)]},
+          {"max_tokens": 4, "stop": ["\n"]}, "ipc://sink"),
+    Data("r1", "messages", [{"role": "user", "content": "hi"}]),
+    Chunk("r1", "text", "hel"),
+    Done("r1", "llm", 0, {"completion_tokens": 3}),
+    Failed("r1", "llm", 0, "bad", 400),
+    Abort("r1"),
+    Shutdown(),
+]
+
+
+def test_every_message_type_has_a_sample():
+    assert {type(m) for m in SAMPLES} == set(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg):
+    frames = Encoder().encode(msg)
+    assert frames[0] == bytes((MESSAGE_TYPES.index(type(msg)),))
+    back = Decoder().decode(frames)
+    assert type(back) is type(msg)
+    assert msgspec.structs.asdict(back) == msgspec.structs.asdict(msg)
+
+
+TENSORS = {
+    "f32": torch.randn(3, 5),
+    "bf16": torch.randn(7).to(torch.bfloat16),
+    "f16_noncontig": torch.randn(4, 6).to(torch.float16).t(),
+    "i64_scalar": torch.tensor(7),
+    "bool": torch.tensor([True, False, True]),
+    "empty": torch.zeros(0, 3),
+    "u8_big": torch.randint(0, 255, (300_000,), dtype=torch.uint8),
+}
+
+
+@pytest.mark.parametrize("use_shm", [False, True])
+def test_tensors_inside_values_round_trip(use_shm, tmp_path):
+    ring = ShmRing(f"omnistage-test-{tmp_path.name}", 4, 1 << 20) if use_shm else None
+    try:
+        frames = Encoder(ring, shm_threshold=1024).encode(Data("r", "p", {"t": dict(TENSORS), "s": "x"}))
+        out = Decoder().decode(frames).value
+        for name, t in TENSORS.items():
+            got = out["t"][name]
+            assert got.dtype == t.dtype and got.shape == t.shape
+            assert torch.equal(got, t), name
+        assert out["s"] == "x"
+        # large tensors went to shared memory (only the header travels), small ones as frames
+        assert (len(frames) < 2 + len(TENSORS)) == use_shm
+    finally:
+        if ring is not None:
+            ring.close()
+
+
+def test_shm_ring_falls_back_when_full_and_reuses_released_slots(tmp_path):
+    ring = ShmRing(f"omnistage-test-{tmp_path.name}", 2, 4096)
+    try:
+        enc, dec = Encoder(ring, shm_threshold=16), Decoder()
+        t = torch.arange(64, dtype=torch.int32)
+        first, second, third = (enc.encode(Data("r", "p", t)) for _ in range(3))
+        assert len(first) == len(second) == 2 and len(third) == 3  # ring full: third went as a frame
+        assert torch.equal(dec.decode(first).value, t)  # releases slot 0
+        assert len(enc.encode(Data("r", "p", t))) == 2
+        too_big = torch.zeros(5000, dtype=torch.uint8)
+        assert len(enc.encode(Data("r", "p", too_big))) == 3
+    finally:
+        ring.close()
+
+
+def test_pickle_is_refused():
+    with pytest.raises(TypeError, match="cannot send a object"):
+        Encoder().encode(Data("r", "p", object()))

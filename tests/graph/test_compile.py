@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+
+from omnistage.errors import GraphConfigError, RequestRejected
+from omnistage.graph.compile import compile_file, compile_graph
+from omnistage.graph.load import parse_graph
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+BROKEN = {
+    "bad_key.yaml": ("stages.llm.batchng", 'did you mean "batching"'),
+    "cycle.yaml": ("stages.", "cycle: a -> b -> a"),
+    "unknown_port.yaml": ("stages.post.inputs.text", "no output port 'txt' (did you mean \"text\"?)"),
+    "unknown_kind.yaml": ("stages.llm.kind", "unknown stage kind 'autoregressive'"),
+    "missing_model_path.yaml": ("models.lm.path", "model directory './no/such/checkpoint' not found"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_each_broken_graph_gives_one_clear_error(name):
+    with pytest.raises(GraphConfigError) as info:
+        compile_file(HERE / "broken" / name)
+    path, words = BROKEN[name]
+    assert len(info.value.issues) == 1, info.value.issues
+    issue = info.value.issues[0]
+    assert issue.path.startswith(path)
+    assert words in issue.message
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_compile(path):
+    plan = compile_file(path)
+    assert plan.order and plan.routes
+
+
+SPEECH = """
+name: speech
+models:
+  lm: {path: "tiny:qwen2"}
+stages:
+  llm:
+    kind: ar
+    model: lm
+    inputs: {messages: request.messages, prompt: request.prompt}
+    outputs: {text: response.text}
+  tts:
+    kind: python
+    inputs: {text: llm.text}
+    outputs: {audio: response.audio}
+    options: {function: "omnistage.examples_lib:shout", outputs: {audio: audio}}
+"""
+
+
+def test_routes_visit_only_what_the_request_needs():
+    plan = compile_graph(parse_graph(SPEECH))
+    assert plan.route_for({"messages"}).stages == ("llm",)
+    assert plan.route_for({"messages"}, {"audio"}).stages == ("llm", "tts")
+    both = plan.route_for({"prompt"}, {"text", "audio"})
+    assert both.stages == ("llm", "tts")
+    assert both.expect == {"llm": ("prompt",), "tts": ("text",)}
+    assert dict(both.produces) == {"text": ("llm", "text"), "audio": ("tts", "audio")}
+
+
+def test_route_errors_say_what_the_graph_offers():
+    plan = compile_graph(parse_graph(SPEECH))
+    with pytest.raises(RequestRejected, match="does not accept images"):
+        plan.route_for({"messages", "images"})
+    with pytest.raises(RequestRejected, match="offers: audio, text") as info:
+        plan.route_for({"messages"}, {"video"})
+    assert info.value.status == 400
+
+
+def test_type_mismatch_and_dangling_stage_are_rejected():
+    text = SPEECH.replace("outputs: {audio: response.audio}", "outputs: {audio: response.text}")
+    with pytest.raises(GraphConfigError, match="carries audio, response.text needs text"):
+        compile_graph(parse_graph(text))
+    dangling = SPEECH.replace("    outputs: {audio: response.audio}\n", "")
+    with pytest.raises(GraphConfigError, match="stages.tts: its outputs go nowhere"):
+        compile_graph(parse_graph(dangling))
+
+
+def test_placement_shares_cores_and_plan_pickles():
+    import pickle
+    plan = compile_graph(parse_graph(SPEECH.replace("kind: ar\n", "kind: ar\n    resources: {replicas: 2, threads: 3}\n")))
+    assert [s.threads for s in plan.placement["llm"]] == [3, 3]
+    assert len(plan.placement["tts"]) == 1
+    again = pickle.loads(pickle.dumps(plan))
+    assert again.route_for({"messages"}).stages == ("llm",)
