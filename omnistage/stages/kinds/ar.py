@@ -132,8 +132,9 @@ class ArEngine:
         stop_at = seq.sampling.find_stop(full)
         if stop_at is not None:
             full, seq.done, seq.finish_reason = full[:stop_at], True, "stop"
-        # Hold back a trailing partial UTF-8 character until the next token completes it.
-        visible = full if seq.done else full.rstrip("\ufffd")
+        # Hold back a trailing partial UTF-8 character, and text that may begin a stop string,
+        # until the next token settles it: streamed text is never taken back.
+        visible = full if seq.done else seq.sampling.hold_back(full.rstrip("\ufffd"))
         delta, seq.text = visible[len(seq.text):], visible
         out = StageOutput(seq.rid, ports={"text": delta, "tokens": [token]}, finished=seq.done)
         if seq.done:

@@ -23,7 +23,8 @@ class SamplingParams:
 
     @classmethod
     def from_request(cls, params: Mapping[str, Any], default_max_tokens: int) -> SamplingParams:
-        max_tokens = params.get("max_tokens") or default_max_tokens
+        max_tokens = params.get("max_tokens")
+        max_tokens = default_max_tokens if max_tokens is None else max_tokens
         temperature = params.get("temperature", 1.0)
         top_p = params.get("top_p", 1.0)
         top_k = params.get("top_k", 0)
@@ -43,6 +44,17 @@ class SamplingParams:
     def find_stop(self, text: str) -> int | None:
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         return min(hits) if hits else None
+
+
+    def hold_back(self, text: str) -> str:
+        """``text`` without a trailing piece that could be the start of a stop string."""
+        keep = len(text)
+        for stop in self.stop:
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:k]):
+                    keep = min(keep, len(text) - k)
+                    break
+        return text[:keep]
 
 
 def _check(ok: bool, message: str, param: str) -> None:

@@ -1,0 +1,111 @@
+"""End to end: real worker processes linked by ZeroMQ, driven through the Pipeline API."""
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from omnistage import Pipeline
+from omnistage.errors import RequestRejected, StageDeadError, StageStartError
+from omnistage.examples_lib import shout
+from tests.conftest import ROOT
+
+PROMPTS = ["Hello there", "Describe the image in one sentence.", "Numbers: 1 2 3",
+           "Tell me a story about a cat who learned to sing", "red green blue", "What is the weather like today?"]
+
+
+def _msgs(p):
+    return [{"role": "user", "content": p}]
+
+
+@pytest.fixture(scope="module")
+def two_stage():
+    with Pipeline.from_yaml(ROOT / "examples" / "chat_postprocess.yaml") as pipe:
+        yield pipe
+
+
+@pytest.fixture(scope="module")
+def chat():
+    with Pipeline.from_yaml(ROOT / "examples" / "text_chat.yaml") as pipe:
+        yield pipe
+
+
+def test_concurrent_requests_equal_hf_generate_through_two_stages(two_stage, hf_greedy):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: two_stage.generate(messages=_msgs(p), temperature=0, max_tokens=16),
+                                PROMPTS))
+    for prompt, result in zip(PROMPTS, results):
+        tokens, text = hf_greedy(messages=_msgs(prompt), max_tokens=16)
+        assert result.text == shout(text)
+        assert result.usage["completion_tokens"] == len(tokens)
+        assert set(result.meta) == {"llm", "shout"}
+
+
+def test_streamed_text_equals_non_streamed(chat):
+    params = dict(messages=_msgs("Tell me a story"), temperature=0.8, seed=3, max_tokens=20)
+    chunks = [c.value for c in chat.stream(**params)]
+    assert len(chunks) > 1
+    assert "".join(chunks) == chat.generate(**params).text
+
+
+def test_async_api(chat, hf_greedy):
+    async def main():
+        return await asyncio.gather(*(chat.agenerate(prompt=p, temperature=0, max_tokens=8) for p in PROMPTS[:3]))
+    for prompt, result in zip(PROMPTS, asyncio.run(main())):
+        assert result.text == hf_greedy(prompt=prompt, max_tokens=8)[1]
+
+
+def test_bad_requests_get_clear_errors_and_the_graph_keeps_serving(chat):
+    with pytest.raises(RequestRejected, match="does not accept images"):
+        chat.generate(messages=_msgs("hi"), images=["x.png"])
+    with pytest.raises(RequestRejected, match="offers: text"):
+        chat.generate(messages=_msgs("hi"), modalities=["audio"])
+    with pytest.raises(RequestRejected, match="temperature must be between 0 and 2") as info:
+        chat.generate(messages=_msgs("hi"), temperature=5)
+    assert info.value.status == 400
+    assert chat.generate(prompt="still here", temperature=0, max_tokens=4).usage["completion_tokens"] >= 1
+
+
+def test_in_process_twin_gives_the_same_text(hf_greedy):
+    with Pipeline.from_yaml(ROOT / "examples" / "chat_postprocess.yaml", in_process=True) as pipe:
+        result = pipe.generate(messages=_msgs(PROMPTS[0]), temperature=0, max_tokens=16)
+    assert result.text == shout(hf_greedy(messages=_msgs(PROMPTS[0]), max_tokens=16)[1])
+
+
+def test_killed_worker_fails_its_requests_and_shutdown_cleans_up():
+    pipe = Pipeline.from_yaml(ROOT / "examples" / "text_chat.yaml")
+    orch = pipe.orchestrator
+    llm = orch.replicas["llm"][0]
+    handles = [pipe.submit(prompt=p, temperature=0, max_tokens=100_000, ignore_eos=True) for p in PROMPTS[:3]]
+    events = handles[0].events(timeout=60)
+    next(events)  # the first text chunk: the request is mid-generation
+    os.kill(llm.runtime.pid, 9)
+    start = time.monotonic()
+    for handle in handles:
+        with pytest.raises(StageDeadError, match="stage 'llm' replica 0 died"):
+            handle.result(timeout=10)
+    assert time.monotonic() - start < 5
+    with pytest.raises(RequestRejected, match="no live replica") as info:
+        pipe.submit(prompt="x")
+    assert info.value.status == 503
+    pids = [r.runtime.pid for r in orch._all()]
+    pipe.close()
+    assert not any(_alive(pid) for pid in pids)
+    assert not list(Path("/dev/shm").glob(f"omnistage-{orch.session}-*"))
+    assert not Path(orch.run_dir).exists()
+
+
+def test_worker_that_cannot_start_reports_why():
+    with pytest.raises(StageStartError, match="no_such_function"):
+        Pipeline.from_yaml(Path(__file__).parent / "graphs" / "bad_function.yaml")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
