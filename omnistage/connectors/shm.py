@@ -2,8 +2,10 @@
 
 Each sending process owns one ring: a file in /dev/shm holding a flag byte per slot, then the
 slots. The sender copies a tensor into a free slot (flag 0 -> 1) and sends only a small header
-over zmq; the receiver copies the bytes out and clears the flag (1 -> 0). Each flag has exactly
-one writer per transition, so no lock is needed. When no slot is free or the tensor is larger
+over zmq; the receiver builds its tensor directly over the slot (no copy) and clears the flag
+(1 -> 0) when the last tensor viewing that memory is freed. Each flag has exactly one writer
+per transition, so no lock is needed. A receiver that keeps such tensors for long pins their
+slots; senders then fall back to zmq frames, they never wait. When no slot is free or the tensor is larger
 than a slot, ``put`` returns None and the caller sends a zmq frame instead: the ring never
 blocks a sender. Measured here: 4x faster than zmq frames for a 4 MiB tensor.
 """
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SHM_DIR = Path("/dev/shm")
@@ -79,7 +83,7 @@ class ShmReaders:
     """The receiver's side: maps senders' rings on first use and takes tensors out of slots."""
 
     def __init__(self) -> None:
-        self._maps: dict[str, tuple[mmap.mmap, torch.Tensor]] = {}
+        self._maps: dict[str, mmap.mmap] = {}
 
     def take(self, segment: str, slot: int, nbytes: int) -> torch.Tensor:
         if segment not in self._maps:
@@ -88,20 +92,24 @@ class ShmReaders:
                 mm = mmap.mmap(fd, 0)
             finally:
                 os.close(fd)
-            self._maps[segment] = (mm, torch.frombuffer(mm, dtype=torch.uint8))
-        mm, view = self._maps[segment]
+            self._maps[segment] = mm
+        mm = self._maps[segment]
         slot_bytes = int.from_bytes(mm[:_FLAGS], "little")
         start = _HEADER + slot * slot_bytes
-        out = torch.empty(nbytes, dtype=torch.uint8)
-        if nbytes:
-            out.copy_(view[start:start + nbytes])
-        mm[_FLAGS + slot] = 0  # release: the sender may reuse the slot now
-        return out
+        # The array keeps the mapping alive, and torch keeps the array alive for as long as any
+        # tensor shares its storage; only then is the slot handed back to the sender.
+        array = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=start)
+        weakref.finalize(array, _release, mm, _FLAGS + slot)
+        return torch.from_numpy(array)
 
     def close(self) -> None:
-        for mm, _ in self._maps.values():
-            mm.close()
+        # Mappings still viewed by live tensors stay open until those tensors are freed.
         self._maps.clear()
+
+
+def _release(mm: mmap.mmap, flag: int) -> None:
+    if not mm.closed:
+        mm[flag] = 0
 
 
 def remove_segments(session: str) -> list[str]:
