@@ -1,0 +1,1 @@
+"""Autoregressive engine: paged KV cache, continuous batching, prefix caching."""

@@ -1,0 +1,1 @@
+"""Step-batched diffusion engine and its text-encode / VAE-decode stages."""

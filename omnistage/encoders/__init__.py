@@ -1,0 +1,1 @@
+"""Media preprocessing (images, audio, video) and encoder stages."""
