@@ -180,28 +180,28 @@ class Orchestrator:
 
     def abort(self, rid: str) -> None:
         """Stop a request in every stage (e.g. its client went away). No further events."""
-        with self._lock:
-            live = self.requests.pop(rid, None)
-            if live is None:
-                return
-            for replica in live.replicas.values():
-                replica.inflight.discard(rid)
-        live.handle.closed = True
-        for replica in live.replicas.values():
-            self._out.put((replica.address, Abort(rid)))
+        live = self._release(rid, notify_stages=True)
+        if live is not None:
+            live.handle.closed = True
 
     def _fail(self, rid: str, error: RequestFailed | RequestRejected, notify_stages: bool = True) -> None:
+        live = self._release(rid, notify_stages)
+        if live is not None:
+            live.handle.push(ErrorEvent(error))
+
+    def _release(self, rid: str, notify_stages: bool) -> _Live | None:
+        """Forget a running request; with ``notify_stages`` tell its live replicas to drop it."""
         with self._lock:
             live = self.requests.pop(rid, None)
             if live is None:
-                return
+                return None
             for replica in live.replicas.values():
                 replica.inflight.discard(rid)
         if notify_stages:
             for replica in live.replicas.values():
                 if replica.state == "ready":
                     self._out.put((replica.address, Abort(rid)))
-        live.handle.push(ErrorEvent(error))
+        return live
 
     # --- threads --------------------------------------------------------------------------
     def _receive(self) -> None:
