@@ -5,7 +5,10 @@ from omnistage.graph.plan import GraphPlan
 
 
 def describe(plan: GraphPlan) -> str:
-    lines = [f"graph {plan.name!r}: {len(plan.stages)} stage(s), OK", "stages:"]
+    lines = [f"graph {plan.name!r}: {len(plan.stages)} stage(s), OK"]
+    if plan.config.description:
+        lines.append(f"  {plan.config.description}")
+    lines.append("stages:")
     for name in plan.order:
         st = plan.stages[name]
         model = f" model={st.model_path}" if st.model_path else ""

@@ -48,7 +48,6 @@ class ArOptions:
 
     max_tokens: int = 32
     max_prompt_tokens: int = 4096
-    chat_template: bool = True
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0 or self.max_prompt_tokens <= 0:

@@ -26,18 +26,18 @@ class ModelConfig:
 
     path: str
     dtype: DType = "float32"
-    revision: str | None = None
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
+    """``max_batch``: requests per engine step; ``queue_depth``: requests admitted per replica
+    (waiting or running) before new ones are refused with 429."""
+
     max_batch: int = 8
-    max_wait_ms: float = 0.0
     queue_depth: int = 256
 
     def __post_init__(self) -> None:
         _positive("max_batch", self.max_batch)
-        _positive("max_wait_ms", self.max_wait_ms, allow_zero=True)
         _positive("queue_depth", self.queue_depth)
 
 

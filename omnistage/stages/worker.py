@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import os
 import queue
+import signal
 import threading
 import traceback
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from omnistage.graph.plan import GraphPlan
 from omnistage.stages.engine import StageEngine, StageOutput, StageRequest, concat
 
 _POLL_MS = 50
+_GONE_MEMORY = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,13 @@ def build_engine(spec: WorkerSpec) -> StageEngine:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a replica (process target or thread target)."""
-    if not spec.in_process and spec.device == "cpu":
-        import torch
-        torch.set_num_threads(spec.threads)
+    if not spec.in_process:
+        # The parent owns shutdown: Ctrl-C reaches the whole process group, but only the parent
+        # should act on it (it sends Shutdown to every worker).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if spec.device == "cpu":
+            import torch
+            torch.set_num_threads(spec.threads)
     transport = spec.plan.config.transport
     ctx = zmq.Context()
     ring = ShmRing(segment_name(spec.session, spec.name), transport.shm_slots,
@@ -91,6 +97,8 @@ class StageWorker:
         self.inputs: dict[str, dict[str, Any]] = defaultdict(dict)
         self.early: dict[str, list[Data]] = defaultdict(list)
         self.held: dict[str, dict[str, Any]] = defaultdict(dict)  # outputs bound for other stages
+        # Recently ended requests, so late inputs for them are dropped instead of kept forever.
+        self.gone: OrderedDict[str, None] = OrderedDict()
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -141,6 +149,8 @@ class StageWorker:
                 self.inputs[msg.rid][data.port] = data.value
             self._maybe_start(msg.rid)
         elif isinstance(msg, Data):
+            if msg.rid in self.gone:
+                return  # its request was aborted or failed here already
             if msg.rid in self.admitted:
                 self.inputs[msg.rid][msg.port] = msg.value
                 self._maybe_start(msg.rid)
@@ -183,14 +193,13 @@ class StageWorker:
 
     def _finish(self, admit: Admit, out: StageOutput) -> None:
         held = self.held.pop(admit.rid, {})
-        for port, dests in admit.routes.items():
-            for dest in dests:
-                if dest.to_response:
-                    continue
-                if port not in held:
-                    self._fail(admit.rid, f"stage {self.spec.stage!r} finished without a value for port {port!r}")
-                    return
-                self._out.put((dest.address, Data(admit.rid, dest.port, held[port])))
+        onward = [(port, dest) for port, dests in admit.routes.items() for dest in dests if not dest.to_response]
+        missing = sorted({port for port, _ in onward if port not in held})
+        if missing:
+            self._fail(admit.rid, f"stage {self.spec.stage!r} finished without a value for port {missing[0]!r}")
+            return
+        for port, dest in onward:
+            self._out.put((dest.address, Data(admit.rid, dest.port, held[port])))
         self._out.put((admit.sink, Done(admit.rid, self.spec.stage, self.spec.replica, out.meta)))
         self._forget(admit.rid)
 
@@ -204,11 +213,17 @@ class StageWorker:
     def _forget(self, rid: str) -> None:
         for table in (self.admitted, self.inputs, self.early, self.held):
             table.pop(rid, None)
+        self.gone[rid] = None
+        if len(self.gone) > _GONE_MEMORY:
+            self.gone.popitem(last=False)
 
     # --- I/O threads ----------------------------------------------------------------------
     def _read(self) -> None:
+        parent = os.getppid()
         while not self._stop.is_set():
             msg = self._inbox.recv(timeout_ms=_POLL_MS)
+            if msg is None and not self.spec.in_process and os.getppid() != parent:
+                msg = Shutdown()  # orphaned: the orchestrator's process is gone
             if msg is not None:
                 self._in.put(msg)
                 if isinstance(msg, Shutdown):

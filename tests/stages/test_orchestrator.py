@@ -109,3 +109,47 @@ def _alive(pid):
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
+
+
+def test_abort_stops_the_request_in_its_stage(chat):
+    endless = chat.submit(prompt="Hello", temperature=0, max_tokens=1_000_000, ignore_eos=True)
+    next(endless.events(timeout=60))
+    chat.orchestrator.abort(endless.rid)
+    # The ar stage runs one batch at a time: this finishes only if the endless request is gone.
+    assert chat.generate(prompt="after", temperature=0, max_tokens=4, timeout=30).usage["completion_tokens"] >= 1
+    assert not chat.orchestrator.requests
+
+
+ORPHAN = """
+import sys
+from omnistage import Pipeline
+if __name__ == "__main__":
+    pipe = Pipeline.from_yaml(sys.argv[1])
+    print(" ".join(str(r.runtime.pid) for r in pipe.orchestrator._all()), flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_workers_exit_when_their_orchestrator_is_killed(tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / "host.py"
+    script.write_text(ORPHAN)
+    host = subprocess.Popen([sys.executable, str(script), str(ROOT / "examples" / "chat_postprocess.yaml")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in host.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    host.kill()
+    host.wait()
+    assert _wait_until(lambda: not any(_alive(p) for p in pids), timeout=10)
+
+
+def _wait_until(condition, timeout):
+    import threading
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        tick.wait(0.05)
+    return condition()
