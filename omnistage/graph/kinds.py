@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from omnistage.graph.strict import frozen_dict
 
@@ -44,14 +44,26 @@ class KindSpec:
 
 @dataclass(frozen=True)
 class ArOptions:
-    """Defaults for generation; a request's own parameters override them."""
+    """Engine settings of an autoregressive stage; ``max_tokens`` is the per-request default."""
 
     max_tokens: int = 32
-    max_prompt_tokens: int = 4096
+    block_size: int = 16
+    num_blocks: int | None = None  # default: as many as kv_cache_mb holds
+    kv_cache_mb: int = 256
+    max_tokens_per_step: int = 2048
+    chunked_prefill: bool = True
+    prefix_caching: bool = True
+    hidden_states: Literal["none", "generated", "all"] = "none"
 
     def __post_init__(self) -> None:
-        if self.max_tokens <= 0 or self.max_prompt_tokens <= 0:
-            raise ValueError("max_tokens and max_prompt_tokens must be > 0")
+        for name in ("max_tokens", "block_size", "kv_cache_mb", "max_tokens_per_step"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.num_blocks is not None and self.num_blocks <= 0:
+            raise ValueError("num_blocks must be > 0")
+        if self.hidden_states == "all" and self.prefix_caching:
+            raise ValueError('hidden_states "all" needs every prompt position computed, which prefix caching '
+                             'skips: set prefix_caching: false or hidden_states: generated')
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,9 @@ def _python_ports(options: PythonOptions, wired: Mapping[str, str]) -> tuple[tup
     return inputs, outputs
 
 
+_AR_OUTPUTS = (PortSpec("text", "text", streaming=True), PortSpec("tokens", "tokens", streaming=True),
+               PortSpec("logprobs", "any", streaming=True), PortSpec("hidden", "tensor", streaming=True))
+
 _REGISTRY: dict[str, KindSpec] = {}
 
 
@@ -90,8 +105,8 @@ register_kind(KindSpec(
     name="ar",
     engine="omnistage.stages.kinds.ar:build",
     options=ArOptions,
-    inputs=(PortSpec("prompt", "text"), PortSpec("messages", "messages")),
-    outputs=(PortSpec("text", "text", streaming=True), PortSpec("tokens", "tokens", streaming=True)),
+    inputs=(PortSpec("prompt", "text"), PortSpec("messages", "messages"), PortSpec("images", "image")),
+    outputs=_AR_OUTPUTS,
     needs_model=True,
     any_of=(("prompt", "messages"),),
     description="autoregressive generation with a causal LM",

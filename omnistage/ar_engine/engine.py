@@ -1,0 +1,180 @@
+"""The AR engine: schedule, run, sample, update, emit.
+
+    engine = LLMEngine(model, tokenizer, EngineConfig())
+    engine.add(EngineRequest("r1", prompt_ids, SamplingParams(max_tokens=16, temperature=0)))
+    while engine.has_work():
+        for out in engine.step(): ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+from omnistage.ar_engine.block_manager import BlockManager
+from omnistage.ar_engine.detokenize import IncrementalDetokenizer
+from omnistage.ar_engine.runner import ModelRunner, kv_shape, text_config
+from omnistage.ar_engine.sampling import Sampled, SamplingParams, sample_batch
+from omnistage.ar_engine.scheduler import Scheduler, SchedulerConfig, StepPlan
+from omnistage.ar_engine.sequence import MediaSpan, Sequence
+from omnistage.errors import RequestRejected
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_size: int = 16
+    num_blocks: int | None = None  # None: as many as ``kv_cache_mb`` holds
+    kv_cache_mb: int = 256
+    max_seqs: int = 64
+    max_tokens_per_step: int = 2048
+    chunked_prefill: bool = True
+    prefix_caching: bool = True
+    # "generated": the last-layer state that produced each new token; "all": every position.
+    hidden_states: Literal["none", "generated", "all"] = "none"
+
+    def __post_init__(self) -> None:
+        if self.hidden_states == "all" and self.prefix_caching:
+            raise ValueError('hidden_states "all" needs every prompt position computed: set prefix_caching false')
+
+
+@dataclass
+class EngineRequest:
+    rid: str
+    prompt: list[int]
+    sampling: SamplingParams
+    media: tuple[MediaSpan, ...] = ()
+    mrope_positions: Any = None
+    mrope_delta: int = 0
+
+
+class TokenOutput(NamedTuple):
+    rid: str
+    tokens: list[int]
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None
+    logprobs: list[Sampled] = []
+    hidden: torch.Tensor | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _State:
+    seq: Sequence
+    detok: IncrementalDetokenizer
+    text: str = ""  # all text so far (stop strings are searched here)
+    sent: int = 0  # characters of ``text`` already emitted
+    hidden: list[torch.Tensor] = field(default_factory=list)
+
+
+class LLMEngine:
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, backend: Any = None) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        num_blocks = config.num_blocks or self._blocks_for(model, config)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
+        self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, config.max_tokens_per_step,
+                                                   config.chunked_prefill), self.blocks)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, backend=backend)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.max_model_len = min(getattr(text_config(model.config), "max_position_embeddings", 1 << 30),
+                                 num_blocks * config.block_size)
+        self.states: dict[str, _State] = {}
+
+    @staticmethod
+    def _blocks_for(model: Any, config: EngineConfig) -> int:
+        layers, kv_heads, head_dim = kv_shape(model.config)
+        itemsize = next(model.parameters()).element_size()
+        per_block = 2 * layers * kv_heads * head_dim * config.block_size * itemsize
+        return max(1, (config.kv_cache_mb << 20) // per_block)
+
+    # --- requests --------------------------------------------------------------------------
+    def add(self, req: EngineRequest) -> None:
+        if not req.prompt:
+            raise RequestRejected("the prompt is empty", param="prompt")
+        if len(req.prompt) >= self.max_model_len:
+            raise RequestRejected(f"the prompt has {len(req.prompt)} tokens; this model and KV cache hold at most "
+                                  f"{self.max_model_len - 1}", param="messages")
+        if req.rid in self.states:
+            raise RequestRejected(f"request id {req.rid!r} is already running")
+        seq = Sequence(req.rid, list(req.prompt), req.sampling, req.media, req.mrope_positions, req.mrope_delta)
+        self.states[req.rid] = _State(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt))
+        self.scheduler.add(seq)
+
+    def abort(self, rid: str) -> None:
+        state = self.states.pop(rid, None)
+        if state is not None:
+            self.scheduler.finish(state.seq)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # --- the step ------------------------------------------------------------------------------
+    def step(self) -> list[TokenOutput]:
+        plan = self.scheduler.schedule()
+        if not plan.chunks:
+            return []
+        result = self.runner.run(plan)
+        samplers = [c.seq for c in plan.chunks if c.samples]
+        picked = sample_batch(result.logits, [s.sampling for s in samplers], [s.tokens for s in samplers])
+        self._keep_hidden(plan, result.hidden, result.sample_rows)
+        grew = self.scheduler.update(plan, {s.rid: p.token for s, p in zip(samplers, picked)})
+        by_rid = {s.rid: p for s, p in zip(samplers, picked)}
+        return [self._emit(seq, by_rid[seq.rid]) for seq in grew]
+
+    def _keep_hidden(self, plan: StepPlan, hidden: torch.Tensor, sample_rows: list[int]) -> None:
+        mode = self.config.hidden_states
+        if mode == "none":
+            return
+        offset, rows = 0, iter(sample_rows)
+        for chunk in plan.chunks:
+            state = self.states[chunk.seq.rid]
+            if mode == "all":
+                state.hidden.append(hidden[offset:offset + chunk.length])
+            elif chunk.samples:
+                row = next(rows)
+                state.hidden.append(hidden[row:row + 1])
+            offset += chunk.length
+
+    def _emit(self, seq: Sequence, sampled: Sampled) -> TokenOutput:
+        state = self.states[seq.rid]
+        token, sp = sampled.token, seq.sampling
+        stop_token = (token in self.eos_ids and not sp.ignore_eos) or token in sp.stop_token_ids
+        reason = None
+        if not stop_token:
+            state.text += state.detok.push(token)
+        if stop_token:
+            reason = "stop"
+        elif len(seq.output) >= sp.max_tokens or len(seq) >= self.max_model_len:
+            reason = "length"
+        hit = sp.find_stop(state.text, max(0, state.sent - max((len(s) for s in sp.stop), default=0)))
+        if hit is not None:
+            state.text, reason = state.text[:hit], "stop"
+        if reason is not None and hit is None:
+            state.text += state.detok.flush()  # a trailing incomplete character, as decode() shows it
+        visible = state.text if reason else sp.hold_back(state.text)
+        delta, state.sent = visible[state.sent:], max(state.sent, len(visible))
+        hidden = torch.cat(state.hidden) if state.hidden else None
+        state.hidden = []
+        out = TokenOutput(seq.rid, [token], delta, reason is not None, reason,
+                          [sampled] if sp.logprobs is not None else [], hidden, len(seq.prompt), seq.num_cached,
+                          len(seq.output))
+        if reason is not None:
+            self.scheduler.finish(seq)
+            del self.states[seq.rid]
+        return out
+
+    def stats(self) -> dict[str, float]:
+        return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+                "kv_usage": self.blocks.usage(), "prefix_hit_rate": self.blocks.hits / max(1, self.blocks.queries)}
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

@@ -1,0 +1,139 @@
+"""Runs one scheduled step through a transformers model with the paged KV cache.
+
+The runner owns the KV cache tensors. For a step it packs every chunk's tokens into one row,
+builds the attention metadata, merges media embeddings into ``inputs_embeds`` where placeholder
+tokens stand, runs the decoder and the LM head on the rows that sample.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from omnistage.ar_engine.attention import AttentionMetadata, PrefillSpan
+from omnistage.ar_engine.scheduler import StepPlan
+
+
+class StepResult(NamedTuple):
+    logits: torch.Tensor  # [rows that sample, vocab]
+    hidden: torch.Tensor  # [T, hidden] last-layer states of every computed position
+    sample_rows: list[int]  # packed position of each sampling row
+
+
+def text_config(config: Any) -> Any:
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def kv_shape(config: Any) -> tuple[int, int, int]:
+    cfg = text_config(config)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim
+
+
+class ModelRunner:
+    def __init__(self, model: Any, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
+                 backend: Any = None) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = next(model.parameters()).device
+        self.decoder = model.get_decoder()
+        self.embed = model.get_input_embeddings()
+        self.lm_head = model.get_output_embeddings()
+        self.backend = backend
+        # Qwen2-VL-style models take 3-row (temporal, height, width) rotary positions.
+        self.mrope = hasattr(getattr(model, "model", None), "get_rope_index")
+        layers, kv_heads, head_dim = kv_shape(model.config)
+        dtype = kv_dtype or next(model.parameters()).dtype
+        self.kv_caches = [torch.zeros(2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
+                          for _ in range(layers)]
+
+    @torch.inference_mode()
+    def run(self, plan: StepPlan) -> StepResult:
+        ids, positions, meta, sample_rows = self._prepare(plan)
+        embeds = self._embed(plan, ids)
+        out = self.decoder(inputs_embeds=embeds.unsqueeze(0), position_ids=positions, omni_meta=meta,
+                           use_cache=False)
+        hidden = out.last_hidden_state[0]
+        logits = self.lm_head(hidden[sample_rows]) if sample_rows else hidden.new_zeros((0, 1))
+        return StepResult(logits.float(), hidden, sample_rows)
+
+    def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        bs = self.block_size
+        ids, slot_list, pos_rows, sample_rows = [], [], [], []
+        decode_rows, decode_ctx, decode_tables, prefills = [], [], [], []
+        offset = 0
+        for chunk in plan.chunks:
+            seq, start, n = chunk.seq, chunk.start, chunk.length
+            table = torch.tensor(seq.block_table, dtype=torch.long)
+            pos = torch.arange(start, start + n)
+            ids.extend(seq.tokens[start:start + n])
+            slot_list.append(table[pos // bs] * bs + pos % bs)
+            pos_rows.append(_positions(seq, start, n, self.mrope))
+            ctx = start + n
+            if n == 1:
+                decode_rows.append(offset)
+                decode_ctx.append(ctx)
+                decode_tables.append(table)
+            else:
+                ctx_pos = torch.arange(ctx)
+                causal = ctx_pos[None, :] <= pos[:, None]
+                prefills.append(PrefillSpan(offset, offset + n, (table[ctx_pos // bs] * bs + ctx_pos % bs).to(self.device),
+                                            causal.to(self.device)))
+            if chunk.samples:
+                sample_rows.append(offset + n - 1)
+            offset += n
+        meta = AttentionMetadata(
+            kv_caches=self.kv_caches, slot_mapping=torch.cat(slot_list).to(self.device),
+            decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=self.device),
+            **self._decode_tables(decode_ctx, decode_tables), block_size=bs, prefills=prefills, backend=self.backend)
+        positions = torch.cat(pos_rows, dim=-1).to(self.device)  # [1, T] or [3, T]
+        if self.mrope:
+            positions = positions.unsqueeze(1)  # [3, 1, T]
+        return torch.tensor(ids, dtype=torch.long, device=self.device), positions, meta, sample_rows
+
+    def _decode_tables(self, ctx_lens: list[int], tables: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        bs, dev = self.block_size, self.device
+        if not ctx_lens:
+            empty = torch.zeros((0, 1), dtype=torch.long, device=dev)
+            return dict(decode_slots=empty, decode_mask=empty.bool(), decode_block_tables=empty.int(),
+                        decode_ctx_lens=torch.zeros(0, dtype=torch.int32, device=dev))
+        max_ctx = max(ctx_lens)
+        max_blocks = -(-max_ctx // bs)
+        block_tables = torch.zeros((len(tables), max_blocks), dtype=torch.long)
+        for row, table in enumerate(tables):
+            used = -(-ctx_lens[row] // bs)
+            block_tables[row, :used] = table[:used]
+        pos = torch.arange(max_ctx)
+        slots = block_tables[:, pos // bs] * bs + pos % bs
+        mask = pos[None, :] < torch.tensor(ctx_lens)[:, None]
+        return dict(decode_slots=(slots * mask).to(dev), decode_mask=mask.to(dev),
+                    decode_block_tables=block_tables.to(dev, torch.int32),
+                    decode_ctx_lens=torch.tensor(ctx_lens, dtype=torch.int32, device=dev))
+
+    def _embed(self, plan: StepPlan, ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.embed(ids)
+        offset = 0
+        for chunk in plan.chunks:
+            lo, hi = chunk.start, chunk.start + chunk.length
+            for span in chunk.seq.media:
+                a, b = max(lo, span.start), min(hi, span.start + span.length)
+                if a < b:
+                    rows = span.embeds[a - span.start:b - span.start].to(embeds.device, embeds.dtype)
+                    embeds[offset + a - lo:offset + b - lo] = rows
+            offset += chunk.length
+        return embeds
+
+
+def _positions(seq: Any, start: int, n: int, mrope: bool) -> torch.Tensor:
+    """Rotary positions of tokens [start, start+n): 1-D, or 3-row M-RoPE for Qwen2-VL."""
+    if seq.mrope_positions is None:
+        flat = torch.arange(start, start + n).unsqueeze(0)  # [1, n]
+        return flat.expand(3, -1) if mrope else flat
+    prompt_len = seq.mrope_positions.shape[1]
+    rows = []
+    if start < prompt_len:
+        rows.append(seq.mrope_positions[:, start:min(prompt_len, start + n)])
+    if start + n > prompt_len:
+        text = torch.arange(max(start, prompt_len), start + n) + seq.mrope_delta
+        rows.append(text.unsqueeze(0).expand(3, -1))
+    return torch.cat(rows, dim=1)  # [3, n]

@@ -1,0 +1,144 @@
+"""Continuous-batching scheduler: a state machine with no I/O and no model.
+
+``schedule()`` picks this step's work under a token budget: running sequences first (a decode
+costs one token, an unfinished prefill continues in chunks), then waiting ones, admitted in
+arrival order while blocks, sequence slots and budget allow. When a running sequence needs a
+block and none is free, the latest arrival is preempted: its blocks are freed and it goes back
+to the front of the queue to be recomputed (its generated tokens are kept, never duplicated).
+``update()`` applies the model's sampled tokens to the plan it was given.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from omnistage.ar_engine.block_manager import BlockManager
+from omnistage.ar_engine.sequence import Sequence, Status
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_seqs: int = 64
+    max_tokens_per_step: int = 2048
+    chunked_prefill: bool = True
+
+
+class Chunk(NamedTuple):
+    seq: Sequence
+    start: int  # first position computed in this step
+    length: int
+
+    @property
+    def samples(self) -> bool:
+        """Whether this chunk reaches the sequence's last token, so a new token is sampled."""
+        return self.start + self.length == len(self.seq)
+
+
+class StepPlan(NamedTuple):
+    chunks: list[Chunk]
+    preempted: list[Sequence]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.length for c in self.chunks)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager) -> None:
+        self.config = config
+        self.blocks = blocks
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._arrivals = 0
+
+    def add(self, seq: Sequence) -> None:
+        self._arrivals += 1
+        seq.arrival = self._arrivals
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> StepPlan:
+        budget = self.config.max_tokens_per_step
+        chunks: list[Chunk] = []
+        preempted: list[Sequence] = []
+        # Earliest arrivals first; preemption victims are the latest, so never already scheduled.
+        for seq in sorted(self.running, key=lambda s: s.arrival):
+            if seq.status is not Status.RUNNING or budget == 0:
+                continue
+            if not self._make_room(seq, preempted):
+                continue  # seq itself was preempted
+            n = self._chunk_size(seq, budget)
+            if n:
+                chunks.append(Chunk(seq, seq.num_computed, n))
+                budget -= n
+        while self.waiting and not preempted and budget and len(self.running) < self.config.max_seqs:
+            seq = self.waiting[0]
+            if not self.blocks.can_allocate(seq):
+                break
+            self.blocks.allocate(seq)
+            n = self._chunk_size(seq, budget)
+            if n == 0:
+                self.blocks.free_seq(seq)
+                break
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            chunks.append(Chunk(seq, seq.num_computed, n))
+            budget -= n
+        return StepPlan(chunks, preempted)
+
+    def _chunk_size(self, seq: Sequence, budget: int) -> int:
+        n = seq.remaining()
+        if n <= budget:
+            return n
+        return budget if self.config.chunked_prefill else 0
+
+    def _make_room(self, seq: Sequence, preempted: list[Sequence]) -> bool:
+        """Ensure ``seq`` has blocks for all its tokens, preempting later arrivals if needed."""
+        while not self.blocks.can_append(seq, 0):
+            victim = max(self.running, key=lambda s: s.arrival)
+            self._preempt(victim)
+            preempted.append(victim)
+            if victim is seq:
+                return False
+        self.blocks.may_append(seq)
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free_seq(seq)
+        seq.status = Status.WAITING
+        seq.preemptions += 1
+        # Back in arrival order at the front: preempted work resumes before new work.
+        idx = 0
+        while idx < len(self.waiting) and self.waiting[idx].arrival < seq.arrival:
+            idx += 1
+        self.waiting.insert(idx, seq)
+
+    def update(self, plan: StepPlan, sampled: dict[str, int]) -> list[Sequence]:
+        """Apply a step's results; returns the sequences that got a new token."""
+        grew = []
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            if seq.status is not Status.RUNNING:
+                continue  # aborted while the step ran
+            seq.num_computed = chunk.start + chunk.length
+            self.blocks.commit_full_blocks(seq)
+            if chunk.samples:
+                seq.output.append(sampled[seq.rid])
+                grew.append(seq)
+        return grew
+
+    def finish(self, seq: Sequence) -> None:
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+            self.blocks.free_seq(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.status = Status.FINISHED
+
+    def find(self, rid: str) -> Sequence | None:
+        return next((s for s in (*self.running, *self.waiting) if s.rid == rid), None)
