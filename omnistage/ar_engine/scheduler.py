@@ -51,6 +51,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._arrivals = 0
+        self.preemptions = 0
 
     def add(self, seq: Sequence) -> None:
         self._arrivals += 1
@@ -112,6 +113,7 @@ class Scheduler:
         self.blocks.free_seq(seq)
         seq.status = Status.WAITING
         seq.preemptions += 1
+        self.preemptions += 1
         # Back in arrival order at the front: preempted work resumes before new work.
         idx = 0
         while idx < len(self.waiting) and self.waiting[idx].arrival < seq.arrival:

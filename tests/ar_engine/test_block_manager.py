@@ -1,0 +1,68 @@
+from omnistage.ar_engine.block_manager import BlockManager
+from omnistage.ar_engine.sampling import SamplingParams
+from omnistage.ar_engine.sequence import MediaSpan, Sequence
+
+
+def seq(rid, tokens, media=()):
+    return Sequence(rid, list(tokens), SamplingParams(max_tokens=4), media)
+
+
+def computed(bm, s):
+    bm.allocate(s)
+    s.num_computed = len(s) - 1
+    bm.commit_full_blocks(s)
+    return s
+
+
+IMG = 9  # placeholder token id
+
+
+def test_blocks_are_shared_by_reference_and_revived_after_free():
+    bm = BlockManager(8, 4)
+    a = computed(bm, seq("a", range(9)))
+    b = seq("b", list(range(8)) + [50, 51])
+    bm.allocate(b)
+    assert b.block_table[:2] == a.block_table[:2] and b.num_cached == 8
+    assert bm.blocks[a.block_table[0]].ref_count == 2
+    bm.free_seq(a)
+    bm.free_seq(b)
+    assert bm.num_free == 8
+    c = seq("c", list(range(8)) + [60])
+    bm.allocate(c)
+    assert c.num_cached == 8  # the freed blocks kept their content
+
+
+def test_lru_eviction_takes_oldest_free_blocks_and_suffixes_first():
+    bm = BlockManager(4, 2)
+    a = computed(bm, seq("a", [1, 2, 3, 4, 5]))  # blocks: [1,2] [3,4] [5]
+    bm.free_seq(a)
+    bm.allocate(seq("x", [7, 8]))  # one block: evicts the oldest free one, a's tail
+    again = seq("a2", [1, 2, 3, 4, 5])
+    assert bm.can_allocate(again)
+    bm.allocate(again)
+    assert again.num_cached == 4  # the prefix blocks survived
+
+
+def test_media_hash_decides_reuse():
+    bm = BlockManager(32, 4)
+    tokens = [1, 2, IMG, IMG, IMG, IMG, IMG, IMG, 3, 4]
+    red = (MediaSpan(2, 6, "red"),)
+    computed(bm, seq("a", tokens, red))
+    same = seq("b", tokens, red)
+    bm.allocate(same)
+    assert same.num_cached == 8
+    one_pixel_off = seq("c", tokens, (MediaSpan(2, 6, "red-but-one-pixel"),))
+    bm.allocate(one_pixel_off)
+    assert one_pixel_off.num_cached == 0
+    moved = [1, 2, 5, IMG, IMG, IMG, IMG, IMG, IMG, 4]  # same image one position later
+    shifted = seq("d", moved, (MediaSpan(3, 6, "red"),))
+    bm.allocate(shifted)
+    assert shifted.num_cached == 0
+
+
+def test_can_allocate_counts_revived_blocks():
+    bm = BlockManager(3, 2)
+    a = computed(bm, seq("a", [1, 2, 3, 4, 5]))
+    bm.free_seq(a)
+    assert bm.can_allocate(seq("b", [1, 2, 3, 4, 6]))  # two revived + one new = 3 blocks
+    assert not bm.can_allocate(seq("c", list(range(20, 27))))

@@ -1,0 +1,16 @@
+import random
+
+from transformers import AutoTokenizer
+
+from omnistage.ar_engine.detokenize import IncrementalDetokenizer
+
+
+def test_streamed_deltas_join_to_the_full_decode(qwen2_dir):
+    tok = AutoTokenizer.from_pretrained(qwen2_dir)
+    rng = random.Random(0)
+    for trial in range(20):
+        prompt = [rng.randrange(len(tok)) for _ in range(5)]
+        ids = [rng.randrange(7, len(tok)) for _ in range(40)]  # byte tokens split UTF-8 characters
+        detok = IncrementalDetokenizer(tok, prompt)
+        text = "".join(detok.push(t) for t in ids) + detok.flush()
+        assert text == tok.decode(ids, skip_special_tokens=True), trial

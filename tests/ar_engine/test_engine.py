@@ -1,0 +1,154 @@
+"""The engine on tiny real models: token-for-token equal to HF generate (greedy)."""
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, Qwen2VLForConditionalGeneration
+
+from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine
+from omnistage.ar_engine.multimodal import expand_image_tokens
+from omnistage.ar_engine.sampling import SamplingParams
+from omnistage.graph.kinds import ArOptions
+from omnistage.models.tiny import ensure_tiny
+from omnistage.stages.engine import StageRequest
+from omnistage.stages.kinds.ar import ArStage, load_model
+
+NEW = 24
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def family(request):
+    path = ensure_tiny(request.param)
+    tok = AutoTokenizer.from_pretrained(path)
+    ref = AutoModelForCausalLM.from_pretrained(path).eval()
+    paged = load_model(str(path), torch.float32, "cpu")
+    return request.param, tok, ref, paged
+
+
+def prompts(tok, n=32, shared_prefix=0):
+    base = list(range(20, 20 + shared_prefix))
+    out = []
+    for i in range(n):
+        text = " ".join(["Tell me a story"] * (1 + i % 9)) + f" number {i}"
+        out.append(base + tok(text)["input_ids"])
+    return out
+
+
+def reference(ref, ids, new=NEW):
+    with torch.inference_mode():
+        out = ref.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                           max_new_tokens=new, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def run(engine, requests):
+    for rid, ids, sampling in requests:
+        engine.add(EngineRequest(rid, ids, sampling))
+    tokens = {}
+    while engine.has_work():
+        for out in engine.step():
+            tokens.setdefault(out.rid, []).extend(out.tokens)
+    return tokens
+
+
+CONFIGS = {
+    "plain": EngineConfig(block_size=16, num_blocks=256),
+    "chunked": EngineConfig(block_size=4, num_blocks=1024, max_tokens_per_step=24),
+    "preempting": EngineConfig(block_size=4, num_blocks=48, max_tokens_per_step=64),
+    "no-prefix-cache": EngineConfig(block_size=8, num_blocks=256, prefix_caching=False),
+}
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_32_concurrent_requests_equal_hf_generate(family, config):
+    name, tok, ref, paged = family
+    engine = LLMEngine(paged, tok, CONFIGS[config])
+    batch = prompts(tok)
+    got = run(engine, [(f"r{i}", ids, SamplingParams(max_tokens=NEW, temperature=0)) for i, ids in enumerate(batch)])
+    for i, ids in enumerate(batch):
+        assert got[f"r{i}"] == reference(ref, ids), f"{name}/{config} request {i}"
+    if config == "preempting":
+        assert engine.scheduler.preemptions > 0 and engine.blocks.num_free == 48
+
+
+def test_prefix_cache_hits_give_the_same_tokens(family):
+    name, tok, ref, paged = family
+    engine = LLMEngine(paged, tok, EngineConfig(block_size=8, num_blocks=512))
+    batch = prompts(tok, n=8, shared_prefix=64)
+    first = run(engine, [("warm", batch[0], SamplingParams(max_tokens=NEW, temperature=0))])
+    got = run(engine, [(f"r{i}", ids, SamplingParams(max_tokens=NEW, temperature=0)) for i, ids in enumerate(batch)])
+    assert engine.blocks.hits >= 8 * 8
+    assert got["r0"] == first["warm"]
+    for i, ids in enumerate(batch):
+        assert got[f"r{i}"] == reference(ref, ids), f"{name} request {i}"
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(family):
+    _, tok, _, paged = family
+    params = dict(max_tokens=16, temperature=0.9, top_p=0.95, seed=11, ignore_eos=True)
+    alone = run(LLMEngine(paged, tok, EngineConfig(num_blocks=128)),
+                [("x", prompts(tok)[3], SamplingParams(**params))])
+    others = [(f"o{i}", ids, SamplingParams(**dict(params, seed=i))) for i, ids in enumerate(prompts(tok, 8))]
+    crowd = run(LLMEngine(paged, tok, EngineConfig(num_blocks=128, max_tokens_per_step=32)),
+                others[:4] + [("x", prompts(tok)[3], SamplingParams(**params))] + others[4:])
+    assert crowd["x"] == alone["x"] and len(alone["x"]) == 16
+
+
+def test_hidden_states_match_the_reference_model(family):
+    _, tok, ref, paged = family
+    ids = prompts(tok)[5]
+    engine = LLMEngine(paged, tok, EngineConfig(num_blocks=64, hidden_states="generated"))
+    engine.add(EngineRequest("h", ids, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)))
+    tokens, hidden = [], []
+    while engine.has_work():
+        for out in engine.step():
+            tokens += out.tokens
+            hidden.append(out.hidden)
+    full = torch.tensor([ids + tokens[:-1]])
+    with torch.inference_mode():
+        want = ref.model(full).last_hidden_state[0, len(ids) - 1:]
+    torch.testing.assert_close(torch.cat(hidden), want, rtol=1e-4, atol=1e-4)
+
+
+def test_hidden_states_all_refuses_prefix_caching():
+    with pytest.raises(ValueError, match="prefix_caching"):
+        EngineConfig(hidden_states="all")
+
+
+def test_qwen2_vl_with_images_equals_hf_generate():
+    path = ensure_tiny("qwen2-vl")
+    tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+    ref = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
+    stage = ArStage(load_model(str(path), torch.float32, "cpu"), tok, ArOptions(block_size=4, max_tokens_per_step=40),
+                    8, processor)
+    g = torch.Generator().manual_seed(0)
+    images = [Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy())
+              for h, w in [(56, 56), (84, 112), (112, 56)]]
+    image, text = {"type": "image"}, lambda s: {"type": "text", "text": s}
+    cases = {
+        "one": ([image, text("Describe the image.")], [images[0]]),
+        "text-only": ("Hello there, no image", []),
+        "two": ([image, text("and"), image, text("compare")], [images[1], images[2]]),
+        "repeat": ([text("Same image again"), image], [images[0]]),
+    }
+    for rid, (content, imgs) in cases.items():
+        stage.add(StageRequest(rid, {"messages": [{"role": "user", "content": content}], "images": imgs},
+                               {"temperature": 0, "max_tokens": 16}))
+    got = {}
+    while stage.has_work():
+        for out in stage.step():
+            got.setdefault(out.rid, []).extend(out.ports["tokens"])
+    for rid, (content, imgs) in cases.items():
+        prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+        ids, extra = tok(prompt, add_special_tokens=False)["input_ids"], {}
+        if imgs:
+            pixels = processor(images=imgs, return_tensors="pt")
+            ids, _ = expand_image_tokens(ids, ref.config.image_token_id,
+                                         (pixels["image_grid_thw"].prod(-1) // 4).tolist())
+            extra = dict(pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])
+        input_ids = torch.tensor([ids])
+        with torch.inference_mode():
+            out = ref.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=16,
+                               do_sample=False, mm_token_type_ids=(input_ids == ref.config.image_token_id).int(),
+                               **extra)
+        assert got[rid] == out[0, len(ids):].tolist(), rid
