@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -46,6 +47,17 @@ class EngineRequest:
     media: tuple[MediaSpan, ...] = ()
     mrope_positions: Any = None
     mrope_delta: int = 0
+    # Prefill only: after the first token, keep the KV for ``export_kv`` instead of decoding on.
+    hold: bool = False
+
+
+@dataclass
+class Prefilled:
+    """A request whose prompt K/V were computed elsewhere (the prefill stage)."""
+
+    request: EngineRequest
+    first_token: int
+    kv: torch.Tensor  # [layers, 2, prompt_len, kv_heads, head_dim]
 
 
 class TokenOutput(NamedTuple):
@@ -68,6 +80,7 @@ class _State:
     text: str = ""  # all text so far (stop strings are searched here)
     sent: int = 0  # characters of ``text`` already emitted
     hidden: list[torch.Tensor] = field(default_factory=list)
+    hold: bool = False
 
 
 class LLMEngine:
@@ -83,6 +96,7 @@ class LLMEngine:
         self.max_model_len = min(getattr(text_config(model.config), "max_position_embeddings", 1 << 30),
                                  num_blocks * config.block_size)
         self.states: dict[str, _State] = {}
+        self.imports: deque[Prefilled] = deque()
 
     @staticmethod
     def _blocks_for(model: Any, config: EngineConfig) -> int:
@@ -101,8 +115,52 @@ class LLMEngine:
         if req.rid in self.states:
             raise RequestRejected(f"request id {req.rid!r} is already running")
         seq = Sequence(req.rid, list(req.prompt), req.sampling, req.media, req.mrope_positions, req.mrope_delta)
-        self.states[req.rid] = _State(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt))
+        self.states[req.rid] = _State(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt), hold=req.hold)
         self.scheduler.add(seq)
+
+    def add_prefilled(self, item: Prefilled) -> None:
+        """Continue a request whose prompt was prefilled elsewhere; it joins when blocks allow."""
+        req = item.request
+        seq = Sequence(req.rid, list(req.prompt), req.sampling, req.media, req.mrope_positions, req.mrope_delta)
+        seq.output.append(item.first_token)
+        self.states[req.rid] = _State(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt))
+        self.imports.append(item)
+
+    def export_kv(self, rid: str) -> torch.Tensor:
+        """K/V of a held request's prompt, [layers, 2, prompt_len, kv_heads, head_dim]; frees it."""
+        state = self.states.pop(rid)
+        seq = state.seq
+        slots = self._slots(seq, len(seq.prompt))
+        kv = torch.stack([cache[:, slots] for cache in self.runner.kv_caches]).cpu()
+        self.scheduler.finish(seq)
+        return kv
+
+    def _slots(self, seq: Sequence, n: int) -> torch.Tensor:
+        pos = torch.arange(n)
+        table = torch.tensor(seq.block_table, dtype=torch.long)
+        bs = self.config.block_size
+        return (table[pos // bs] * bs + pos % bs).to(self.runner.device)
+
+    def _admit_imports(self) -> list[TokenOutput]:
+        outs = []
+        while self.imports:
+            item = self.imports[0]
+            state = self.states.get(item.request.rid)
+            if state is None:  # aborted while waiting
+                self.imports.popleft()
+                continue
+            seq = state.seq
+            if not self.blocks.can_allocate(seq):
+                break
+            self.imports.popleft()
+            self.blocks.allocate(seq)
+            slots = self._slots(seq, len(seq.prompt))
+            for layer, cache in enumerate(self.runner.kv_caches):
+                cache[:, slots] = item.kv[layer].to(cache.device, cache.dtype)
+            seq.num_computed = len(seq.prompt)
+            self.scheduler.adopt(seq)
+            outs.append(self._emit(seq, Sampled(item.first_token)))
+        return outs
 
     def abort(self, rid: str) -> None:
         state = self.states.pop(rid, None)
@@ -110,20 +168,21 @@ class LLMEngine:
             self.scheduler.finish(state.seq)
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or bool(self.imports)
 
     # --- the step ------------------------------------------------------------------------------
     def step(self) -> list[TokenOutput]:
+        imported = self._admit_imports()
         plan = self.scheduler.schedule()
         if not plan.chunks:
-            return []
+            return imported
         result = self.runner.run(plan)
         samplers = [c.seq for c in plan.chunks if c.samples]
         picked = sample_batch(result.logits, [s.sampling for s in samplers], [s.tokens for s in samplers])
         self._keep_hidden(plan, result.hidden, result.sample_rows)
         grew = self.scheduler.update(plan, {s.rid: p.token for s, p in zip(samplers, picked)})
         by_rid = {s.rid: p for s, p in zip(samplers, picked)}
-        return [self._emit(seq, by_rid[seq.rid]) for seq in grew]
+        return imported + [self._emit(seq, by_rid[seq.rid]) for seq in grew]
 
     def _keep_hidden(self, plan: StepPlan, hidden: torch.Tensor, sample_rows: list[int]) -> None:
         mode = self.config.hidden_states
@@ -165,6 +224,8 @@ class LLMEngine:
         if reason is not None:
             self.scheduler.finish(seq)
             del self.states[seq.rid]
+        elif state.hold:
+            self.scheduler.detach(seq)  # until export_kv hands the prompt's K/V over
         return out
 
     def stats(self) -> dict[str, float]:

@@ -58,6 +58,19 @@ class Scheduler:
         seq.arrival = self._arrivals
         self.waiting.append(seq)
 
+    def adopt(self, seq: Sequence) -> None:
+        """Run ``seq`` from now on; its blocks are allocated and its K/V already in place."""
+        self._arrivals += 1
+        seq.arrival = self._arrivals
+        seq.status = Status.RUNNING
+        self.running.append(seq)
+        self.blocks.commit_full_blocks(seq)
+
+    def detach(self, seq: Sequence) -> None:
+        """Take ``seq`` out of the batch but keep its blocks (see ``finish`` to free them)."""
+        self.running.remove(seq)
+        seq.status = Status.HELD
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
@@ -137,6 +150,7 @@ class Scheduler:
     def finish(self, seq: Sequence) -> None:
         if seq.status is Status.RUNNING:
             self.running.remove(seq)
+        if seq.status in (Status.RUNNING, Status.HELD):
             self.blocks.free_seq(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)

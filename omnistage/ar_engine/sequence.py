@@ -11,6 +11,7 @@ from omnistage.ar_engine.sampling import SamplingParams
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    HELD = "held"  # out of the batch, blocks kept (a prefill waiting to hand its KV over)
     FINISHED = "finished"
 
 

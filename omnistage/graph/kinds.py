@@ -112,6 +112,25 @@ register_kind(KindSpec(
     description="autoregressive generation with a causal LM",
 ))
 register_kind(KindSpec(
+    name="prefill",
+    engine="omnistage.stages.kinds.disagg:build_prefill",
+    options=ArOptions,
+    inputs=(PortSpec("prompt", "text"), PortSpec("messages", "messages"), PortSpec("images", "image")),
+    outputs=(PortSpec("kv", "kv"),),
+    needs_model=True,
+    any_of=(("prompt", "messages"),),
+    description="computes a prompt's KV cache and first token, for a decode stage",
+))
+register_kind(KindSpec(
+    name="decode",
+    engine="omnistage.stages.kinds.disagg:build_decode",
+    options=ArOptions,
+    inputs=(PortSpec("kv", "kv", required=True),),
+    outputs=_AR_OUTPUTS,
+    needs_model=True,
+    description="continues generation from a prefill stage's KV cache",
+))
+register_kind(KindSpec(
     name="python",
     engine="omnistage.stages.kinds.python:build",
     options=PythonOptions,

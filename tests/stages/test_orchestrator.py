@@ -153,3 +153,13 @@ def _wait_until(condition, timeout):
             return True
         tick.wait(0.05)
     return condition()
+
+
+def test_prefill_and_decode_as_separate_workers_equal_hf_generate(hf_greedy):
+    with Pipeline.from_yaml(ROOT / "examples" / "text_chat_pd.yaml") as pipe:
+        handles = [pipe.submit(messages=_msgs(p), temperature=0, max_tokens=16) for p in PROMPTS]
+        results = [h.result(timeout=60) for h in handles]
+    for prompt, result in zip(PROMPTS, results):
+        tokens, text = hf_greedy(messages=_msgs(prompt), max_tokens=16)
+        assert result.text == text
+        assert result.usage["completion_tokens"] == len(tokens)

@@ -121,10 +121,15 @@ def _to_pil(image: Any) -> Any:
     raise RequestRejected(f"cannot read an image from a {type(image).__name__}", param="images")
 
 
-def build(stage: StagePlan, device: str) -> ArStage:
+def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
+    """Load the stage's checkpoint (model, tokenizer, image processor for VL) into ``cls``."""
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
     model = load_model(path, torch_dtype(stage.model_dtype, device), device)
     image_processor = AutoImageProcessor.from_pretrained(path) if is_vision_language(model) else None
-    return ArStage(model, AutoTokenizer.from_pretrained(path), stage.options, stage.config.batching.max_batch,
-                   image_processor, device)
+    return cls(model, AutoTokenizer.from_pretrained(path), stage.options, stage.config.batching.max_batch,
+               image_processor, device)
+
+
+def build(stage: StagePlan, device: str) -> ArStage:
+    return build_stage(ArStage, stage, device)

@@ -1,0 +1,98 @@
+"""Prefill/decode disaggregation: ``prefill`` computes a prompt's K/V and first token and hands
+them to ``decode`` over the ``kv`` port (tensors above the threshold travel through shared
+memory on one host); ``decode`` adopts the K/V into its own paged cache and generates the rest.
+The tokens equal those of the colocated ``ar`` kind, including seeded sampling: the request's
+random-generator state travels with the hand-off.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from omnistage.ar_engine.engine import EngineRequest, Prefilled
+from omnistage.ar_engine.sampling import SamplingParams
+from omnistage.ar_engine.sequence import MediaSpan
+from omnistage.graph.plan import StagePlan
+from omnistage.stages.engine import StageOutput, StageRequest
+from omnistage.stages.kinds.ar import ArStage, build_stage, to_stage_output
+
+
+class PrefillStage(ArStage):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, EngineRequest] = {}
+
+    def add(self, request: StageRequest) -> None:
+        sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
+        req = self.engine_request(request.rid, request.inputs, sampling)
+        req.hold = True
+        self.engine.add(req)
+        self.pending[request.rid] = req
+
+    def step(self) -> list[StageOutput]:
+        outs = []
+        for out in self.engine.step():
+            req = self.pending.pop(out.rid)
+            kv = None if out.finished else self.engine.export_kv(out.rid)
+            handoff = {"prompt": req.prompt, "first": out.tokens[0], "kv": kv, "finish_reason": out.finish_reason,
+                       "text": out.text,
+                       "rng": req.sampling.generator.get_state() if req.sampling.generator is not None else None,
+                       "media": [_span_to_wire(s) for s in req.media], "mrope_positions": req.mrope_positions,
+                       "mrope_delta": req.mrope_delta}
+            # Usage (prompt and completion tokens) is reported once, by the decode stage.
+            outs.append(StageOutput(out.rid, ports={"kv": handoff}, finished=True,
+                                    meta={"prefill_cached_tokens": out.cached_tokens}))
+        return outs
+
+    def abort(self, rid: str) -> None:
+        self.pending.pop(rid, None)
+        self.engine.abort(rid)
+
+
+class DecodeStage(ArStage):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.finished_early: list[StageOutput] = []
+
+    def add(self, request: StageRequest) -> None:
+        handoff = request.inputs["kv"]
+        sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
+        if handoff["rng"] is not None:
+            sampling.rng().set_state(handoff["rng"])
+        if handoff["kv"] is None:  # the request ended with its first token
+            self.finished_early.append(StageOutput(
+                request.rid, ports={"text": handoff["text"], "tokens": [handoff["first"]]}, finished=True,
+                meta={"finish_reason": handoff["finish_reason"], "completion_tokens": 1}))
+            return
+        req = EngineRequest(request.rid, handoff["prompt"], sampling,
+                            tuple(_span_from_wire(s) for s in handoff["media"]), handoff["mrope_positions"],
+                            handoff["mrope_delta"])
+        self.engine.add_prefilled(Prefilled(req, handoff["first"], handoff["kv"]))
+
+    def step(self) -> list[StageOutput]:
+        early, self.finished_early = self.finished_early, []
+        return early + [to_stage_output(out) for out in self.engine.step()]
+
+    def abort(self, rid: str) -> None:
+        self.finished_early = [o for o in self.finished_early if o.rid != rid]
+        self.engine.abort(rid)
+
+    def has_work(self) -> bool:
+        return bool(self.finished_early) or self.engine.has_work()
+
+
+def _span_to_wire(span: MediaSpan) -> dict[str, Any]:
+    return {"start": span.start, "length": span.length, "hash": span.content_hash, "embeds": span.embeds,
+            "grid": list(span.grid_thw) if span.grid_thw is not None else None}
+
+
+def _span_from_wire(data: dict[str, Any]) -> MediaSpan:
+    grid = tuple(data["grid"]) if data["grid"] is not None else None
+    return MediaSpan(data["start"], data["length"], data["hash"], data["embeds"], grid)
+
+
+def build_prefill(stage: StagePlan, device: str) -> ArStage:
+    return build_stage(PrefillStage, stage, device)
+
+
+def build_decode(stage: StagePlan, device: str) -> ArStage:
+    return build_stage(DecodeStage, stage, device)

@@ -1,0 +1,90 @@
+"""prefill -> decode hand-off (through the real wire format) equals the colocated ar stage."""
+import pytest
+import torch
+from PIL import Image
+
+from omnistage.connectors.messages import Data
+from omnistage.connectors.shm import ShmRing
+from omnistage.connectors.wire import Decoder, Encoder
+from omnistage.graph.compile import compile_file
+from omnistage.stages.engine import StageRequest
+from omnistage.stages.kinds.ar import ArStage, build_stage
+from omnistage.stages.kinds.disagg import DecodeStage, PrefillStage
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def stages():
+    plan = compile_file(ROOT / "examples" / "text_chat_pd.yaml")
+    prefill = build_stage(PrefillStage, plan.stages["prefill"], "cpu")
+    decode = build_stage(DecodeStage, plan.stages["decode"], "cpu")
+    colocated = build_stage(ArStage, plan.stages["decode"], "cpu")
+    return prefill, decode, colocated
+
+
+def drain(stage):
+    out = {}
+    while stage.has_work():
+        for o in stage.step():
+            rec = out.setdefault(o.rid, {"text": "", "tokens": [], "ports": {}, "meta": {}})
+            rec["text"] += o.ports.get("text", "")
+            rec["tokens"] += o.ports.get("tokens", [])
+            rec["ports"].update(o.ports)
+            rec["meta"].update(o.meta)
+    return out
+
+
+def through_wire(value, tmp_path):
+    ring = ShmRing(f"omnistage-test-{tmp_path.name}", 2, 8 << 20)
+    try:
+        return Decoder().decode(Encoder(ring, 1024).encode(Data("r", "kv", value))).value
+    finally:
+        ring.close()
+
+
+REQUESTS = [
+    ({"prompt": "Tell me a story about a cat " * 3}, {"temperature": 0, "max_tokens": 20}),
+    ({"messages": [{"role": "user", "content": "Hello"}]}, {"temperature": 0.8, "seed": 5, "max_tokens": 16}),
+    ({"prompt": "red green blue"}, {"temperature": 0, "max_tokens": 1}),
+    ({"prompt": "Numbers: 1 2 3"}, {"temperature": 0.7, "top_k": 20, "seed": 9, "max_tokens": 12,
+                                    "ignore_eos": True}),
+]
+
+
+def test_disaggregated_tokens_equal_colocated(stages, tmp_path):
+    prefill, decode, colocated = stages
+    for i, (inputs, params) in enumerate(REQUESTS):
+        prefill.add(StageRequest(f"r{i}", dict(inputs), params))
+        colocated.add(StageRequest(f"r{i}", dict(inputs), params))
+    handoffs = drain(prefill)
+    want = drain(colocated)
+    for rid, rec in handoffs.items():
+        decode.add(StageRequest(rid, {"kv": through_wire(rec["ports"]["kv"], tmp_path)}, REQUESTS[int(rid[1:])][1]))
+    got = drain(decode)
+    for rid in want:
+        assert got[rid]["tokens"] == want[rid]["tokens"], rid
+        assert got[rid]["text"] == want[rid]["text"], rid
+        assert got[rid]["meta"]["finish_reason"] == want[rid]["meta"]["finish_reason"]
+    assert len(got["r2"]["tokens"]) == 1  # finished at the prefill stage
+    assert prefill.engine.blocks.num_free == prefill.engine.blocks.blocks.__len__()
+
+
+def test_disaggregated_qwen2_vl_with_an_image(tmp_path):
+    from omnistage.graph.compile import compile_graph
+    from omnistage.graph.load import parse_graph
+    text = (ROOT / "examples" / "text_chat_pd.yaml").read_text().replace("tiny:qwen2", "tiny:qwen2-vl")
+    text = text.replace("inputs: {messages: request.messages, prompt: request.prompt}",
+                        "inputs: {messages: request.messages, images: request.images}")
+    plan = compile_graph(parse_graph(text), base_dir=ROOT / "examples")
+    prefill = build_stage(PrefillStage, plan.stages["prefill"], "cpu")
+    decode = build_stage(DecodeStage, plan.stages["decode"], "cpu")
+    colocated = build_stage(ArStage, plan.stages["decode"], "cpu")
+    image = Image.fromarray((torch.rand(84, 56, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy())
+    inputs = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}],
+              "images": [image]}
+    params = {"temperature": 0, "max_tokens": 12}
+    prefill.add(StageRequest("v", dict(inputs), params))
+    colocated.add(StageRequest("v", dict(inputs), params))
+    handoff = through_wire(drain(prefill)["v"]["ports"]["kv"], tmp_path)
+    decode.add(StageRequest("v", {"kv": handoff}, params))
+    assert drain(decode)["v"]["tokens"] == drain(colocated)["v"]["tokens"]
