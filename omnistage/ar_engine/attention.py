@@ -37,10 +37,8 @@ class AttentionMetadata:
     kv_caches: list[torch.Tensor]  # per layer [2, num_blocks * block_size, kv_heads, head_dim]
     slot_mapping: torch.Tensor  # [T] flat slot for each new token
     decode_rows: torch.Tensor  # [D] packed positions of single-token (decode) queries
-    decode_slots: torch.Tensor  # [D, max_ctx] slots each decode attends to (padded with 0)
-    decode_mask: torch.Tensor  # [D, max_ctx] bool, False on padding
-    decode_block_tables: torch.Tensor  # [D, max_blocks] int32 (for the Triton kernel)
-    decode_ctx_lens: torch.Tensor  # [D] int32
+    decode_block_tables: torch.Tensor  # [D, max_blocks] int32, padded with block 0
+    decode_ctx_lens: torch.Tensor  # [D] int32: each decode attends to its first ctx_len positions
     block_size: int
     prefills: list[PrefillSpan]
     backend: Any = None  # optional accelerated implementation (kernels.TritonBackend)
@@ -52,11 +50,17 @@ def store_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slo
     kv_cache[1].index_copy_(0, slots, value.to(kv_cache.dtype))
 
 
-def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """q [D, heads, dim] over each row's cached positions -> [D, heads, dim] (reference)."""
-    k = kv_cache[0][slots].transpose(1, 2)  # [D, kv_heads, ctx, dim]
-    v = kv_cache[1][slots].transpose(1, 2)
+def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, ctx_lens: torch.Tensor,
+                     block_size: int, scale: float) -> torch.Tensor:
+    """q [D, heads, dim] over each row's first ctx_lens positions -> [D, heads, dim] (reference).
+
+    Gathers whole blocks (not single slots): far fewer, larger copies."""
+    rows, max_blocks = block_tables.shape
+    blocks = kv_cache.view(2, -1, block_size, *kv_cache.shape[2:])
+    ctx = max_blocks * block_size
+    k = blocks[0][block_tables.long()].view(rows, ctx, *kv_cache.shape[2:]).transpose(1, 2)
+    v = blocks[1][block_tables.long()].view(rows, ctx, *kv_cache.shape[2:]).transpose(1, 2)
+    mask = torch.arange(ctx, device=q.device)[None, :] < ctx_lens[:, None]
     out = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask[:, None, None, :], scale=scale,
                                          enable_gqa=True)
     return out.squeeze(2)
@@ -88,11 +92,8 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     out = torch.empty_like(q)
     if meta.decode_rows.numel():
         qd = q[meta.decode_rows].to(kv_cache.dtype)
-        if backend is not None:
-            res = backend.decode_attention(qd, kv_cache, meta.decode_block_tables, meta.decode_ctx_lens,
-                                           meta.block_size, scale)
-        else:
-            res = decode_attention(qd, kv_cache, meta.decode_slots, meta.decode_mask, scale)
+        attend = backend.decode_attention if backend is not None else decode_attention
+        res = attend(qd, kv_cache, meta.decode_block_tables, meta.decode_ctx_lens, meta.block_size, scale)
         out[meta.decode_rows] = res.to(out.dtype)
     for span in meta.prefills:
         qp = q[span.q_start:span.q_end].to(kv_cache.dtype)

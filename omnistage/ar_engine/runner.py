@@ -58,57 +58,47 @@ class ModelRunner:
         return StepResult(logits.float(), hidden, sample_rows)
 
     def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        bs = self.block_size
-        ids, slot_list, pos_rows, sample_rows = [], [], [], []
+        bs, dev = self.block_size, self.device
+        ids: list[int] = []
+        slots: list[int] = []
+        pos_rows: list[torch.Tensor] = []
+        sample_rows: list[int] = []
         decode_rows, decode_ctx, decode_tables, prefills = [], [], [], []
         offset = 0
         for chunk in plan.chunks:
             seq, start, n = chunk.seq, chunk.start, chunk.length
-            table = torch.tensor(seq.block_table, dtype=torch.long)
-            pos = torch.arange(start, start + n)
+            table = seq.block_table
             ids.extend(seq.tokens[start:start + n])
-            slot_list.append(table[pos // bs] * bs + pos % bs)
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             pos_rows.append(_positions(seq, start, n, self.mrope))
-            ctx = start + n
             if n == 1:
                 decode_rows.append(offset)
-                decode_ctx.append(ctx)
-                decode_tables.append(table)
+                decode_ctx.append(start + 1)
+                decode_tables.append(table[:-(-(start + 1) // bs)])
             else:
-                ctx_pos = torch.arange(ctx)
-                causal = ctx_pos[None, :] <= pos[:, None]
-                prefills.append(PrefillSpan(offset, offset + n, (table[ctx_pos // bs] * bs + ctx_pos % bs).to(self.device),
-                                            causal.to(self.device)))
+                prefills.append(self._prefill_span(table, start, n, offset))
             if chunk.samples:
                 sample_rows.append(offset + n - 1)
             offset += n
+        width = max((len(t) for t in decode_tables), default=1)
         meta = AttentionMetadata(
-            kv_caches=self.kv_caches, slot_mapping=torch.cat(slot_list).to(self.device),
-            decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=self.device),
-            **self._decode_tables(decode_ctx, decode_tables), block_size=bs, prefills=prefills, backend=self.backend)
-        positions = torch.cat(pos_rows, dim=-1).to(self.device)  # [1, T] or [3, T]
+            kv_caches=self.kv_caches, slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev),
+            decode_block_tables=torch.tensor([t + [0] * (width - len(t)) for t in decode_tables] or [[0]],
+                                             dtype=torch.int32, device=dev)[:len(decode_tables)],
+            decode_ctx_lens=torch.tensor(decode_ctx, dtype=torch.int32, device=dev),
+            block_size=bs, prefills=prefills, backend=self.backend)
+        positions = torch.cat(pos_rows, dim=-1).to(dev)  # [1, T] or [3, T]
         if self.mrope:
             positions = positions.unsqueeze(1)  # [3, 1, T]
-        return torch.tensor(ids, dtype=torch.long, device=self.device), positions, meta, sample_rows
+        return torch.tensor(ids, dtype=torch.long, device=dev), positions, meta, sample_rows
 
-    def _decode_tables(self, ctx_lens: list[int], tables: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        bs, dev = self.block_size, self.device
-        if not ctx_lens:
-            empty = torch.zeros((0, 1), dtype=torch.long, device=dev)
-            return dict(decode_slots=empty, decode_mask=empty.bool(), decode_block_tables=empty.int(),
-                        decode_ctx_lens=torch.zeros(0, dtype=torch.int32, device=dev))
-        max_ctx = max(ctx_lens)
-        max_blocks = -(-max_ctx // bs)
-        block_tables = torch.zeros((len(tables), max_blocks), dtype=torch.long)
-        for row, table in enumerate(tables):
-            used = -(-ctx_lens[row] // bs)
-            block_tables[row, :used] = table[:used]
-        pos = torch.arange(max_ctx)
-        slots = block_tables[:, pos // bs] * bs + pos % bs
-        mask = pos[None, :] < torch.tensor(ctx_lens)[:, None]
-        return dict(decode_slots=(slots * mask).to(dev), decode_mask=mask.to(dev),
-                    decode_block_tables=block_tables.to(dev, torch.int32),
-                    decode_ctx_lens=torch.tensor(ctx_lens, dtype=torch.int32, device=dev))
+    def _prefill_span(self, table: list[int], start: int, n: int, offset: int) -> PrefillSpan:
+        bs = self.block_size
+        ctx_pos = torch.arange(start + n)
+        ctx_slots = torch.tensor(table, dtype=torch.long)[ctx_pos // bs] * bs + ctx_pos % bs
+        causal = ctx_pos[None, :] <= torch.arange(start, start + n)[:, None]
+        return PrefillSpan(offset, offset + n, ctx_slots.to(self.device), causal.to(self.device))
 
     def _embed(self, plan: StepPlan, ids: torch.Tensor) -> torch.Tensor:
         embeds = self.embed(ids)

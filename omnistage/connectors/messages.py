@@ -57,6 +57,12 @@ class Chunk(msgspec.Struct, array_like=True):
     value: Any
 
 
+class Chunks(msgspec.Struct, array_like=True):
+    """The chunks one stage step produced for one sink, sent together (one message per step)."""
+
+    items: list[Chunk]
+
+
 class Done(msgspec.Struct, array_like=True):
     """A stage finished its part of a request; ``meta`` carries usage and finish reasons."""
 
@@ -83,5 +89,5 @@ class Shutdown(msgspec.Struct, array_like=True):
 
 
 # The position in this tuple is the one-byte type frame: append only, never reorder.
-MESSAGE_TYPES: tuple[type, ...] = (Ready, StartFailed, Admit, Data, Chunk, Done, Failed, Abort, Shutdown)
-Message = Ready | StartFailed | Admit | Data | Chunk | Done | Failed | Abort | Shutdown
+MESSAGE_TYPES: tuple[type, ...] = (Ready, StartFailed, Admit, Data, Chunk, Done, Failed, Abort, Shutdown, Chunks)
+Message = Ready | StartFailed | Admit | Data | Chunk | Done | Failed | Abort | Shutdown | Chunks

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,11 +65,19 @@ class RequestHandle:
         self._sync: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._async: asyncio.Queue[Event] | None = asyncio.Queue() if loop is not None else None
         self.closed = False
+        self.created_at = time.perf_counter()
+        self.first_at: float | None = None  # first chunk (time to first token)
+        self.finished_at: float | None = None
 
     def push(self, event: Event) -> None:
         if self.closed:
             return
+        now = time.perf_counter()
+        if self.first_at is None and isinstance(event, ChunkEvent):
+            self.first_at = now
         self.closed = isinstance(event, (DoneEvent, ErrorEvent))
+        if self.closed:
+            self.finished_at = now
         if self._async is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._async.put_nowait, event)
         else:

@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from omnistage.connectors.messages import (Abort, Admit, Chunk, Data, Dest, Done, Failed, Ready, Shutdown,
+from omnistage.connectors.messages import (Abort, Admit, Chunks, Data, Dest, Done, Failed, Ready, Shutdown,
                                            StartFailed)
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
 from omnistage.connectors.transport import Inbox, Outbox, bind_address
@@ -219,10 +219,11 @@ class Orchestrator:
                 else:
                     replica.error, replica.state = msg.error, "dead"
                 self._lock.notify_all()
-        elif isinstance(msg, Chunk):
-            live = self.requests.get(msg.rid)
-            if live is not None:
-                live.handle.push(ChunkEvent(msg.modality, msg.value))
+        elif isinstance(msg, Chunks):
+            for chunk in msg.items:
+                live = self.requests.get(chunk.rid)
+                if live is not None:
+                    live.handle.push(ChunkEvent(chunk.modality, chunk.value))
         elif isinstance(msg, Done):
             self._on_done(msg)
         elif isinstance(msg, Failed):

@@ -18,7 +18,8 @@ from typing import Any
 
 import zmq
 
-from omnistage.connectors.messages import Abort, Admit, Chunk, Data, Done, Failed, Ready, Shutdown, StartFailed
+from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Ready, Shutdown,
+                                           StartFailed)
 from omnistage.connectors.shm import ShmRing, segment_name
 from omnistage.connectors.transport import Inbox, Outbox, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
@@ -173,22 +174,33 @@ class StageWorker:
 
     # --- outputs --------------------------------------------------------------------------
     def _emit(self, outputs: list[StageOutput]) -> None:
+        # Response chunks of one step go to each sink as one message; a request's Done or
+        # Failed is queued after that batch, so it never overtakes its own chunks.
+        chunks: dict[str, list[Chunk]] = {}
+        finished: list[tuple[Admit, StageOutput]] = []
         for out in outputs:
             admit = self.admitted.get(out.rid)
             if admit is None:
                 continue  # aborted while the step ran
             if out.error is not None:
-                self._fail(out.rid, out.error, out.status)
+                finished.append((admit, out))
                 continue
             for port, value in out.ports.items():
                 for dest in admit.routes.get(port, ()):
                     if dest.to_response:
-                        self._out.put((admit.sink, Chunk(out.rid, dest.port, value)))
+                        chunks.setdefault(admit.sink, []).append(Chunk(out.rid, dest.port, value))
                     elif port in self.streaming:
                         self.held[out.rid][port] = concat(self.held[out.rid].get(port), value)
                     else:
                         self.held[out.rid][port] = value
             if out.finished:
+                finished.append((admit, out))
+        for sink, items in chunks.items():
+            self._out.put((sink, Chunks(items)))
+        for admit, out in finished:
+            if out.error is not None:
+                self._fail(out.rid, out.error, out.status)
+            else:
                 self._finish(admit, out)
 
     def _finish(self, admit: Admit, out: StageOutput) -> None:

@@ -23,10 +23,7 @@ def check(dtype: torch.dtype, block_size: int, head_dim: int) -> None:
     ctx_lens = torch.tensor([1, block_size, 2 * block_size + 3, 5 * block_size - 1], dtype=torch.int32)
     tables = torch.stack([torch.randperm(num_blocks, generator=g)[:6] for _ in ctx_lens]).to(torch.int32)
     q = torch.randn(len(ctx_lens), heads, head_dim, generator=g).to(dtype)
-    pos = torch.arange(int(ctx_lens.max()))
-    slot_rows = tables.long()[:, pos // block_size] * block_size + pos % block_size
-    mask = pos[None, :] < ctx_lens[:, None]
-    want = decode_attention(q.float(), cache.float(), slot_rows * mask, mask, head_dim ** -0.5)
+    want = decode_attention(q.float(), cache.float(), tables, ctx_lens, block_size, head_dim ** -0.5)
     got = paged_decode_attention(q, cache, tables, ctx_lens, block_size, head_dim ** -0.5).float()
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     err = (got - want).abs().max().item()

@@ -3,7 +3,7 @@ import queue
 
 import pytest
 
-from omnistage.connectors.messages import Abort, Admit, Chunk, Data, Dest, Done, Failed
+from omnistage.connectors.messages import Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed
 from omnistage.graph.compile import compile_graph
 from omnistage.graph.load import parse_graph
 from omnistage.stages.kinds.python import PythonEngine
@@ -56,8 +56,8 @@ def test_waits_for_every_port_even_when_data_beats_the_admit(worker):
     assert not worker.engine.has_work()
     worker._apply(Data("r", "b", "y"))
     worker._emit(worker._step())
-    (sink1, chunk), (sink2, done) = _sent(worker)
-    assert chunk == Chunk("r", "text", "x+y") and isinstance(done, Done) and sink1 == sink2 == "sink"
+    (sink1, chunks), (sink2, done) = _sent(worker)
+    assert chunks == Chunks([Chunk("r", "text", "x+y")]) and isinstance(done, Done) and sink1 == sink2 == "sink"
     assert not worker.admitted and not worker.inputs
 
 
