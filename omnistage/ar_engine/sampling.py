@@ -117,10 +117,9 @@ def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams],
                  histories: Sequence[Sequence[int]]) -> list[Sampled]:
     """One token per row of ``logits`` ([rows, vocab], float32)."""
     logits = logits.float()
-    out = []
-    for row, (sp, history) in enumerate(zip(params, histories)):
-        out.append(_sample_row(logits[row], sp, history))
-    return out
+    if all(sp.greedy and sp.logprobs is None and sp.repetition_penalty == 1.0 for sp in params):
+        return [Sampled(t) for t in torch.argmax(logits, dim=-1).tolist()]  # the common fast path
+    return [_sample_row(logits[row], sp, history) for row, (sp, history) in enumerate(zip(params, histories))]
 
 
 def _sample_row(logits: torch.Tensor, sp: SamplingParams, history: Sequence[int]) -> Sampled:
