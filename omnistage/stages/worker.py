@@ -171,6 +171,8 @@ class StageWorker:
             self.engine.add(StageRequest(rid, self.inputs.pop(rid), admit.params))
         except RequestRejected as exc:
             self._fail(rid, str(exc), exc.status)
+        except Exception as exc:  # noqa: BLE001 - add() runs before any shared state changes: fail one request
+            self._fail(rid, f"stage {self.spec.stage!r} could not take the request: {type(exc).__name__}: {exc}")
 
     # --- outputs --------------------------------------------------------------------------
     def _emit(self, outputs: list[StageOutput]) -> None:

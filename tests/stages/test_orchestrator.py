@@ -163,3 +163,29 @@ def test_prefill_and_decode_as_separate_workers_equal_hf_generate(hf_greedy):
         tokens, text = hf_greedy(messages=_msgs(prompt), max_tokens=16)
         assert result.text == text
         assert result.usage["completion_tokens"] == len(tokens)
+
+
+def test_undecodable_image_is_a_400_and_the_stage_lives_on():
+    from omnistage.graph.compile import compile_graph
+    from omnistage.graph.load import parse_graph
+    text = (ROOT / "examples" / "text_chat.yaml").read_text().replace("tiny:qwen2", "tiny:qwen2-vl")
+    text = text.replace("inputs: {messages: request.messages, prompt: request.prompt}",
+                        "inputs: {messages: request.messages, images: request.images}")
+    with Pipeline(compile_graph(parse_graph(text), base_dir=ROOT / "examples")) as pipe:
+        image_msg = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]}]
+        with pytest.raises(RequestRejected, match="cannot decode image") as info:
+            pipe.generate(messages=image_msg, images=[b"not an image"], temperature=0, max_tokens=4)
+        assert info.value.status == 400
+        with pytest.raises(RequestRejected, match="placeholder"):
+            pipe.generate(messages=_msgs("no placeholder"), images=[_png()], temperature=0, max_tokens=4)
+        result = pipe.generate(messages=image_msg, images=[_png()], temperature=0, max_tokens=4)
+        assert result.usage["completion_tokens"] >= 1
+
+
+def _png():
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()

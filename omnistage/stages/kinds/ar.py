@@ -115,7 +115,10 @@ def _to_pil(image: Any) -> Any:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, (bytes, bytearray)):
-        return Image.open(io.BytesIO(image)).convert("RGB")
+        try:
+            return Image.open(io.BytesIO(image)).convert("RGB")
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise RequestRejected(f"cannot decode image: {exc}", param="images") from None
     if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3:
         return Image.fromarray(image.numpy())
     raise RequestRejected(f"cannot read an image from a {type(image).__name__}", param="images")
