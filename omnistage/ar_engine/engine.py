@@ -114,14 +114,14 @@ class LLMEngine:
                                   f"{self.max_model_len - 1}", param="messages")
         if req.rid in self.states:
             raise RequestRejected(f"request id {req.rid!r} is already running")
-        seq = Sequence(req.rid, list(req.prompt), req.sampling, req.media, req.mrope_positions, req.mrope_delta)
+        seq = _sequence(req)
         self.states[req.rid] = _State(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt), hold=req.hold)
         self.scheduler.add(seq)
 
     def add_prefilled(self, item: Prefilled) -> None:
         """Continue a request whose prompt was prefilled elsewhere; it joins when blocks allow."""
         req = item.request
-        seq = Sequence(req.rid, list(req.prompt), req.sampling, req.media, req.mrope_positions, req.mrope_delta)
+        seq = _sequence(req)
         seq.output.append(item.first_token)
         self.states[req.rid] = _State(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt))
         self.imports.append(item)
@@ -231,6 +231,10 @@ class LLMEngine:
     def stats(self) -> dict[str, float]:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_usage": self.blocks.usage(), "prefix_hit_rate": self.blocks.hits / max(1, self.blocks.queries)}
+
+
+def _sequence(req: EngineRequest) -> Sequence:
+    return Sequence(req.rid, list(req.prompt), req.sampling, req.media, req.mrope_positions, req.mrope_delta)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
