@@ -73,6 +73,10 @@ class BlockManager:
                 hit.append(block)
         return hit
 
+    def cached_prefix_tokens(self, seq: Sequence) -> int:
+        """How many leading tokens of ``seq`` the cache holds now (a probe; changes nothing)."""
+        return len(self._hits(self._prefix_hashes(seq))) * self.block_size
+
     def blocks_needed(self, seq: Sequence) -> int:
         return -(-len(seq) // self.block_size)
 

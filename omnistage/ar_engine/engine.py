@@ -84,14 +84,15 @@ class _State:
 
 
 class LLMEngine:
-    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, backend: Any = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, backend: Any = None,
+                 media_encoder: Any = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
         num_blocks = config.num_blocks or self._blocks_for(model, config)
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, config.max_tokens_per_step,
                                                    config.chunked_prefill), self.blocks)
-        self.runner = ModelRunner(model, num_blocks, config.block_size, backend=backend)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, backend=backend, media_encoder=media_encoder)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.max_model_len = min(getattr(text_config(model.config), "max_position_embeddings", 1 << 30),
                                  num_blocks * config.block_size)
@@ -161,6 +162,11 @@ class LLMEngine:
             self.scheduler.adopt(seq)
             outs.append(self._emit(seq, Sampled(item.first_token)))
         return outs
+
+    def cached_media(self, req: EngineRequest) -> list[int]:
+        """Indices of ``req.media`` whose positions the prefix cache holds right now."""
+        covered = self.blocks.cached_prefix_tokens(_sequence(req))
+        return [i for i, span in enumerate(req.media) if span.start + span.length <= covered]
 
     def abort(self, rid: str) -> None:
         state = self.states.pop(rid, None)

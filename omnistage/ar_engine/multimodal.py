@@ -3,10 +3,10 @@
 Placeholders: the chat template writes one image token per image; it is expanded to as many
 tokens as the vision tower yields for that image (grid t*h*w / merge^2). Those positions take
 the image's embeddings and 3-row M-RoPE positions from the model's own ``get_rope_index``.
+Embeddings are not computed here: spans carry the preprocessed item as their ``source``.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
@@ -16,13 +16,6 @@ from omnistage.ar_engine.sequence import MediaSpan
 
 def is_vision_language(model: Any) -> bool:
     return hasattr(getattr(model, "model", None), "get_rope_index") and hasattr(model.config, "image_token_id")
-
-
-def content_hash(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr(tuple(grid_thw.tolist())).encode())
-    h.update(pixel_values.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def expand_image_tokens(ids: list[int], image_token_id: int, counts: list[int]) -> tuple[list[int], list[int]]:
@@ -42,21 +35,14 @@ def expand_image_tokens(ids: list[int], image_token_id: int, counts: list[int]) 
     return out, starts
 
 
-@torch.inference_mode()
-def image_spans(model: Any, ids: list[int], pixel_values: torch.Tensor,
-                grid_thw: torch.Tensor) -> tuple[list[int], tuple[MediaSpan, ...], torch.Tensor, int]:
-    """Expand placeholders, encode the images and compute M-RoPE positions for one prompt.
-
-    Returns (token ids, media spans, positions [3, len], text position delta after the prompt).
-    """
-    merge = model.model.visual.spatial_merge_size ** 2
-    counts = (grid_thw.prod(-1) // merge).tolist()
-    ids, starts = expand_image_tokens(ids, model.config.image_token_id, counts)
-    features = model.model.get_image_features(pixel_values, grid_thw).pooler_output
-    patches = torch.split(pixel_values, grid_thw.prod(-1).tolist())
-    spans = tuple(MediaSpan(start, count, content_hash(p, g), embeds=f, grid_thw=tuple(g.tolist()))
-                  for start, count, f, p, g in zip(starts, counts, features, patches, grid_thw))
-    positions, delta = mrope_positions(model, ids, grid_thw)
+def image_spans(model: Any, ids: list[int], items: list[Any]) -> tuple[list[int], tuple[MediaSpan, ...], torch.Tensor, int]:
+    """Expand placeholders for preprocessed images (``.tokens``, ``.hash``, ``.grid_thw``) and
+    compute M-RoPE positions. Returns (token ids, spans, positions [3, len], text delta)."""
+    ids, starts = expand_image_tokens(ids, model.config.image_token_id, [it.tokens for it in items])
+    spans = tuple(MediaSpan(start, it.tokens, it.hash, grid_thw=it.grid_thw, source=it)
+                  for start, it in zip(starts, items))
+    grids = torch.tensor([it.grid_thw for it in items], dtype=torch.long)
+    positions, delta = mrope_positions(model, ids, grids)
     return ids, spans, positions, delta
 
 

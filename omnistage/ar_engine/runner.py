@@ -6,6 +6,7 @@ tokens stand, runs the decoder and the LM head on the rows that sample.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -32,7 +33,7 @@ def kv_shape(config: Any) -> tuple[int, int, int]:
 
 class ModelRunner:
     def __init__(self, model: Any, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
-                 backend: Any = None) -> None:
+                 backend: Any = None, media_encoder: Callable[[list[Any]], list[torch.Tensor]] | None = None) -> None:
         self.model = model
         self.block_size = block_size
         self.device = next(model.parameters()).device
@@ -40,6 +41,7 @@ class ModelRunner:
         self.embed = model.get_input_embeddings()
         self.lm_head = model.get_output_embeddings()
         self.backend = backend
+        self.media_encoder = media_encoder  # spans -> embeds, for spans that arrived without them
         # Qwen2-VL-style models take 3-row (temporal, height, width) rotary positions.
         self.mrope = hasattr(getattr(model, "model", None), "get_rope_index")
         layers, kv_heads, head_dim = kv_shape(model.config)
@@ -102,6 +104,7 @@ class ModelRunner:
 
     def _embed(self, plan: StepPlan, ids: torch.Tensor) -> torch.Tensor:
         embeds = self.embed(ids)
+        self._fill_missing_media(plan)
         offset = 0
         for chunk in plan.chunks:
             lo, hi = chunk.start, chunk.start + chunk.length
@@ -112,6 +115,18 @@ class ModelRunner:
                     embeds[offset + a - lo:offset + b - lo] = rows
             offset += chunk.length
         return embeds
+
+
+    def _fill_missing_media(self, plan: StepPlan) -> None:
+        missing = [span for chunk in plan.chunks for span in chunk.seq.media
+                   if span.embeds is None and span.start < chunk.start + chunk.length
+                   and chunk.start < span.start + span.length]
+        if not missing:
+            return
+        if self.media_encoder is None:
+            raise RuntimeError("a media span without embeddings must be computed, and no media encoder is set")
+        for span, embeds in zip(missing, self.media_encoder(missing)):
+            span.embeds = embeds
 
 
 def _positions(seq: Any, start: int, n: int, mrope: bool) -> torch.Tensor:

@@ -15,12 +15,14 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(frozen=True)
+@dataclass
 class MediaSpan:
     """Placeholder tokens [start, start+length) that stand for one media item.
 
     For prefix caching those positions hash with ``content_hash`` and their offset inside the
     item, so the same image in the same place reuses KV and a different image never does.
+    ``embeds`` may stay None while the span's positions come from the prefix cache; the runner
+    asks its media encoder for them (from ``source``) only if it must compute those positions.
     """
 
     start: int
@@ -28,6 +30,7 @@ class MediaSpan:
     content_hash: str
     embeds: Any = None  # [length, hidden] tensor merged into inputs_embeds
     grid_thw: Any = None  # (t, h, w) patch grid, for M-RoPE positions
+    source: Any = None  # what the runner's media encoder needs to compute ``embeds``
 
 
 @dataclass

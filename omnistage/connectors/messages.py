@@ -39,6 +39,9 @@ class Admit(msgspec.Struct, array_like=True):
     routes: dict[str, list[Dest]]
     params: dict[str, Any]
     sink: str  # address of the orchestrator's inbox
+    # Ports fed by several senders (an input split across replicas): how many parts to gather.
+    # Their values are lists; the parts are concatenated.
+    parts: dict[str, int] = {}
 
 
 class Data(msgspec.Struct, array_like=True):
@@ -88,6 +91,27 @@ class Shutdown(msgspec.Struct, array_like=True):
     pass
 
 
+class Probe(msgspec.Struct, array_like=True):
+    """Asks an AR stage to prepare a request early and report which of its media items its
+    prefix cache already covers (so they need not be encoded). The inputs stay with the stage."""
+
+    rid: str
+    inputs: dict[str, Any]
+    params: dict[str, Any]
+    sink: str
+
+
+class ProbeResult(msgspec.Struct, array_like=True):
+    rid: str
+    stage: str
+    replica: int
+    covered: list[int]
+    error: str = ""
+    status: int = 0
+
+
 # The position in this tuple is the one-byte type frame: append only, never reorder.
-MESSAGE_TYPES: tuple[type, ...] = (Ready, StartFailed, Admit, Data, Chunk, Done, Failed, Abort, Shutdown, Chunks)
-Message = Ready | StartFailed | Admit | Data | Chunk | Done | Failed | Abort | Shutdown | Chunks
+MESSAGE_TYPES: tuple[type, ...] = (Ready, StartFailed, Admit, Data, Chunk, Done, Failed, Abort, Shutdown, Chunks,
+                                   Probe, ProbeResult)
+Message = (Ready | StartFailed | Admit | Data | Chunk | Done | Failed | Abort | Shutdown | Chunks | Probe
+           | ProbeResult)

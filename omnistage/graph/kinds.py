@@ -67,6 +67,21 @@ class ArOptions:
 
 
 @dataclass(frozen=True)
+class EncodeOptions:
+    """An encode stage: encoder cache size and per-step limits; media limits checked on input."""
+
+    cache_mb: int = 256
+    max_patches_per_step: int = 1 << 16
+    max_image_pixels: int = 4096 * 4096
+    max_image_bytes: int = 20 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("cache_mb", "max_patches_per_step", "max_image_pixels", "max_image_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+
+@dataclass(frozen=True)
 class PythonOptions:
     """``function`` is "module:callable"; ``outputs`` declares the ports it returns and their types."""
 
@@ -88,6 +103,9 @@ def _python_ports(options: PythonOptions, wired: Mapping[str, str]) -> tuple[tup
 _AR_OUTPUTS = (PortSpec("text", "text", streaming=True), PortSpec("tokens", "tokens", streaming=True),
                PortSpec("logprobs", "any", streaming=True), PortSpec("hidden", "tensor", streaming=True))
 
+_AR_INPUTS = (PortSpec("prompt", "text"), PortSpec("messages", "messages"), PortSpec("images", "image"),
+              PortSpec("image_embeds", "media_embeds"))
+
 _REGISTRY: dict[str, KindSpec] = {}
 
 
@@ -105,7 +123,7 @@ register_kind(KindSpec(
     name="ar",
     engine="omnistage.stages.kinds.ar:build",
     options=ArOptions,
-    inputs=(PortSpec("prompt", "text"), PortSpec("messages", "messages"), PortSpec("images", "image")),
+    inputs=_AR_INPUTS,
     outputs=_AR_OUTPUTS,
     needs_model=True,
     any_of=(("prompt", "messages"),),
@@ -115,7 +133,7 @@ register_kind(KindSpec(
     name="prefill",
     engine="omnistage.stages.kinds.disagg:build_prefill",
     options=ArOptions,
-    inputs=(PortSpec("prompt", "text"), PortSpec("messages", "messages"), PortSpec("images", "image")),
+    inputs=_AR_INPUTS,
     outputs=(PortSpec("kv", "kv"),),
     needs_model=True,
     any_of=(("prompt", "messages"),),
@@ -129,6 +147,15 @@ register_kind(KindSpec(
     outputs=_AR_OUTPUTS,
     needs_model=True,
     description="continues generation from a prefill stage's KV cache",
+))
+register_kind(KindSpec(
+    name="encode",
+    engine="omnistage.stages.kinds.encode:build",
+    options=EncodeOptions,
+    inputs=(PortSpec("images", "image", required=True),),
+    outputs=(PortSpec("embeddings", "media_embeds"),),
+    needs_model=True,
+    description="a vision tower batched across requests, with an encoder cache",
 ))
 register_kind(KindSpec(
     name="python",

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from omnistage.graph.strict import frozen_dict
 
 # A port type names what flows on an edge. "any" matches everything (user python stages).
-PORT_TYPES = frozenset({"text", "tokens", "messages", "image", "audio", "video", "tensor", "kv", "any"})
+PORT_TYPES = frozenset({"text", "tokens", "messages", "image", "audio", "video", "tensor", "kv", "media_embeds", "any"})
 
 # request.<field> -> the type it carries.
 REQUEST_FIELDS: Mapping[str, str] = frozen_dict({

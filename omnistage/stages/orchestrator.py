@@ -19,13 +19,14 @@ from typing import Any
 
 import zmq
 
-from omnistage.connectors.messages import (Abort, Admit, Chunks, Data, Dest, Done, Failed, Ready, Shutdown,
+from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, ProbeResult, Ready, Shutdown,
                                            StartFailed)
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
 from omnistage.connectors.transport import Inbox, Outbox, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.errors import (Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError)
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
+from omnistage.stages.admission import admission_messages, probe_target, split, without_stage
 from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 from omnistage.stages.launcher import ReplicaRuntime, launch
 from omnistage.stages.worker import WorkerSpec
@@ -48,9 +49,16 @@ class Replica:
 class _Live:
     handle: RequestHandle
     route: Route
-    replicas: dict[str, Replica]
-    pending: set[str]
+    chosen: dict[str, list[Replica]]  # stage -> the replicas taking part
+    inputs: dict[str, Any]
+    params: dict[str, Any]
+    pending: set[tuple[str, int]] = field(default_factory=set)  # (stage, replica) yet to report Done
+    probing: tuple[str, str] | None = None  # (encode stage, AR stage) while a probe is out
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return [r for reps in self.chosen.values() for r in reps]
 
 
 class Orchestrator:
@@ -146,37 +154,70 @@ class Orchestrator:
         route = self.plan.route_for(frozenset(inputs), None if modalities is None else frozenset(modalities))
         rid = uuid.uuid4().hex
         handle = RequestHandle(rid, loop)
+        target = probe_target(self.plan, route, inputs)
         with self._lock:
-            chosen = {stage: self._pick(stage) for stage in route.stages}
-            self.requests[rid] = _Live(handle, route, chosen, set(route.stages))
-            for replica in chosen.values():
+            chosen = {stage: [self._pick(stage)] for stage in route.stages}
+            if target is not None:
+                chosen[target[0]] = self._pick_many(target[0], len(inputs["images"]))
+            live = _Live(handle, route, chosen, inputs, dict(params or {}), probing=target)
+            self.requests[rid] = live
+            for replica in live.replicas:
                 replica.inflight.add(rid)
-        for stage in route.stages:
-            admit = Admit(rid, list(route.expect[stage]), self._dests(route, stage, chosen), dict(params or {}),
-                          self._sink.address)
-            self._out.put((chosen[stage].address, admit))
-        for edge in route.edges:
-            if edge.src_stage == REQUEST:
-                self._out.put((chosen[edge.dst_stage].address, Data(rid, edge.dst_port, inputs[edge.src_port])))
+        if target is None:
+            self._launch(rid, live, route)
+        else:  # unified prefix cache: ask the AR stage what it already holds before encoding
+            ar = target[1]
+            fields = {e.src_port: inputs[e.src_port] for e in route.edges if e.src_stage == REQUEST and e.dst_stage == ar}
+            self._out.put((chosen[ar][0].address, Probe(rid, fields, live.params, self._sink.address)))
         return handle
 
+    def _launch(self, rid: str, live: _Live, route: Route, have_inputs: str | None = None,
+                image_groups: dict[str, list[list[int]]] | None = None) -> None:
+        """Send the request's Admits and inputs; replicas not on ``route`` are let go."""
+        with self._lock:
+            for stage in list(live.chosen):
+                if stage not in route.stages:
+                    keep = []
+                elif image_groups and stage in image_groups:
+                    keep = live.chosen[stage][:len(image_groups[stage])]
+                else:
+                    keep = live.chosen[stage]
+                for replica in live.chosen[stage][len(keep):]:
+                    replica.inflight.discard(rid)
+                live.chosen[stage] = keep
+            live.route = route
+            live.pending = {(r.stage, r.index) for r in live.replicas}
+        for address, msg in admission_messages(rid, route, live.chosen, live.inputs, live.params, self._sink.address,
+                                               have_inputs, image_groups):
+            self._out.put((address, msg))
+
+    def _on_probe(self, msg: ProbeResult) -> None:
+        live = self.requests.get(msg.rid)
+        if live is None or live.probing is None:
+            return
+        if msg.error:
+            self._fail(msg.rid, _error(msg.error, msg.status, msg.stage))
+            return
+        encode, ar = live.probing
+        live.probing = None
+        uncovered = [i for i in range(len(live.inputs["images"])) if i not in set(msg.covered)]
+        if not uncovered:
+            self._launch(msg.rid, live, without_stage(live.route, encode), have_inputs=ar)
+        else:
+            groups = split(uncovered, len(live.chosen[encode]))
+            self._launch(msg.rid, live, live.route, have_inputs=ar, image_groups={encode: groups})
+
     def _pick(self, stage: str) -> Replica:
-        live = [r for r in self.replicas[stage] if r.state == "ready"]
+        return self._pick_many(stage, 1)[0]
+
+    def _pick_many(self, stage: str, at_most: int) -> list[Replica]:
+        """Up to ``at_most`` ready replicas of ``stage``, least loaded first (at least one)."""
+        live = sorted((r for r in self.replicas[stage] if r.state == "ready"), key=lambda r: len(r.inflight))
         if not live:
             raise Overloaded(f"stage {stage!r} has no live replica", status=503)
-        best = min(live, key=lambda r: len(r.inflight))
-        if len(best.inflight) >= self.plan.stages[stage].config.batching.queue_depth:
+        if len(live[0].inflight) >= self.plan.stages[stage].config.batching.queue_depth:
             raise Overloaded(f"stage {stage!r} is at capacity; retry later")
-        return best
-
-    def _dests(self, route: Route, stage: str, chosen: Mapping[str, Replica]) -> dict[str, list[Dest]]:
-        dests: dict[str, list[Dest]] = {}
-        for edge in route.out_edges(stage):
-            dests.setdefault(edge.src_port, []).append(Dest(chosen[edge.dst_stage].address, edge.dst_port))
-        for modality, (src, port) in route.produces.items():
-            if src == stage:
-                dests.setdefault(port, []).append(Dest(self._sink.address, modality, to_response=True))
-        return dests
+        return live[:max(1, at_most)]
 
     def abort(self, rid: str) -> None:
         """Stop a request in every stage (e.g. its client went away). No further events."""
@@ -195,10 +236,10 @@ class Orchestrator:
             live = self.requests.pop(rid, None)
             if live is None:
                 return None
-            for replica in live.replicas.values():
+            for replica in live.replicas:
                 replica.inflight.discard(rid)
         if notify_stages:
-            for replica in live.replicas.values():
+            for replica in live.replicas:
                 if replica.state == "ready":
                     self._out.put((replica.address, Abort(rid)))
         return live
@@ -227,9 +268,9 @@ class Orchestrator:
         elif isinstance(msg, Done):
             self._on_done(msg)
         elif isinstance(msg, Failed):
-            error: RequestFailed | RequestRejected = (RequestRejected(msg.error, status=msg.status) if msg.status < 500
-                                                      else RequestFailed(msg.error, stage=msg.stage))
-            self._fail(msg.rid, error)
+            self._fail(msg.rid, _error(msg.error, msg.status, msg.stage))
+        elif isinstance(msg, ProbeResult):
+            self._on_probe(msg)
         else:
             raise TypeError(f"orchestrator got unexpected message {type(msg).__name__}")
 
@@ -238,9 +279,9 @@ class Orchestrator:
             live = self.requests.get(msg.rid)
             if live is None:
                 return
-            live.pending.discard(msg.stage)
+            live.pending.discard((msg.stage, msg.replica))
             live.meta[msg.stage] = msg.meta
-            live.replicas[msg.stage].inflight.discard(msg.rid)
+            self.replicas[msg.stage][msg.replica].inflight.discard(msg.rid)
             finished = not live.pending
             if finished:
                 del self.requests[msg.rid]
@@ -271,3 +312,7 @@ class Orchestrator:
         for rid in victims:
             self._fail(rid, StageDeadError(f"stage {replica.stage!r} replica {replica.index} died "
                                            f"while serving the request", stage=replica.stage))
+
+
+def _error(message: str, status: int, stage: str) -> RequestFailed | RequestRejected:
+    return RequestRejected(message, status=status) if 0 < status < 500 else RequestFailed(message, stage=stage)

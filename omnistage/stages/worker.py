@@ -12,14 +12,14 @@ import queue
 import signal
 import threading
 import traceback
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Ready, Shutdown,
-                                           StartFailed)
+from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Probe, ProbeResult,
+                                           Ready, Shutdown, StartFailed)
 from omnistage.connectors.shm import ShmRing, segment_name
 from omnistage.connectors.transport import Inbox, Outbox, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
@@ -98,6 +98,7 @@ class StageWorker:
         self.inputs: dict[str, dict[str, Any]] = defaultdict(dict)
         self.early: dict[str, list[Data]] = defaultdict(list)
         self.held: dict[str, dict[str, Any]] = defaultdict(dict)  # outputs bound for other stages
+        self.parts: dict[str, Counter[str]] = defaultdict(Counter)  # parts received per split port
         # Recently ended requests, so late inputs for them are dropped instead of kept forever.
         self.gone: OrderedDict[str, None] = OrderedDict()
 
@@ -147,25 +148,35 @@ class StageWorker:
         if isinstance(msg, Admit):
             self.admitted[msg.rid] = msg
             for data in self.early.pop(msg.rid, []):
-                self.inputs[msg.rid][data.port] = data.value
+                self._receive(msg, data)
             self._maybe_start(msg.rid)
         elif isinstance(msg, Data):
             if msg.rid in self.gone:
                 return  # its request was aborted or failed here already
             if msg.rid in self.admitted:
-                self.inputs[msg.rid][msg.port] = msg.value
+                self._receive(self.admitted[msg.rid], msg)
                 self._maybe_start(msg.rid)
             else:  # an upstream stage can be faster than our Admit
                 self.early[msg.rid].append(msg)
+        elif isinstance(msg, Probe):
+            self._probe(msg)
         elif isinstance(msg, Abort):
             self.engine.abort(msg.rid)
             self._forget(msg.rid)
         else:
             raise TypeError(f"stage worker got unexpected message {type(msg).__name__}")
 
+    def _receive(self, admit: Admit, data: Data) -> None:
+        got = self.inputs[admit.rid]
+        if data.port in admit.parts:  # one of possibly several parts: gather them
+            got[data.port] = got.get(data.port, []) + list(data.value)
+            self.parts[admit.rid][data.port] += 1
+        else:
+            got[data.port] = data.value
+
     def _maybe_start(self, rid: str) -> None:
-        admit, got = self.admitted[rid], self.inputs[rid]
-        if any(port not in got for port in admit.expect):
+        admit, got, parts = self.admitted[rid], self.inputs[rid], self.parts[rid]
+        if any(port not in got or parts[port] < admit.parts.get(port, 0) for port in admit.expect):
             return
         try:
             self.engine.add(StageRequest(rid, self.inputs.pop(rid), admit.params))
@@ -224,8 +235,29 @@ class StageWorker:
         self.engine.abort(rid)
         self._forget(rid)
 
+    def _probe(self, msg: Probe) -> None:
+        """Let the engine prepare the request now; its inputs stay here for the Admit to come."""
+        probe = getattr(self.engine, "probe", None)
+        if probe is None:
+            raise TypeError(f"stage {self.spec.stage!r} cannot be probed")
+        try:
+            found = probe(msg.rid, msg.inputs, msg.params)
+        except RequestRejected as exc:
+            self._probe_failed(msg, str(exc), exc.status)
+            return
+        except Exception as exc:  # noqa: BLE001 - preparing one request failed; the engine is untouched
+            self._probe_failed(msg, f"stage {self.spec.stage!r} could not prepare the request: "
+                                    f"{type(exc).__name__}: {exc}", 500)
+            return
+        self.inputs[msg.rid].update(msg.inputs)
+        self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, found["covered"])))
+
+    def _probe_failed(self, msg: Probe, error: str, status: int) -> None:
+        self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, [], error, status)))
+        self._forget(msg.rid)
+
     def _forget(self, rid: str) -> None:
-        for table in (self.admitted, self.inputs, self.early, self.held):
+        for table in (self.admitted, self.inputs, self.early, self.held, self.parts):
             table.pop(rid, None)
         self.gone[rid] = None
         if len(self.gone) > _GONE_MEMORY:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from omnistage.connectors.messages import (MESSAGE_TYPES, Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed,
-                                           Ready, Shutdown, StartFailed)
+                                           Probe, ProbeResult, Ready, Shutdown, StartFailed)
 from omnistage.connectors.shm import ShmRing
 from omnistage.connectors.wire import Decoder, Encoder
 
@@ -18,6 +18,9 @@ SAMPLES = [
     Done("r1", "llm", 0, {"completion_tokens": 3}),
     Failed("r1", "llm", 0, "bad", 400),
     Abort("r1"),
+    Probe("r1", {"images": [b"\x89PNG"], "messages": []}, {"seed": 1}, "ipc://sink"),
+    ProbeResult("r1", "llm", 0, [0, 2]),
+    ProbeResult("r1", "llm", 0, [], "bad image", 400),
     Shutdown(),
 ]
 

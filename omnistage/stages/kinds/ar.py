@@ -2,11 +2,12 @@
 
 Turns a request's messages or prompt (and images, for Qwen2-VL-family models) into token ids,
 feeds the engine, and maps its outputs onto ports: ``text`` deltas, ``tokens``, ``logprobs``
-and, when configured, ``hidden`` states.
+and, when configured, ``hidden`` states. Image embeddings come from an ``encode`` stage on the
+``image_embeds`` port when the graph has one; whatever is missing (or needed again after a
+preemption) is computed by the model's own vision tower in this stage.
 """
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine, T
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.multimodal import image_spans, is_vision_language
 from omnistage.ar_engine.sampling import SamplingParams
+from omnistage.encoders.media import MediaLimits, load_image
+from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
@@ -45,31 +48,58 @@ def engine_config(options: ArOptions, max_seqs: int) -> EngineConfig:
 
 class ArStage:
     def __init__(self, model: Any, tokenizer: Any, options: ArOptions, max_seqs: int,
-                 image_processor: Any = None, device: str = "cpu") -> None:
+                 image_processor: Any = None, device: str = "cpu", limits: MediaLimits | None = None) -> None:
         self.model = model
         self.tok = tokenizer
         self.options = options
         self.image_processor = image_processor
-        self.engine = LLMEngine(model, tokenizer, engine_config(options, max_seqs), backend=backend_for(device))
+        self.limits = limits or MediaLimits()
+        self.tower = VisionTower(model) if image_processor is not None else None
+        encoder = (lambda spans: self.tower.encode([s.source for s in spans])) if self.tower else None
+        self.engine = LLMEngine(model, tokenizer, engine_config(options, max_seqs), backend=backend_for(device),
+                                media_encoder=encoder)
+        self.prepared: dict[str, EngineRequest] = {}  # probed requests waiting for their Admit
+
+    # --- requests --------------------------------------------------------------------------
+    def probe(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """Prepare a request early and say which of its images the prefix cache already covers."""
+        sampling = SamplingParams.from_request(params, self.options.max_tokens)
+        req = self.engine_request(rid, inputs, sampling)
+        self.prepared[rid] = req
+        return {"covered": self.engine.cached_media(req), "items": len(req.media)}
 
     def add(self, request: StageRequest) -> None:
-        sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
-        self.engine.add(self.engine_request(request.rid, request.inputs, sampling))
+        self.engine.add(self.take_request(request))
+
+    def take_request(self, request: StageRequest) -> EngineRequest:
+        """The engine request: prepared by an earlier probe, or built now; with embeddings."""
+        req = self.prepared.pop(request.rid, None)
+        if req is None:
+            sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
+            req = self.engine_request(request.rid, request.inputs, sampling)
+        self._attach_embeddings(req, request.inputs.get("image_embeds") or [])
+        return req
 
     def engine_request(self, rid: str, inputs: dict[str, Any], sampling: SamplingParams) -> EngineRequest:
         ids = self._token_ids(inputs)
         images = inputs.get("images") or []
         if not images:
             return EngineRequest(rid, ids, sampling)
-        if self.image_processor is None or not is_vision_language(self.model):
+        if self.image_processor is None:
             raise RequestRejected("this stage's model does not take images", param="images")
-        processed = self.image_processor(images=[_to_pil(im) for im in images], return_tensors="pt")
+        items = prepare_images(self.image_processor, [load_image(im, self.limits) for im in images])
         try:
-            ids, spans, positions, delta = image_spans(self.model, ids, processed["pixel_values"],
-                                                       processed["image_grid_thw"])
+            ids, spans, positions, delta = image_spans(self.model, ids, items)
         except ValueError as exc:
             raise RequestRejected(str(exc), param="messages") from None
         return EngineRequest(rid, ids, sampling, spans, positions, delta)
+
+    @staticmethod
+    def _attach_embeddings(req: EngineRequest, embeddings: list[dict[str, Any]]) -> None:
+        by_hash = {e["hash"]: e["embeds"] for e in embeddings}
+        for span in req.media:
+            if span.embeds is None and span.content_hash in by_hash:
+                span.embeds = by_hash[span.content_hash]
 
     def _token_ids(self, inputs: dict[str, Any]) -> list[int]:
         if inputs.get("messages") is not None:
@@ -90,6 +120,7 @@ class ArStage:
         return [to_stage_output(out) for out in self.engine.step()]
 
     def abort(self, rid: str) -> None:
+        self.prepared.pop(rid, None)
         self.engine.abort(rid)
 
     def has_work(self) -> bool:
@@ -108,20 +139,6 @@ def to_stage_output(out: TokenOutput) -> StageOutput:
         meta = {"finish_reason": out.finish_reason, "prompt_tokens": out.prompt_tokens,
                 "completion_tokens": out.completion_tokens, "cached_tokens": out.cached_tokens}
     return StageOutput(out.rid, ports=ports, finished=out.finished, meta=meta)
-
-
-def _to_pil(image: Any) -> Any:
-    from PIL import Image
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray)):
-        try:
-            return Image.open(io.BytesIO(image)).convert("RGB")
-        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-            raise RequestRejected(f"cannot decode image: {exc}", param="images") from None
-    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.ndim == 3:
-        return Image.fromarray(image.numpy())
-    raise RequestRejected(f"cannot read an image from a {type(image).__name__}", param="images")
 
 
 def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:

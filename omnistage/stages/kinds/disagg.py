@@ -11,6 +11,7 @@ from typing import Any
 from omnistage.ar_engine.engine import EngineRequest, Prefilled
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.ar_engine.sequence import MediaSpan
+from omnistage.encoders.vision import ImageItem
 from omnistage.graph.plan import StagePlan
 from omnistage.stages.engine import StageOutput, StageRequest
 from omnistage.stages.kinds.ar import ArStage, build_stage, to_stage_output
@@ -22,8 +23,7 @@ class PrefillStage(ArStage):
         self.pending: dict[str, EngineRequest] = {}
 
     def add(self, request: StageRequest) -> None:
-        sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
-        req = self.engine_request(request.rid, request.inputs, sampling)
+        req = self.take_request(request)
         req.hold = True
         self.engine.add(req)
         self.pending[request.rid] = req
@@ -81,13 +81,17 @@ class DecodeStage(ArStage):
 
 
 def _span_to_wire(span: MediaSpan) -> dict[str, Any]:
+    # Embeddings may be absent (the prefix cache covered the image); then the patches travel, so
+    # that the decode stage can encode the image itself should it ever recompute those positions.
+    pixels = span.source.pixel_values if span.embeds is None and span.source is not None else None
     return {"start": span.start, "length": span.length, "hash": span.content_hash, "embeds": span.embeds,
-            "grid": list(span.grid_thw) if span.grid_thw is not None else None}
+            "grid": list(span.grid_thw) if span.grid_thw is not None else None, "pixels": pixels}
 
 
 def _span_from_wire(data: dict[str, Any]) -> MediaSpan:
     grid = tuple(data["grid"]) if data["grid"] is not None else None
-    return MediaSpan(data["start"], data["length"], data["hash"], data["embeds"], grid)
+    source = ImageItem(data["pixels"], grid, data["length"], data["hash"]) if data["pixels"] is not None else None
+    return MediaSpan(data["start"], data["length"], data["hash"], data["embeds"], grid, source)
 
 
 def build_prefill(stage: StagePlan, device: str) -> ArStage:

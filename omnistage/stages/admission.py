@@ -1,0 +1,87 @@
+"""Turning an admitted request into messages: who waits for what, where outputs go.
+
+Also the unified multimodal prefix cache's decision: when a route encodes images for an AR
+stage, that stage is probed first; images whose KV it already holds are not encoded at all,
+and the rest may be split across several encoder replicas and gathered again.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from omnistage.connectors.messages import Admit, Data, Dest
+from omnistage.graph.plan import REQUEST, GraphPlan, Route
+
+PROBING_KINDS = frozenset({"ar", "prefill"})
+
+
+class Target(Protocol):
+    address: str
+
+
+def probe_target(plan: GraphPlan, route: Route, inputs: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(encode stage, AR stage) when this request's images go through an encoder into an AR
+    stage whose prefix cache may already cover them; else None."""
+    if not inputs.get("images"):
+        return None
+    for edge in route.edges:
+        src = plan.stages.get(edge.src_stage)
+        dst = plan.stages[edge.dst_stage]
+        if (src is not None and src.kind.name == "encode" and dst.kind.name in PROBING_KINDS
+                and edge.dst_port == "image_embeds"):
+            return edge.src_stage, edge.dst_stage
+    return None
+
+
+def without_stage(route: Route, stage: str) -> Route:
+    edges = tuple(e for e in route.edges if stage not in (e.src_stage, e.dst_stage))
+    expect = {s: tuple(sorted({e.dst_port for e in edges if e.dst_stage == s})) for s in route.stages if s != stage}
+    return dataclasses.replace(route, stages=tuple(s for s in route.stages if s != stage), edges=edges,
+                               expect=expect)
+
+
+def split(items: Sequence[int], parts: int) -> list[list[int]]:
+    """Round-robin ``items`` into at most ``parts`` non-empty groups."""
+    groups = [list(items[i::parts]) for i in range(min(parts, len(items)))]
+    return [g for g in groups if g]
+
+
+def admission_messages(rid: str, route: Route, chosen: Mapping[str, Sequence[Target]], inputs: Mapping[str, Any],
+                       params: Mapping[str, Any], sink: str, have_inputs: str | None = None,
+                       image_groups: Mapping[str, list[list[int]]] | None = None) -> list[tuple[str, Any]]:
+    """Admit and Data messages for every replica on the route, in sending order.
+
+    ``chosen[stage]`` lists the replicas taking part; only a stage named in ``image_groups``
+    has several (each gets its group of image indices). ``have_inputs`` names a stage that
+    already holds the request's own fields (it was probed), so they are not sent again.
+    """
+    image_groups = image_groups or {}
+    out: list[tuple[str, Any]] = []
+    for stage in route.stages:
+        parts = {e.dst_port: len(image_groups[e.src_stage]) for e in route.edges
+                 if e.dst_stage == stage and e.src_stage in image_groups}
+        dests = _dests(route, stage, chosen, sink)
+        for replica in chosen[stage]:
+            out.append((replica.address, Admit(rid, list(route.expect[stage]), dests, dict(params), sink, parts)))
+    for edge in route.edges:
+        if edge.src_stage != REQUEST or edge.dst_stage == have_inputs:
+            continue
+        value = inputs[edge.src_port]
+        groups = image_groups.get(edge.dst_stage)
+        if groups is None:
+            out.append((chosen[edge.dst_stage][0].address, Data(rid, edge.dst_port, value)))
+        else:
+            for replica, group in zip(chosen[edge.dst_stage], groups):
+                out.append((replica.address, Data(rid, edge.dst_port, [value[i] for i in group])))
+    return out
+
+
+def _dests(route: Route, stage: str, chosen: Mapping[str, Sequence[Target]], sink: str) -> dict[str, list[Dest]]:
+    dests: dict[str, list[Dest]] = {}
+    for edge in route.out_edges(stage):
+        dests.setdefault(edge.src_port, []).append(Dest(chosen[edge.dst_stage][0].address, edge.dst_port))
+    for modality, (src, port) in route.produces.items():
+        if src == stage:
+            dests.setdefault(port, []).append(Dest(sink, modality, to_response=True))
+    return dests
