@@ -26,6 +26,10 @@ class EncoderCache:
         self._entries.move_to_end(key)
         return value
 
+    def peek(self, key: str) -> torch.Tensor | None:
+        """Like ``get`` but not counted as a hit or miss (re-checks of queued items)."""
+        return self._entries.get(key)
+
     def put(self, key: str, value: torch.Tensor) -> None:
         size = value.numel() * value.element_size()
         if size > self.capacity or key in self._entries:

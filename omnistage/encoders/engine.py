@@ -61,7 +61,13 @@ class EncodeEngine:
         patches = 0
         while self.queue and len(batch) < self.max_items:
             rid, i = self.queue[0]
-            size = self._patches(self.requests[rid].items[i])
+            item = self.requests[rid].items[i]
+            cached = self.cache.peek(item.hash)
+            if cached is not None:  # encoded for another request since this one was queued
+                self.requests[rid].embeds[i] = cached
+                self.queue.popleft()
+                continue
+            size = self._patches(item)
             if batch and patches + size > self.max_patches:
                 break
             batch.append(self.queue.popleft())

@@ -1,0 +1,119 @@
+import base64
+import io
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from omnistage.encoders.media import MediaError, MediaLimits, load_audio, load_image, load_video
+
+
+def encoded(fmt="PNG", size=(40, 30), color=(200, 10, 10)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def data_url(data, mime):
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_images_decode_from_bytes_and_data_urls(fmt):
+    raw = encoded(fmt)
+    for src in (raw, data_url(raw, f"image/{fmt.lower()}")):
+        image = load_image(src)
+        assert image.size == (40, 30) and image.mode == "RGB"
+
+
+def test_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert load_image(buf.getvalue()).getpixel((0, 0))[0] > 200
+
+
+@pytest.mark.parametrize("src,words,status", [
+    (encoded()[:60], "cannot decode image", 400),
+    (data_url(encoded(), "audio/wav"), "expected an image", 400),
+    (data_url(encoded("PNG"), "image/jpeg"), "says image/jpeg but the data is image/png", 400),
+    ("data:image/png;base64,@@@", "not valid base64", 400),
+    (b"", "image is empty", 400),
+    ("/etc/passwd", "local image paths are not allowed", 400),
+    ("https://example.com/cat.png", "remote image URLs are not fetched", 400),
+])
+def test_bad_images_are_clear_errors(src, words, status):
+    with pytest.raises(MediaError, match=words) as info:
+        load_image(src)
+    assert info.value.status == status and info.value.param == "images"
+
+
+def test_pixel_and_byte_limits_are_checked_before_decoding():
+    huge = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(huge, format="PNG")  # a few KB that would decode to 400 MP
+    with pytest.raises(MediaError, match="pixels") as info:
+        load_image(huge.getvalue())
+    assert info.value.status == 413
+    with pytest.raises(MediaError, match="larger than 100 bytes") as info:
+        load_image(encoded(), MediaLimits(max_bytes=100))
+    assert info.value.status == 413
+
+
+def test_local_paths_only_under_the_allowed_directory(tmp_path):
+    (tmp_path / "cat.png").write_bytes(encoded())
+    assert load_image(str(tmp_path / "cat.png"), MediaLimits(allowed_dir=str(tmp_path))).size == (40, 30)
+    with pytest.raises(MediaError, match="must be under"):
+        load_image(str(tmp_path / ".." / "x.png"), MediaLimits(allowed_dir=str(tmp_path)))
+
+
+def wav(samples, rate, fmt="WAV"):
+    buf = io.BytesIO()
+    soundfile.write(buf, samples, rate, format=fmt)
+    return buf.getvalue()
+
+
+def test_audio_decodes_resamples_and_mixes_down():
+    tone = np.sin(np.linspace(0, 2 * np.pi * 440, 8000)).astype(np.float32)
+    out = load_audio(wav(np.stack([tone, tone], 1), 8000, "FLAC"), 16000)
+    assert out.dtype == np.float32 and out.shape == (16000,)
+    assert load_audio({"array": tone, "sampling_rate": 16000}, 16000).shape == (8000,)
+
+
+@pytest.mark.parametrize("src,words", [
+    (wav(np.zeros(0, np.float32), 16000), "no samples"),
+    (b"RIFF....WAVEjunk", "cannot decode audio"),
+    (data_url(encoded(), "image/png"), "expected audio"),
+])
+def test_bad_audio_is_a_clear_error(src, words):
+    with pytest.raises(MediaError, match=words):
+        load_audio(src, 16000)
+
+
+def test_audio_duration_limit():
+    with pytest.raises(MediaError, match="at most 1 s") as info:
+        load_audio(wav(np.zeros(32000, np.float32), 16000), 16000, MediaLimits(max_audio_seconds=1))
+    assert info.value.status == 413
+
+
+def test_video_from_frames_and_from_an_mp4():
+    frames = [torch.full((32, 48, 3), i * 20, dtype=torch.uint8) for i in range(10)]
+    assert len(load_video(frames, max_frames=4)) == 4
+    import av
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f.numpy(), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    decoded = load_video(buf.getvalue())
+    assert len(decoded) == 10 and decoded[0].size == (48, 32)
+    with pytest.raises(MediaError, match="cannot decode video"):
+        load_video(b"not a video at all")
+    with pytest.raises(MediaError, match="at most 2") as info:
+        load_video(frames, MediaLimits(max_frames=2))
+    assert info.value.status == 413
