@@ -1,42 +1,68 @@
 """Images for Qwen2-VL-family models: preprocessing (PIL image processor) and the vision tower.
 
-An ``ImageItem`` is one preprocessed image: its patches, its patch grid, how many LM tokens it
-becomes and a content hash over the patches and grid, which covers the decoded pixels and
-every preprocessing parameter that changed them.
+An ``ImageItem`` is one image as the language model will see it: its patch grid, how many LM
+tokens it becomes, and a content hash over the decoded pixels and every preprocessing
+parameter. Those come from the image size and bytes alone, so a request whose image is already
+in the prefix cache never pays for resizing and normalizing; the patches are computed only
+when the image must actually be encoded.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 
 @dataclass
 class ImageItem:
-    pixel_values: torch.Tensor  # [patches, channels * temporal * patch * patch]
+    image: Image.Image | None
     grid_thw: tuple[int, int, int]
     tokens: int  # LM positions after the spatial merge
     hash: str
+    processor: Any = field(default=None, repr=False)
+    _pixels: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def pixel_values(self) -> torch.Tensor:
+        """[patches, channels * temporal * patch * patch], computed on first use."""
+        if self._pixels is None:
+            out = self.processor(images=[self.image], return_tensors="pt")
+            assert tuple(out["image_grid_thw"][0].tolist()) == self.grid_thw, "grid prediction disagrees"
+            self._pixels = out["pixel_values"]
+        return self._pixels
 
 
-def content_hash(pixel_values: torch.Tensor, grid_thw: tuple[int, ...]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr(tuple(grid_thw)).encode())
-    h.update(pixel_values.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def _settings(processor: Any) -> bytes:
+    """Every preprocessing parameter, canonically encoded (part of each image's hash)."""
+    cached = getattr(processor, "_omnistage_settings", None)
+    if cached is None:
+        cached = json.dumps(processor.to_dict(), sort_keys=True, default=str).encode()
+        processor._omnistage_settings = cached
+    return cached
+
+
+def image_grid(processor: Any, width: int, height: int) -> tuple[int, int, int]:
+    patch, merge = processor.patch_size, processor.merge_size
+    h, w = smart_resize(height, width, factor=patch * merge, min_pixels=processor.size["shortest_edge"],
+                        max_pixels=processor.size["longest_edge"])
+    return (1, h // patch, w // patch)
 
 
 def prepare_images(processor: Any, images: list[Image.Image]) -> list[ImageItem]:
-    merge = getattr(processor, "merge_size", 2) ** 2
+    merge = processor.merge_size ** 2
     items = []
     for image in images:
-        out = processor(images=[image], return_tensors="pt")
-        grid = tuple(int(v) for v in out["image_grid_thw"][0].tolist())
-        pixels = out["pixel_values"]
-        items.append(ImageItem(pixels, grid, grid[0] * grid[1] * grid[2] // merge, content_hash(pixels, grid)))
+        grid = image_grid(processor, *image.size)
+        h = hashlib.blake2b(digest_size=16)
+        h.update(_settings(processor))
+        h.update(repr((image.mode, image.size)).encode())
+        h.update(image.tobytes())
+        items.append(ImageItem(image, grid, grid[0] * grid[1] * grid[2] // merge, h.hexdigest(), processor))
     return items
 
 

@@ -68,7 +68,8 @@ class ArOptions:
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    """An encode stage: encoder cache size and per-step limits; media limits checked on input."""
+    """An encode stage: encoder cache size (0 turns it off) and per-step limits; media limits
+    checked on input."""
 
     cache_mb: int = 256
     max_patches_per_step: int = 1 << 16
@@ -76,7 +77,9 @@ class EncodeOptions:
     max_image_bytes: int = 20 << 20
 
     def __post_init__(self) -> None:
-        for name in ("cache_mb", "max_patches_per_step", "max_image_pixels", "max_image_bytes"):
+        if self.cache_mb < 0:
+            raise ValueError("cache_mb must be >= 0")
+        for name in ("max_patches_per_step", "max_image_pixels", "max_image_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 

@@ -45,6 +45,16 @@ def test_hash_covers_pixels_and_preprocessing(vl):
     assert prepare_images(bigger, [a])[0].hash != prepare_images(processor, [a])[0].hash
 
 
+def test_grid_is_predicted_without_preprocessing(vl):
+    _, processor = vl
+    for h, w in [(56, 56), (30, 200), (224, 224), (500, 90), (17, 17)]:
+        item = prepare_images(processor, images((h, w)))[0]
+        assert item._pixels is None
+        real = processor(images=[item.image], return_tensors="pt")["image_grid_thw"][0].tolist()
+        assert list(item.grid_thw) == real
+        assert item.pixel_values.shape[0] == real[0] * real[1] * real[2]
+
+
 def test_engine_batches_across_requests_and_skips_cached_items(vl):
     model, processor = vl
     tower = VisionTower(model)
@@ -54,7 +64,7 @@ def test_engine_batches_across_requests_and_skips_cached_items(vl):
         calls.append(len(items))
         return tower.encode(items)
 
-    engine = EncodeEngine(encode, EncoderCache(1 << 30), max_items=4, patches=lambda it: it.pixel_values.shape[0])
+    engine = EncodeEngine(encode, EncoderCache(1 << 30), max_items=4, patches=lambda it: it.tokens)
     pics = images((56, 56), (84, 84), (56, 112), (112, 112), (56, 84))
     items = prepare_images(processor, pics)
     engine.add("a", items[:3])

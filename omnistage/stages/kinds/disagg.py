@@ -90,7 +90,9 @@ def _span_to_wire(span: MediaSpan) -> dict[str, Any]:
 
 def _span_from_wire(data: dict[str, Any]) -> MediaSpan:
     grid = tuple(data["grid"]) if data["grid"] is not None else None
-    source = ImageItem(data["pixels"], grid, data["length"], data["hash"]) if data["pixels"] is not None else None
+    source = None
+    if data["pixels"] is not None:
+        source = ImageItem(None, grid, data["length"], data["hash"], _pixels=data["pixels"])
     return MediaSpan(data["start"], data["length"], data["hash"], data["embeds"], grid, source)
 
 

@@ -26,7 +26,7 @@ class EncodeStage:
         self.limits = MediaLimits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels)
         self.engine = EncodeEngine(tower.encode, EncoderCache(options.cache_mb << 20), max_items=max_items,
                                    max_patches=options.max_patches_per_step,
-                                   patches=lambda item: item.pixel_values.shape[0])
+                                   patches=lambda item: item.tokens)
 
     def add(self, request: StageRequest) -> None:
         images = request.inputs.get("images")
