@@ -21,17 +21,17 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 
 from omnistage import Pipeline
 from omnistage.ar_engine.multimodal import expand_image_tokens
-from omnistage.models.tiny import ensure_tiny
+from omnistage.models.tiny import cache_root, ensure_tiny
 
 SPLIT = """
 name: bench-vl
 models:
-  vl: {{path: "tiny:qwen2-vl"}}
+  vl: {{path: "{path}"}}
 stages:
   vision:
     kind: encode
@@ -50,19 +50,39 @@ stages:
 COLOCATED = """
 name: bench-vl-colocated
 models:
-  vl: {path: "tiny:qwen2-vl"}
+  vl: {{path: "{path}"}}
 stages:
   llm:
     kind: ar
     model: vl
-    inputs: {messages: request.messages, images: request.images}
-    outputs: {text: response.text}
-    batching: {max_batch: 64}
+    inputs: {{messages: request.messages, images: request.images}}
+    outputs: {{text: response.text}}
+    batching: {{max_batch: 64}}
 """
 NEW = 16
 
 
-def picture(seed: int, size: int = 224) -> bytes:
+def bench_model() -> Path:
+    """A small Qwen2-VL (random weights, ~25M parameters) taking images up to 448x448, so that
+    encoding and prefill cost what they would relative to decoding; built once."""
+    out = cache_root() / "bench-qwen2-vl"
+    if (out / "config.json").exists():
+        return out
+    tiny = ensure_tiny("qwen2-vl")
+    config = AutoConfig.from_pretrained(tiny)
+    config.vision_config.update(dict(depth=6, embed_dim=192, num_heads=6, hidden_size=384))
+    rope = dict(config.text_config.rope_parameters, mrope_section=[8, 12, 12])  # half of head_dim 64
+    config.text_config.update(dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                                   num_attention_heads=6, num_key_value_heads=2, rope_parameters=rope,
+                                   layer_types=["full_attention"] * 6))
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(out)
+    AutoImageProcessor.from_pretrained(tiny, max_pixels=448 * 448).save_pretrained(out)
+    return out
+
+
+def picture(seed: int, size: int = 448) -> bytes:
     g = torch.Generator().manual_seed(seed)
     buf = io.BytesIO()
     Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy()).save(buf, format="PNG")
@@ -100,21 +120,20 @@ def summary(req_s: float, ttfts: list[float], first_wave: int) -> dict:
             "repeat_ttft": statistics.mean(ttfts[first_wave:] or ttfts)}
 
 
-def repeated_images(n: int, distinct: int) -> dict:
+def repeated_images(path: Path, n: int, distinct: int) -> dict:
     images = [picture(s) for s in range(distinct)]
     requests = [image_request(i // distinct, [images[i % distinct]]) for i in range(n)]
     warm = [image_request(i, [picture(1000 + i)]) for i in range(4)]
     rows = {}
     for name, cache_mb, prefix in (("omnistage, caches on", 256, "true"), ("omnistage, caches off", 0, "false")):
-        with pipeline(SPLIT.format(cache_mb=cache_mb, prefix=prefix)) as pipe:
+        with pipeline(SPLIT.format(path=path, cache_mb=cache_mb, prefix=prefix)) as pipe:
             run_batch(pipe, warm)
             rows[name] = run_batch(pipe, requests, wave=distinct)
-    rows["HF generate, one at a time"] = hf_one_at_a_time(requests)
+    rows["HF generate, one at a time"] = hf_one_at_a_time(path, requests)
     return rows
 
 
-def hf_one_at_a_time(requests: list[dict]) -> dict:
-    path = ensure_tiny("qwen2-vl")
+def hf_one_at_a_time(path: Path, requests: list[dict]) -> dict:
     tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
     model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
 
@@ -182,16 +201,18 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     n, distinct, texts, heavy = (16, 4, 3, 4) if args.quick else (64, 8, 8, 16)
-    rows = repeated_images(n, distinct)
-    print(f"\nrepeated images: {n} requests over {distinct} distinct 224x224 images, {NEW} new tokens")
+    path = bench_model()
+    rows = repeated_images(path, n, distinct)
+    print(f"\nrepeated images: {n} requests over {distinct} distinct 448x448 images, {NEW} new tokens "
+          f"(Qwen2-VL ~25M, random weights)")
     print(f"{'system':30s} | {'requests/s':>10s} | {'mean TTFT ms':>12s} | {'repeats TTFT ms':>15s} | "
           f"{'max TTFT ms':>11s}")
     print("-" * 90)
     for name, r in rows.items():
         print(f"{name:30s} | {r['req_s']:10.2f} | {r['ttft'] * 1000:12.1f} | {r['repeat_ttft'] * 1000:15.1f} | "
               f"{r['p99_ttft'] * 1000:11.1f}")
-    split = text_under_image_load(SPLIT.format(cache_mb=256, prefix="true"), texts, heavy)
-    colocated = text_under_image_load(COLOCATED, texts, heavy)
+    split = text_under_image_load(SPLIT.format(path=path, cache_mb=256, prefix="true"), texts, heavy)
+    colocated = text_under_image_load(COLOCATED.format(path=path), texts, heavy)
     print(f"\ntext-only TTFT ms, alone -> under {heavy} concurrent 4-image requests")
     print(f"  separate encode stage: {split[0] * 1000:.1f} -> {split[1] * 1000:.1f}")
     print(f"  encoding in the LM stage: {colocated[0] * 1000:.1f} -> {colocated[1] * 1000:.1f}")

@@ -29,7 +29,7 @@ def probe_target(plan: GraphPlan, route: Route, inputs: Mapping[str, Any]) -> tu
         src = plan.stages.get(edge.src_stage)
         dst = plan.stages[edge.dst_stage]
         if (src is not None and src.kind.name == "encode" and dst.kind.name in PROBING_KINDS
-                and edge.dst_port == "image_embeds"):
+                and edge.dst_port == "image_embeds" and dst.options.prefix_caching):
             return edge.src_stage, edge.dst_stage
     return None
 
