@@ -18,37 +18,58 @@ def is_vision_language(model: Any) -> bool:
     return hasattr(getattr(model, "model", None), "get_rope_index") and hasattr(model.config, "image_token_id")
 
 
-def expand_image_tokens(ids: list[int], image_token_id: int, counts: list[int]) -> tuple[list[int], list[int]]:
-    """Repeat the i-th image token counts[i] times; returns the ids and each image's start."""
+def expand_image_tokens(ids: list[int], image_token_id: int, counts: list[int],
+                        what: str = "image") -> tuple[list[int], list[int]]:
+    """Repeat the i-th placeholder token counts[i] times; returns the ids and each item's start."""
     out, starts, seen = [], [], 0
     for tok in ids:
         if tok == image_token_id:
             if seen >= len(counts):
-                raise ValueError(f"the prompt has more image placeholders than the {len(counts)} image(s) given")
+                raise ValueError(f"the prompt has more {what} placeholders than the {len(counts)} {what}(s) given")
             starts.append(len(out))
             out.extend([image_token_id] * counts[seen])
             seen += 1
         else:
             out.append(tok)
     if seen != len(counts):
-        raise ValueError(f"{len(counts)} image(s) given but the prompt has {seen} placeholder(s)")
+        raise ValueError(f"{len(counts)} {what}(s) given but the prompt has {seen} placeholder(s)")
     return out, starts
 
 
-def image_spans(model: Any, ids: list[int], items: list[Any]) -> tuple[list[int], tuple[MediaSpan, ...], torch.Tensor, int]:
-    """Expand placeholders for preprocessed images (``.tokens``, ``.hash``, ``.grid_thw``) and
-    compute M-RoPE positions. Returns (token ids, spans, positions [3, len], text delta)."""
-    ids, starts = expand_image_tokens(ids, model.config.image_token_id, [it.tokens for it in items])
-    spans = tuple(MediaSpan(start, it.tokens, it.hash, grid_thw=it.grid_thw, source=it)
-                  for start, it in zip(starts, items))
-    grids = torch.tensor([it.grid_thw for it in items], dtype=torch.long)
-    positions, delta = mrope_positions(model, ids, grids)
-    return ids, spans, positions, delta
+def media_spans(model: Any, ids: list[int], images: list[Any],
+                videos: list[Any] = ()) -> tuple[list[int], tuple[MediaSpan, ...], torch.Tensor, int]:
+    """Expand placeholders for preprocessed images and videos (``.tokens``, ``.hash``,
+    ``.grid_thw``) and compute M-RoPE positions. Returns (ids, spans, positions [3, len], delta)."""
+    cfg = model.config
+    queues = {cfg.image_token_id: list(images), cfg.video_token_id: list(videos)}
+    names = {cfg.image_token_id: "image", cfg.video_token_id: "video"}
+    out: list[int] = []
+    spans = []
+    for tok in ids:
+        if tok not in queues:
+            out.append(tok)
+            continue
+        if not queues[tok]:
+            given = len(images) if tok == cfg.image_token_id else len(videos)
+            raise ValueError(f"the prompt has more {names[tok]} placeholders than the {given} {names[tok]}(s) given")
+        item = queues[tok].pop(0)
+        spans.append(MediaSpan(len(out), item.tokens, item.hash, grid_thw=item.grid_thw, source=item))
+        out.extend([tok] * item.tokens)
+    for tok, left in queues.items():
+        if left:
+            raise ValueError(f"{len(left)} {names[tok]}(s) given without a placeholder in the prompt")
+    positions, delta = mrope_positions(model, out, _grids(images), _grids(videos))
+    return out, tuple(spans), positions, delta
 
 
-def mrope_positions(model: Any, ids: list[int], grid_thw: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+def _grids(items: list[Any]) -> torch.Tensor | None:
+    return torch.tensor([it.grid_thw for it in items], dtype=torch.long) if items else None
+
+
+def mrope_positions(model: Any, ids: list[int], image_grids: torch.Tensor | None,
+                    video_grids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     input_ids = torch.tensor([ids])
-    token_types = (input_ids == model.config.image_token_id).int()
-    positions, delta = model.model.get_rope_index(input_ids, token_types, image_grid_thw=grid_thw,
-                                                  attention_mask=torch.ones_like(input_ids))
+    token_types = (input_ids == model.config.image_token_id).int() + 2 * (input_ids == model.config.video_token_id).int()
+    positions, delta = model.model.get_rope_index(input_ids, token_types, image_grid_thw=image_grids,
+                                                  video_grid_thw=video_grids, attention_mask=torch.ones_like(input_ids))
     return positions[:, 0].cpu(), int(delta.reshape(-1)[0])

@@ -107,7 +107,7 @@ _AR_OUTPUTS = (PortSpec("text", "text", streaming=True), PortSpec("tokens", "tok
                PortSpec("logprobs", "any", streaming=True), PortSpec("hidden", "tensor", streaming=True))
 
 _AR_INPUTS = (PortSpec("prompt", "text"), PortSpec("messages", "messages"), PortSpec("images", "image"),
-              PortSpec("image_embeds", "media_embeds"))
+              PortSpec("video", "video"), PortSpec("image_embeds", "media_embeds"))
 
 _REGISTRY: dict[str, KindSpec] = {}
 
@@ -155,8 +155,9 @@ register_kind(KindSpec(
     name="encode",
     engine="omnistage.stages.kinds.encode:build",
     options=EncodeOptions,
-    inputs=(PortSpec("images", "image", required=True),),
+    inputs=(PortSpec("images", "image"), PortSpec("video", "video")),
     outputs=(PortSpec("embeddings", "media_embeds"),),
+    any_of=(("images", "video"),),
     needs_model=True,
     description="a vision tower batched across requests, with an encoder cache",
 ))

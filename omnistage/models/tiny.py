@@ -19,7 +19,7 @@ from omnistage.models.catalog import TINY_MODELS
 from omnistage.models.tokenizer import build_tokenizer
 
 # Bump when any builder changes, so cached checkpoints are rebuilt.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SEED = 1234
 
 

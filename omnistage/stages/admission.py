@@ -23,8 +23,8 @@ class Target(Protocol):
 def probe_target(plan: GraphPlan, route: Route, inputs: Mapping[str, Any]) -> tuple[str, str] | None:
     """(encode stage, AR stage) when this request's images go through an encoder into an AR
     stage whose prefix cache may already cover them; else None."""
-    if not inputs.get("images"):
-        return None
+    if not inputs.get("images") or inputs.get("video") is not None:
+        return None  # (probing covers images; a request with a video is encoded as a whole)
     for edge in route.edges:
         src = plan.stages.get(edge.src_stage)
         dst = plan.stages[edge.dst_stage]

@@ -79,3 +79,16 @@ def test_engine_batches_across_requests_and_skips_cached_items(vl):
     engine.add("again", [items[2]])
     assert engine.step()[0][0] == "again" and calls == [4, 1]  # served from the cache
     assert engine.cache.hits >= 1
+
+
+def test_video_patches_follow_the_image_processor_layout(vl):
+    from omnistage.encoders.video import prepare_video
+    _, processor = vl
+    still = images((84, 112), seed=7)[0]
+    video = prepare_video(processor, [still, still])
+    ref = processor(images=[still], return_tensors="pt")
+    assert list(video.grid_thw) == ref["image_grid_thw"][0].tolist()
+    assert torch.equal(video.pixel_values, ref["pixel_values"])  # a still video is the image itself
+    clip = prepare_video(processor, images((84, 112), (84, 112), (84, 112), seed=8))
+    assert clip.grid_thw == (2, 6, 8) and clip.tokens == 2 * 6 * 8 // 4
+    assert clip.pixel_values.shape == (2 * 6 * 8, 3 * 2 * 14 * 14)

@@ -125,3 +125,40 @@ def test_two_stage_graph_and_split_encoding_across_replicas(reference):
         result = ask(pipe, content, images).result(60)
         assert result.text == reference(content, images)
         assert result.meta["vision"]["encoded_items"] in (1, 2)  # its images went to both encoders
+
+
+def test_video_and_image_together_equal_hf_generate(reference_video):
+    frames = [picture(40 + i, 56, 84) for i in range(5)]  # an odd count: the last frame is repeated
+    content = [IMAGE, text("and this clip"), {"type": "video"}, text("what happens?")]
+    image = picture(50, 84, 84)
+    with Pipeline.from_yaml(ROOT / "examples" / "vl_chat.yaml") as pipe:
+        got = pipe.generate(messages=[{"role": "user", "content": content}], images=[png(image)],
+                            video=[png(f) for f in frames], temperature=0, max_tokens=12)
+    assert got.text == reference_video(content, [image], frames)
+    assert got.meta["vision"]["encoded_items"] == 2
+
+
+@pytest.fixture(scope="module")
+def reference_video():
+    from omnistage.encoders.video import prepare_video
+    path = ensure_tiny("qwen2-vl")
+    tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
+
+    def run(content, images, frames, new=12):
+        prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        pixels = processor(images=images, return_tensors="pt")
+        video = prepare_video(processor, frames)
+        ids, _ = expand_image_tokens(ids, model.config.image_token_id, (pixels["image_grid_thw"].prod(-1) // 4).tolist())
+        ids, _ = expand_image_tokens(ids, model.config.video_token_id, [video.tokens], "video")
+        input_ids = torch.tensor([ids])
+        types = (input_ids == model.config.image_token_id).int() + 2 * (input_ids == model.config.video_token_id).int()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new,
+                                 do_sample=False, mm_token_type_ids=types, pixel_values=pixels["pixel_values"],
+                                 image_grid_thw=pixels["image_grid_thw"], pixel_values_videos=video.pixel_values,
+                                 video_grid_thw=torch.tensor([video.grid_thw]))
+        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+    return run

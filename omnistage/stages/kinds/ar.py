@@ -16,9 +16,10 @@ from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
 from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine, TokenOutput
 from omnistage.ar_engine.kernels import backend_for
-from omnistage.ar_engine.multimodal import image_spans, is_vision_language
+from omnistage.ar_engine.multimodal import is_vision_language, media_spans
 from omnistage.ar_engine.sampling import SamplingParams
-from omnistage.encoders.media import MediaLimits, load_image
+from omnistage.encoders.media import MediaLimits, load_image, load_video
+from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
@@ -83,13 +84,16 @@ class ArStage:
     def engine_request(self, rid: str, inputs: dict[str, Any], sampling: SamplingParams) -> EngineRequest:
         ids = self._token_ids(inputs)
         images = inputs.get("images") or []
-        if not images:
+        video = inputs.get("video")
+        if not images and video is None:
             return EngineRequest(rid, ids, sampling)
         if self.image_processor is None:
-            raise RequestRejected("this stage's model does not take images", param="images")
+            raise RequestRejected("this stage's model does not take images or video",
+                                  param="images" if images else "video")
         items = prepare_images(self.image_processor, [load_image(im, self.limits) for im in images])
+        videos = [prepare_video(self.image_processor, load_video(video, self.limits))] if video is not None else []
         try:
-            ids, spans, positions, delta = image_spans(self.model, ids, items)
+            ids, spans, positions, delta = media_spans(self.model, ids, items, videos)
         except ValueError as exc:
             raise RequestRejected(str(exc), param="messages") from None
         return EngineRequest(rid, ids, sampling, spans, positions, delta)

@@ -11,7 +11,8 @@ from transformers import AutoImageProcessor
 
 from omnistage.encoders.cache import EncoderCache
 from omnistage.encoders.engine import EncodeEngine
-from omnistage.encoders.media import MediaLimits, load_image
+from omnistage.encoders.media import MediaLimits, load_image, load_video
+from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import EncodeOptions
@@ -29,10 +30,13 @@ class EncodeStage:
                                    patches=lambda item: item.tokens)
 
     def add(self, request: StageRequest) -> None:
-        images = request.inputs.get("images")
-        if not isinstance(images, list) or not images:
+        images = request.inputs.get("images") or []
+        video = request.inputs.get("video")
+        if not isinstance(images, list) or (not images and video is None):
             raise RequestRejected("images must be a non-empty list", param="images")
-        items = prepare_images(self.processor, [load_image(im, self.limits) for im in images])
+        items: list[Any] = prepare_images(self.processor, [load_image(im, self.limits) for im in images])
+        if video is not None:
+            items.append(prepare_video(self.processor, load_video(video, self.limits)))
         self.engine.add(request.rid, items)
 
     def step(self) -> list[StageOutput]:
