@@ -155,11 +155,11 @@ register_kind(KindSpec(
     name="encode",
     engine="omnistage.stages.kinds.encode:build",
     options=EncodeOptions,
-    inputs=(PortSpec("images", "image"), PortSpec("video", "video")),
+    inputs=(PortSpec("images", "image"), PortSpec("video", "video"), PortSpec("audio", "audio")),
     outputs=(PortSpec("embeddings", "media_embeds"),),
-    any_of=(("images", "video"),),
+    any_of=(("images", "video", "audio"),),
     needs_model=True,
-    description="a vision tower batched across requests, with an encoder cache",
+    description="a vision or audio tower batched across requests, with an encoder cache",
 ))
 register_kind(KindSpec(
     name="python",

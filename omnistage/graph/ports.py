@@ -22,7 +22,7 @@ RESPONSE_MODALITIES: Mapping[str, str] = frozen_dict({
     "image": "image",
     "audio": "audio",
     "video": "video",
-    "embedding": "tensor",
+    "embedding": "media_embeds",
 })
 
 

@@ -9,4 +9,5 @@ TINY_MODELS: Mapping[str, str] = frozen_dict({
     "llama": "LlamaForCausalLM, 2 layers, BPE tokenizer with a chat template",
     "qwen2-vl": "Qwen2VLForConditionalGeneration with its PIL image processor",
     "sd": "StableDiffusionPipeline: UNet2DConditionModel, AutoencoderKL, CLIP text encoder",
+    "whisper": "WhisperForConditionalGeneration (2-second window) with its feature extractor",
 })

@@ -132,7 +132,23 @@ def build_sd(out: Path) -> None:
     pipe.save_pretrained(out)
 
 
+def build_whisper(out: Path) -> None:
+    """Whisper with a 2-second window (Whisper wants exactly 2 * max_source_positions mel frames)."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    tok = build_tokenizer()
+    config = WhisperConfig(vocab_size=len(tok), d_model=64, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                           decoder_ffn_dim=128, num_mel_bins=80, max_source_positions=100, max_target_positions=64,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
+                           eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
+                           init_std=0.2)
+    WhisperForConditionalGeneration(config).eval().save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=80, chunk_length=2).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
+    "whisper": build_whisper,
     "qwen2": build_qwen2,
     "llama": build_llama,
     "qwen2-vl": build_qwen2_vl,

@@ -162,3 +162,32 @@ def reference_video():
                                  video_grid_thw=torch.tensor([video.grid_thw]))
         return tok.decode(out[0, len(ids):], skip_special_tokens=True)
     return run
+
+
+def test_audio_embeddings_equal_the_whisper_encoder():
+    import numpy as np
+    import soundfile
+    from transformers import AutoFeatureExtractor, WhisperForConditionalGeneration
+    path = ensure_tiny("whisper")
+    clips = [np.sin(np.linspace(0, 2 * np.pi * f, 8000 * s)).astype(np.float32) for f, s in ((220, 1), (440, 2))]
+    wavs = []
+    for clip in clips:
+        buf = io.BytesIO()
+        soundfile.write(buf, clip, 8000, format="WAV")  # resampled to 16 kHz by the stage
+        wavs.append(buf.getvalue())
+    with Pipeline.from_yaml(ROOT / "examples" / "audio_embed.yaml") as pipe:
+        result = pipe.generate(audio=wavs)
+        with pytest.raises(RequestRejected, match="no samples"):
+            empty = io.BytesIO()
+            soundfile.write(empty, np.zeros(0, np.float32), 16000, format="WAV")
+            pipe.generate(audio=[empty.getvalue()])
+    extractor = AutoFeatureExtractor.from_pretrained(path)
+    model = WhisperForConditionalGeneration.from_pretrained(path).eval()
+    import torchaudio.functional as AF
+    for wav, got in zip(wavs, result.outputs["embedding"]):
+        decoded, rate = soundfile.read(io.BytesIO(wav), dtype="float32")  # 16-bit PCM, as the stage read it
+        samples = AF.resample(torch.from_numpy(decoded), rate, 16000).numpy()
+        features = extractor(samples, sampling_rate=16000, return_tensors="pt")["input_features"]
+        with torch.inference_mode():
+            want = model.get_encoder()(features).last_hidden_state[0]
+        torch.testing.assert_close(got["embeds"], want, rtol=1e-4, atol=1e-4)

@@ -1,17 +1,19 @@
-"""The ``encode`` kind: a vision tower as its own batched stage, with an encoder cache.
+"""The ``encode`` kind: a vision or audio tower as its own batched stage, with an encoder cache.
 
-Input: a request's images. Output (port ``embeddings``): one entry per image, in order,
-``{"hash", "embeds", "grid"}``; the AR stage matches them to its placeholders by content hash.
+Inputs: a request's images and video (Qwen2-VL family) or audio clips (Whisper family).
+Output (port ``embeddings``): one entry per item, in order, ``{"hash", "embeds", ...}``; an AR
+stage matches them to its placeholders by content hash.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoImageProcessor
+from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor
 
+from omnistage.encoders.audio import AudioTower, prepare_audio
 from omnistage.encoders.cache import EncoderCache
 from omnistage.encoders.engine import EncodeEngine
-from omnistage.encoders.media import MediaLimits, load_image, load_video
+from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
@@ -22,27 +24,42 @@ from omnistage.stages.engine import StageOutput, StageRequest
 
 
 class EncodeStage:
-    def __init__(self, tower: VisionTower, processor: Any, options: EncodeOptions, max_items: int) -> None:
-        self.processor = processor
+    def __init__(self, tower: Any, preprocessor: Any, options: EncodeOptions, max_items: int, modality: str) -> None:
+        self.preprocessor = preprocessor
+        self.modality = modality  # "vision" or "audio"
         self.limits = MediaLimits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels)
         self.engine = EncodeEngine(tower.encode, EncoderCache(options.cache_mb << 20), max_items=max_items,
                                    max_patches=options.max_patches_per_step,
-                                   patches=lambda item: item.tokens)
+                                   patches=lambda item: getattr(item, "tokens", 1))
 
     def add(self, request: StageRequest) -> None:
-        images = request.inputs.get("images") or []
-        video = request.inputs.get("video")
+        items = self._vision(request.inputs) if self.modality == "vision" else self._audio(request.inputs)
+        self.engine.add(request.rid, items)
+
+    def _vision(self, inputs: dict[str, Any]) -> list[Any]:
+        if inputs.get("audio"):
+            raise RequestRejected("this encoder takes images and video, not audio", param="audio")
+        images, video = inputs.get("images") or [], inputs.get("video")
         if not isinstance(images, list) or (not images and video is None):
             raise RequestRejected("images must be a non-empty list", param="images")
-        items: list[Any] = prepare_images(self.processor, [load_image(im, self.limits) for im in images])
+        items: list[Any] = prepare_images(self.preprocessor, [load_image(im, self.limits) for im in images])
         if video is not None:
-            items.append(prepare_video(self.processor, load_video(video, self.limits)))
-        self.engine.add(request.rid, items)
+            items.append(prepare_video(self.preprocessor, load_video(video, self.limits)))
+        return items
+
+    def _audio(self, inputs: dict[str, Any]) -> list[Any]:
+        clips = inputs.get("audio")
+        if inputs.get("images") or inputs.get("video") is not None:
+            raise RequestRejected("this encoder takes audio, not images or video", param="images")
+        clips = clips if isinstance(clips, list) else [clips]
+        rate = self.preprocessor.sampling_rate
+        return prepare_audio(self.preprocessor, [load_audio(c, rate, self.limits) for c in clips])
 
     def step(self) -> list[StageOutput]:
         outs = []
         for rid, items, embeds in self.engine.step():
-            value = [{"hash": it.hash, "embeds": e, "grid": list(it.grid_thw)} for it, e in zip(items, embeds)]
+            value = [{"hash": it.hash, "embeds": e, "grid": list(getattr(it, "grid_thw", ()))}
+                     for it, e in zip(items, embeds)]
             outs.append(StageOutput(rid, ports={"embeddings": value}, finished=True,
                                     meta={"encoded_items": len(items)}))
         return outs
@@ -55,13 +72,20 @@ class EncodeStage:
 
 
 def build(stage: StagePlan, device: str) -> EncodeStage:
-    from transformers import AutoModelForImageTextToText
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype(stage.model_dtype, device))
+    dtype = torch_dtype(stage.model_dtype, device)
+    max_items = stage.config.batching.max_batch
+    if AutoConfig.from_pretrained(path).model_type == "whisper":
+        from transformers import WhisperForConditionalGeneration
+        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+        return EncodeStage(AudioTower(model), AutoFeatureExtractor.from_pretrained(path), stage.options, max_items,
+                           "audio")
+    from transformers import AutoModelForImageTextToText
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
     # This stage needs the vision tower only; drop the language model's weights.
     model.model.language_model = None
     model.lm_head = None
     model = model.to(device).eval()
-    return EncodeStage(VisionTower(model), AutoImageProcessor.from_pretrained(path), stage.options,
-                       stage.config.batching.max_batch)
+    return EncodeStage(VisionTower(model), AutoImageProcessor.from_pretrained(path), stage.options, max_items,
+                       "vision")
