@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,14 @@ from omnistage.stages.engine import StageEngine, StageOutput, StageRequest, conc
 
 _POLL_MS = 50
 _GONE_MEMORY = 10_000
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A probe whose request was prepared off the main loop (success or error in ``future``)."""
+
+    probe: Probe
+    future: Future[Any]
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class StageWorker:
         self.early: dict[str, list[Data]] = defaultdict(list)
         self.held: dict[str, dict[str, Any]] = defaultdict(dict)  # outputs bound for other stages
         self.parts: dict[str, Counter[str]] = defaultdict(Counter)  # parts received per split port
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare")
         # Recently ended requests, so late inputs for them are dropped instead of kept forever.
         self.gone: OrderedDict[str, None] = OrderedDict()
 
@@ -114,6 +124,7 @@ class StageWorker:
                     self._emit(self._step())
         finally:
             self._stop.set()
+            self._pool.shutdown(cancel_futures=True)
             self._out.put(None)
             sender.join()
             reader.join()
@@ -160,6 +171,8 @@ class StageWorker:
                 self.early[msg.rid].append(msg)
         elif isinstance(msg, Probe):
             self._probe(msg)
+        elif isinstance(msg, _Prepared):
+            self._probed(msg)
         elif isinstance(msg, Abort):
             self.engine.abort(msg.rid)
             self._forget(msg.rid)
@@ -236,12 +249,21 @@ class StageWorker:
         self._forget(rid)
 
     def _probe(self, msg: Probe) -> None:
-        """Let the engine prepare the request now; its inputs stay here for the Admit to come."""
-        probe = getattr(self.engine, "probe", None)
-        if probe is None:
+        """Let the engine prepare the request now, off this loop (decoding and preprocessing
+        media must not stall the steps of other requests); the result comes back as _Prepared."""
+        prepare = getattr(self.engine, "prepare", None)
+        if prepare is None:
             raise TypeError(f"stage {self.spec.stage!r} cannot be probed")
+        self.inputs[msg.rid].update(msg.inputs)
+        future = self._pool.submit(prepare, msg.rid, msg.inputs, msg.params)
+        future.add_done_callback(lambda f: self._in.put(_Prepared(msg, f)))
+
+    def _probed(self, done: _Prepared) -> None:
+        msg = done.probe
+        if msg.rid in self.gone:
+            return  # aborted while it was being prepared
         try:
-            found = probe(msg.rid, msg.inputs, msg.params)
+            found = self.engine.probe_prepared(done.future.result())
         except RequestRejected as exc:
             self._probe_failed(msg, str(exc), exc.status)
             return
@@ -249,7 +271,6 @@ class StageWorker:
             self._probe_failed(msg, f"stage {self.spec.stage!r} could not prepare the request: "
                                     f"{type(exc).__name__}: {exc}", 500)
             return
-        self.inputs[msg.rid].update(msg.inputs)
         self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, found["covered"])))
 
     def _probe_failed(self, msg: Probe, error: str, status: int) -> None:

@@ -62,12 +62,18 @@ class ArStage:
         self.prepared: dict[str, EngineRequest] = {}  # probed requests waiting for their Admit
 
     # --- requests --------------------------------------------------------------------------
-    def probe(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        """Prepare a request early and say which of its images the prefix cache already covers."""
-        sampling = SamplingParams.from_request(params, self.options.max_tokens)
-        req = self.engine_request(rid, inputs, sampling)
-        self.prepared[rid] = req
+    def prepare(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> EngineRequest:
+        """Decode, preprocess and tokenize a request. Touches no engine state, so a worker may
+        run it off its main loop."""
+        return self.engine_request(rid, inputs, SamplingParams.from_request(params, self.options.max_tokens))
+
+    def probe_prepared(self, req: EngineRequest) -> dict[str, Any]:
+        """Keep a prepared request for its Admit; say which images the prefix cache covers."""
+        self.prepared[req.rid] = req
         return {"covered": self.engine.cached_media(req), "items": len(req.media)}
+
+    def probe(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        return self.probe_prepared(self.prepare(rid, inputs, params))
 
     def add(self, request: StageRequest) -> None:
         self.engine.add(self.take_request(request))
