@@ -35,3 +35,40 @@ def hf_greedy(qwen2_dir):
         new = out[0, enc["input_ids"].shape[1]:].tolist()
         return new, tok.decode(new, skip_special_tokens=True)
     return run
+
+
+@pytest.fixture(scope="session")
+def vl_reference():
+    """Reference: HF generate (greedy) on the tiny Qwen2-VL with images and/or a video, one
+    request at a time. Returns (new token ids, text)."""
+    import torch
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    from omnistage.ar_engine.multimodal import expand_image_tokens
+    from omnistage.encoders.video import prepare_video
+    from omnistage.models.tiny import ensure_tiny
+    path = ensure_tiny("qwen2-vl")
+    tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
+    cfg = model.config
+
+    def run(content, images=(), frames=None, new=12):
+        prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+        ids, extra = tok(prompt, add_special_tokens=False)["input_ids"], {}
+        if images:
+            pixels = processor(images=list(images), return_tensors="pt")
+            ids, _ = expand_image_tokens(ids, cfg.image_token_id, (pixels["image_grid_thw"].prod(-1) // 4).tolist())
+            extra.update(pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])
+        if frames is not None:
+            video = prepare_video(processor, frames)
+            ids, _ = expand_image_tokens(ids, cfg.video_token_id, [video.tokens], "video")
+            extra.update(pixel_values_videos=video.pixel_values, video_grid_thw=torch.tensor([video.grid_thw]))
+        input_ids = torch.tensor([ids])
+        types = (input_ids == cfg.image_token_id).int() + 2 * (input_ids == cfg.video_token_id).int()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new,
+                                 do_sample=False, mm_token_type_ids=types, **extra)
+        new_ids = out[0, len(ids):].tolist()
+        return new_ids, tok.decode(new_ids, skip_special_tokens=True)
+    return run

@@ -2,10 +2,9 @@
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, Qwen2VLForConditionalGeneration
+from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 
 from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine
-from omnistage.ar_engine.multimodal import expand_image_tokens
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.graph.kinds import ArOptions
 from omnistage.models.tiny import ensure_tiny
@@ -114,10 +113,9 @@ def test_hidden_states_all_refuses_prefix_caching():
         EngineConfig(hidden_states="all")
 
 
-def test_qwen2_vl_with_images_equals_hf_generate():
+def test_qwen2_vl_with_images_equals_hf_generate(vl_reference):
     path = ensure_tiny("qwen2-vl")
     tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
-    ref = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
     stage = ArStage(load_model(str(path), torch.float32, "cpu"), tok, ArOptions(block_size=4, max_tokens_per_step=40),
                     8, processor)
     g = torch.Generator().manual_seed(0)
@@ -138,17 +136,4 @@ def test_qwen2_vl_with_images_equals_hf_generate():
         for out in stage.step():
             got.setdefault(out.rid, []).extend(out.ports["tokens"])
     for rid, (content, imgs) in cases.items():
-        prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
-        ids, extra = tok(prompt, add_special_tokens=False)["input_ids"], {}
-        if imgs:
-            pixels = processor(images=imgs, return_tensors="pt")
-            ids, _ = expand_image_tokens(ids, ref.config.image_token_id,
-                                         (pixels["image_grid_thw"].prod(-1) // 4).tolist())
-            extra = dict(pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])
-        input_ids = torch.tensor([ids])
-        with torch.inference_mode():
-            out = ref.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=16,
-                               do_sample=False, mm_token_type_ids=(input_ids == ref.config.image_token_id).int(),
-                               **extra)
-        assert got[rid] == out[0, len(ids):].tolist(), rid
+        assert got[rid] == vl_reference(content, imgs, new=16)[0], rid

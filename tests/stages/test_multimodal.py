@@ -4,10 +4,8 @@ import io
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
 
 from omnistage import Pipeline
-from omnistage.ar_engine.multimodal import expand_image_tokens
 from omnistage.errors import RequestRejected
 from omnistage.models.tiny import ensure_tiny
 from tests.conftest import ROOT
@@ -31,27 +29,8 @@ def png(image):
 
 
 @pytest.fixture(scope="module")
-def reference():
-    path = ensure_tiny("qwen2-vl")
-    tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
-
-    def run(content, images, new=12):
-        prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
-        ids, extra = tok(prompt, add_special_tokens=False)["input_ids"], {}
-        if images:
-            pixels = processor(images=images, return_tensors="pt")
-            ids, _ = expand_image_tokens(ids, model.config.image_token_id,
-                                         (pixels["image_grid_thw"].prod(-1) // 4).tolist())
-            extra = dict(pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])
-        input_ids = torch.tensor([ids])
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new,
-                                 do_sample=False, mm_token_type_ids=(input_ids == model.config.image_token_id).int(),
-                                 **extra)
-        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
-    return run
+def reference(vl_reference):
+    return lambda content, images, new=12: vl_reference(content, images, new=new)[1]
 
 
 @pytest.fixture(scope="module")
@@ -139,29 +118,9 @@ def test_video_and_image_together_equal_hf_generate(reference_video):
 
 
 @pytest.fixture(scope="module")
-def reference_video():
-    from omnistage.encoders.video import prepare_video
-    path = ensure_tiny("qwen2-vl")
-    tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
+def reference_video(vl_reference):
+    return lambda content, images, frames, new=12: vl_reference(content, images, frames, new=new)[1]
 
-    def run(content, images, frames, new=12):
-        prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
-        ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        pixels = processor(images=images, return_tensors="pt")
-        video = prepare_video(processor, frames)
-        ids, _ = expand_image_tokens(ids, model.config.image_token_id, (pixels["image_grid_thw"].prod(-1) // 4).tolist())
-        ids, _ = expand_image_tokens(ids, model.config.video_token_id, [video.tokens], "video")
-        input_ids = torch.tensor([ids])
-        types = (input_ids == model.config.image_token_id).int() + 2 * (input_ids == model.config.video_token_id).int()
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new,
-                                 do_sample=False, mm_token_type_ids=types, pixel_values=pixels["pixel_values"],
-                                 image_grid_thw=pixels["image_grid_thw"], pixel_values_videos=video.pixel_values,
-                                 video_grid_thw=torch.tensor([video.grid_thw]))
-        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
-    return run
 
 
 def test_audio_embeddings_equal_the_whisper_encoder():
