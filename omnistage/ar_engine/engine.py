@@ -30,6 +30,7 @@ class EngineConfig:
     max_seqs: int = 64
     max_tokens_per_step: int = 2048
     chunked_prefill: bool = True
+    short_prompt_tokens: int = 64
     prefix_caching: bool = True
     # "generated": the last-layer state that produced each new token; "all": every position.
     hidden_states: Literal["none", "generated", "all"] = "none"
@@ -91,7 +92,7 @@ class LLMEngine:
         num_blocks = config.num_blocks or self._blocks_for(model, config)
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, config.max_tokens_per_step,
-                                                   config.chunked_prefill), self.blocks)
+                                                   config.chunked_prefill, config.short_prompt_tokens), self.blocks)
         self.runner = ModelRunner(model, num_blocks, config.block_size, backend=backend, media_encoder=media_encoder)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.max_model_len = min(getattr(text_config(model.config), "max_position_embeddings", 1 << 30),

@@ -22,6 +22,7 @@ class SchedulerConfig:
     max_seqs: int = 64
     max_tokens_per_step: int = 2048
     chunked_prefill: bool = True
+    short_prompt_tokens: int = 64  # waiting prompts this short are admitted before running prefills
 
 
 class Chunk(NamedTuple):
@@ -75,21 +76,38 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> StepPlan:
-        budget = self.config.max_tokens_per_step
-        chunks: list[Chunk] = []
-        preempted: list[Sequence] = []
-        # Earliest arrivals first; preemption victims are the latest, so never already scheduled.
+        """This step's chunks, in four passes: running decodes; short waiting prompts (a fast
+        lane, so a chat turn is not stuck behind long prefills); running prefills; then the
+        other waiting sequences in arrival order."""
+        plan = StepPlan([], [])
+        budget = self._schedule_running(plan, decodes=True, budget=self.config.max_tokens_per_step)
+        budget = self._admit(plan, budget, short_only=True)
+        budget = self._schedule_running(plan, decodes=False, budget=budget)
+        self._admit(plan, budget, short_only=False)
+        return plan
+
+    def _schedule_running(self, plan: StepPlan, decodes: bool, budget: int) -> int:
+        scheduled = {c.seq.rid for c in plan.chunks}
         for seq in sorted(self.running, key=lambda s: s.arrival):
-            if seq.status is not Status.RUNNING or budget == 0:
+            if (seq.status is not Status.RUNNING or budget == 0 or seq.rid in scheduled
+                    or (seq.remaining() == 1) != decodes):
                 continue
-            if not self._make_room(seq, preempted):
+            if not self._make_room(seq, plan):
                 continue  # seq itself was preempted
             n = self._chunk_size(seq, budget)
             if n:
-                chunks.append(Chunk(seq, seq.num_computed, n))
+                plan.chunks.append(Chunk(seq, seq.num_computed, n))
                 budget -= n
-        while self.waiting and not preempted and budget and len(self.running) < self.config.max_seqs:
-            seq = self.waiting[0]
+        return budget
+
+    def _admit(self, plan: StepPlan, budget: int, short_only: bool) -> int:
+        """Admit waiting sequences (only those whose whole prompt fits the fast lane, when
+        ``short_only``) while blocks, sequence slots and budget allow; none after a preemption."""
+        for seq in list(self.waiting):
+            if plan.preempted or not budget or len(self.running) >= self.config.max_seqs:
+                break
+            if short_only and seq.remaining() > min(self.config.short_prompt_tokens, budget):
+                continue
             if not self.blocks.can_allocate(seq):
                 break
             self.blocks.allocate(seq)
@@ -97,12 +115,12 @@ class Scheduler:
             if n == 0:
                 self.blocks.free_seq(seq)
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
-            chunks.append(Chunk(seq, seq.num_computed, n))
+            plan.chunks.append(Chunk(seq, seq.num_computed, n))
             budget -= n
-        return StepPlan(chunks, preempted)
+        return budget
 
     def _chunk_size(self, seq: Sequence, budget: int) -> int:
         n = seq.remaining()
@@ -110,12 +128,14 @@ class Scheduler:
             return n
         return budget if self.config.chunked_prefill else 0
 
-    def _make_room(self, seq: Sequence, preempted: list[Sequence]) -> bool:
-        """Ensure ``seq`` has blocks for all its tokens, preempting later arrivals if needed."""
+    def _make_room(self, seq: Sequence, plan: StepPlan) -> bool:
+        """Ensure ``seq`` has blocks for all its tokens, preempting the latest arrival not yet
+        scheduled in this step (possibly ``seq`` itself) while blocks are short."""
         while not self.blocks.can_append(seq, 0):
-            victim = max(self.running, key=lambda s: s.arrival)
+            scheduled = {c.seq.rid for c in plan.chunks}
+            victim = max((s for s in self.running if s.rid not in scheduled or s is seq), key=lambda s: s.arrival)
             self._preempt(victim)
-            preempted.append(victim)
+            plan.preempted.append(victim)
             if victim is seq:
                 return False
         self.blocks.may_append(seq)

@@ -52,6 +52,7 @@ class ArOptions:
     kv_cache_mb: int = 256
     max_tokens_per_step: int = 2048
     chunked_prefill: bool = True
+    short_prompt_tokens: int = 64
     prefix_caching: bool = True
     hidden_states: Literal["none", "generated", "all"] = "none"
 

@@ -46,12 +46,26 @@ def test_chunked_prefill_under_a_token_budget_mixed_with_decodes():
     plans = drive(sched, seqs)
     first, second = plans[0], plans[1]
     assert [(c.seq.rid, c.length) for c in first.chunks] == [("a", 3), ("b", 5)]
-    # a decodes (1 token) next to b's second chunk and c's first
-    assert [(c.seq.rid, c.length) for c in second.chunks] == [("a", 1), ("b", 5), ("c", 2)]
+    # a decodes; c's short prompt takes the fast lane ahead of b's prefill, which gets the rest
+    assert [(c.seq.rid, c.length) for c in second.chunks] == [("a", 1), ("c", 6), ("b", 1)]
     assert all(p.num_tokens <= 8 for p in plans)
     for seq in seqs:
         assert seq.output == expected(seq) and seq.status is Status.FINISHED
     assert blocks.num_free == 64
+
+
+def test_short_prompts_are_not_stuck_behind_long_prefills():
+    sched = Scheduler(SchedulerConfig(max_tokens_per_step=64, short_prompt_tokens=16), BlockManager(256, 4))
+    longs = [make(f"long{i}", 200) for i in range(3)]
+    for seq in longs:
+        sched.add(seq)
+    first = sched.schedule()
+    sched.update(first, {})
+    chat = make("chat", 10)
+    sched.add(chat)
+    second = sched.schedule()
+    assert second.chunks[0].seq is chat and second.chunks[0].length == 10
+    assert sum(c.length for c in second.chunks) == 64  # the long prefill continues with the rest
 
 
 def test_max_seqs_limits_running_sequences():

@@ -44,6 +44,7 @@ def engine_config(options: ArOptions, max_seqs: int) -> EngineConfig:
     return EngineConfig(block_size=options.block_size, num_blocks=options.num_blocks,
                         kv_cache_mb=options.kv_cache_mb, max_seqs=max_seqs,
                         max_tokens_per_step=options.max_tokens_per_step, chunked_prefill=options.chunked_prefill,
+                        short_prompt_tokens=options.short_prompt_tokens,
                         prefix_caching=options.prefix_caching, hidden_states=options.hidden_states)
 
 
