@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--json", action="store_true", help="print one JSON object per request")
     demo = sub.add_parser("demo", help="run the default graph on the tiny models with a few sample requests")
-    demo.add_argument("--graph", type=Path, default=EXAMPLES / "chat_postprocess.yaml")
+    demo.add_argument("--graph", type=Path, default=EXAMPLES / "vl_chat_epd.yaml")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -78,11 +78,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    prompts = ["Describe the image in one sentence.", "What is the weather like today?",
-               "Tell me a story about a cat who learned to sing."]
-    print(f"omnistage demo: {args.graph.name} on generated tiny models (random weights, so the text is noise)")
-    return _run(argparse.Namespace(graph=args.graph, prompt=prompts, max_tokens=24, temperature=0.0,
-                                   seed=None, json=False))
+    """Image+text chat through encode -> prefill -> decode workers on the tiny Qwen2-VL."""
+    from omnistage.pipeline import Pipeline
+    image = _demo_image()
+    ask = [("What is in this picture?", [image]), ("What is in this picture?", [image]),
+           ("Tell me a story about a cat who learned to sing.", [])]
+    print(f"omnistage demo: {args.graph.name} on generated tiny models "
+          "(random weights, so the text is noise; the plumbing is real)")
+    with Pipeline.from_yaml(args.graph) as pipe:
+        for question, images in ask:
+            content = [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]
+            result = pipe.generate(messages=[{"role": "user", "content": content}], images=images or None,
+                                   max_tokens=24, temperature=0)
+            cached = max((m.get("cached_tokens", 0) for m in result.meta.values()), default=0)
+            print(f"> {question} [{len(images)} image(s)]\n{result.text!r}\n"
+                  f"  stages: {' -> '.join(result.meta)}; {result.usage['completion_tokens']} tokens, "
+                  f"{cached} prompt tokens from the prefix cache")
+    return 0
+
+
+def _demo_image() -> bytes:
+    import io
+
+    from PIL import Image
+    image = Image.new("RGB", (112, 84))
+    image.putdata([(x * 2, y * 3, 128) for y in range(84) for x in range(112)])
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _jsonable(outputs: dict) -> dict:
