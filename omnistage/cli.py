@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--temperature", type=float, default=0.0)
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--json", action="store_true", help="print one JSON object per request")
+    serve = sub.add_parser("serve", help="serve a graph behind an OpenAI-compatible HTTP API")
+    serve.add_argument("graph", type=Path, nargs="?", default=EXAMPLES / "vl_chat_epd.yaml")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1 routes")
     demo = sub.add_parser("demo", help="run the default graph on the tiny models with a few sample requests")
     demo.add_argument("--graph", type=Path, default=EXAMPLES / "vl_chat_epd.yaml")
     args = parser.parse_args(argv)
@@ -77,6 +82,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from omnistage.api.app import create_app
+    from omnistage.graph.compile import compile_file
+    compile_file(args.graph)  # fail fast, with the graph's errors, before starting anything
+    uvicorn.run(create_app(args.graph, api_key=args.api_key), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Image+text chat through encode -> prefill -> decode workers on the tiny Qwen2-VL."""
     from omnistage.pipeline import Pipeline
@@ -112,7 +127,7 @@ def _jsonable(outputs: dict) -> dict:
     return {k: v if isinstance(v, (str, int, float, list, dict)) else repr(v) for k, v in outputs.items()}
 
 
-COMMANDS = {"tiny-models": _tiny_models, "validate": _validate, "run": _run, "demo": _demo}
+COMMANDS = {"tiny-models": _tiny_models, "validate": _validate, "run": _run, "demo": _demo, "serve": _serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,234 @@
+"""The OpenAI-compatible HTTP server (Starlette). The graph starts with the app's lifespan."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from omnistage.api.convert import chat_inputs, choices_count, sampling_params
+from omnistage.api.errors import ApiError, error_response, from_exception
+from omnistage.api.metrics import Metrics
+from omnistage.errors import OmnistageError
+from omnistage.pipeline import Pipeline
+from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
+
+MAX_BODY = 64 << 20
+
+
+def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MAX_BODY) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.pipeline = await asyncio.to_thread(Pipeline.from_yaml, graph)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(app.state.pipeline.close)
+
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.api_key = api_key
+    app.state.max_body = max_body
+    app.state.metrics = Metrics()
+    app.add_middleware(BaseHTTPMiddleware, dispatch=_guard)
+    return app
+
+
+async def _guard(request: Request, call_next: Any) -> Response:
+    """API key on /v1 routes, and errors in OpenAI's shape."""
+    key = request.app.state.api_key
+    if key and request.url.path.startswith("/v1") and request.headers.get("authorization") != f"Bearer {key}":
+        return error_response(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
+    try:
+        return await call_next(request)
+    except (ApiError, OmnistageError) as exc:
+        return from_exception(exc)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    limit = request.app.state.max_body
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is larger than {limit} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+def _check_model(request: Request, body: dict[str, Any]) -> str:
+    name = request.app.state.pipeline.plan.name
+    model = body.get("model")
+    if model is None:
+        raise ApiError(400, "model is required", "model")
+    if model != name:
+        raise ApiError(404, f"the model {model!r} does not exist; this server serves {name!r}", "model",
+                       "model_not_found")
+    return name
+
+
+def _submit(request: Request, inputs: dict[str, Any], params: dict[str, Any], n: int,
+            modalities: list[str] | None) -> list[RequestHandle]:
+    pipe: Pipeline = request.app.state.pipeline
+    loop = asyncio.get_running_loop()
+    handles = []
+    for i in range(n):
+        choice = dict(params, seed=params["seed"] + i) if "seed" in params and n > 1 else params
+        handles.append(pipe.submit(loop=loop, modalities=modalities, **inputs, **choice))
+    return handles
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _generate(request, chat=True)
+
+
+async def completions(request: Request) -> Response:
+    return await _generate(request, chat=False)
+
+
+async def _generate(request: Request, chat: bool) -> Response:
+    body = await read_json(request)
+    model = _check_model(request, body)
+    if chat:
+        inputs = chat_inputs(body)
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise ApiError(400, "prompt must be a non-empty string", "prompt")
+        inputs = {"prompt": prompt}
+    handles = _submit(request, inputs, sampling_params(body), choices_count(body), body.get("modalities"))
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await _stream(request, handles, rid, model, chat, include_usage)
+    return await _complete(request, handles, rid, model, chat)
+
+
+async def _complete(request: Request, handles: list[RequestHandle], rid: str, model: str, chat: bool) -> Response:
+    try:
+        results = await asyncio.gather(*(h.aresult() for h in handles))
+    except (OmnistageError, asyncio.CancelledError):
+        for h in handles:
+            request.app.state.pipeline.orchestrator.abort(h.rid)
+        raise
+    choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for i, (handle, result) in enumerate(zip(handles, results)):
+        request.app.state.metrics.observe(handle, result.usage["completion_tokens"])
+        text = result.text or ""
+        body = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+        choices.append({"index": i, **body, "finish_reason": result.finish_reason, "logprobs": None})
+        usage["prompt_tokens"] = result.usage["prompt_tokens"]
+        usage["completion_tokens"] += result.usage["completion_tokens"]
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    request.app.state.metrics.requests.labels("chat" if chat else "completions", "200").inc()
+    return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
+                         "created": int(time.time()), "model": model, "choices": choices, "usage": usage})
+
+
+async def _stream(request: Request, handles: list[RequestHandle], rid: str, model: str, chat: bool,
+                  include_usage: bool) -> Response:
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(i: int, handle: RequestHandle) -> None:
+        async for event in handle.aevents():
+            await queue.put((i, event))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    first = await queue.get()
+    if isinstance(first[1], ErrorEvent):  # nothing sent yet: answer with a proper error status
+        for t in tasks:
+            t.cancel()
+        for h in handles:
+            request.app.state.pipeline.orchestrator.abort(h.rid)
+        return from_exception(first[1].error)
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    created = int(time.time())
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        payload = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+        if usage is not None:
+            payload["usage"] = usage
+        return f"data: {json.dumps(payload)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        pending, item, counts = len(handles), first, [0] * len(handles)
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        try:
+            if chat:
+                for i in range(len(handles)):
+                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            while True:
+                i, event = item
+                if isinstance(event, ChunkEvent) and event.modality == "text":
+                    counts[i] += 1
+                    delta = {"content": event.value} if chat else {"text": event.value}
+                    yield chunk([{"index": i, **(({"delta": delta}) if chat else delta), "finish_reason": None}])
+                elif isinstance(event, DoneEvent):
+                    reasons = [m["finish_reason"] for m in event.meta.values() if "finish_reason" in m]
+                    done = {"index": i, "finish_reason": reasons[-1] if reasons else "stop"}
+                    yield chunk([{**done, "delta": {}} if chat else {**done, "text": ""}])
+                    request.app.state.metrics.observe(handles[i], counts[i])
+                    usage["prompt_tokens"] = sum(m.get("prompt_tokens", 0) for m in event.meta.values())
+                    usage["completion_tokens"] += sum(m.get("completion_tokens", 0) for m in event.meta.values())
+                    pending -= 1
+                elif isinstance(event, ErrorEvent):
+                    payload = {"error": {"message": str(event.error), "type": "server_error", "param": None,
+                                         "code": None}}
+                    yield f"data: {json.dumps(payload)}\n\n"
+                    pending -= 1
+                if pending == 0:
+                    break
+                item = await queue.get()
+            if include_usage:
+                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                yield chunk([], usage)
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client goes away: stop the requests in every stage
+            for t in tasks:
+                t.cancel()
+            for h in handles:
+                if not h.closed:
+                    request.app.state.pipeline.orchestrator.abort(h.rid)
+
+    request.app.state.metrics.requests.labels("chat" if chat else "completions", "200").inc()
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def models(request: Request) -> Response:
+    name = request.app.state.pipeline.plan.name
+    return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                                     "owned_by": "omnistage"}]})
+
+
+async def health(request: Request) -> Response:
+    replicas = request.app.state.pipeline.orchestrator.replicas
+    states = {f"{s}[{r.index}]": r.state for s, reps in replicas.items() for r in reps}
+    ok = all(state == "ready" for state in states.values())
+    return JSONResponse({"status": "ok" if ok else "degraded", "replicas": states}, status_code=200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    body = request.app.state.metrics.render(request.app.state.pipeline.orchestrator.replicas)
+    return Response(body, media_type="text/plain; version=0.0.4")

@@ -1,0 +1,90 @@
+"""OpenAI request bodies -> pipeline inputs and parameters (and their validation)."""
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from omnistage.api.errors import ApiError
+
+# OpenAI parameter -> engine parameter
+_PARAMS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
+           "top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
+           "ignore_eos": "ignore_eos"}
+
+
+def chat_inputs(body: dict[str, Any]) -> dict[str, Any]:
+    """Messages in the chat template's shape, with media pulled out into images/audio/video."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list", "messages")
+    out, images, audio, video = [], [], [], None
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "developer"):
+            raise ApiError(400, f"messages[{i}] needs a role of system, user or assistant", f"messages[{i}].role")
+        content = message.get("content")
+        role = "system" if message["role"] == "developer" else message["role"]
+        if isinstance(content, str) or content is None:
+            out.append({"role": role, "content": content or ""})
+            continue
+        if not isinstance(content, list):
+            raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", f"messages[{i}].content")
+        parts = []
+        for j, part in enumerate(content):
+            where = f"messages[{i}].content[{j}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                parts.append({"type": "text", "text": str(part.get("text", ""))})
+            elif kind == "image_url":
+                images.append(_url(part.get("image_url"), where))
+                parts.append({"type": "image"})
+            elif kind == "video_url":
+                if video is not None:
+                    raise ApiError(400, "at most one video per request", where)
+                video = _url(part.get("video_url"), where)
+                parts.append({"type": "video"})
+            elif kind == "input_audio":
+                audio.append(_audio(part.get("input_audio"), where))
+            else:
+                raise ApiError(400, f"unsupported content part type {kind!r}", f"{where}.type")
+        out.append({"role": role, "content": parts})
+    inputs: dict[str, Any] = {"messages": out}
+    if images:
+        inputs["images"] = images
+    if audio:
+        inputs["audio"] = audio
+    if video is not None:
+        inputs["video"] = video
+    return inputs
+
+
+def _url(value: Any, where: str) -> str:
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise ApiError(400, "a url is required", where)
+    return url
+
+
+def _audio(value: Any, where: str) -> bytes:
+    if not isinstance(value, dict) or not isinstance(value.get("data"), str):
+        raise ApiError(400, "input_audio needs base64 data and a format", where)
+    try:
+        return base64.b64decode(value["data"], validate=True)
+    except ValueError:
+        raise ApiError(400, "input_audio data is not valid base64", f"{where}.input_audio.data") from None
+
+
+def sampling_params(body: dict[str, Any], max_key: str = "max_tokens") -> dict[str, Any]:
+    params = {ours: body[theirs] for theirs, ours in _PARAMS.items() if body.get(theirs) is not None}
+    limit = body.get("max_completion_tokens", body.get(max_key))
+    if limit is not None:
+        params["max_tokens"] = limit
+    if body.get("logprobs"):
+        params["logprobs"] = int(body.get("top_logprobs") or 0)
+    return params
+
+
+def choices_count(body: dict[str, Any]) -> int:
+    n = body.get("n", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 16:
+        raise ApiError(400, "n must be an integer between 1 and 16", "n")
+    return n

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the server: request counts and latencies, replica states."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from omnistage.stages.handle import RequestHandle
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("omnistage_requests", "Requests by endpoint and status", ["endpoint", "status"],
+                                registry=self.registry)
+        self.ttft = Histogram("omnistage_time_to_first_token_seconds", "Time to the first output chunk",
+                              buckets=_BUCKETS, registry=self.registry)
+        self.e2e = Histogram("omnistage_request_latency_seconds", "Arrival to last output", buckets=_BUCKETS,
+                             registry=self.registry)
+        self.inter_token = Histogram("omnistage_inter_token_seconds", "Mean gap between output chunks per request",
+                                     buckets=_BUCKETS, registry=self.registry)
+        self.inflight = Gauge("omnistage_stage_inflight_requests", "Requests admitted per stage replica",
+                              ["stage", "replica"], registry=self.registry)
+        self.ready = Gauge("omnistage_stage_replica_ready", "1 when the replica is ready", ["stage", "replica"],
+                           registry=self.registry)
+
+    def observe(self, handle: RequestHandle, chunks: int) -> None:
+        if handle.first_at is not None:
+            self.ttft.observe(handle.first_at - handle.created_at)
+        if handle.finished_at is not None:
+            self.e2e.observe(handle.finished_at - handle.created_at)
+            if handle.first_at is not None and chunks > 1:
+                self.inter_token.observe((handle.finished_at - handle.first_at) / (chunks - 1))
+
+    def render(self, replicas: dict) -> bytes:
+        for stage, reps in replicas.items():
+            for rep in reps:
+                self.inflight.labels(stage, str(rep.index)).set(len(rep.inflight))
+                self.ready.labels(stage, str(rep.index)).set(1 if rep.state == "ready" else 0)
+        return generate_latest(self.registry)

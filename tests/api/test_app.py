@@ -1,0 +1,107 @@
+"""The real server (uvicorn, real workers) driven by the official openai client and raw httpx."""
+import base64
+import io
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from tests.api.conftest import API_KEY
+
+MODEL = "text-chat"
+
+
+def client(server, key=API_KEY):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def test_models_and_chat(chat_server, hf_greedy):
+    c = client(chat_server)
+    assert [m.id for m in c.models.list().data] == [MODEL]
+    messages = [{"role": "user", "content": "Hello there"}]
+    done = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+    tokens, text = hf_greedy(messages=messages, max_tokens=12)
+    assert done.choices[0].message.content == text
+    assert done.usage.completion_tokens == len(tokens) and done.usage.prompt_tokens > 0
+    assert done.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streamed_text_equals_non_streamed(chat_server):
+    c = client(chat_server)
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=16,
+              temperature=0.8, seed=7)
+    full = c.chat.completions.create(**kw).choices[0].message.content
+    stream = c.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw)
+    pieces, usage, reasons = [], None, []
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            reasons.append(choice.finish_reason)
+    assert "".join(pieces) == full and usage.completion_tokens >= 1 and reasons[-1] in ("stop", "length")
+
+
+def test_n_choices_and_completions(chat_server):
+    c = client(chat_server)
+    many = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=3,
+                                     max_tokens=5, temperature=1.0, seed=1)
+    assert [ch.index for ch in many.choices] == [0, 1, 2]
+    done = c.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=6, temperature=0)
+    assert done.object == "text_completion" and done.usage.completion_tokens >= 1
+
+
+@pytest.mark.parametrize("payload,status,words", [
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "does not exist"),
+    (b'{"model": "text-chat"}', 400, "messages"),
+    (b'{"model": "text-chat", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400,
+     "temperature"),
+    (b'{"model": "text-chat", "messages": [{"role": "user", "content": [{"type": "image_url", '
+     b'"image_url": {"url": "data:image/png;base64,!!!"}}]}]}', 400, "does not accept images"),
+    (b'{"model": "text-chat", "messages": [{"role": "user", "content": "x"}], "modalities": ["audio"]}', 400,
+     "offers: text"),
+    (b'{"model": "text-chat", "messages": [], "pad": "' + b"x" * (2 << 20) + b'"}', 413, "larger than"),
+])
+def test_errors_have_openai_shape_and_the_server_keeps_serving(chat_server, payload, status, words):
+    r = httpx.post(f"{chat_server.url}/v1/chat/completions", content=payload, timeout=60,
+                   headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert words in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert client(chat_server).models.list().data
+
+
+def test_api_key_is_required(chat_server):
+    with pytest.raises(openai.AuthenticationError):
+        client(chat_server, key="wrong").models.list()
+    assert httpx.get(f"{chat_server.url}/health").status_code == 200  # health stays open
+
+
+def test_health_and_metrics(chat_server):
+    health = httpx.get(f"{chat_server.url}/health").json()
+    assert health["status"] == "ok" and health["replicas"] == {"llm[0]": "ready"}
+    client(chat_server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "m"}],
+                                                max_tokens=3)
+    text = httpx.get(f"{chat_server.url}/metrics").text
+    assert "omnistage_time_to_first_token_seconds_count" in text
+    assert 'omnistage_stage_replica_ready{replica="0",stage="llm"} 1.0' in text
+
+
+def test_image_chat_with_a_data_url(vl_server):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    c = openai.OpenAI(base_url=f"{vl_server.url}/v1", api_key="none", max_retries=0)
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "What colour is this?"}]}]
+    kw = dict(model="vl-chat", messages=messages, max_tokens=8, temperature=0)
+    full = c.chat.completions.create(**kw).choices[0].message.content
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw)
+                       if ch.choices)
+    assert streamed == full and full
+    bad = dict(kw, messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {
+        "url": "data:image/png;base64," + base64.b64encode(b"truncated").decode()}}, {"type": "text", "text": "?"}]}])
+    with pytest.raises(openai.BadRequestError, match="cannot decode image"):
+        c.chat.completions.create(**bad)
