@@ -230,5 +230,6 @@ async def health(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    body = request.app.state.metrics.render(request.app.state.pipeline.orchestrator.replicas)
+    orchestrator = request.app.state.pipeline.orchestrator
+    body = request.app.state.metrics.render(orchestrator.replicas, dict(orchestrator.stats))
     return Response(body, media_type="text/plain; version=0.0.4")

@@ -1,6 +1,8 @@
 """Prometheus metrics of the server: request counts and latencies, replica states."""
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from omnistage.stages.handle import RequestHandle
@@ -23,6 +25,7 @@ class Metrics:
                               ["stage", "replica"], registry=self.registry)
         self.ready = Gauge("omnistage_stage_replica_ready", "1 when the replica is ready", ["stage", "replica"],
                            registry=self.registry)
+        self._gauges: dict[str, Gauge] = {}
 
     def observe(self, handle: RequestHandle, chunks: int) -> None:
         if handle.first_at is not None:
@@ -32,9 +35,20 @@ class Metrics:
             if handle.first_at is not None and chunks > 1:
                 self.inter_token.observe((handle.finished_at - handle.first_at) / (chunks - 1))
 
-    def render(self, replicas: dict) -> bytes:
+    def render(self, replicas: dict, stats: dict[tuple[str, int], dict[str, float]]) -> bytes:
         for stage, reps in replicas.items():
             for rep in reps:
                 self.inflight.labels(stage, str(rep.index)).set(len(rep.inflight))
                 self.ready.labels(stage, str(rep.index)).set(1 if rep.state == "ready" else 0)
+        for (stage, replica), values in stats.items():
+            for name, value in values.items():
+                self._stage_gauge(name).labels(stage, str(replica)).set(value)
         return generate_latest(self.registry)
+
+    def _stage_gauge(self, name: str) -> Gauge:
+        """One gauge per number a stage reports (waiting, running, kv_usage, step_seconds, ...)."""
+        key = "omnistage_stage_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
+        if key not in self._gauges:
+            self._gauges[key] = Gauge(key, f"Stage replica {name}, as last reported", ["stage", "replica"],
+                                      registry=self.registry)
+        return self._gauges[key]

@@ -91,6 +91,14 @@ class Shutdown(msgspec.Struct, array_like=True):
     pass
 
 
+class Stats(msgspec.Struct, array_like=True):
+    """A replica's recent numbers (queue lengths, batch, step time, cache hit rates)."""
+
+    stage: str
+    replica: int
+    values: dict[str, float]
+
+
 class Probe(msgspec.Struct, array_like=True):
     """Asks an AR stage to prepare a request early and report which of its media items its
     prefix cache already covers (so they need not be encoded). The inputs stay with the stage."""
@@ -112,6 +120,6 @@ class ProbeResult(msgspec.Struct, array_like=True):
 
 # The position in this tuple is the one-byte type frame: append only, never reorder.
 MESSAGE_TYPES: tuple[type, ...] = (Ready, StartFailed, Admit, Data, Chunk, Done, Failed, Abort, Shutdown, Chunks,
-                                   Probe, ProbeResult)
+                                   Probe, ProbeResult, Stats)
 Message = (Ready | StartFailed | Admit | Data | Chunk | Done | Failed | Abort | Shutdown | Chunks | Probe
-           | ProbeResult)
+           | ProbeResult | Stats)

@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, ProbeResult, Ready, Shutdown,
-                                           StartFailed)
+                                           StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
 from omnistage.connectors.transport import Inbox, Outbox, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
@@ -80,6 +80,7 @@ class Orchestrator:
         self._stopping = threading.Event()
         self.replicas: dict[str, list[Replica]] = {name: [] for name in plan.order}
         self.requests: dict[str, _Live] = {}
+        self.stats: dict[tuple[str, int], dict[str, float]] = {}  # latest Stats per replica
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -271,6 +272,8 @@ class Orchestrator:
             self._fail(msg.rid, _error(msg.error, msg.status, msg.stage))
         elif isinstance(msg, ProbeResult):
             self._on_probe(msg)
+        elif isinstance(msg, Stats):
+            self.stats[(msg.stage, msg.replica)] = msg.values
         else:
             raise TypeError(f"orchestrator got unexpected message {type(msg).__name__}")
 

@@ -11,6 +11,7 @@ import os
 import queue
 import signal
 import threading
+import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter, OrderedDict, defaultdict
@@ -20,7 +21,7 @@ from typing import Any
 import zmq
 
 from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Probe, ProbeResult,
-                                           Ready, Shutdown, StartFailed)
+                                           Ready, Shutdown, StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing, segment_name
 from omnistage.connectors.transport import Inbox, Outbox, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
@@ -29,6 +30,7 @@ from omnistage.graph.plan import GraphPlan
 from omnistage.stages.engine import StageEngine, StageOutput, StageRequest, concat
 
 _POLL_MS = 50
+STATS_PERIOD_S = 0.5
 _GONE_MEMORY = 10_000
 
 
@@ -109,6 +111,8 @@ class StageWorker:
         self.held: dict[str, dict[str, Any]] = defaultdict(dict)  # outputs bound for other stages
         self.parts: dict[str, Counter[str]] = defaultdict(Counter)  # parts received per split port
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare")
+        self._reported = 0.0
+        self._step_ema = 0.0
         # Recently ended requests, so late inputs for them are dropped instead of kept forever.
         self.gone: OrderedDict[str, None] = OrderedDict()
 
@@ -122,6 +126,7 @@ class StageWorker:
             while self._handle_messages(block=not self.engine.has_work()):
                 if self.engine.has_work():
                     self._emit(self._step())
+                self._report()
         finally:
             self._stop.set()
             self._pool.shutdown(cancel_futures=True)
@@ -130,9 +135,22 @@ class StageWorker:
             reader.join()
             self._inbox.close()
 
+    def _report(self) -> None:
+        """Send this replica's numbers to the orchestrator, at most every STATS_PERIOD_S."""
+        now = time.monotonic()
+        if now - self._reported < STATS_PERIOD_S:
+            return
+        self._reported = now
+        values = dict(getattr(self.engine, "stats", dict)())
+        values.update(step_seconds=self._step_ema, admitted=float(len(self.admitted)))
+        self._out.put((self.spec.sink, Stats(self.spec.stage, self.spec.replica, values)))
+
     def _step(self) -> list[StageOutput]:
+        start = time.perf_counter()
         try:
-            return self.engine.step()
+            outputs = self.engine.step()
+            self._step_ema = 0.9 * self._step_ema + 0.1 * (time.perf_counter() - start)
+            return outputs
         except Exception as exc:
             # A broken engine is a crashed stage: fail what it holds, then die loudly.
             for rid in list(self.admitted):

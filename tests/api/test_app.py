@@ -87,6 +87,8 @@ def test_health_and_metrics(chat_server):
     text = httpx.get(f"{chat_server.url}/metrics").text
     assert "omnistage_time_to_first_token_seconds_count" in text
     assert 'omnistage_stage_replica_ready{replica="0",stage="llm"} 1.0' in text
+    for name in ("waiting", "running", "kv_usage", "prefix_hit_rate", "step_seconds"):
+        assert f'omnistage_stage_{name}{{replica="0",stage="llm"}}' in text
 
 
 def test_image_chat_with_a_data_url(vl_server):

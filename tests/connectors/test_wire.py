@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from omnistage.connectors.messages import (MESSAGE_TYPES, Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed,
-                                           Probe, ProbeResult, Ready, Shutdown, StartFailed)
+                                           Probe, ProbeResult, Ready, Shutdown, StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing
 from omnistage.connectors.wire import Decoder, Encoder
 
@@ -21,6 +21,7 @@ SAMPLES = [
     Probe("r1", {"images": [b"\x89PNG"], "messages": []}, {"seed": 1}, "ipc://sink"),
     ProbeResult("r1", "llm", 0, [0, 2]),
     ProbeResult("r1", "llm", 0, [], "bad image", 400),
+    Stats("llm", 1, {"waiting": 3.0, "kv_usage": 0.25}),
     Shutdown(),
 ]
 

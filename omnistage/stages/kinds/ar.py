@@ -137,6 +137,9 @@ class ArStage:
     def has_work(self) -> bool:
         return self.engine.has_work()
 
+    def stats(self) -> dict[str, float]:
+        return {**self.engine.stats(), "prepared": float(len(self.prepared))}
+
 
 def to_stage_output(out: TokenOutput) -> StageOutput:
     ports: dict[str, Any] = {"text": out.text, "tokens": out.tokens}

@@ -70,6 +70,11 @@ class EncodeStage:
     def has_work(self) -> bool:
         return self.engine.has_work()
 
+    def stats(self) -> dict[str, float]:
+        cache = self.engine.cache.stats()
+        return {"waiting": float(len(self.engine.queue)), "running": float(len(self.engine.requests)),
+                "encoder_cache_hit_rate": cache["hit_rate"], "encoder_cache_bytes": float(cache["bytes"])}
+
 
 def build(stage: StagePlan, device: str) -> EncodeStage:
     assert stage.model_path is not None

@@ -67,6 +67,9 @@ class PythonEngine:
     def has_work(self) -> bool:
         return bool(self._queue)
 
+    def stats(self) -> dict[str, float]:
+        return {"waiting": float(len(self._queue))}
+
 
 def build(stage: StagePlan, device: str) -> PythonEngine:
     options: PythonOptions = stage.options
