@@ -118,7 +118,10 @@ async def _generate(request: Request, chat: bool) -> Response:
         if not isinstance(prompt, str) or not prompt:
             raise ApiError(400, "prompt must be a non-empty string", "prompt")
         inputs = {"prompt": prompt}
-    handles = _submit(request, inputs, sampling_params(body), choices_count(body), body.get("modalities"))
+    modalities = body.get("modalities")
+    if body.get("logprobs"):
+        modalities = sorted(set(modalities or ["text"]) | {"logprobs"})
+    handles = _submit(request, inputs, sampling_params(body), choices_count(body), modalities)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -138,7 +141,9 @@ async def _complete(request: Request, handles: list[RequestHandle], rid: str, mo
         request.app.state.metrics.observe(handle, result.usage["completion_tokens"])
         text = result.text or ""
         body = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
-        choices.append({"index": i, **body, "finish_reason": result.finish_reason, "logprobs": None})
+        logprobs = result.outputs.get("logprobs")
+        choices.append({"index": i, **body, "finish_reason": result.finish_reason,
+                        "logprobs": {"content": logprobs} if logprobs is not None else None})
         usage["prompt_tokens"] = result.usage["prompt_tokens"]
         usage["completion_tokens"] += result.usage["completion_tokens"]
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -185,6 +190,9 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                     counts[i] += 1
                     delta = {"content": event.value} if chat else {"text": event.value}
                     yield chunk([{"index": i, **(({"delta": delta}) if chat else delta), "finish_reason": None}])
+                elif isinstance(event, ChunkEvent) and event.modality == "logprobs":
+                    empty = {"delta": {"content": ""}} if chat else {"text": ""}
+                    yield chunk([{"index": i, **empty, "logprobs": {"content": event.value}, "finish_reason": None}])
                 elif isinstance(event, DoneEvent):
                     reasons = [m["finish_reason"] for m in event.meta.values() if "finish_reason" in m]
                     done = {"index": i, "finish_reason": reasons[-1] if reasons else "stop"}

@@ -23,6 +23,7 @@ RESPONSE_MODALITIES: Mapping[str, str] = frozen_dict({
     "audio": "audio",
     "video": "video",
     "embedding": "media_embeds",
+    "logprobs": "any",  # per-token log probabilities of the text, when a request asks for them
 })
 
 

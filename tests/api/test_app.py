@@ -61,7 +61,7 @@ def test_n_choices_and_completions(chat_server):
     (b'{"model": "text-chat", "messages": [{"role": "user", "content": [{"type": "image_url", '
      b'"image_url": {"url": "data:image/png;base64,!!!"}}]}]}', 400, "does not accept images"),
     (b'{"model": "text-chat", "messages": [{"role": "user", "content": "x"}], "modalities": ["audio"]}', 400,
-     "offers: text"),
+     "offers: logprobs, text"),
     (b'{"model": "text-chat", "messages": [], "pad": "' + b"x" * (2 << 20) + b'"}', 413, "larger than"),
 ])
 def test_errors_have_openai_shape_and_the_server_keeps_serving(chat_server, payload, status, words):
@@ -107,3 +107,19 @@ def test_image_chat_with_a_data_url(vl_server):
         "url": "data:image/png;base64," + base64.b64encode(b"truncated").decode()}}, {"type": "text", "text": "?"}]}])
     with pytest.raises(openai.BadRequestError, match="cannot decode image"):
         c.chat.completions.create(**bad)
+
+
+def test_logprobs(chat_server):
+    c = client(chat_server)
+    done = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=6,
+                                     temperature=0, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    content = done.choices[0].logprobs.content
+    assert len(content) == done.usage.completion_tokens == 6
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        assert entry.logprob == max(t.logprob for t in entry.top_logprobs)  # greedy picked the best
+    assert "".join(e.token for e in content) == done.choices[0].message.content
+    stream = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=6,
+                                       temperature=0, logprobs=True, stream=True, extra_body={"ignore_eos": True})
+    streamed = [e for ch in stream for choice in ch.choices if choice.logprobs for e in choice.logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in content]

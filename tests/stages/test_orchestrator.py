@@ -60,7 +60,7 @@ def test_async_api(chat, hf_greedy):
 def test_bad_requests_get_clear_errors_and_the_graph_keeps_serving(chat):
     with pytest.raises(RequestRejected, match="does not accept images"):
         chat.generate(messages=_msgs("hi"), images=["x.png"])
-    with pytest.raises(RequestRejected, match="offers: text"):
+    with pytest.raises(RequestRejected, match="offers: logprobs, text"):
         chat.generate(messages=_msgs("hi"), modalities=["audio"])
     with pytest.raises(RequestRejected, match="temperature must be between 0 and 2") as info:
         chat.generate(messages=_msgs("hi"), temperature=5)

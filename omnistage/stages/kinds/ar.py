@@ -128,7 +128,7 @@ class ArStage:
         return list(self.tok(prompt)["input_ids"])
 
     def step(self) -> list[StageOutput]:
-        return [to_stage_output(out) for out in self.engine.step()]
+        return [to_stage_output(out, self.tok) for out in self.engine.step()]
 
     def abort(self, rid: str) -> None:
         self.prepared.pop(rid, None)
@@ -141,11 +141,10 @@ class ArStage:
         return {**self.engine.stats(), "prepared": float(len(self.prepared))}
 
 
-def to_stage_output(out: TokenOutput) -> StageOutput:
+def to_stage_output(out: TokenOutput, tokenizer: Any) -> StageOutput:
     ports: dict[str, Any] = {"text": out.text, "tokens": out.tokens}
     if out.logprobs:
-        ports["logprobs"] = [{"token": s.token, "logprob": s.logprob, "top": [list(t) for t in s.top]}
-                             for s in out.logprobs]
+        ports["logprobs"] = [_logprob_entry(tokenizer, s.token, s.logprob, s.top) for s in out.logprobs]
     if out.hidden is not None:
         ports["hidden"] = out.hidden
     meta = {}
@@ -153,6 +152,14 @@ def to_stage_output(out: TokenOutput) -> StageOutput:
         meta = {"finish_reason": out.finish_reason, "prompt_tokens": out.prompt_tokens,
                 "completion_tokens": out.completion_tokens, "cached_tokens": out.cached_tokens}
     return StageOutput(out.rid, ports=ports, finished=out.finished, meta=meta)
+
+
+def _logprob_entry(tokenizer: Any, token: int, logprob: float | None, top: Any) -> dict[str, Any]:
+    """One sampled token in OpenAI's logprobs shape (token text, its UTF-8 bytes, alternatives)."""
+    def piece(tid: int, lp: float | None) -> dict[str, Any]:
+        text = tokenizer.decode([tid])
+        return {"token": text, "logprob": lp, "bytes": list(text.encode())}
+    return {**piece(token, logprob), "top_logprobs": [piece(t, lp) for t, lp in top]}
 
 
 def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:

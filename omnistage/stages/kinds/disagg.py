@@ -70,7 +70,7 @@ class DecodeStage(ArStage):
 
     def step(self) -> list[StageOutput]:
         early, self.finished_early = self.finished_early, []
-        return early + [to_stage_output(out) for out in self.engine.step()]
+        return early + [to_stage_output(out, self.tok) for out in self.engine.step()]
 
     def abort(self, rid: str) -> None:
         self.finished_early = [o for o in self.finished_early if o.rid != rid]
