@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import weakref
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class ShmRing:
         self._map: mmap.mmap | None = None
         self._view: torch.Tensor | None = None
         self._cursor = 0
+        self._lock = threading.Lock()  # several sending threads may share one ring
 
     def _open(self) -> None:
         path = SHM_DIR / self.name
@@ -57,20 +59,31 @@ class ShmRing:
         n = flat.numel()
         if n > self.slot_bytes:
             return None
+        with self._lock:  # reserve a slot; the copy runs outside the lock
+            slot = self._reserve()
+        if slot is not None:
+            assert self._view is not None
+            start = _HEADER + slot * self.slot_bytes
+            self._view[start:start + n].copy_(flat)  # the receiver hears of the slot only after this
+        return slot
+
+    def _reserve(self) -> int | None:
         if self._map is None:
             self._open()
-        assert self._map is not None and self._view is not None
+        assert self._map is not None
         for i in range(self.slots):
             slot = (self._cursor + i) % self.slots
             if self._map[_FLAGS + slot] == 0:
-                start = _HEADER + slot * self.slot_bytes
-                self._view[start:start + n].copy_(flat)
                 self._map[_FLAGS + slot] = 1
                 self._cursor = slot + 1
                 return slot
         return None
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._map is None:
             return
         self._view = None

@@ -7,6 +7,9 @@ backpressure travels upstream.
 from __future__ import annotations
 
 import os
+import queue
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -72,3 +75,86 @@ class Outbox:
         for sock in self._socks.values():
             sock.close()
         self._socks.clear()
+
+
+class Mailer:
+    """One sending thread, socket and encoder per destination.
+
+    ``put`` never blocks: a destination whose high-water mark is reached (a slow or stuck
+    stage) holds up only its own queue, not messages to everyone else. Messages to one
+    destination keep their order.
+    """
+
+    def __init__(self, ctx: zmq.Context, make_encoder: Callable[[], Encoder], hwm: int = 1000) -> None:
+        self._ctx = ctx
+        self._make_encoder = make_encoder
+        self._hwm = hwm
+        self._queues: dict[str, queue.SimpleQueue[Any]] = {}
+        self._threads: list[threading.Thread] = []
+        self._dropped: set[str] = set()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+
+    def put(self, address: str, msg: Message) -> None:
+        with self._lock:
+            if address in self._dropped:
+                return
+            q = self._queues.get(address)
+            if q is None:
+                q = self._queues[address] = queue.SimpleQueue()
+                thread = threading.Thread(target=self._run, args=(address, q), daemon=True,
+                                          name=f"mail-{address.rsplit('/', 1)[-1]}")
+                thread.start()
+                self._threads.append(thread)
+        q.put(msg)
+
+    def drop(self, address: str) -> None:
+        """A destination that is gone: discard what is queued for it and all that follows."""
+        with self._lock:
+            self._dropped.add(address)
+            q = self._queues.pop(address, None)
+        if q is not None:
+            q.put(_DROP)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued (bounded by ``timeout`` per destination), then stop."""
+        with self._lock:
+            queues = list(self._queues.values())
+            self._queues.clear()
+        for q in queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._closing.set()  # any thread still blocked on a full peer gives up now
+        for thread in self._threads:
+            thread.join(2 * _RETRY_MS / 1000)
+
+    def _run(self, address: str, q: queue.SimpleQueue[Any]) -> None:
+        encoder = self._make_encoder()
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.SNDTIMEO, _RETRY_MS)
+        sock.connect(address)
+        try:
+            while (msg := q.get()) is not None and msg is not _DROP:
+                frames = encoder.encode(msg)
+                while not self._send(sock, frames):
+                    if self._closing.is_set() or address in self._dropped:
+                        return  # the peer is gone or we are shutting down: stop waiting on it
+        except zmq.ContextTerminated:
+            return
+        finally:
+            sock.close(linger=0 if address in self._dropped else 2000)
+
+    @staticmethod
+    def _send(sock: Any, frames: list[Any]) -> bool:
+        """False when the peer's queue stayed full for a retry period (backpressure)."""
+        try:
+            sock.send_multipart(frames, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+
+_RETRY_MS = 200
+_DROP = object()

@@ -22,7 +22,7 @@ import zmq
 from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, ProbeResult, Ready, Shutdown,
                                            StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
-from omnistage.connectors.transport import Inbox, Outbox, bind_address
+from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.errors import (Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError)
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
@@ -73,8 +73,8 @@ class Orchestrator:
                       if transport.shm else None)
         self._sink = Inbox(self._ctx, bind_address(transport.protocol, transport.host, self.run_dir, "sink"),
                            Decoder(), transport.high_water_mark)
-        self._outbox = Outbox(self._ctx, Encoder(self._ring, transport.shm_threshold_kb << 10),
-                              transport.high_water_mark)
+        threshold = transport.shm_threshold_kb << 10
+        self._mail = Mailer(self._ctx, lambda: Encoder(self._ring, threshold), transport.high_water_mark)
         self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._lock = threading.Condition()
         self._stopping = threading.Event()
@@ -134,7 +134,7 @@ class Orchestrator:
             self._fail(rid, RequestFailed("the pipeline was shut down"), notify_stages=False)
         for thread in self._threads:
             thread.join(5)
-        self._outbox.close()
+        self._mail.close()
         self._sink.close()
         if self._ring is not None:
             self._ring.close()
@@ -292,15 +292,9 @@ class Orchestrator:
             live.handle.push(DoneEvent(live.meta))
 
     def _send(self) -> None:
+        """Hand each message to its destination's own sending thread (never blocks)."""
         while (item := self._out.get()) is not None:
-            address, msg = item
-            replica = self._replica_at(address)
-            if replica is not None and replica.state == "dead":
-                continue  # its requests were failed; nothing to deliver
-            self._outbox.send(address, msg)
-
-    def _replica_at(self, address: str) -> Replica | None:
-        return next((r for r in self._all() if r.address == address), None)
+            self._mail.put(*item)
 
     def _monitor(self) -> None:
         while not self._stopping.wait(MONITOR_PERIOD_S):
@@ -312,6 +306,7 @@ class Orchestrator:
         with self._lock:
             replica.state = "dead"
             victims = list(replica.inflight)
+        self._mail.drop(replica.address)  # what is queued for it can never be delivered
         for rid in victims:
             self._fail(rid, StageDeadError(f"stage {replica.stage!r} replica {replica.index} died "
                                            f"while serving the request", stage=replica.stage))

@@ -23,7 +23,7 @@ import zmq
 from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Probe, ProbeResult,
                                            Ready, Shutdown, StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing, segment_name
-from omnistage.connectors.transport import Inbox, Outbox, bind_address
+from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.errors import RequestRejected
 from omnistage.graph.plan import GraphPlan
@@ -78,30 +78,31 @@ def worker_main(spec: WorkerSpec) -> None:
     ctx = zmq.Context()
     ring = ShmRing(segment_name(spec.session, spec.name), transport.shm_slots,
                    transport.shm_slot_mb << 20) if transport.shm else None
-    outbox = Outbox(ctx, Encoder(ring, transport.shm_threshold_kb << 10), transport.high_water_mark)
+    threshold = transport.shm_threshold_kb << 10
+    mail = Mailer(ctx, lambda: Encoder(ring, threshold), transport.high_water_mark)
     try:
         try:
             engine = build_engine(spec)
             inbox = Inbox(ctx, bind_address(transport.protocol, transport.host, spec.run_dir, spec.name),
                           Decoder(), transport.high_water_mark)
         except Exception:  # noqa: BLE001 - any load failure is reported to the orchestrator, then re-raised
-            outbox.send(spec.sink, StartFailed(spec.stage, spec.replica, traceback.format_exc()))
+            mail.put(spec.sink, StartFailed(spec.stage, spec.replica, traceback.format_exc()))
             raise
-        outbox.send(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address))
-        StageWorker(spec, engine, inbox, outbox).run()
+        mail.put(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address))
+        StageWorker(spec, engine, inbox, mail).run()
     finally:
-        outbox.close()
+        mail.close()
         if ring is not None:
             ring.close()
         ctx.term()
 
 
 class StageWorker:
-    def __init__(self, spec: WorkerSpec, engine: StageEngine, inbox: Inbox, outbox: Outbox) -> None:
+    def __init__(self, spec: WorkerSpec, engine: StageEngine, inbox: Inbox, mail: Mailer) -> None:
         self.spec = spec
         self.engine = engine
         self.streaming = {p.name for p in spec.plan.stages[spec.stage].outputs if p.streaming}
-        self._inbox, self._outbox = inbox, outbox
+        self._inbox, self._mail = inbox, mail
         self._in: queue.Queue[Any] = queue.Queue()
         self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._stop = threading.Event()
@@ -315,5 +316,6 @@ class StageWorker:
                     return
 
     def _send(self) -> None:
+        """Hand each message to its destination's own sending thread (never blocks)."""
         while (item := self._out.get()) is not None:
-            self._outbox.send(*item)
+            self._mail.put(*item)

@@ -71,3 +71,26 @@ def test_tensors_cross_real_processes(protocol, tmp_path):
         ring.close()
         ctx.term()
         assert remove_segments(session) == []  # both sides unlinked their rings
+
+
+def test_a_stuck_destination_does_not_hold_up_the_others(tmp_path):
+    from omnistage.connectors.transport import Mailer
+    ctx = zmq.Context()
+    stuck = ctx.socket(zmq.PULL)  # bound but never read: its queue fills up
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.bind(f"ipc://{tmp_path}/stuck.sock")
+    live = Inbox(ctx, f"ipc://{tmp_path}/live.sock", Decoder())
+    mail = Mailer(ctx, lambda: Encoder(None), hwm=1)
+    try:
+        big = torch.zeros(1 << 20, dtype=torch.uint8)
+        for i in range(64):  # far more than the socket buffers hold: this destination blocks
+            mail.put(f"ipc://{tmp_path}/stuck.sock", Data(f"s{i}", "x", big))
+        mail.put(live.address, Data("r", "x", "hello"))
+        got = live.recv(timeout_ms=10_000)
+        assert got is not None and got.value == "hello"
+        mail.drop(f"ipc://{tmp_path}/stuck.sock")
+    finally:
+        mail.close(timeout=1)
+        live.close()
+        stuck.close(linger=0)
+        ctx.term()

@@ -34,7 +34,7 @@ def wrong_ports(a, b):
 def worker():
     plan = compile_graph(parse_graph(GRAPH))
     spec = WorkerSpec(plan, "join", 0, "cpu", 1, "s", "/tmp", "sink")
-    return StageWorker(spec, PythonEngine(join, ("out",), 4), inbox=None, outbox=None)
+    return StageWorker(spec, PythonEngine(join, ("out",), 4), inbox=None, mail=None)
 
 
 def _admit(rid, routes=None):
