@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections import Counter, OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +28,10 @@ from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.errors import RequestRejected
 from omnistage.graph.plan import GraphPlan
 from omnistage.stages.engine import StageEngine, StageOutput, StageRequest, concat
+from omnistage.stages.gather import Gather
 
 _POLL_MS = 50
 STATS_PERIOD_S = 0.5
-_GONE_MEMORY = 10_000
 
 
 @dataclass(frozen=True)
@@ -106,16 +106,11 @@ class StageWorker:
         self._in: queue.Queue[Any] = queue.Queue()
         self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._stop = threading.Event()
-        self.admitted: dict[str, Admit] = {}
-        self.inputs: dict[str, dict[str, Any]] = defaultdict(dict)
-        self.early: dict[str, list[Data]] = defaultdict(list)
+        self.requests = Gather()
         self.held: dict[str, dict[str, Any]] = defaultdict(dict)  # outputs bound for other stages
-        self.parts: dict[str, Counter[str]] = defaultdict(Counter)  # parts received per split port
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare")
         self._reported = 0.0
         self._step_ema = 0.0
-        # Recently ended requests, so late inputs for them are dropped instead of kept forever.
-        self.gone: OrderedDict[str, None] = OrderedDict()
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -143,7 +138,7 @@ class StageWorker:
             return
         self._reported = now
         values = dict(getattr(self.engine, "stats", dict)())
-        values.update(step_seconds=self._step_ema, admitted=float(len(self.admitted)))
+        values.update(step_seconds=self._step_ema, admitted=float(len(self.requests.admitted)))
         self._out.put((self.spec.sink, Stats(self.spec.stage, self.spec.replica, values)))
 
     def _step(self) -> list[StageOutput]:
@@ -154,7 +149,7 @@ class StageWorker:
             return outputs
         except Exception as exc:
             # A broken engine is a crashed stage: fail what it holds, then die loudly.
-            for rid in list(self.admitted):
+            for rid in list(self.requests.admitted):
                 self._fail(rid, f"stage {self.spec.stage!r} crashed: {type(exc).__name__}: {exc}")
             self._out.put(None)
             raise
@@ -176,18 +171,11 @@ class StageWorker:
 
     def _apply(self, msg: Any) -> None:
         if isinstance(msg, Admit):
-            self.admitted[msg.rid] = msg
-            for data in self.early.pop(msg.rid, []):
-                self._receive(msg, data)
-            self._maybe_start(msg.rid)
+            if self.requests.admit(msg):
+                self._start(msg.rid)
         elif isinstance(msg, Data):
-            if msg.rid in self.gone:
-                return  # its request was aborted or failed here already
-            if msg.rid in self.admitted:
-                self._receive(self.admitted[msg.rid], msg)
-                self._maybe_start(msg.rid)
-            else:  # an upstream stage can be faster than our Admit
-                self.early[msg.rid].append(msg)
+            if self.requests.data(msg):
+                self._start(msg.rid)
         elif isinstance(msg, Probe):
             self._probe(msg)
         elif isinstance(msg, _Prepared):
@@ -198,20 +186,9 @@ class StageWorker:
         else:
             raise TypeError(f"stage worker got unexpected message {type(msg).__name__}")
 
-    def _receive(self, admit: Admit, data: Data) -> None:
-        got = self.inputs[admit.rid]
-        if data.port in admit.parts:  # one of possibly several parts: gather them
-            got[data.port] = got.get(data.port, []) + list(data.value)
-            self.parts[admit.rid][data.port] += 1
-        else:
-            got[data.port] = data.value
-
-    def _maybe_start(self, rid: str) -> None:
-        admit, got, parts = self.admitted[rid], self.inputs[rid], self.parts[rid]
-        if any(port not in got or parts[port] < admit.parts.get(port, 0) for port in admit.expect):
-            return
+    def _start(self, rid: str) -> None:
         try:
-            self.engine.add(StageRequest(rid, self.inputs.pop(rid), admit.params))
+            self.engine.add(StageRequest(rid, self.requests.take(rid), self.requests.admitted[rid].params))
         except RequestRejected as exc:
             self._fail(rid, str(exc), exc.status)
         except Exception as exc:  # noqa: BLE001 - add() runs before any shared state changes: fail one request
@@ -224,7 +201,7 @@ class StageWorker:
         chunks: dict[str, list[Chunk]] = {}
         finished: list[tuple[Admit, StageOutput]] = []
         for out in outputs:
-            admit = self.admitted.get(out.rid)
+            admit = self.requests.admitted.get(out.rid)
             if admit is None:
                 continue  # aborted while the step ran
             if out.error is not None:
@@ -261,7 +238,7 @@ class StageWorker:
         self._forget(admit.rid)
 
     def _fail(self, rid: str, error: str, status: int = 500) -> None:
-        admit = self.admitted.get(rid)
+        admit = self.requests.admitted.get(rid)
         if admit is not None:
             self._out.put((admit.sink, Failed(rid, self.spec.stage, self.spec.replica, error, status)))
         self.engine.abort(rid)
@@ -273,13 +250,13 @@ class StageWorker:
         prepare = getattr(self.engine, "prepare", None)
         if prepare is None:
             raise TypeError(f"stage {self.spec.stage!r} cannot be probed")
-        self.inputs[msg.rid].update(msg.inputs)
+        self.requests.provide(msg.rid, msg.inputs)
         future = self._pool.submit(prepare, msg.rid, msg.inputs, msg.params)
         future.add_done_callback(lambda f: self._in.put(_Prepared(msg, f)))
 
     def _probed(self, done: _Prepared) -> None:
         msg = done.probe
-        if msg.rid in self.gone:
+        if msg.rid in self.requests.gone:
             return  # aborted while it was being prepared
         try:
             found = self.engine.probe_prepared(done.future.result())
@@ -297,11 +274,8 @@ class StageWorker:
         self._forget(msg.rid)
 
     def _forget(self, rid: str) -> None:
-        for table in (self.admitted, self.inputs, self.early, self.held, self.parts):
-            table.pop(rid, None)
-        self.gone[rid] = None
-        if len(self.gone) > _GONE_MEMORY:
-            self.gone.popitem(last=False)
+        self.requests.forget(rid)
+        self.held.pop(rid, None)
 
     # --- I/O threads ----------------------------------------------------------------------
     def _read(self) -> None:

@@ -58,7 +58,7 @@ def test_waits_for_every_port_even_when_data_beats_the_admit(worker):
     worker._emit(worker._step())
     (sink1, chunks), (sink2, done) = _sent(worker)
     assert chunks == Chunks([Chunk("r", "text", "x+y")]) and isinstance(done, Done) and sink1 == sink2 == "sink"
-    assert not worker.admitted and not worker.inputs
+    assert not worker.requests.admitted and not worker.requests.inputs
 
 
 def test_downstream_stages_get_the_whole_value(worker):
@@ -81,7 +81,8 @@ def test_failures_and_aborts(worker):
     worker._apply(Data("gone", "a", "x"))
     worker._apply(Abort("gone"))
     worker._apply(Data("gone", "b", "late"))  # arrives after the abort: dropped, not kept
-    assert not worker.engine.has_work() and "gone" not in worker.admitted and "gone" not in worker.early
+    assert not worker.engine.has_work() and "gone" not in worker.requests.admitted
+    assert "gone" not in worker.requests.early
 
 
 def test_engine_that_omits_a_routed_port_fails_the_request(worker):
