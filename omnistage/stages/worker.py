@@ -32,6 +32,10 @@ from omnistage.stages.gather import Gather
 
 _POLL_MS = 50
 STATS_PERIOD_S = 0.5
+# Raised by tokenizers, chat templates and media processors on input they cannot take. They fail
+# that request only (it has not touched the engine's state yet); anything else is a bug and
+# crashes the worker loudly.
+REQUEST_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,7 @@ class StageWorker:
             self.engine.add(StageRequest(rid, self.requests.take(rid), self.requests.admitted[rid].params))
         except RequestRejected as exc:
             self._fail(rid, str(exc), exc.status)
-        except Exception as exc:  # noqa: BLE001 - add() runs before any shared state changes: fail one request
+        except REQUEST_INPUT_ERRORS as exc:  # what malformed input raises in tokenizers and processors
             self._fail(rid, f"stage {self.spec.stage!r} could not take the request: {type(exc).__name__}: {exc}")
 
     # --- outputs --------------------------------------------------------------------------
@@ -263,7 +267,7 @@ class StageWorker:
         except RequestRejected as exc:
             self._probe_failed(msg, str(exc), exc.status)
             return
-        except Exception as exc:  # noqa: BLE001 - preparing one request failed; the engine is untouched
+        except REQUEST_INPUT_ERRORS as exc:
             self._probe_failed(msg, f"stage {self.spec.stage!r} could not prepare the request: "
                                     f"{type(exc).__name__}: {exc}", 500)
             return
