@@ -1,1 +1,1 @@
-"""Step-batched diffusion engine and its text-encode / VAE-decode stages."""
+"""Step-batched diffusion: per-request schedulers, batched denoiser, text-encode and VAE decode."""

@@ -9,5 +9,7 @@ TINY_MODELS: Mapping[str, str] = frozen_dict({
     "llama": "LlamaForCausalLM, 2 layers, BPE tokenizer with a chat template",
     "qwen2-vl": "Qwen2VLForConditionalGeneration with its PIL image processor",
     "sd": "StableDiffusionPipeline: UNet2DConditionModel, AutoencoderKL, CLIP text encoder",
+    "sd3": "StableDiffusion3Pipeline: SD3Transformer2DModel (MMDiT), two CLIP encoders + T5, flow matching",
+    "wan": "WanPipeline (Wan 2.1 text-to-video): WanTransformer3DModel, AutoencoderKLWan, UMT5 encoder",
     "whisper": "WhisperForConditionalGeneration (2-second window) with its feature extractor",
 })

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from omnistage.models.catalog import TINY_MODELS
+from omnistage.models.tiny_diffusion import build_sd, build_sd3, build_wan
 from omnistage.models.tokenizer import build_tokenizer
 
 # Bump when any builder changes, so cached checkpoints are rebuilt.
@@ -109,29 +110,6 @@ def build_qwen2_vl(out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def build_sd(out: Path) -> None:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-    tok = build_tokenizer(model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=16, projection_dim=32, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)).eval()
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8).eval()
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8, sample_size=16).eval()
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(out)
-
-
 def build_whisper(out: Path) -> None:
     """Whisper with a 2-second window (Whisper wants exactly 2 * max_source_positions mel frames)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
@@ -153,5 +131,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "llama": build_llama,
     "qwen2-vl": build_qwen2_vl,
     "sd": build_sd,
+    "sd3": build_sd3,
+    "wan": build_wan,
 }
 assert set(BUILDERS) == set(TINY_MODELS), "catalog and builders disagree"

@@ -1,0 +1,203 @@
+"""The step-batched denoiser.
+
+Each request carries its own state: latents, its own scheduler (timesteps/sigmas and step
+index), guidance scale and seeded generator. One engine step runs one model forward over the
+rows of every request in the chosen bucket, each row at its own timestep (a request with
+classifier-free guidance contributes an unconditional and a conditional row), then applies each
+request's own scheduler update. Requests join between steps and leave when their last step is
+done, so step counts, guidance scales and schedulers mix freely in one batch.
+
+Only requests of the same latent and embedding shape can share a forward (a bucket). The bucket
+served next is the one holding the request that has waited longest since it last advanced, so a
+new resolution never waits for a running bucket to drain (no head-of-line blocking) and buckets
+take turns when both are busy.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from omnistage.diffusion.families import Family
+from omnistage.diffusion.params import GenerationParams
+from omnistage.diffusion.schedulers import SchedulerFactory, step_kwargs
+from omnistage.diffusion.text import Embeds, PromptEncoder
+
+
+@dataclass
+class Job:
+    rid: str
+    params: GenerationParams
+    order: int
+    prompt: str | None = None
+    cond: Embeds | None = None
+    uncond: Embeds | None = None
+    scheduler: Any = None
+    timesteps: torch.Tensor | None = None
+    index: int = 0
+    latents: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    served: int = -1  # the engine step that last advanced it
+
+    @property
+    def total(self) -> int:
+        return 0 if self.timesteps is None else len(self.timesteps)
+
+    @property
+    def bucket(self) -> tuple[Any, ...]:
+        assert self.latents is not None and self.cond is not None
+        return tuple(self.latents.shape), tuple((k, tuple(v.shape)) for k, v in sorted(self.cond.items()))
+
+
+@dataclass
+class Finished:
+    rid: str
+    latents: torch.Tensor  # (1, ...) final latents
+    steps: int
+
+
+class DiffusionEngine:
+    def __init__(self, family: Family, schedulers: SchedulerFactory, max_batch: int,
+                 text: PromptEncoder | None = None) -> None:
+        self.family = family
+        self.schedulers = schedulers
+        self.max_batch = max_batch
+        self.text = text  # None when embeddings arrive from a text_encode stage
+        self.waiting: list[Job] = []  # not started: embeddings and latents not made yet
+        self.running: dict[str, Job] = {}
+        self.steps = 0
+        self._order = 0
+        self.last_batch = 0
+
+    # --- requests ----------------------------------------------------------------------
+    def add(self, rid: str, params: GenerationParams, prompt: str | None = None,
+            embeds: tuple[Embeds, Embeds | None] | None = None) -> None:
+        if (prompt is None) == (embeds is None):
+            raise ValueError("a diffusion request needs exactly one of a prompt or its embeddings")
+        if prompt is not None and self.text is None:
+            raise ValueError("this engine has no text encoder; send prompt embeddings")
+        job = Job(rid, params, self._order, prompt=prompt)
+        if embeds is not None:
+            job.cond, job.uncond = embeds
+            if params.cfg and job.uncond is None:
+                raise ValueError("guidance_scale > 1 needs the negative prompt's embedding")
+        self._order += 1
+        self.waiting.append(job)
+
+    def abort(self, rid: str) -> None:
+        self.waiting = [j for j in self.waiting if j.rid != rid]
+        self.running.pop(rid, None)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def progress(self) -> dict[str, tuple[int, int]]:
+        """rid -> (steps done, steps in total) for every running request."""
+        return {rid: (j.index, j.total) for rid, j in self.running.items()}
+
+    # --- the step ----------------------------------------------------------------------
+    def step(self) -> list[Finished]:
+        self._start(self._admissible())
+        batch = self._pick()
+        if batch:
+            self._advance(batch)
+        self.steps += 1
+        done = [j for j in batch if j.index >= j.total]
+        for job in done:
+            del self.running[job.rid]
+        return [Finished(j.rid, j.latents, j.total) for j in done]  # type: ignore[arg-type]
+
+    def _admissible(self) -> list[Job]:
+        """Waiting jobs, oldest first, that fit: at most ``max_batch`` running per latent shape.
+
+        The cap is per shape so that a full bucket never holds back a request of another size.
+        """
+        counts: dict[tuple[int, ...], int] = {}
+        for job in self.running.values():
+            counts[tuple(job.latents.shape[1:])] = counts.get(tuple(job.latents.shape[1:]), 0) + 1  # type: ignore[union-attr]
+        chosen = []
+        for job in self.waiting:
+            p = job.params
+            shape = self.family.latent_shape(p.height, p.width, p.num_frames)
+            if counts.get(shape, 0) < self.max_batch and len(chosen) < self.max_batch:
+                counts[shape] = counts.get(shape, 0) + 1
+                chosen.append(job)
+        return chosen
+
+    def _start(self, jobs: list[Job]) -> None:
+        """Embed the prompts of ``jobs`` (one batched text-encoder call) and draw their noise."""
+        need = [j for j in jobs if j.cond is None]
+        if need:
+            assert self.text is not None
+            texts = [j.prompt for j in need] + [j.params.negative_prompt for j in need if j.params.cfg]
+            embeds = iter(self.text.encode(texts))  # type: ignore[arg-type]
+            for job in need:
+                job.cond = next(embeds)
+            for job in need:
+                job.uncond = next(embeds) if job.params.cfg else None
+        for job in jobs:
+            self._init(job)
+            self.running[job.rid] = job
+        started = {j.rid for j in jobs}
+        self.waiting = [j for j in self.waiting if j.rid not in started]
+
+    def _init(self, job: Job) -> None:
+        p = job.params
+        job.scheduler = self.schedulers.make(p.scheduler)
+        shape = self.family.latent_shape(p.height, p.width, p.num_frames)
+        self.family.set_timesteps(job.scheduler, p.steps, shape)
+        job.timesteps = job.scheduler.timesteps
+        job.generator = torch.Generator("cpu").manual_seed(p.seed)
+        job.latents = self.family.init_latents(shape, job.generator, job.scheduler)
+        job.extra = step_kwargs(job.scheduler, job.generator, self.family.step_with_generator)
+
+    def _pick(self) -> list[Job]:
+        if not self.running:
+            return []
+        ranked = sorted(self.running.values(), key=lambda j: (j.served, j.order))
+        bucket = ranked[0].bucket
+        return [j for j in ranked if j.bucket == bucket][:self.max_batch]
+
+    def _advance(self, batch: list[Job]) -> None:
+        xs, ts, conds = [], [], []
+        for job in batch:
+            t = job.timesteps[job.index]  # type: ignore[index]
+            rows = [job.uncond, job.cond] if job.params.cfg else [job.cond]
+            x = torch.cat([job.latents] * len(rows))  # type: ignore[list-item]
+            xs.append(self.family.scale_input(job.scheduler, x, t))
+            ts.extend([t.float()] * len(rows))
+            conds.extend(rows)
+        cond = {k: torch.stack([c[k] for c in conds]) for k in conds[0]}  # type: ignore[index]
+        with torch.inference_mode():
+            pred = self.family.denoise(torch.cat(xs), torch.stack(ts).to(self.family.device), cond)
+        row = 0
+        for job in batch:
+            if job.params.cfg:
+                uncond, text = pred[row:row + 1], pred[row + 1:row + 2]
+                noise, row = uncond + job.params.guidance * (text - uncond), row + 2
+            else:
+                noise, row = pred[row:row + 1], row + 1
+            t = job.timesteps[job.index]  # type: ignore[index]
+            job.latents = job.scheduler.step(noise, t, job.latents, **job.extra, return_dict=False)[0]
+            job.index += 1
+            job.served = self.steps
+        self.last_batch = len(batch)
+
+
+def decode_batched(decode: Callable[[torch.Tensor], Any], latents: list[torch.Tensor], max_rows: int) -> list[Any]:
+    """Decode same-shape latents together, ``max_rows`` at a time (VAE slicing); keeps order."""
+    out: list[Any] = [None] * len(latents)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, lat in enumerate(latents):
+        groups.setdefault(tuple(lat.shape), []).append(i)
+    for idx in groups.values():
+        for start in range(0, len(idx), max_rows):
+            part = idx[start:start + max_rows]
+            with torch.inference_mode():
+                pixels = decode(torch.cat([latents[i] for i in part]))
+            for i, px in zip(part, pixels):
+                out[i] = px
+    return out

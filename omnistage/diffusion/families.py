@@ -1,0 +1,251 @@
+"""Model families: how each diffusers pipeline encodes text, shapes latents, denoises and decodes.
+
+A family wraps a diffusers pipeline object loaded from a model directory (``model_index.json``)
+and calls the pipeline's own methods where they exist (``encode_prompt``, the image and video
+processors), so the maths is the reference library's; what a family adds is the batched form of
+one denoising step, where every row may sit at its own timestep.
+
+Only the components a stage needs are loaded (``roles``): a text-encode stage holds the text
+encoders, a VAE-decode stage the VAE. Shapes and limits come from the config files alone.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import ConfigMixin, DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+Embeds = dict[str, torch.Tensor]  # one prompt's embeddings: "embeds" (+ "pooled" for SD3)
+ROLES = ("text", "denoise", "vae")
+
+
+def _load_config(path: str, subfolder: str | None = None) -> Mapping[str, Any]:
+    """model_index.json, or a component's config.json (works for local dirs and hub ids)."""
+    if subfolder is None:
+        return DiffusionPipeline.load_config(path)
+    return _ComponentConfig.load_config(path, subfolder=subfolder)
+
+
+class _ComponentConfig(ConfigMixin):
+    """Reads a component's ``config.json`` without knowing (or importing) its class."""
+
+    config_name = "config.json"
+
+
+class Family:
+    name: ClassVar[str]
+    output: ClassVar[str] = "image"
+    prediction: ClassVar[str] = "epsilon"
+    components: ClassVar[Mapping[str, tuple[str, ...]]]  # role -> pipeline component names
+    defaults: ClassVar[Mapping[str, Any]]  # steps, guidance (+ height/width/num_frames if fixed)
+    step_with_generator: ClassVar[bool] = False  # the pipeline passes eta/generator to step()
+    begin_index_zero: ClassVar[bool] = False  # the pipeline calls scheduler.set_begin_index(0)
+    latent_dtype: ClassVar[torch.dtype | None] = None  # None: the model's dtype
+
+    def __init__(self, path: str, roles: set[str], dtype: torch.dtype, device: str,
+                 max_sequence_length: int | None = None) -> None:
+        self.path, self.roles, self.dtype, self.device = path, roles, dtype, device
+        self.max_sequence_length = max_sequence_length
+        index = _load_config(path)
+        skip = {name: None for role, names in self.components.items() if role not in roles for name in names}
+        skip.update({name: None for name in self.unused if name in index})
+        self.pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **skip).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.vae_config = _load_config(path, "vae")
+        self.denoiser_config = _load_config(path, self.components["denoise"][0])
+
+    unused: ClassVar[tuple[str, ...]] = ()
+
+    # --- facts -------------------------------------------------------------------------
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale
+
+    def info(self) -> dict[str, Any]:
+        return {"family": self.name, "output": self.output, "size_multiple": self.size_multiple,
+                "vae_scale": self.vae_scale, "schedulers": [], **self.defaults}
+
+    def latent_shape(self, height: int, width: int, frames: int | None) -> tuple[int, ...]:
+        channels = self.denoiser_config["in_channels"]
+        return (channels, height // self.vae_scale, width // self.vae_scale)
+
+    # --- text --------------------------------------------------------------------------
+    def encode_text(self, texts: list[str]) -> list[Embeds]:
+        raise NotImplementedError
+
+    # --- denoising ---------------------------------------------------------------------
+    def init_latents(self, shape: tuple[int, ...], generator: torch.Generator, scheduler: Any) -> torch.Tensor:
+        dtype = self.latent_dtype or self.dtype
+        return randn_tensor((1, *shape), generator=generator, device=torch.device(self.device), dtype=dtype)
+
+    def set_timesteps(self, scheduler: Any, steps: int, shape: tuple[int, ...]) -> None:
+        scheduler.set_timesteps(steps, device=self.device)
+        if self.begin_index_zero:
+            scheduler.set_begin_index(0)
+
+    def scale_input(self, scheduler: Any, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Embeds) -> torch.Tensor:
+        """One model forward over all rows; ``t`` holds each row's timestep."""
+        raise NotImplementedError
+
+    # --- decoding ----------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents (B, ...) -> float pixels in [0, 1]: (B, H, W, 3) images or (B, F, H, W, 3) video."""
+        raise NotImplementedError
+
+
+class StableDiffusion(Family):
+    """SD 1.x/2.x-style: CLIP text encoder, UNet2DConditionModel (epsilon/v), AutoencoderKL."""
+
+    name = "stable-diffusion"
+    components = {"text": ("tokenizer", "text_encoder"), "denoise": ("unet",), "vae": ("vae",)}
+    unused = ("safety_checker", "feature_extractor", "image_encoder")
+    defaults = {"steps": 50, "guidance": 7.5}
+    step_with_generator = True
+
+    @property
+    def size_multiple(self) -> int:
+        return math.lcm(8, self.vae_scale)  # the SD pipeline checks divisibility by 8
+
+    def info(self) -> dict[str, Any]:
+        side = self.denoiser_config["sample_size"] * self.vae_scale
+        return {**super().info(), "height": side, "width": side}
+
+    def encode_text(self, texts: list[str]) -> list[Embeds]:
+        embeds, _ = self.pipe.encode_prompt(texts, self.device, 1, False)
+        return [{"embeds": e} for e in embeds]
+
+    def init_latents(self, shape: tuple[int, ...], generator: torch.Generator, scheduler: Any) -> torch.Tensor:
+        return super().init_latents(shape, generator, scheduler) * scheduler.init_noise_sigma
+
+    def scale_input(self, scheduler: Any, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return scheduler.scale_model_input(x, t)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Embeds) -> torch.Tensor:
+        return self.pipe.unet(x, t, encoder_hidden_states=cond["embeds"], return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(image, output_type="np")
+
+
+class StableDiffusion3(Family):
+    """SD3 (MMDiT): two CLIP encoders + T5, SD3Transformer2DModel, flow matching."""
+
+    name = "stable-diffusion-3"
+    prediction = "flow"
+    components = {"text": ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2",
+                           "text_encoder_3"), "denoise": ("transformer",), "vae": ("vae",)}
+    unused = ("image_encoder", "feature_extractor")
+    defaults = {"steps": 28, "guidance": 7.0}
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale * self.denoiser_config["patch_size"]
+
+    def info(self) -> dict[str, Any]:
+        side = self.denoiser_config["sample_size"] * self.vae_scale
+        return {**super().info(), "height": side, "width": side}
+
+    def encode_text(self, texts: list[str]) -> list[Embeds]:
+        length = self.max_sequence_length or 256
+        embeds, _, pooled, _ = self.pipe.encode_prompt(texts, None, None, device=self.device,
+                                                       do_classifier_free_guidance=False, max_sequence_length=length)
+        return [{"embeds": e, "pooled": p} for e, p in zip(embeds, pooled)]
+
+    def set_timesteps(self, scheduler: Any, steps: int, shape: tuple[int, ...]) -> None:
+        config = scheduler.config
+        if not config.get("use_dynamic_shifting"):
+            return super().set_timesteps(scheduler, steps, shape)
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+        patch = self.denoiser_config["patch_size"]
+        seq = (shape[-2] // patch) * (shape[-1] // patch)
+        mu = calculate_shift(seq, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.16))
+        scheduler.set_timesteps(steps, device=self.device, mu=mu)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Embeds) -> torch.Tensor:
+        return self.pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=cond["embeds"],
+                                     pooled_projections=cond["pooled"], return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        return self.pipe.image_processor.postprocess(vae.decode(latents, return_dict=False)[0], output_type="np")
+
+
+class Wan(Family):
+    """Wan 2.1 text-to-video: UMT5 encoder, WanTransformer3DModel, AutoencoderKLWan, flow matching."""
+
+    name = "wan"
+    output = "video"
+    prediction = "flow"
+    components = {"text": ("tokenizer", "text_encoder"), "denoise": ("transformer",), "vae": ("vae",)}
+    unused = ("transformer_2", "image_encoder", "image_processor")
+    defaults = {"steps": 50, "guidance": 5.0, "height": 480, "width": 832, "num_frames": 81, "fps": 16}
+    begin_index_zero = True
+    latent_dtype = torch.float32  # the Wan pipeline keeps latents in float32, casting per forward
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** len(self.vae_config["temperal_downsample"])
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(self.vae_config["temperal_downsample"])
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale * self.denoiser_config["patch_size"][1]
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "temporal_factor": self.temporal_factor}
+
+    def latent_shape(self, height: int, width: int, frames: int | None) -> tuple[int, ...]:
+        assert frames is not None
+        channels = self.denoiser_config["in_channels"]
+        return (channels, (frames - 1) // self.temporal_factor + 1, height // self.vae_scale, width // self.vae_scale)
+
+    def encode_text(self, texts: list[str]) -> list[Embeds]:
+        embeds, _ = self.pipe.encode_prompt(texts, do_classifier_free_guidance=False, device=self.device,
+                                            max_sequence_length=self.max_sequence_length or 512)
+        return [{"embeds": e} for e in embeds]
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Embeds) -> torch.Tensor:
+        model = self.pipe.transformer
+        return model(hidden_states=x.to(model.dtype), timestep=t, encoder_hidden_states=cond["embeds"],
+                     return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype)
+        z = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        return self.pipe.video_processor.postprocess_video(video, output_type="np")
+
+
+FAMILIES: dict[str, type[Family]] = {
+    "StableDiffusionPipeline": StableDiffusion,
+    "StableDiffusion3Pipeline": StableDiffusion3,
+    "WanPipeline": Wan,
+}
+
+
+def family_class(path: str) -> type[Family]:
+    pipeline = _load_config(path).get("_class_name")
+    if pipeline not in FAMILIES:
+        raise ValueError(f"{path}: pipeline {pipeline!r} is not supported; supported: {', '.join(FAMILIES)}")
+    return FAMILIES[pipeline]

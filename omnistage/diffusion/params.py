@@ -1,0 +1,119 @@
+"""Per-request generation parameters, checked against what the loaded model can do.
+
+Pure Python (no torch): the orchestrator runs ``check_params`` when a request is submitted, with
+the ``info`` every diffusion-family stage reports when it starts, so a bad size, step count,
+guidance or scheduler is refused before any stage computes anything.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omnistage.errors import RequestRejected
+
+IMAGE_FORMATS = ("png", "jpeg", "webp", "raw")
+VIDEO_FORMATS = ("mp4", "gif", "webp", "raw")
+MAX_PROMPT_CHARS = 8192
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    height: int
+    width: int
+    num_frames: int | None  # None for image models
+    steps: int
+    guidance: float
+    seed: int
+    scheduler: str  # "default" = the checkpoint's own
+    negative_prompt: str
+    output_format: str
+    fps: int
+
+    @property
+    def cfg(self) -> bool:
+        """Classifier-free guidance runs (doubling rows) exactly when the diffusers pipelines do."""
+        return self.guidance > 1.0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(ok: bool, message: str, param: str) -> None:
+    if not ok:
+        raise RequestRejected(message, param=param)
+
+
+def _int(params: Mapping[str, Any], name: str, default: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    _check(_is_int(value), f"{name} must be an integer, got {value!r}", name)
+    return value
+
+
+def parse_params(info: Mapping[str, Any], params: Mapping[str, Any]) -> GenerationParams:
+    """Validate ``params`` for a model described by ``info``; defaults come from ``info``."""
+    video = info["output"] == "video"
+    height = _int(params, "height", info["height"])
+    width = _int(params, "width", info["width"])
+    multiple = info["size_multiple"]
+    for name, value in (("height", height), ("width", width)):
+        _check(value > 0 and value % multiple == 0,
+               f"{name} must be a positive multiple of {multiple} for this model (its VAE and patch size), "
+               f"got {value}", name)
+    _check(height * width <= info["max_pixels"],
+           f"height x width must be at most {info['max_pixels']} pixels, got {height}x{width}", "size")
+    frames = _frames(info, params) if video else None
+    if not video:
+        _check(params.get("num_frames") is None, "this model generates images; num_frames applies to video", "num_frames")
+    steps = _int(params, "num_inference_steps", info["steps"])
+    _check(1 <= steps <= info["max_steps"], f"num_inference_steps must be between 1 and {info['max_steps']}, got {steps}",
+           "num_inference_steps")
+    guidance = params.get("guidance_scale", info["guidance"])
+    guidance = info["guidance"] if guidance is None else guidance
+    _check(_is_num(guidance) and 0 <= guidance <= 100, f"guidance_scale must be a number between 0 and 100, got {guidance!r}",
+           "guidance_scale")
+    scheduler = params.get("scheduler") or "default"
+    _check(scheduler == "default" or scheduler in info["schedulers"],
+           f"unknown scheduler {scheduler!r} for this model; available: default, {', '.join(info['schedulers'])}",
+           "scheduler")
+    negative = params.get("negative_prompt") or ""
+    _check(isinstance(negative, str) and len(negative) <= MAX_PROMPT_CHARS,
+           f"negative_prompt must be a string of at most {MAX_PROMPT_CHARS} characters", "negative_prompt")
+    formats = VIDEO_FORMATS if video else IMAGE_FORMATS
+    fmt = params.get("output_format") or formats[0]
+    _check(fmt in formats, f"output_format must be one of {', '.join(formats)}, got {fmt!r}", "output_format")
+    fps = _int(params, "fps", info.get("fps", 16))
+    _check(1 <= fps <= 120, f"fps must be between 1 and 120, got {fps}", "fps")
+    seed = params.get("seed")
+    _check(seed is None or (_is_int(seed) and 0 <= seed < 2**63), "seed must be an integer >= 0", "seed")
+    seed = random.getrandbits(63) if seed is None else seed
+    return GenerationParams(height, width, frames, steps, float(guidance), seed, scheduler, negative, fmt, fps)
+
+
+def _frames(info: Mapping[str, Any], params: Mapping[str, Any]) -> int:
+    frames = _int(params, "num_frames", info["num_frames"])
+    t = info["temporal_factor"]
+    _check(frames >= 1 and (frames - 1) % t == 0,
+           f"num_frames must be 1 more than a multiple of {t} for this model (e.g. {t + 1}, {2 * t + 1}), got {frames}",
+           "num_frames")
+    _check(frames <= info["max_frames"], f"num_frames must be at most {info['max_frames']}, got {frames}", "num_frames")
+    return frames
+
+
+def check_prompt(prompt: Any) -> str:
+    _check(isinstance(prompt, str) and prompt.strip() != "", "prompt must be a non-empty string", "prompt")
+    _check(len(prompt) <= MAX_PROMPT_CHARS, f"prompt must be at most {MAX_PROMPT_CHARS} characters", "prompt")
+    return prompt
+
+
+def check_params(options: Any, info: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+    """The submit-time check a diffusion-family stage kind registers (see graph.kinds)."""
+    parse_params(info, params)
