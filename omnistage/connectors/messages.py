@@ -23,6 +23,8 @@ class Ready(msgspec.Struct, array_like=True):
     replica: int
     pid: int
     address: str  # where this replica's inbox listens
+    # Static facts about the loaded model a kind's submit-time check needs (KindSpec.check_params).
+    info: dict[str, Any] = {}
 
 
 class StartFailed(msgspec.Struct, array_like=True):

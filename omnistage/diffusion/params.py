@@ -114,6 +114,18 @@ def check_prompt(prompt: Any) -> str:
     return prompt
 
 
-def check_params(options: Any, info: Mapping[str, Any], params: Mapping[str, Any]) -> None:
-    """The submit-time check a diffusion-family stage kind registers (see graph.kinds)."""
-    parse_params(info, params)
+def as_request_params(p: GenerationParams) -> dict[str, Any]:
+    """The request parameters that reproduce ``p`` (defaults filled in, the seed drawn)."""
+    out = {"height": p.height, "width": p.width, "num_inference_steps": p.steps, "guidance_scale": p.guidance,
+           "seed": p.seed, "scheduler": p.scheduler, "negative_prompt": p.negative_prompt,
+           "output_format": p.output_format, "fps": p.fps}
+    if p.num_frames is not None:
+        out["num_frames"] = p.num_frames
+    return out
+
+
+def check_params(options: Any, info: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The submit-time check of the ``diffusion`` kind (see graph.kinds): validates, then returns
+    the resolved parameters, which every stage of the request then sees. Resolving once makes
+    the stages agree on defaults and on a drawn seed."""
+    return as_request_params(parse_params(info, params))

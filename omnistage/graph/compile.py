@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from omnistage.graph.strict import frozen_dict
 
@@ -38,6 +39,8 @@ def compile_graph(config: GraphConfig, base_dir: Path | None = None, source: str
     if issues:
         raise GraphConfigError(issues, source)
     edges = tuple(e for name in order for e in stages[name].in_edges)
+    stages = {name: replace(st, used_outputs=frozenset(st.response) | {e.src_port for e in edges if e.src_stage == name})
+              for name, st in stages.items()}
     routes = _all_routes(stages, order, edges)
     return GraphPlan(config.name, config, frozen_dict(stages), order, edges,
                      frozen_dict(routes), placement)

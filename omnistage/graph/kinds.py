@@ -35,6 +35,9 @@ class KindSpec:
     # For kinds whose ports come from their options (python): options -> (inputs, outputs).
     dynamic_ports: Callable[[Any, Mapping[str, str]], tuple[tuple[PortSpec, ...], tuple[PortSpec, ...]]] | None = None
     description: str = ""
+    # "module:function" run at submit as function(options, info, params) -> resolved params, where
+    # ``info`` is what the stage reported when it started (see connectors.messages.Ready).
+    check_params: str = ""
 
     def ports(self, options: Any, wired_inputs: Mapping[str, str]) -> tuple[tuple[PortSpec, ...], tuple[PortSpec, ...]]:
         if self.dynamic_ports is not None:
@@ -83,6 +86,43 @@ class EncodeOptions:
         for name in ("max_patches_per_step", "max_image_pixels", "max_image_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+
+
+@dataclass(frozen=True)
+class DiffusionOptions:
+    """Diffusion-family stages (text_encode, diffusion, vae_decode).
+
+    Request defaults (``height`` ... ``guidance_scale``, ``fps``) fall back to the model family's
+    own when unset. ``max_*`` bound what a request may ask for. ``vae_batch`` caps the rows one
+    VAE decode call takes (slicing); ``vae_tiling`` decodes large outputs tile by tile.
+    """
+
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    fps: int | None = None
+    max_steps: int = 200
+    max_pixels: int = 2048 * 2048
+    max_frames: int = 257
+    prompt_cache_mb: int = 64
+    max_sequence_length: int | None = None
+    vae_batch: int = 8
+    vae_tiling: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "num_frames", "num_inference_steps", "fps", "max_sequence_length"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("max_steps", "max_pixels", "max_frames", "vae_batch"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.prompt_cache_mb < 0:
+            raise ValueError("prompt_cache_mb must be >= 0")
+        if self.guidance_scale is not None and self.guidance_scale < 0:
+            raise ValueError("guidance_scale must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -161,6 +201,36 @@ register_kind(KindSpec(
     any_of=(("images", "video", "audio"),),
     needs_model=True,
     description="a vision or audio tower batched across requests, with an encoder cache",
+))
+register_kind(KindSpec(
+    name="text_encode",
+    engine="omnistage.stages.kinds.diffusion:build_text_encode",
+    options=DiffusionOptions,
+    inputs=(PortSpec("prompt", "text", required=True),),
+    outputs=(PortSpec("embeds", "prompt_embeds"),),
+    needs_model=True,
+    description="a diffusion pipeline's text encoders (CLIP/T5/UMT5) batched, with a prompt-embedding cache",
+))
+register_kind(KindSpec(
+    name="diffusion",
+    engine="omnistage.stages.kinds.diffusion:build_diffusion",
+    options=DiffusionOptions,
+    inputs=(PortSpec("prompt", "text"), PortSpec("embeds", "prompt_embeds")),
+    outputs=(PortSpec("latents", "latents"), PortSpec("image", "image"), PortSpec("video", "video"),
+             PortSpec("progress", "any", streaming=True)),
+    any_of=(("prompt", "embeds"),),
+    needs_model=True,
+    check_params="omnistage.diffusion.params:check_params",
+    description="step-batched denoising (UNet or DiT); decodes with the VAE when image/video is wired",
+))
+register_kind(KindSpec(
+    name="vae_decode",
+    engine="omnistage.stages.kinds.diffusion:build_vae_decode",
+    options=DiffusionOptions,
+    inputs=(PortSpec("latents", "latents", required=True),),
+    outputs=(PortSpec("image", "image"), PortSpec("video", "video")),
+    needs_model=True,
+    description="a diffusion pipeline's VAE decoder, batched (sliced or tiled for large outputs)",
 ))
 register_kind(KindSpec(
     name="python",

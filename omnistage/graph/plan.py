@@ -46,6 +46,8 @@ class StagePlan:
     in_edges: tuple[Edge, ...]
     # stage port -> response modality it feeds
     response: Mapping[str, str]
+    # Output ports something consumes (a later stage or the response); set once edges are known.
+    used_outputs: frozenset[str] = frozenset()
 
     def output(self, port: str) -> PortSpec:
         return next(p for p in self.outputs if p.name == port)

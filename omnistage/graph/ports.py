@@ -5,7 +5,8 @@ from collections.abc import Mapping
 from omnistage.graph.strict import frozen_dict
 
 # A port type names what flows on an edge. "any" matches everything (user python stages).
-PORT_TYPES = frozenset({"text", "tokens", "messages", "image", "audio", "video", "tensor", "kv", "media_embeds", "any"})
+PORT_TYPES = frozenset({"text", "tokens", "messages", "image", "audio", "video", "tensor", "kv", "media_embeds",
+                        "prompt_embeds", "latents", "any"})
 
 # request.<field> -> the type it carries.
 REQUEST_FIELDS: Mapping[str, str] = frozen_dict({
@@ -24,6 +25,7 @@ RESPONSE_MODALITIES: Mapping[str, str] = frozen_dict({
     "video": "video",
     "embedding": "media_embeds",
     "logprobs": "any",  # per-token log probabilities of the text, when a request asks for them
+    "progress": "any",  # denoising progress of an image or video request, streamed
 })
 
 

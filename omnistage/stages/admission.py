@@ -7,6 +7,7 @@ and the rest may be split across several encoder replicas and gathered again.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -85,3 +86,21 @@ def _dests(route: Route, stage: str, chosen: Mapping[str, Sequence[Target]], sin
         if src == stage:
             dests.setdefault(port, []).append(Dest(sink, modality, to_response=True))
     return dests
+
+
+def resolve_params(plan: GraphPlan, route: Route, infos: Mapping[str, Mapping[str, Any]],
+                   params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the submit-time checks of the route's stage kinds (``KindSpec.check_params``).
+
+    Each check validates ``params`` against the facts its stage reported when it started and may
+    fill in resolved values (defaults, a drawn seed), so every stage sees the same ones. Raises
+    RequestRejected before anything is sent to a stage.
+    """
+    resolved = dict(params)
+    for name in route.stages:
+        stage = plan.stages[name]
+        if stage.kind.check_params:
+            module, _, attr = stage.kind.check_params.partition(":")
+            check = getattr(importlib.import_module(module), attr)
+            resolved.update(check(stage.options, infos.get(name, {}), resolved))
+    return resolved

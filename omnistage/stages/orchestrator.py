@@ -26,7 +26,7 @@ from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.errors import (Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError)
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
-from omnistage.stages.admission import admission_messages, probe_target, split, without_stage
+from omnistage.stages.admission import admission_messages, probe_target, resolve_params, split, without_stage
 from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 from omnistage.stages.launcher import ReplicaRuntime, launch
 from omnistage.stages.worker import WorkerSpec
@@ -81,6 +81,7 @@ class Orchestrator:
         self.replicas: dict[str, list[Replica]] = {name: [] for name in plan.order}
         self.requests: dict[str, _Live] = {}
         self.stats: dict[tuple[str, int], dict[str, float]] = {}  # latest Stats per replica
+        self.infos: dict[str, dict[str, Any]] = {}  # stage -> the model facts its replicas reported
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -153,6 +154,7 @@ class Orchestrator:
             raise Overloaded("the pipeline is shutting down", status=503)
         inputs = {k: v for k, v in inputs.items() if v is not None}
         route = self.plan.route_for(frozenset(inputs), None if modalities is None else frozenset(modalities))
+        params = resolve_params(self.plan, route, self.infos, params or {})
         rid = uuid.uuid4().hex
         handle = RequestHandle(rid, loop)
         target = probe_target(self.plan, route, inputs)
@@ -160,7 +162,7 @@ class Orchestrator:
             chosen = {stage: [self._pick(stage)] for stage in route.stages}
             if target is not None:
                 chosen[target[0]] = self._pick_many(target[0], len(inputs["images"]))
-            live = _Live(handle, route, chosen, inputs, dict(params or {}), probing=target)
+            live = _Live(handle, route, chosen, inputs, params, probing=target)
             self.requests[rid] = live
             for replica in live.replicas:
                 replica.inflight.add(rid)
@@ -258,6 +260,7 @@ class Orchestrator:
                 replica = self.replicas[msg.stage][msg.replica]
                 if isinstance(msg, Ready):
                     replica.address, replica.state = msg.address, "ready"
+                    self.infos[msg.stage] = msg.info
                 else:
                     replica.error, replica.state = msg.error, "dead"
                 self._lock.notify_all()

@@ -92,7 +92,8 @@ def worker_main(spec: WorkerSpec) -> None:
         except Exception:  # noqa: BLE001 - any load failure is reported to the orchestrator, then re-raised
             mail.put(spec.sink, StartFailed(spec.stage, spec.replica, traceback.format_exc()))
             raise
-        mail.put(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address))
+        info = engine.info() if hasattr(engine, "info") else {}
+        mail.put(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address, info))
         StageWorker(spec, engine, inbox, mail).run()
     finally:
         mail.close()

@@ -1,0 +1,196 @@
+"""The diffusion-family kinds: ``text_encode``, ``diffusion`` and ``vae_decode``.
+
+One stage can do all three (prompt in, image out) or they can be split across stages, linked by
+the ``prompt_embeds`` and ``latents`` ports. Each stage loads only the pipeline components it
+runs. Requests arrive with their parameters already resolved by the ``diffusion`` kind's
+submit-time check (``omnistage.diffusion.params.check_params``).
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import torch
+
+from omnistage.diffusion.engine import DiffusionEngine, decode_batched
+from omnistage.diffusion.families import Family, family_class
+from omnistage.diffusion.output import encode_image, encode_video
+from omnistage.diffusion.params import GenerationParams, check_prompt, parse_params
+from omnistage.diffusion.schedulers import SchedulerFactory, scheduler_names
+from omnistage.diffusion.text import PromptCache, PromptEncoder, TextEncodeEngine, TextJob
+from omnistage.errors import RequestRejected
+from omnistage.graph.kinds import DiffusionOptions
+from omnistage.graph.plan import StagePlan
+from omnistage.models.loading import checkpoint_dir, torch_dtype
+from omnistage.stages.engine import StageOutput, StageRequest
+
+
+def load_family(stage: StagePlan, device: str, roles: set[str]) -> Family:
+    assert stage.model_path is not None
+    path = checkpoint_dir(stage.model_path)
+    options: DiffusionOptions = stage.options
+    family = family_class(path)(path, roles, torch_dtype(stage.model_dtype, device), device,
+                                options.max_sequence_length)
+    if "vae" in roles and options.vae_tiling:
+        family.pipe.vae.enable_tiling()
+    return family
+
+
+def stage_info(family: Family, options: DiffusionOptions) -> dict[str, Any]:
+    """What a request may ask of this model: sizes, defaults, limits, schedulers (sent in Ready)."""
+    info = family.info()
+    info["schedulers"] = scheduler_names(family.prediction)
+    overrides = {"height": options.height, "width": options.width, "num_frames": options.num_frames,
+                 "steps": options.num_inference_steps, "guidance": options.guidance_scale, "fps": options.fps}
+    info.update({k: v for k, v in overrides.items() if v is not None})
+    info.update(max_steps=options.max_steps, max_pixels=options.max_pixels, max_frames=options.max_frames)
+    return info
+
+
+def encode_output(family: Family, pixels: Any, p: GenerationParams) -> dict[str, Any]:
+    if family.output == "video":
+        return encode_video(pixels, p.output_format, p.fps)
+    return encode_image(pixels, p.output_format)
+
+
+class DiffusionStage:
+    def __init__(self, family: Family, options: DiffusionOptions, max_batch: int, used: frozenset[str]) -> None:
+        self.family = family
+        self.options = options
+        self._info = stage_info(family, options)
+        self.decode = bool({"image", "video"} & used)
+        self.progress = "progress" in used
+        text = None
+        if "text" in family.roles:
+            text = PromptEncoder(family.encode_text, PromptCache(options.prompt_cache_mb << 20), max_batch)
+        schedulers = SchedulerFactory(family.pipe.scheduler, family.prediction)
+        self.engine = DiffusionEngine(family, schedulers, max_batch, text)
+        self.params: dict[str, GenerationParams] = {}
+
+    def info(self) -> dict[str, Any]:
+        return self._info
+
+    def add(self, request: StageRequest) -> None:
+        p = parse_params(self._info, request.params)
+        embeds = request.inputs.get("embeds")
+        if embeds is not None:
+            self.engine.add(request.rid, p, embeds=(embeds["cond"], embeds["uncond"]))
+        elif self.engine.text is None:
+            raise RequestRejected("this diffusion stage has no text encoder; wire a text_encode stage's embeds",
+                                  param="prompt")
+        else:
+            self.engine.add(request.rid, p, prompt=check_prompt(request.inputs.get("prompt")))
+        self.params[request.rid] = p
+
+    def step(self) -> list[StageOutput]:
+        finished = self.engine.step()
+        outs = [StageOutput(rid, ports={"progress": [{"step": done, "steps": total}]})
+                for rid, (done, total) in self.engine.progress().items() if self.progress]
+        if not finished:
+            return outs
+        params = [self.params.pop(f.rid) for f in finished]
+        port = self.family.output
+        if self.decode:
+            pixels = decode_batched(self.family.decode, [f.latents for f in finished], self.options.vae_batch)
+            values = [{port: encode_output(self.family, px, p)} for px, p in zip(pixels, params)]
+        else:
+            values = [{"latents": f.latents} for f in finished]
+        for f, ports in zip(finished, values):
+            if self.progress:
+                ports["progress"] = [{"step": f.steps, "steps": f.steps}]
+            outs.append(StageOutput(f.rid, ports=ports, finished=True, meta={"steps": f.steps}))
+        return outs
+
+    def abort(self, rid: str) -> None:
+        self.engine.abort(rid)
+        self.params.pop(rid, None)
+
+    def has_work(self) -> bool:
+        return self.engine.has_work()
+
+    def stats(self) -> dict[str, float]:
+        stats = {"waiting": float(len(self.engine.waiting)), "running": float(len(self.engine.running)),
+                 "batch_size": float(self.engine.last_batch)}
+        if self.engine.text is not None:
+            stats["prompt_cache_hit_rate"] = self.engine.text.cache.hit_rate()
+        return stats
+
+
+class TextEncodeStage:
+    def __init__(self, family: Family, options: DiffusionOptions, max_batch: int) -> None:
+        self._info = stage_info(family, options)
+        encoder = PromptEncoder(family.encode_text, PromptCache(options.prompt_cache_mb << 20), max_batch)
+        self.engine = TextEncodeEngine(encoder, max_batch)
+
+    def info(self) -> dict[str, Any]:
+        return self._info
+
+    def add(self, request: StageRequest) -> None:
+        p = parse_params(self._info, request.params)
+        prompt = check_prompt(request.inputs.get("prompt"))
+        self.engine.add(TextJob(request.rid, prompt, p.negative_prompt if p.cfg else None))
+
+    def step(self) -> list[StageOutput]:
+        return [StageOutput(rid, ports={"embeds": {"cond": cond, "uncond": uncond}}, finished=True)
+                for rid, cond, uncond in self.engine.step()]
+
+    def abort(self, rid: str) -> None:
+        self.engine.abort(rid)
+
+    def has_work(self) -> bool:
+        return self.engine.has_work()
+
+    def stats(self) -> dict[str, float]:
+        return {"waiting": float(len(self.engine.queue)),
+                "prompt_cache_hit_rate": self.engine.encoder.cache.hit_rate()}
+
+
+class VaeDecodeStage:
+    def __init__(self, family: Family, options: DiffusionOptions, max_batch: int) -> None:
+        self.family = family
+        self.options = options
+        self.max_batch = max_batch
+        self._info = stage_info(family, options)
+        self.queue: deque[tuple[str, torch.Tensor, GenerationParams]] = deque()
+
+    def info(self) -> dict[str, Any]:
+        return self._info
+
+    def add(self, request: StageRequest) -> None:
+        latents = request.inputs.get("latents")
+        if not isinstance(latents, torch.Tensor):
+            raise RequestRejected("latents must be a tensor", param="latents")
+        self.queue.append((request.rid, latents.to(self.family.device), parse_params(self._info, request.params)))
+
+    def step(self) -> list[StageOutput]:
+        jobs = [self.queue.popleft() for _ in range(min(self.max_batch, len(self.queue)))]
+        pixels = decode_batched(self.family.decode, [lat for _, lat, _ in jobs], self.options.vae_batch)
+        return [StageOutput(rid, ports={self.family.output: encode_output(self.family, px, p)}, finished=True)
+                for (rid, _, p), px in zip(jobs, pixels)]
+
+    def abort(self, rid: str) -> None:
+        self.queue = deque(j for j in self.queue if j[0] != rid)
+
+    def has_work(self) -> bool:
+        return bool(self.queue)
+
+    def stats(self) -> dict[str, float]:
+        return {"waiting": float(len(self.queue))}
+
+
+def build_diffusion(stage: StagePlan, device: str) -> DiffusionStage:
+    roles = {"denoise"}
+    if any(p.name == "prompt" for p in stage.inputs) and any(e.dst_port == "prompt" for e in stage.in_edges):
+        roles.add("text")
+    if {"image", "video"} & stage.used_outputs:
+        roles.add("vae")
+    return DiffusionStage(load_family(stage, device, roles), stage.options, stage.config.batching.max_batch,
+                          stage.used_outputs)
+
+
+def build_text_encode(stage: StagePlan, device: str) -> TextEncodeStage:
+    return TextEncodeStage(load_family(stage, device, {"text"}), stage.options, stage.config.batching.max_batch)
+
+
+def build_vae_decode(stage: StagePlan, device: str) -> VaeDecodeStage:
+    return VaeDecodeStage(load_family(stage, device, {"vae"}), stage.options, stage.config.batching.max_batch)
