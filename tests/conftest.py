@@ -72,3 +72,30 @@ def vl_reference():
         new_ids = out[0, len(ids):].tolist()
         return new_ids, tok.decode(new_ids, skip_special_tokens=True)
     return run
+
+
+@pytest.fixture(scope="session")
+def diffusers_reference():
+    """Reference: the diffusers pipeline of a tiny checkpoint called one request at a time, as a
+    user would without omnistage. Returns float pixels: (H, W, 3), or (F, H, W, 3) for video."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from omnistage.models.tiny import ensure_tiny
+    pipes = {}
+
+    def run(name, prompt, seed, scheduler=None, **kwargs):
+        """``scheduler``: a diffusers scheduler class to swap in for this call."""
+        if name not in pipes:
+            pipes[name] = DiffusionPipeline.from_pretrained(ensure_tiny(name))
+            pipes[name].set_progress_bar_config(disable=True)
+        pipe = pipes[name]
+        own = pipe.scheduler
+        if scheduler is not None:
+            pipe.scheduler = scheduler.from_config(own.config)
+        try:
+            out = pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
+        finally:
+            pipe.scheduler = own
+        return out.frames[0] if hasattr(out, "frames") else out.images[0]
+    return run

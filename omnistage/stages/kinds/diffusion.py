@@ -95,10 +95,10 @@ class DiffusionStage:
             values = [{port: encode_output(self.family, px, p)} for px, p in zip(pixels, params)]
         else:
             values = [{"latents": f.latents} for f in finished]
-        for f, ports in zip(finished, values):
-            if self.progress:
-                ports["progress"] = [{"step": f.steps, "steps": f.steps}]
-            outs.append(StageOutput(f.rid, ports=ports, finished=True, meta={"steps": f.steps}))
+        for f, value in zip(finished, values):
+            # The last progress chunk goes out before the result.
+            ports = {"progress": [{"step": f.steps, "steps": f.steps}]} if self.progress else {}
+            outs.append(StageOutput(f.rid, ports={**ports, **value}, finished=True, meta={"steps": f.steps}))
         return outs
 
     def abort(self, rid: str) -> None:

@@ -1,0 +1,129 @@
+"""Step-batched denoising equals the diffusers pipeline, request by request."""
+import numpy as np
+import pytest
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+TOL = 1e-4
+SCHEDULERS = {"default": None, "euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler,
+              "dpm++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
+
+
+def test_one_sd_image_alone_equals_diffusers(harness, diffusers_reference):
+    h = harness("sd")
+    h.add("a", "a red square on a blue field", height=32, width=32, num_inference_steps=4, guidance_scale=7.5, seed=3)
+    got = h.pixels(h.run())["a"]
+    ref = diffusers_reference("sd", "a red square on a blue field", 3, height=32, width=32, num_inference_steps=4,
+                              guidance_scale=7.5)
+    assert got.shape == ref.shape == (32, 32, 3)
+    assert np.abs(got - ref).max() < TOL
+    assert ref.std() > 0.05  # a real image, not a constant
+
+
+def test_sixteen_mixed_sd_requests_each_equal_diffusers(harness, diffusers_reference):
+    """Different step counts, guidance (with and without CFG), seeds and schedulers in one batch."""
+    h = harness("sd")
+    names = list(SCHEDULERS)
+    reqs = {f"r{i}": dict(prompt=f"picture {i % 5} of a cat", seed=100 + i, num_inference_steps=2 + i % 5,
+                          guidance_scale=[1.0, 3.0, 7.5, 0.0][i % 4], scheduler=names[i % len(names)])
+            for i in range(16)}
+    for rid, r in reqs.items():
+        h.add(rid, r["prompt"], height=32, width=32, seed=r["seed"], num_inference_steps=r["num_inference_steps"],
+              guidance_scale=r["guidance_scale"], scheduler=r["scheduler"])
+    got = h.pixels(h.run())
+    assert h.engine.last_batch >= 1
+    for rid, r in reqs.items():
+        ref = diffusers_reference("sd", r["prompt"], r["seed"], scheduler=SCHEDULERS[r["scheduler"]], height=32,
+                                  width=32, num_inference_steps=r["num_inference_steps"],
+                                  guidance_scale=r["guidance_scale"])
+        assert np.abs(got[rid] - ref).max() < TOL, (rid, r)
+
+
+def test_sd3_batch_equals_diffusers(harness, diffusers_reference):
+    h = harness("sd3")
+    reqs = {f"r{i}": dict(seed=i, num_inference_steps=2 + i, guidance_scale=[1.0, 5.0][i % 2]) for i in range(4)}
+    for rid, r in reqs.items():
+        h.add(rid, f"a blue circle {rid}", height=32, width=32, **r)
+    got = h.pixels(h.run())
+    for rid, r in reqs.items():
+        ref = diffusers_reference("sd3", f"a blue circle {rid}", r["seed"], height=32, width=32,
+                                  num_inference_steps=r["num_inference_steps"], guidance_scale=r["guidance_scale"])
+        assert np.abs(got[rid] - ref).max() < TOL, rid
+
+
+def test_wan_video_batch_equals_diffusers(harness, diffusers_reference):
+    h = harness("wan")
+    reqs = {"a": dict(seed=1, num_inference_steps=3, guidance_scale=5.0, num_frames=9),
+            "b": dict(seed=2, num_inference_steps=4, guidance_scale=1.0, num_frames=9),
+            "c": dict(seed=3, num_inference_steps=2, guidance_scale=4.0, num_frames=5)}
+    for rid, r in reqs.items():
+        h.add(rid, f"a dog running {rid}", height=32, width=32, **r)
+    got = h.pixels(h.run())
+    for rid, r in reqs.items():
+        ref = diffusers_reference("wan", f"a dog running {rid}", r["seed"], height=32, width=32, **{
+            k: v for k, v in r.items() if k != "seed"})
+        assert got[rid].shape == (r["num_frames"], 32, 32, 3)
+        assert np.abs(got[rid] - ref).max() < TOL, rid
+
+
+def test_a_new_size_does_not_wait_for_a_busy_bucket(harness):
+    h = harness("sd", max_batch=4)
+    for i in range(4):
+        h.add(f"big{i}", "a cat", height=32, width=32, num_inference_steps=20, guidance_scale=1.0, seed=i)
+    h.engine.step()
+    h.add("small", "a dog", height=16, width=16, num_inference_steps=2, guidance_scale=1.0, seed=9)
+    finished = []
+    for _ in range(6):
+        finished += [f.rid for f in h.engine.step()]
+    assert finished == ["small"]  # done while the 20-step bucket is still running
+    assert {rid for rid in h.engine.running} == {f"big{i}" for i in range(4)}
+    for i in range(4):
+        h.engine.abort(f"big{i}")
+    assert not h.engine.has_work()
+
+
+def test_requests_join_between_steps_and_running_is_capped_per_shape(harness):
+    h = harness("sd", max_batch=2)
+    for i in range(3):
+        h.add(f"r{i}", "a cat", height=16, width=16, num_inference_steps=3, guidance_scale=1.0, seed=i)
+    h.engine.step()
+    assert set(h.engine.running) == {"r0", "r1"} and [j.rid for j in h.engine.waiting] == ["r2"]
+    order = []
+    while h.engine.has_work():
+        order += [f.rid for f in h.engine.step()]
+    assert sorted(order[:2]) == ["r0", "r1"] and order[2] == "r2"
+
+
+def test_abort_forgets_waiting_and_running(harness):
+    h = harness("sd")
+    h.add("x", "a", height=16, width=16, num_inference_steps=5, seed=0)
+    h.add("y", "b", height=16, width=16, num_inference_steps=5, seed=0)
+    h.engine.step()
+    h.add("z", "c", height=16, width=16, num_inference_steps=5, seed=0)
+    for rid in "xyz":
+        h.engine.abort(rid)
+    assert not h.engine.has_work() and h.engine.step() == []
+
+
+def test_prompt_embeddings_are_cached_across_requests(harness):
+    h = harness("sd")
+    misses = h.text.cache.misses
+    for i in range(3):  # together: the prompt and "" are encoded once each
+        h.add(f"c{i}", "the same prompt!", height=16, width=16, num_inference_steps=1, guidance_scale=3.0, seed=i)
+    h.run()
+    assert h.text.cache.misses - misses <= 2
+    hits = h.text.cache.hits
+    h.add("later", "the same prompt!", height=16, width=16, num_inference_steps=1, guidance_scale=3.0, seed=5)
+    h.run()
+    assert h.text.cache.hits - hits == 2
+
+
+@pytest.mark.parametrize("missing", ["prompt-and-embeds", "neither"])
+def test_add_needs_exactly_one_of_prompt_or_embeds(harness, missing):
+    from omnistage.diffusion.params import parse_params
+    h = harness("sd")
+    p = parse_params(h.info, {})
+    with pytest.raises(ValueError):
+        if missing == "neither":
+            h.engine.add("q", p)
+        else:
+            h.engine.add("q", p, prompt="a", embeds=({}, None))

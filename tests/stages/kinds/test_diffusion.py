@@ -1,0 +1,83 @@
+"""Diffusion stages in real worker processes, against the diffusers pipeline."""
+import io
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from omnistage.diffusion.output import to_uint8
+from omnistage.errors import RequestRejected
+from omnistage.pipeline import Pipeline
+from omnistage.stages.handle import ChunkEvent
+from tests.conftest import ROOT
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def t2i():
+    with Pipeline.from_yaml(ROOT / "examples" / "text_to_image.yaml") as pipe:
+        yield pipe
+
+
+def test_fused_stage_images_equal_diffusers(t2i, diffusers_reference):
+    reqs = [dict(prompt=f"a red square {i}", seed=i, num_inference_steps=2 + i, guidance_scale=[1.0, 7.5][i % 2])
+            for i in range(4)]
+    handles = [t2i.submit(**r, output_format="raw") for r in reqs]
+    for r, h in zip(reqs, handles):
+        got = h.result(120).outputs["image"]
+        assert got["format"] == "raw" and (got["width"], got["height"]) == (32, 32)
+        ref = diffusers_reference("sd", r["prompt"], r["seed"], height=32, width=32,
+                                  num_inference_steps=r["num_inference_steps"], guidance_scale=r["guidance_scale"])
+        assert np.abs(got["data"].numpy() - ref).max() < TOL
+
+
+def test_png_holds_the_same_image_and_progress_streams_first(t2i):
+    events = list(t2i.submit(prompt="a cat", seed=5, num_inference_steps=3).events(120))
+    chunks = [e for e in events if isinstance(e, ChunkEvent)]
+    assert [c.value[0]["step"] for c in chunks if c.modality == "progress"] == [1, 2, 3]
+    assert chunks[-1].modality == "image"  # after every progress chunk
+    png = chunks[-1].value
+    raw = t2i.generate(prompt="a cat", seed=5, num_inference_steps=3, output_format="raw").outputs["image"]["data"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png["data"]))), to_uint8(raw.numpy()))
+
+
+@pytest.mark.parametrize("params, param", [
+    ({"height": 36}, "height"), ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"num_inference_steps": 10000}, "num_inference_steps"), ({"guidance_scale": -2}, "guidance_scale"),
+    ({"scheduler": "nope"}, "scheduler"), ({"num_frames": 9}, "num_frames"),
+])
+def test_bad_parameters_are_refused_at_submit(t2i, params, param):
+    with pytest.raises(RequestRejected) as err:
+        t2i.submit(prompt="a cat", **params)
+    assert err.value.param == param
+    assert not t2i.orchestrator.requests  # nothing was admitted, no stage computed anything
+
+
+def test_split_text_denoise_decode_equals_diffusers(diffusers_reference):
+    with Pipeline.from_yaml(ROOT / "examples" / "text_to_image_split.yaml") as pipe:
+        reqs = [dict(prompt=f"a blue circle {i}", seed=10 + i, num_inference_steps=2 + i % 3,
+                     guidance_scale=[1.0, 4.0][i % 2]) for i in range(5)]
+        handles = [pipe.submit(**r, output_format="raw") for r in reqs]
+        for r, h in zip(reqs, handles):
+            got = h.result(120).outputs["image"]["data"].numpy()
+            ref = diffusers_reference("sd3", r["prompt"], r["seed"], num_inference_steps=r["num_inference_steps"],
+                                      guidance_scale=r["guidance_scale"], height=32, width=32)
+            assert np.abs(got - ref).max() < TOL
+        with pytest.raises(RequestRejected, match="multiple of 4"):
+            pipe.submit(prompt="x", width=30)  # refused before the text stage sees it
+
+
+def test_video_stage_mp4_and_raw_equal_diffusers(diffusers_reference):
+    with Pipeline.from_yaml(ROOT / "examples" / "text_to_video.yaml") as pipe:
+        mp4 = pipe.submit(prompt="a dog running", seed=4, num_inference_steps=3)
+        raw = pipe.submit(prompt="a dog running", seed=4, num_inference_steps=3, output_format="raw")
+        video = mp4.result(120).outputs["video"]
+        assert (video["format"], video["frames"], video["fps"]) == ("mp4", 9, 8)
+        with av.open(io.BytesIO(video["data"])) as container:
+            assert len(list(container.decode(video=0))) == 9
+        got = raw.result(120).outputs["video"]["data"].numpy()
+        ref = diffusers_reference("wan", "a dog running", 4, height=32, width=32, num_frames=9,
+                                  num_inference_steps=3, guidance_scale=5.0)
+        assert np.abs(got - ref).max() < TOL
