@@ -88,3 +88,13 @@ def test_placement_shares_cores_and_plan_pickles():
     assert len(plan.placement["tts"]) == 1
     again = pickle.loads(pickle.dumps(plan))
     assert again.route_for({"messages"}).stages == ("llm",)
+
+
+def test_used_outputs_name_what_a_stage_must_produce():
+    split = compile_file(ROOT / "examples" / "text_to_image_split.yaml")
+    assert split.stages["text"].used_outputs == {"embeds"}
+    assert split.stages["denoise"].used_outputs == {"latents", "progress"}
+    assert split.stages["decode"].used_outputs == {"image"}
+    fused = compile_file(ROOT / "examples" / "text_to_image.yaml")
+    assert fused.stages["generate"].used_outputs == {"image", "progress"}
+    assert fused.route_for(frozenset({"prompt"}), frozenset({"image"})).stages == ("generate",)
