@@ -10,6 +10,7 @@ from omnistage.errors import GraphConfigError, OmnistageError
 from omnistage.models.catalog import TINY_MODELS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the checkout's example graphs
+DEFAULT_GRAPH = Path(__file__).resolve().parent / "graphs" / "default.yaml"  # ships with the package
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--json", action="store_true", help="print one JSON object per request")
     serve = sub.add_parser("serve", help="serve a graph behind an OpenAI-compatible HTTP API")
-    serve.add_argument("graph", type=Path, nargs="?", default=EXAMPLES / "vl_chat_epd.yaml")
+    serve.add_argument("graph", type=Path, nargs="?", default=DEFAULT_GRAPH,
+                       help="graph file (default: the any-to-any graph on tiny models)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1 routes")

@@ -16,8 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from omnistage.api import images, videos
 from omnistage.api.convert import chat_inputs, choices_count, sampling_params
 from omnistage.api.errors import ApiError, error_response, from_exception
+from omnistage.api.request import check_model, read_json
 from omnistage.api.metrics import Metrics
 from omnistage.errors import OmnistageError
 from omnistage.pipeline import Pipeline
@@ -39,12 +41,19 @@ def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MA
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/images/generations", images.generations, methods=["POST"]),
+        Route("/v1/videos", videos.create, methods=["POST"]),
+        Route("/v1/videos", videos.listing, methods=["GET"]),
+        Route("/v1/videos/{video_id}", videos.retrieve, methods=["GET"]),
+        Route("/v1/videos/{video_id}", videos.delete, methods=["DELETE"]),
+        Route("/v1/videos/{video_id}/content", videos.content, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ], lifespan=lifespan)
     app.state.api_key = api_key
     app.state.max_body = max_body
     app.state.metrics = Metrics()
+    app.state.videos = videos.VideoJobs()
     app.add_middleware(BaseHTTPMiddleware, dispatch=_guard)
     return app
 
@@ -58,35 +67,6 @@ async def _guard(request: Request, call_next: Any) -> Response:
         return await call_next(request)
     except (ApiError, OmnistageError) as exc:
         return from_exception(exc)
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    limit = request.app.state.max_body
-    if int(request.headers.get("content-length") or 0) > limit:
-        raise ApiError(413, f"request body is larger than {limit} bytes")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"request body is larger than {limit} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return data
-
-
-def _check_model(request: Request, body: dict[str, Any]) -> str:
-    name = request.app.state.pipeline.plan.name
-    model = body.get("model")
-    if model is None:
-        raise ApiError(400, "model is required", "model")
-    if model != name:
-        raise ApiError(404, f"the model {model!r} does not exist; this server serves {name!r}", "model",
-                       "model_not_found")
-    return name
 
 
 def _submit(request: Request, inputs: dict[str, Any], params: dict[str, Any], n: int,
@@ -110,7 +90,7 @@ async def completions(request: Request) -> Response:
 
 async def _generate(request: Request, chat: bool) -> Response:
     body = await read_json(request)
-    model = _check_model(request, body)
+    model = check_model(request, body)
     if chat:
         inputs = chat_inputs(body)
     else:

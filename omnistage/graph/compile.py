@@ -203,11 +203,19 @@ def _edge_live(edge: Edge, present: frozenset[str], live: set[str]) -> bool:
 
 def _route(stages: Mapping[str, StagePlan], order: tuple[str, ...], present: frozenset[str],
            live: set[str], wanted: frozenset[str]) -> Route:
-    produces = {}
+    candidates: dict[str, list[tuple[str, str]]] = {m: [] for m in wanted}
     for name in order:
         for port, modality in stages[name].response.items():
-            if modality in wanted and name in live and modality not in produces:
-                produces[modality] = (name, port)
+            if modality in wanted and name in live:
+                candidates[modality].append((name, port))
+    # A modality several stages produce (e.g. progress) comes from a stage the route visits
+    # anyway: modalities with fewer producers choose first, the rest prefer stages chosen.
+    produces: dict[str, tuple[str, str]] = {}
+    for modality in sorted(wanted, key=lambda m: (len(candidates[m]), m)):
+        chosen = {s for s, _ in produces.values()}
+        options = candidates[modality]
+        if options:
+            produces[modality] = next((c for c in options if c[0] in chosen), options[0])
     needed = {s for s, _ in produces.values()}
     for name in reversed(order):  # pull in every live producer a needed stage reads from
         if name in needed:

@@ -59,8 +59,10 @@ class RequestHandle:
     With ``loop`` set, events are delivered into that event loop for ``async for``.
     """
 
-    def __init__(self, rid: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, rid: str, loop: asyncio.AbstractEventLoop | None = None,
+                 params: dict[str, Any] | None = None) -> None:
         self.rid = rid
+        self.params = params or {}  # as admitted: with the values submit-time checks resolved
         self._loop = loop
         self._sync: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._async: asyncio.Queue[Event] | None = asyncio.Queue() if loop is not None else None

@@ -156,7 +156,7 @@ class Orchestrator:
         route = self.plan.route_for(frozenset(inputs), None if modalities is None else frozenset(modalities))
         params = resolve_params(self.plan, route, self.infos, params or {})
         rid = uuid.uuid4().hex
-        handle = RequestHandle(rid, loop)
+        handle = RequestHandle(rid, loop, params)
         target = probe_target(self.plan, route, inputs)
         with self._lock:
             chosen = {stage: [self._pick(stage)] for stage in route.stages}

@@ -45,3 +45,11 @@ def chat_server():
 def vl_server():
     with Server(ROOT / "examples" / "vl_chat.yaml") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def default_server():
+    """The packaged any-to-any graph (`omnistage serve` with no graph): chat, images, video."""
+    from omnistage.cli import DEFAULT_GRAPH
+    with Server(DEFAULT_GRAPH) as server:
+        yield server

@@ -1,0 +1,91 @@
+"""``POST /v1/images/generations`` in the shape of OpenAI's images API.
+
+Extensions beyond OpenAI's fields: ``negative_prompt``, ``num_inference_steps``,
+``guidance_scale``, ``seed`` (image i of ``n`` uses ``seed + i``) and ``scheduler``.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from omnistage.api.errors import ApiError
+from omnistage.api.request import check_model, number, read_json
+from omnistage.errors import OmnistageError
+from omnistage.stages.handle import RequestHandle
+
+MAX_IMAGES = 10
+# Request fields passed to the diffusion stage as they are.
+EXTENSIONS = ("negative_prompt", "num_inference_steps", "guidance_scale", "seed", "scheduler")
+NUMERIC: dict[str, type] = {"num_inference_steps": int, "guidance_scale": float, "seed": int, "num_frames": int,
+                             "fps": int}
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+def parse_size(value: Any, param: str = "size") -> dict[str, int]:
+    """"WIDTHxHEIGHT" -> {"width", "height"}; "auto" or absent -> the model's default."""
+    if value is None or value == "auto":
+        return {}
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ApiError(400, f"{param} must look like \"512x512\" (width x height), got {value!r}", param)
+    return {"width": int(match.group(1)), "height": int(match.group(2))}
+
+
+def generation_params(body: dict[str, Any]) -> dict[str, Any]:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "prompt must be a non-empty string", "prompt")
+    params: dict[str, Any] = {k: body[k] for k in EXTENSIONS if body.get(k) is not None}
+    for key, kind in NUMERIC.items():  # form fields arrive as strings
+        if key in params:
+            params[key] = number(body, key, kind)
+    params.update(parse_size(body.get("size")))
+    return params
+
+
+def _count(body: dict[str, Any]) -> int:
+    n = body.get("n", 1)
+    n = 1 if n is None else n
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_IMAGES:
+        raise ApiError(400, f"n must be an integer between 1 and {MAX_IMAGES}", "n")
+    return n
+
+
+async def abort_on_failure(request: Request, handles: list[RequestHandle]) -> list[Any]:
+    try:
+        return await asyncio.gather(*(h.aresult() for h in handles))
+    except (OmnistageError, asyncio.CancelledError):
+        for h in handles:
+            request.app.state.pipeline.orchestrator.abort(h.rid)
+        raise
+
+
+async def generations(request: Request) -> Response:
+    body = await read_json(request)
+    check_model(request, body, required=False)
+    params = generation_params(body)
+    if body.get("response_format") not in (None, "b64_json"):
+        raise ApiError(400, "response_format must be b64_json (this server does not host image URLs)",
+                       "response_format")
+    fmt = body.get("output_format") or "png"
+    if fmt not in ("png", "jpeg", "webp"):
+        raise ApiError(400, f"output_format must be png, jpeg or webp, got {fmt!r}", "output_format")
+    pipe, loop = request.app.state.pipeline, asyncio.get_running_loop()
+    handles = []
+    for i in range(_count(body)):
+        seeded = dict(params, seed=params["seed"] + i) if "seed" in params else params
+        handles.append(pipe.submit(prompt=body["prompt"], modalities=["image"], loop=loop, output_format=fmt,
+                                   **seeded))
+    results = await abort_on_failure(request, handles)
+    images = [r.outputs["image"] for r in results]
+    request.app.state.metrics.requests.labels("images", "200").inc()
+    return JSONResponse({
+        "created": int(time.time()), "output_format": fmt, "size": f"{images[0]['width']}x{images[0]['height']}",
+        "data": [{"b64_json": base64.b64encode(im["data"]).decode(), "revised_prompt": None} for im in images],
+    })

@@ -1,0 +1,67 @@
+"""Reading a request: the JSON body (with a size limit) and the model it names."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from omnistage.api.errors import ApiError
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    limit = request.app.state.max_body
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is larger than {limit} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """JSON, or multipart/form-data (the openai client uploads videos and audio as forms):
+    fields as strings, files as ``UploadFile``."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await read_json(request)
+    limit = request.app.state.max_body
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
+    try:
+        form = await request.form(max_part_size=limit)
+    except MultiPartException as exc:
+        raise ApiError(400, f"malformed multipart body: {exc}") from None
+    return dict(form.items())
+
+
+def number(body: dict[str, Any], key: str, kind: type = int) -> Any:
+    """A numeric field that may arrive as a form string; absent stays None."""
+    value = body.get(key)
+    if not isinstance(value, str):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise ApiError(400, f"{key} must be a number, got {value!r}", key) from None
+
+
+def check_model(request: Request, body: dict[str, Any], required: bool = True) -> str:
+    name = request.app.state.pipeline.plan.name
+    model = body.get("model")
+    if model is None:
+        if not required:
+            return name
+        raise ApiError(400, "model is required", "model")
+    if model != name:
+        raise ApiError(404, f"the model {model!r} does not exist; this server serves {name!r}", "model",
+                       "model_not_found")
+    return name
