@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1 routes")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser("demo", help="run the default graph on the tiny models with a few sample requests")
-    demo.add_argument("--graph", type=Path, default=EXAMPLES / "vl_chat_epd.yaml")
+    demo.add_argument("--graph", type=Path, default=DEFAULT_GRAPH)
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="where the client saves what it gets")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -89,40 +91,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     from omnistage.api.app import create_app
     from omnistage.graph.compile import compile_file
-    compile_file(args.graph)  # fail fast, with the graph's errors, before starting anything
-    uvicorn.run(create_app(args.graph, api_key=args.api_key), host=args.host, port=args.port, log_level="info")
+    from omnistage.demo import prepare_models
+    prepare_models(compile_file(args.graph))  # fail fast on a bad graph; build tiny models visibly
+    uvicorn.run(create_app(args.graph, api_key=args.api_key), host=args.host, port=args.port,
+                log_level=args.log_level)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Image+text chat through encode -> prefill -> decode workers on the tiny Qwen2-VL."""
-    from omnistage.pipeline import Pipeline
-    image = _demo_image()
-    ask = [("What is in this picture?", [image]), ("What is in this picture?", [image]),
-           ("Tell me a story about a cat who learned to sing.", [])]
-    print(f"omnistage demo: {args.graph.name} on generated tiny models "
-          "(random weights, so the text is noise; the plumbing is real)")
-    with Pipeline.from_yaml(args.graph) as pipe:
-        for question, images in ask:
-            content = [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]
-            result = pipe.generate(messages=[{"role": "user", "content": content}], images=images or None,
-                                   max_tokens=24, temperature=0)
-            cached = max((m.get("cached_tokens", 0) for m in result.meta.values()), default=0)
-            print(f"> {question} [{len(images)} image(s)]\n{result.text!r}\n"
-                  f"  stages: {' -> '.join(result.meta)}; {result.usage['completion_tokens']} tokens, "
-                  f"{cached} prompt tokens from the prefix cache")
-    return 0
-
-
-def _demo_image() -> bytes:
-    import io
-
-    from PIL import Image
-    image = Image.new("RGB", (112, 84))
-    image.putdata([(x * 2, y * 3, 128) for y in range(84) for x in range(112)])
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+    """Serve the default graph and drive it with examples/client.py (chat, image, video)."""
+    from omnistage.demo import run_demo
+    return run_demo(args.graph, EXAMPLES / "client.py", args.out)
 
 
 def _jsonable(outputs: dict) -> dict:

@@ -1,12 +1,16 @@
 from omnistage.cli import main
 
 
-def test_demo_serves_image_chat_and_reuses_the_cache(capsys):
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    assert "stages: vision -> prefill -> decode" in out  # first sight of the image: encoded
-    assert "stages: prefill -> decode; 24 tokens, 32 prompt tokens from the prefix cache" in out  # repeat
-    assert sum(line.startswith("> ") for line in out.splitlines()) == 3
+def test_demo_serves_the_default_graph_and_the_client_saves_its_results(capfd, tmp_path):
+    import av
+    from PIL import Image
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capfd.readouterr().out  # the server and the client are child processes
+    assert "server ready" in out and "server stopped" in out
+    assert "chat: 24 tokens streamed" in out and "images: 2 x 32x32" in out and "video: 32x32" in out
+    assert Image.open(tmp_path / "image-0.png").size == (32, 32)
+    with av.open(str(tmp_path / "video.mp4")) as container:
+        assert len(list(container.decode(video=0))) == 9
 
 
 def test_run_prints_one_json_line_per_prompt(capsys):

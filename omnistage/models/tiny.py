@@ -29,6 +29,10 @@ def cache_root() -> Path:
     return Path(base) / "tiny-models" / f"v{GENERATOR_VERSION}"
 
 
+def is_built(name: str, root: Path | None = None) -> bool:
+    return ((Path(root) if root is not None else cache_root()) / name / ".complete").exists()
+
+
 def ensure_tiny(name: str, root: Path | None = None) -> Path:
     """Directory of tiny model ``name``, building it once (safe across concurrent processes)."""
     if name not in TINY_MODELS:

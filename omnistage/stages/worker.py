@@ -69,12 +69,22 @@ def build_engine(spec: WorkerSpec) -> StageEngine:
     return getattr(importlib.import_module(module), attr)(stage, spec.device)
 
 
+def quiet_loading() -> None:
+    """No per-worker "Loading weights" progress bars: N workers would interleave them on one
+    terminal. Load errors still surface (StartFailed carries the traceback)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a replica (process target or thread target)."""
     if not spec.in_process:
         # The parent owns shutdown: Ctrl-C reaches the whole process group, but only the parent
         # should act on it (it sends Shutdown to every worker).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        quiet_loading()
         if spec.device == "cpu":
             import torch
             torch.set_num_threads(spec.threads)

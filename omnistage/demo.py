@@ -1,0 +1,84 @@
+"""``omnistage demo``: serve the default graph, drive it with ``examples/client.py``, stop.
+
+The server is a real ``omnistage serve`` process on a free loopback port; the client is the
+example script using the official ``openai`` package. Tiny models are built first, with a
+progress line per model, so the first run on a fresh machine shows what it is waiting for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from omnistage.graph.compile import compile_file
+from omnistage.graph.plan import GraphPlan
+from omnistage.models.loading import TINY_PREFIX
+
+
+def prepare_models(plan: GraphPlan) -> None:
+    """Build the graph's tiny checkpoints that are not cached yet, reporting each."""
+    from omnistage.models.tiny import cache_root, ensure_tiny, is_built
+    names = sorted({m.path[len(TINY_PREFIX):] for m in plan.config.models.values() if m.path.startswith(TINY_PREFIX)})
+    missing = [n for n in names if not is_built(n)]
+    if not missing:
+        return
+    print(f"building {len(missing)} tiny model(s) into {cache_root()} (once)", flush=True)
+    for i, name in enumerate(missing, 1):
+        started = time.perf_counter()
+        print(f"  [{i}/{len(missing)}] {name} ...", end="", flush=True)
+        ensure_tiny(name)
+        print(f" done in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with status {server.returncode} during start-up")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if json.load(response).get("status") == "ok":
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the server did not become healthy within {timeout:.0f} s")
+
+
+def run_demo(graph: Path, client: Path, out: Path, timeout: float = 600) -> int:
+    if not client.exists():
+        raise FileNotFoundError(f"{client} not found: the demo runs from a checkout of the repository")
+    prepare_models(compile_file(graph))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    print(f"starting omnistage serve {graph.name} on {url}", flush=True)
+    env = dict(os.environ)
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the demo's terminal to what it does
+    server = subprocess.Popen([sys.executable, "-m", "omnistage.cli", "serve", str(graph), "--port", str(port),
+                               "--log-level", "warning"], env=env)
+    try:
+        _wait_healthy(url, server, timeout)
+        print(f"server ready; running {client.name}\n", flush=True)
+        return subprocess.run([sys.executable, str(client), "--base-url", f"{url}/v1", "--out", str(out)],
+                              check=False).returncode
+    finally:
+        server.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown stops every worker
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        print("server stopped", flush=True)
