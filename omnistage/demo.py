@@ -61,6 +61,9 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
 def run_demo(graph: Path, client: Path, out: Path, timeout: float = 600) -> int:
     if not client.exists():
         raise FileNotFoundError(f"{client} not found: the demo runs from a checkout of the repository")
+    import importlib.util
+    if importlib.util.find_spec("openai") is None:
+        raise ModuleNotFoundError("the demo's client uses the openai package: pip install openai")
     prepare_models(compile_file(graph))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
