@@ -3,8 +3,8 @@
     omnistage serve &                      # the any-to-any graph on tiny models
     python examples/client.py --base-url http://127.0.0.1:8000/v1 --out demo-output
 
-Asks an image+text chat question (streamed), generates an image and a short video, and saves
-what comes back under ``--out``. Steps the server's graph cannot serve are reported and skipped.
+Asks an image+text chat question (streamed), generates images, speech (streamed) and a short
+video, transcribes the speech back, and saves what comes back under ``--out``. Steps the server's graph cannot serve are reported and skipped.
 """
 from __future__ import annotations
 
@@ -60,6 +60,19 @@ def image(client: openai.OpenAI, model: str, out: Path) -> str:
     return f"images: {len(paths)} x {result.size} -> {', '.join(paths)}"
 
 
+def speech(client: openai.OpenAI, model: str, out: Path) -> str:
+    path, started, first, size = out / "speech.wav", time.perf_counter(), None, 0
+    with client.audio.speech.with_streaming_response.create(
+            model=model, voice="nova", response_format="wav", input="Hello from omnistage, a graph of stages.") as r:
+        with open(path, "wb") as f:
+            for piece in r.iter_bytes():
+                first = first or time.perf_counter()
+                size += f.write(piece)
+    heard = client.audio.transcriptions.create(model=model, file=path)
+    return (f"speech: {size} bytes, first after {((first or started) - started) * 1000:.0f} ms -> {path}; "
+            f"transcribed back as {heard.text[:40]!r}")
+
+
 def video(client: openai.OpenAI, model: str, out: Path) -> str:
     # The openai package marks its videos API (the shape this server speaks) as deprecated.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -85,7 +98,7 @@ def main() -> None:
     print(f"server model: {model}")
     done = []
     for step in (lambda: chat(client, model), lambda: image(client, model, args.out),
-                 lambda: video(client, model, args.out)):
+                 lambda: speech(client, model, args.out), lambda: video(client, model, args.out)):
         try:
             done.append(step())
         except openai.BadRequestError as exc:  # e.g. a graph without that output

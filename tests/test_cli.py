@@ -8,7 +8,9 @@ def test_demo_serves_the_default_graph_and_the_client_saves_its_results(capfd, t
     out = capfd.readouterr().out  # the server and the client are child processes
     assert "server ready" in out and "server stopped" in out
     assert "chat: 24 tokens streamed" in out and "images: 2 x 32x32" in out and "video: 32x32" in out
+    assert "speech: " in out and "transcribed back as" in out
     assert Image.open(tmp_path / "image-0.png").size == (32, 32)
+    assert (tmp_path / "speech.wav").read_bytes()[:4] == b"RIFF"
     with av.open(str(tmp_path / "video.mp4")) as container:
         assert len(list(container.decode(video=0))) == 9
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from omnistage.api import images, videos
+from omnistage.api import audio, images, videos
 from omnistage.api.convert import chat_inputs, choices_count, sampling_params
 from omnistage.api.errors import ApiError, error_response, from_exception
 from omnistage.api.request import check_model, read_json
@@ -42,6 +42,8 @@ def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MA
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/images/generations", images.generations, methods=["POST"]),
+        Route("/v1/audio/speech", audio.speech, methods=["POST"]),
+        Route("/v1/audio/transcriptions", audio.transcriptions, methods=["POST"]),
         Route("/v1/videos", videos.create, methods=["POST"]),
         Route("/v1/videos", videos.listing, methods=["GET"]),
         Route("/v1/videos/{video_id}", videos.retrieve, methods=["GET"]),

@@ -29,9 +29,10 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 async def read_body(request: Request) -> dict[str, Any]:
-    """JSON, or multipart/form-data (the openai client uploads videos and audio as forms):
+    """JSON, or a form (the openai client uploads videos and audio as multipart forms):
     fields as strings, files as ``UploadFile``."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    kind = request.headers.get("content-type", "")
+    if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         return await read_json(request)
     limit = request.app.state.max_body
     if int(request.headers.get("content-length") or 0) > limit:

@@ -83,6 +83,7 @@ class Failed(msgspec.Struct, array_like=True):
     replica: int
     error: str
     status: int = 500
+    param: str | None = None  # the request parameter at fault, for a 4xx
 
 
 class Abort(msgspec.Struct, array_like=True):

@@ -126,6 +126,46 @@ class DiffusionOptions:
 
 
 @dataclass(frozen=True)
+class TtsOptions:
+    """Text to speech. ``vocoder``/``voices`` default to ``vocoder/`` and ``voices.safetensors`` in
+    the model directory; ``chunk_frames`` spectrogram frames are vocoded per streamed chunk with
+    ``context_frames`` on each side; ``maxlenratio`` caps frames per input token."""
+
+    vocoder: str | None = None
+    voices: str | None = None
+    default_voice: str = "alloy"
+    chunk_frames: int = 32
+    context_frames: int = 16
+    maxlenratio: float = 20.0
+    threshold: float = 0.5
+    max_input_chars: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_frames", "maxlenratio", "max_input_chars"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.context_frames < 0:
+            raise ValueError("context_frames must be >= 0")
+        if not 0 < self.threshold < 1:
+            raise ValueError("threshold must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Speech to text; ``max_tokens`` (per model window) is the per-request default. Audio longer
+    than the model's window is transcribed window by window."""
+
+    max_tokens: int = 128
+    max_audio_bytes: int = 25 << 20
+    max_audio_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "max_audio_bytes", "max_audio_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+
+@dataclass(frozen=True)
 class PythonOptions:
     """``function`` is "module:callable"; ``outputs`` declares the ports it returns and their types."""
 
@@ -231,6 +271,25 @@ register_kind(KindSpec(
     outputs=(PortSpec("image", "image"), PortSpec("video", "video")),
     needs_model=True,
     description="a diffusion pipeline's VAE decoder, batched (sliced or tiled for large outputs)",
+))
+register_kind(KindSpec(
+    name="tts",
+    engine="omnistage.stages.kinds.speech:build_tts",
+    options=TtsOptions,
+    inputs=(PortSpec("text", "text", required=True),),
+    outputs=(PortSpec("audio", "audio", streaming=True),),
+    needs_model=True,
+    check_params="omnistage.speech.params:check_speech",
+    description="text to speech (SpeechT5 + HiFi-GAN), batched, audio streamed in vocoder chunks",
+))
+register_kind(KindSpec(
+    name="transcribe",
+    engine="omnistage.stages.kinds.speech:build_transcribe",
+    options=TranscribeOptions,
+    inputs=(PortSpec("audio", "audio", required=True),),
+    outputs=(PortSpec("text", "text"),),
+    needs_model=True,
+    description="speech to text with an encoder-decoder (Whisper), batched greedy decoding",
 ))
 register_kind(KindSpec(
     name="python",

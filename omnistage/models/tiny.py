@@ -17,6 +17,7 @@ import torch
 
 from omnistage.models.catalog import TINY_MODELS
 from omnistage.models.tiny_diffusion import build_sd, build_sd3, build_wan
+from omnistage.models.tiny_speech import build_speecht5
 from omnistage.models.tokenizer import build_tokenizer
 
 # Bump when any builder changes, so cached checkpoints are rebuilt.
@@ -137,5 +138,6 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sd": build_sd,
     "sd3": build_sd3,
     "wan": build_wan,
+    "speecht5": build_speecht5,
 }
 assert set(BUILDERS) == set(TINY_MODELS), "catalog and builders disagree"

@@ -272,7 +272,7 @@ class Orchestrator:
         elif isinstance(msg, Done):
             self._on_done(msg)
         elif isinstance(msg, Failed):
-            self._fail(msg.rid, _error(msg.error, msg.status, msg.stage))
+            self._fail(msg.rid, _error(msg.error, msg.status, msg.stage, msg.param))
         elif isinstance(msg, ProbeResult):
             self._on_probe(msg)
         elif isinstance(msg, Stats):
@@ -315,5 +315,5 @@ class Orchestrator:
                                            f"while serving the request", stage=replica.stage))
 
 
-def _error(message: str, status: int, stage: str) -> RequestFailed | RequestRejected:
-    return RequestRejected(message, status=status) if 0 < status < 500 else RequestFailed(message, stage=stage)
+def _error(message: str, status: int, stage: str, param: str | None = None) -> RequestFailed | RequestRejected:
+    return RequestRejected(message, param, status) if 0 < status < 500 else RequestFailed(message, stage=stage)

@@ -205,7 +205,7 @@ class StageWorker:
         try:
             self.engine.add(StageRequest(rid, self.requests.take(rid), self.requests.admitted[rid].params))
         except RequestRejected as exc:
-            self._fail(rid, str(exc), exc.status)
+            self._fail(rid, str(exc), exc.status, exc.param)
         except REQUEST_INPUT_ERRORS as exc:  # what malformed input raises in tokenizers and processors
             self._fail(rid, f"stage {self.spec.stage!r} could not take the request: {type(exc).__name__}: {exc}")
 
@@ -252,10 +252,10 @@ class StageWorker:
         self._out.put((admit.sink, Done(admit.rid, self.spec.stage, self.spec.replica, out.meta)))
         self._forget(admit.rid)
 
-    def _fail(self, rid: str, error: str, status: int = 500) -> None:
+    def _fail(self, rid: str, error: str, status: int = 500, param: str | None = None) -> None:
         admit = self.requests.admitted.get(rid)
         if admit is not None:
-            self._out.put((admit.sink, Failed(rid, self.spec.stage, self.spec.replica, error, status)))
+            self._out.put((admit.sink, Failed(rid, self.spec.stage, self.spec.replica, error, status, param)))
         self.engine.abort(rid)
         self._forget(rid)
 

@@ -1,0 +1,157 @@
+"""``POST /v1/audio/speech`` (streamed bytes) and ``POST /v1/audio/transcriptions`` (upload).
+
+Speech formats: ``wav`` (16-bit PCM at the model's rate, a streaming header whose sizes say
+"unknown"), ``pcm`` (raw 16-bit little-endian at 24 kHz, as OpenAI's pcm), ``flac`` (whole file
+at the end). Audio leaves as the TTS stage's vocoder produces it.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import torch
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from omnistage.api.errors import ApiError, from_exception
+from omnistage.api.request import check_model, number, read_body
+from omnistage.errors import OmnistageError
+from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent
+
+PCM_RATE = 24000
+MEDIA = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
+
+
+def pcm16(samples: torch.Tensor) -> bytes:
+    return (samples.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
+
+
+def wav_header(rate: int) -> bytes:
+    """A WAV header for a stream of unknown length (sizes 0xFFFFFFFF, as streaming servers do)."""
+    unknown = 0xFFFFFFFF
+    return (b"RIFF" + struct.pack("<I", unknown) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+            + b"data" + struct.pack("<I", unknown))
+
+
+class Resampler:
+    """Streamed resampling to 24 kHz: resample what has arrived, send all but a short tail that
+    the next chunk's samples still influence."""
+
+    HOLD = 64
+
+    def __init__(self, rate: int, target: int = PCM_RATE) -> None:
+        self.rate, self.target = rate, target
+        self.buffer = torch.zeros(0)
+        self.sent = 0
+
+    def feed(self, samples: torch.Tensor, last: bool = False) -> torch.Tensor:
+        import torchaudio.functional as AF
+        self.buffer = torch.cat([self.buffer, samples])
+        out = self.buffer if self.rate == self.target else AF.resample(self.buffer, self.rate, self.target)
+        end = len(out) if last else max(self.sent, len(out) - self.HOLD)
+        piece, self.sent = out[self.sent:end], end
+        return piece
+
+
+def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    text = body.get("input")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "input must be a non-empty string", "input")
+    fmt = body.get("response_format") or "wav"
+    if fmt not in MEDIA:
+        raise ApiError(400, f"response_format must be one of {', '.join(MEDIA)}, got {fmt!r}", "response_format")
+    params = {k: body[k] for k in ("voice", "speed") if body.get(k) is not None}
+    if "speed" in params:
+        params["speed"] = number(body, "speed", float)
+    return text, params, fmt
+
+
+def _sample_rate(request: Request) -> int:
+    pipe = request.app.state.pipeline
+    rates = [info["sample_rate"] for info in pipe.orchestrator.infos.values() if "sample_rate" in info]
+    return rates[0] if rates else PCM_RATE
+
+
+async def speech(request: Request) -> Response:
+    body = await read_body(request)
+    check_model(request, body, required=False)
+    text, params, fmt = _speech_request(request, body)
+    handle = request.app.state.pipeline.submit(prompt=text, modalities=["audio"], loop=asyncio.get_running_loop(),
+                                               **params)
+    events = handle.aevents()
+    first = await anext(events)
+    if isinstance(first, ErrorEvent):  # nothing sent yet: a proper error status
+        return from_exception(first.error)
+    rate = _sample_rate(request)
+
+    async def body_bytes() -> AsyncIterator[bytes]:
+        resampler, collected, finished = Resampler(rate), [], False
+        try:
+            if fmt == "wav":
+                yield wav_header(rate)
+            event: Any = first
+            while True:
+                last = isinstance(event, DoneEvent)
+                if isinstance(event, ChunkEvent) or last:
+                    samples = event.value if isinstance(event, ChunkEvent) else torch.zeros(0)
+                    if fmt == "wav":
+                        yield pcm16(samples)
+                    elif fmt == "pcm":
+                        yield pcm16(resampler.feed(samples, last))
+                    else:
+                        collected.append(samples)
+                if last or isinstance(event, ErrorEvent):
+                    finished = True
+                    break
+                event = await anext(events)
+            if fmt == "flac":
+                yield _flac(torch.cat(collected), rate)
+        finally:  # a client that goes away stops the request in every stage
+            if not finished:
+                request.app.state.pipeline.orchestrator.abort(handle.rid)
+
+    request.app.state.metrics.requests.labels("speech", "200").inc()
+    return StreamingResponse(body_bytes(), media_type=MEDIA[fmt])
+
+
+def _flac(samples: torch.Tensor, rate: int) -> bytes:
+    import soundfile as sf
+    buf = io.BytesIO()
+    sf.write(buf, samples.numpy().astype(np.float32), rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+async def transcriptions(request: Request) -> Response:
+    body = await read_body(request)
+    check_model(request, body, required=False)
+    upload = body.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(400, "file is required (a multipart upload of the audio)", "file")
+    fmt = body.get("response_format") or "json"
+    if fmt not in ("json", "text", "verbose_json"):
+        raise ApiError(400, f"response_format must be json, text or verbose_json, got {fmt!r}", "response_format")
+    params: dict[str, Any] = {}
+    if body.get("max_tokens") is not None:
+        params["max_tokens"] = number(body, "max_tokens")
+    handle = request.app.state.pipeline.submit(audio=[await upload.read()], modalities=["text"],
+                                               loop=asyncio.get_running_loop(), **params)
+    try:
+        result = await handle.aresult()
+    except (OmnistageError, asyncio.CancelledError):
+        request.app.state.pipeline.orchestrator.abort(handle.rid)
+        raise
+    request.app.state.metrics.requests.labels("transcriptions", "200").inc()
+    text = result.text or ""
+    if fmt == "text":
+        return PlainTextResponse(text)
+    tokens = sum(m.get("completion_tokens", 0) for m in result.meta.values())
+    payload: dict[str, Any] = {"text": text}
+    if fmt == "verbose_json":
+        payload.update(task="transcribe", language=body.get("language") or "unknown", duration=None, segments=[])
+    payload["usage"] = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
+    return JSONResponse(payload)

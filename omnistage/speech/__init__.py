@@ -1,0 +1,1 @@
+"""Speech engines: text to speech (spectrogram + streamed vocoder) and speech to text."""

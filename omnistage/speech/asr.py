@@ -1,0 +1,62 @@
+"""Speech to text with an encoder-decoder (Whisper): waiting clips are transcribed together.
+
+A clip longer than the model's window is cut into windows, transcribed window by window and
+joined. Each step runs one batched ``generate`` (greedy) over the windows of up to ``max_batch``
+waiting clips. Whisper features have a fixed window, so windows batch without padding effects
+and each transcript equals what ``generate`` gives for that window alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Clip:
+    rid: str
+    windows: list[np.ndarray]  # mono float32 at the feature extractor's rate, one per window
+    max_tokens: int  # per window
+
+
+def split_windows(samples: np.ndarray, window: int) -> list[np.ndarray]:
+    return [samples[i:i + window] for i in range(0, max(1, len(samples)), window)]
+
+
+@dataclass
+class Transcript:
+    rid: str
+    text: str
+    tokens: int
+
+
+class TranscribeEngine:
+    def __init__(self, transcribe: Callable[[list[np.ndarray], int], list[list[int]]],
+                 decode: Callable[[list[int]], str], max_batch: int) -> None:
+        self._transcribe = transcribe  # clips, token budget -> generated ids per clip (up to eos)
+        self._decode = decode
+        self.max_batch = max_batch
+        self.waiting: list[Clip] = []
+
+    def add(self, clip: Clip) -> None:
+        self.waiting.append(clip)
+
+    def abort(self, rid: str) -> None:
+        self.waiting = [c for c in self.waiting if c.rid != rid]
+
+    def has_work(self) -> bool:
+        return bool(self.waiting)
+
+    def step(self) -> list[Transcript]:
+        batch, self.waiting = self.waiting[:self.max_batch], self.waiting[self.max_batch:]
+        # Greedy decoding: a clip's first k tokens do not depend on the budget, so one call with
+        # the largest budget serves every clip, each cut to its own.
+        rows = self._transcribe([w for c in batch for w in c.windows], max(c.max_tokens for c in batch))
+        out, at = [], 0
+        for clip in batch:
+            ids = [r[:clip.max_tokens] for r in rows[at:at + len(clip.windows)]]
+            at += len(clip.windows)
+            text = " ".join(t for t in (self._decode(i).strip() for i in ids) if t)
+            out.append(Transcript(clip.rid, text, sum(len(i) for i in ids)))
+        return out

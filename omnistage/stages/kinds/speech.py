@@ -1,0 +1,149 @@
+"""The speech kinds: ``tts`` (text in, audio streamed out) and ``transcribe`` (audio in, text out).
+
+``tts`` streams float32 mono chunks at the vocoder's rate (reported as ``sample_rate`` in the
+stage's Ready info); request parameters ``voice`` (a name from the voices file) and ``speed``
+(0.25-4.0). ``transcribe`` takes one clip (bytes, data URL or ``{"array", "sampling_rate"}``)
+and the parameter ``max_tokens``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnistage.encoders.media import MediaLimits, load_audio
+from omnistage.errors import RequestRejected
+from omnistage.graph.kinds import TranscribeOptions, TtsOptions
+from omnistage.graph.plan import StagePlan
+from omnistage.models.loading import checkpoint_dir, torch_dtype
+from omnistage.speech.asr import Clip, TranscribeEngine, split_windows
+from omnistage.speech.tts import SpeechJob, TtsEngine
+from omnistage.stages.engine import StageOutput, StageRequest
+
+
+class TtsStage:
+    def __init__(self, model: Any, tokenizer: Any, vocoder: Any, voices: dict[str, torch.Tensor],
+                 options: TtsOptions, max_batch: int) -> None:
+        self.model, self.tokenizer, self.vocoder, self.voices = model, tokenizer, vocoder, voices
+        self.options = options
+        if options.default_voice not in voices:
+            raise ValueError(f"default_voice {options.default_voice!r} is not among the voices: {', '.join(voices)}")
+        hop = math.prod(vocoder.config.upsample_rates)
+        self.sample_rate = vocoder.config.sampling_rate
+        self.engine = TtsEngine(self._generate, vocoder, hop, max_batch, options.chunk_frames, options.context_frames)
+
+    def info(self) -> dict[str, Any]:
+        return {"sample_rate": self.sample_rate, "voices": sorted(self.voices)}
+
+    def add(self, request: StageRequest) -> None:
+        text = request.inputs.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise RequestRejected("input must be a non-empty string", param="input")
+        if len(text) > self.options.max_input_chars:
+            raise RequestRejected(f"input must be at most {self.options.max_input_chars} characters", param="input")
+        ids = self.tokenizer(text)["input_ids"]
+        if len(ids) > self.model.config.max_text_positions:
+            raise RequestRejected(f"input is {len(ids)} tokens; this voice model reads at most "
+                                  f"{self.model.config.max_text_positions}", param="input")
+        voice = request.params.get("voice") or self.options.default_voice
+        if voice not in self.voices:
+            raise RequestRejected(f"unknown voice {voice!r}; available: {', '.join(sorted(self.voices))}", param="voice")
+        speed = request.params.get("speed", 1.0)
+        speed = 1.0 if speed is None else speed
+        if not isinstance(speed, (int, float)) or isinstance(speed, bool) or not 0.25 <= speed <= 4.0:
+            raise RequestRejected("speed must be a number between 0.25 and 4.0", param="speed")
+        self.engine.add(SpeechJob(request.rid, ids, self.voices[voice], float(speed)))
+
+    def _generate(self, jobs: list[SpeechJob]) -> list[torch.Tensor]:
+        ids = torch.tensor([j.ids for j in jobs], device=self.model.device)
+        voices = torch.stack([j.voice for j in jobs]).to(self.model.device, self.model.dtype)
+        with torch.inference_mode():
+            frames, lengths = self.model.generate(ids, attention_mask=torch.ones_like(ids), speaker_embeddings=voices,
+                                                  threshold=self.options.threshold,
+                                                  maxlenratio=self.options.maxlenratio, return_output_lengths=True)
+        return [f[:n] for f, n in zip(frames, lengths)]
+
+    def step(self) -> list[StageOutput]:
+        return [StageOutput(c.rid, ports={"audio": c.samples}, finished=c.last,
+                            meta={"sample_rate": self.sample_rate} if c.last else {})
+                for c in self.engine.step()]
+
+    def abort(self, rid: str) -> None:
+        self.engine.abort(rid)
+
+    def has_work(self) -> bool:
+        return self.engine.has_work()
+
+    def stats(self) -> dict[str, float]:
+        return {"waiting": float(len(self.engine.waiting)), "running": float(len(self.engine.speaking))}
+
+
+class TranscribeStage:
+    def __init__(self, model: Any, features: Any, tokenizer: Any, options: TranscribeOptions, max_batch: int) -> None:
+        self.model, self.features, self.tokenizer, self.options = model, features, tokenizer, options
+        self.limits = MediaLimits(max_bytes=options.max_audio_bytes, max_audio_seconds=options.max_audio_seconds)
+        self.window = features.chunk_length * features.sampling_rate
+        self.engine = TranscribeEngine(self._transcribe, self._decode, max_batch)
+
+    def add(self, request: StageRequest) -> None:
+        clip = request.inputs.get("audio")
+        clip = clip[0] if isinstance(clip, list) and len(clip) == 1 else clip
+        if isinstance(clip, list):
+            raise RequestRejected("transcription takes one audio clip", param="audio")
+        samples = load_audio(clip, self.features.sampling_rate, self.limits, param="file")
+        max_tokens = request.params.get("max_tokens") or self.options.max_tokens
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise RequestRejected("max_tokens must be an integer >= 1", param="max_tokens")
+        self.engine.add(Clip(request.rid, split_windows(samples, self.window), max_tokens))
+
+    def _transcribe(self, clips: list[np.ndarray], budget: int) -> list[list[int]]:
+        feats = self.features(clips, sampling_rate=self.features.sampling_rate, return_tensors="pt").input_features
+        with torch.inference_mode():
+            out = self.model.generate(feats.to(self.model.device, self.model.dtype), max_new_tokens=budget)
+        eos = self.model.generation_config.eos_token_id
+        result = []
+        for row in out.tolist():
+            row = row[1:] if row and row[0] == self.model.generation_config.decoder_start_token_id else row
+            result.append(row[:row.index(eos)] if eos in row else row)
+        return result
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def step(self) -> list[StageOutput]:
+        return [StageOutput(t.rid, ports={"text": t.text}, finished=True, meta={"completion_tokens": t.tokens})
+                for t in self.engine.step()]
+
+    def abort(self, rid: str) -> None:
+        self.engine.abort(rid)
+
+    def has_work(self) -> bool:
+        return self.engine.has_work()
+
+    def stats(self) -> dict[str, float]:
+        return {"waiting": float(len(self.engine.waiting))}
+
+
+def build_tts(stage: StagePlan, device: str) -> TtsStage:
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, SpeechT5ForTextToSpeech, SpeechT5HifiGan
+    assert stage.model_path is not None
+    path, options = checkpoint_dir(stage.model_path), stage.options
+    dtype = torch_dtype(stage.model_dtype, device)
+    model = SpeechT5ForTextToSpeech.from_pretrained(path, dtype=dtype).to(device).eval()
+    vocoder = SpeechT5HifiGan.from_pretrained(options.vocoder or os.path.join(path, "vocoder"), dtype=dtype)
+    voices = load_file(options.voices or os.path.join(path, "voices.safetensors"))
+    return TtsStage(model, AutoTokenizer.from_pretrained(path), vocoder.to(device).eval(), voices, options,
+                    stage.config.batching.max_batch)
+
+
+def build_transcribe(stage: StagePlan, device: str) -> TranscribeStage:
+    from transformers import AutoFeatureExtractor, AutoTokenizer, WhisperForConditionalGeneration
+    assert stage.model_path is not None
+    path = checkpoint_dir(stage.model_path)
+    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(stage.model_dtype, device))
+    return TranscribeStage(model.to(device).eval(), AutoFeatureExtractor.from_pretrained(path),
+                           AutoTokenizer.from_pretrained(path), stage.options, stage.config.batching.max_batch)

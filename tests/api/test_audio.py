@@ -1,0 +1,105 @@
+"""/v1/audio/speech and /v1/audio/transcriptions with the official openai client and httpx."""
+import io
+import struct
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, SpeechT5ForTextToSpeech, SpeechT5HifiGan
+
+from omnistage.models.tiny import ensure_tiny
+
+MODEL = "omnistage-tiny"
+
+
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def speech_reference():
+    path = ensure_tiny("speecht5")
+    model, tok = SpeechT5ForTextToSpeech.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    vocoder, voices = SpeechT5HifiGan.from_pretrained(path / "vocoder").eval(), load_file(str(path / "voices.safetensors"))
+
+    def run(text, voice):
+        with torch.inference_mode():
+            return model.generate(torch.tensor([tok(text)["input_ids"]]), speaker_embeddings=voices[voice][None],
+                                  vocoder=vocoder).numpy()
+    return run
+
+
+def test_speech_wav_equals_speecht5(default_server, speech_reference):
+    audio = client(default_server).audio.speech.create(model=MODEL, input="hello there how are you", voice="nova",
+                                                       response_format="wav")
+    data = audio.content
+    assert data[:4] == b"RIFF" and struct.unpack("<I", data[24:28])[0] == 16000
+    got = np.frombuffer(data[44:], dtype=np.int16).astype(np.float32) / 32767
+    ref = speech_reference("hello there how are you", "nova")
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 2e-4  # 16-bit rounding
+
+
+def test_speech_streams_in_chunks(default_server):
+    c = client(default_server)
+    sizes = []
+    with c.audio.speech.with_streaming_response.create(model=MODEL, input="the quick brown fox jumps over the dog",
+                                                       voice="alloy", response_format="pcm") as response:
+        assert response.headers["content-type"] == "audio/pcm"
+        for piece in response.iter_bytes():
+            sizes.append(len(piece))
+    total = sum(sizes)
+    assert total % 2 == 0 and total > 24000  # > 0.5 s of 16-bit samples at 24 kHz
+    assert len([s for s in sizes if s]) > 2  # arrived as the vocoder produced it
+
+
+def test_speech_flac_and_speed(default_server):
+    c = client(default_server)
+    normal = sf.read(io.BytesIO(c.audio.speech.create(model=MODEL, input="a red cat", voice="echo",
+                                                      response_format="flac").content))
+    fast = sf.read(io.BytesIO(c.audio.speech.create(model=MODEL, input="a red cat", voice="echo",
+                                                    response_format="flac", speed=2.0).content))
+    assert normal[1] == fast[1] == 16000
+    assert abs(len(fast[0]) - len(normal[0]) / 2) <= 256  # one vocoder hop
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": "hi", "voice": "bob"}, "voice"), ({"input": "hi", "speed": 9}, "speed"),
+    ({"input": ""}, "input"), ({"input": "hi", "response_format": "mp3"}, "response_format"),
+])
+def test_bad_speech_requests(default_server, body, param):
+    r = httpx.post(f"{default_server.url}/v1/audio/speech", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_transcription_upload(default_server):
+    buf = io.BytesIO()
+    sf.write(buf, (np.sin(np.arange(16000) * 440 / 16000 * 2 * np.pi) * 0.3).astype(np.float32), 16000, format="WAV")
+    out = client(default_server).audio.transcriptions.create(model=MODEL, file=("tone.wav", buf.getvalue()))
+    assert isinstance(out.text, str) and out.text
+    plain = httpx.post(f"{default_server.url}/v1/audio/transcriptions", data={"response_format": "text"},
+                       files={"file": ("tone.wav", buf.getvalue(), "audio/wav")})
+    assert plain.status_code == 200 and plain.text == out.text
+
+
+def test_bad_transcriptions(default_server):
+    url = f"{default_server.url}/v1/audio/transcriptions"
+    missing = httpx.post(url, data={"model": MODEL})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+    garbage = httpx.post(url, files={"file": ("x.wav", b"not audio at all", "audio/wav")})
+    assert garbage.status_code == 400 and garbage.json()["error"]["param"] == "file"
+    long = io.BytesIO()
+    sf.write(long, np.zeros(16000 * 5, dtype=np.float32), 16000, format="WAV")
+    windows = httpx.post(url, files={"file": ("long.wav", long.getvalue(), "audio/wav")})
+    assert windows.status_code == 200 and windows.json()["usage"]["output_tokens"] == 3 * 32  # 3 windows of 2 s
+
+
+def test_chat_asking_for_audio_on_a_graph_without_spoken_replies(default_server):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(default_server).chat.completions.create(model=MODEL, modalities=["text", "audio"],
+                                                       audio={"voice": "alloy", "format": "wav"},
+                                                       messages=[{"role": "user", "content": "hi"}])
+    assert "cannot produce audio" in err.value.body["message"]

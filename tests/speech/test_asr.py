@@ -1,0 +1,48 @@
+"""Batched transcription equals Whisper's generate for each clip alone."""
+import numpy as np
+import torch
+from transformers import AutoFeatureExtractor, AutoTokenizer, WhisperForConditionalGeneration
+
+from omnistage.models.tiny import ensure_tiny
+from omnistage.speech.asr import Clip, TranscribeEngine, split_windows
+
+
+def test_batch_equals_one_at_a_time_and_budgets_are_per_clip():
+    path = ensure_tiny("whisper")
+    model = WhisperForConditionalGeneration.from_pretrained(path).eval()
+    features, tok = AutoFeatureExtractor.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+    def feats(clips):
+        return features(clips, sampling_rate=16000, return_tensors="pt").input_features
+
+    def transcribe(clips, budget):
+        with torch.inference_mode():
+            return model.generate(feats(clips), max_new_tokens=budget).tolist()
+
+    clips = [np.sin(np.arange(16000) * f / 16000 * 2 * np.pi).astype(np.float32) * 0.3 for f in (220, 440, 880)]
+    eng = TranscribeEngine(transcribe, lambda ids: tok.decode(ids, skip_special_tokens=True), max_batch=8)
+    for i, clip in enumerate(clips):
+        eng.add(Clip(f"c{i}", [clip], max_tokens=[12, 5, 12][i]))
+    out = {t.rid: t for t in eng.step()}
+    assert not eng.has_work()
+    for i, clip in enumerate(clips):
+        budget = [12, 5, 12][i]
+        with torch.inference_mode():
+            alone = model.generate(feats([clip]), max_new_tokens=budget)[0].tolist()
+        assert out[f"c{i}"].tokens == budget
+        assert out[f"c{i}"].text == tok.decode(alone[:budget], skip_special_tokens=True).strip()
+
+
+def test_long_audio_is_cut_into_windows():
+    samples = np.arange(10, dtype=np.float32)
+    assert [len(w) for w in split_windows(samples, 4)] == [4, 4, 2]
+    calls = []
+
+    def transcribe(rows, budget):
+        calls.append(len(rows))
+        return [[len(r)] * 3 for r in rows]
+    eng = TranscribeEngine(transcribe, lambda ids: f"w{ids[0]}", max_batch=4)
+    eng.add(Clip("long", split_windows(samples, 4), max_tokens=2))
+    eng.add(Clip("short", [samples[:3]], max_tokens=2))
+    out = {t.rid: t for t in eng.step()}
+    assert calls == [4] and out["long"].text == "w4 w4 w2" and out["long"].tokens == 6 and out["short"].text == "w3"
