@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1 routes")
+    serve.add_argument("--media-dir", default=None,
+                       help="let chat messages name local image/video files under this directory")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser("demo", help="run the default graph on the tiny models with a few sample requests")
     demo.add_argument("--graph", type=Path, default=DEFAULT_GRAPH)
@@ -93,7 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
     from omnistage.graph.compile import compile_file
     from omnistage.demo import prepare_models
     prepare_models(compile_file(args.graph))  # fail fast on a bad graph; build tiny models visibly
-    uvicorn.run(create_app(args.graph, api_key=args.api_key), host=args.host, port=args.port,
+    app = create_app(args.graph, api_key=args.api_key, media_dir=args.media_dir)
+    uvicorn.run(app, host=args.host, port=args.port,
                 log_level=args.log_level)
     return 0
 

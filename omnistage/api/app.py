@@ -28,7 +28,9 @@ from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHa
 MAX_BODY = 64 << 20
 
 
-def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MAX_BODY) -> Starlette:
+def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MAX_BODY,
+               media_dir: str | None = None) -> Starlette:
+    """``media_dir``: chat media may name local files under this directory (else data URLs only)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.pipeline = await asyncio.to_thread(Pipeline.from_yaml, graph)
@@ -54,6 +56,7 @@ def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MA
     ], lifespan=lifespan)
     app.state.api_key = api_key
     app.state.max_body = max_body
+    app.state.media_dir = media_dir
     app.state.metrics = Metrics()
     app.state.videos = videos.VideoJobs()
     app.add_middleware(BaseHTTPMiddleware, dispatch=_guard)
@@ -94,7 +97,7 @@ async def _generate(request: Request, chat: bool) -> Response:
     body = await read_json(request)
     model = check_model(request, body)
     if chat:
-        inputs = chat_inputs(body)
+        inputs = chat_inputs(body, request.app.state.media_dir)
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:

@@ -5,6 +5,7 @@ import base64
 from typing import Any
 
 from omnistage.api.errors import ApiError
+from omnistage.encoders.media import MediaLimits, read_source
 
 # OpenAI parameter -> engine parameter
 _PARAMS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
@@ -12,8 +13,11 @@ _PARAMS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop
            "ignore_eos": "ignore_eos"}
 
 
-def chat_inputs(body: dict[str, Any]) -> dict[str, Any]:
-    """Messages in the chat template's shape, with media pulled out into images/audio/video."""
+def chat_inputs(body: dict[str, Any], media_dir: str | None = None) -> dict[str, Any]:
+    """Messages in the chat template's shape, with media pulled out into images/audio/video.
+
+    Media URLs: data URLs pass through; ``file://`` URLs and paths are read here, only under
+    ``media_dir`` (``omnistage serve --media-dir``); remote URLs are refused."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", "messages")
@@ -35,12 +39,12 @@ def chat_inputs(body: dict[str, Any]) -> dict[str, Any]:
             if kind == "text":
                 parts.append({"type": "text", "text": str(part.get("text", ""))})
             elif kind == "image_url":
-                images.append(_url(part.get("image_url"), where))
+                images.append(_media(_url(part.get("image_url"), where), "image", where, media_dir))
                 parts.append({"type": "image"})
             elif kind == "video_url":
                 if video is not None:
                     raise ApiError(400, "at most one video per request", where)
-                video = _url(part.get("video_url"), where)
+                video = _media(_url(part.get("video_url"), where), "video", where, media_dir)
                 parts.append({"type": "video"})
             elif kind == "input_audio":
                 audio.append(_audio(part.get("input_audio"), where))
@@ -62,6 +66,18 @@ def _url(value: Any, where: str) -> str:
     if not isinstance(url, str) or not url:
         raise ApiError(400, "a url is required", where)
     return url
+
+
+def _media(url: str, kind: str, where: str, media_dir: str | None) -> str | bytes:
+    if url.startswith("data:"):
+        return url
+    if url.startswith(("http://", "https://")):
+        raise ApiError(400, f"remote {kind} URLs are not fetched; send the {kind} inline as a data URL", where)
+    if media_dir is None:
+        raise ApiError(400, f"local {kind} paths are off; start the server with --media-dir to allow a directory",
+                       where)
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return read_source(path, kind, MediaLimits(allowed_dir=media_dir), where)[0]
 
 
 def _audio(value: Any, where: str) -> bytes:
