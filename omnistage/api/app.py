@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from starlette.applications import Starlette
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -106,15 +108,22 @@ async def _generate(request: Request, chat: bool) -> Response:
     modalities = body.get("modalities")
     if body.get("logprobs"):
         modalities = sorted(set(modalities or ["text"]) | {"logprobs"})
-    handles = _submit(request, inputs, sampling_params(body), choices_count(body), modalities)
+    if modalities is not None and (not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities)):
+        raise ApiError(400, 'modalities must be a list such as ["text", "audio"]', "modalities")
+    if modalities is not None:  # a route the graph lacks is the first thing to report
+        request.app.state.pipeline.plan.route_for(frozenset(inputs), frozenset(modalities))
+    spoken = audio.chat_audio(body) if chat else None
+    params = sampling_params(body) | (spoken[0] if spoken else {})
+    handles = _submit(request, inputs, params, choices_count(body), modalities)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await _stream(request, handles, rid, model, chat, include_usage)
-    return await _complete(request, handles, rid, model, chat)
+        return await _stream(request, handles, rid, model, chat, include_usage, spoken is not None)
+    return await _complete(request, handles, rid, model, chat, spoken[1] if spoken else None)
 
 
-async def _complete(request: Request, handles: list[RequestHandle], rid: str, model: str, chat: bool) -> Response:
+async def _complete(request: Request, handles: list[RequestHandle], rid: str, model: str, chat: bool,
+                    audio_format: str | None = None) -> Response:
     try:
         results = await asyncio.gather(*(h.aresult() for h in handles))
     except (OmnistageError, asyncio.CancelledError):
@@ -126,6 +135,9 @@ async def _complete(request: Request, handles: list[RequestHandle], rid: str, mo
         request.app.state.metrics.observe(handle, result.usage["completion_tokens"])
         text = result.text or ""
         body = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+        if audio_format is not None:  # as OpenAI: the text is the audio's transcript
+            spoken = audio.message_audio(result.outputs["audio"], audio.sample_rate(request), audio_format, text)
+            body["message"].update(content=None, audio=spoken)
         logprobs = result.outputs.get("logprobs")
         choices.append({"index": i, **body, "finish_reason": result.finish_reason,
                         "logprobs": {"content": logprobs} if logprobs is not None else None})
@@ -138,7 +150,7 @@ async def _complete(request: Request, handles: list[RequestHandle], rid: str, mo
 
 
 async def _stream(request: Request, handles: list[RequestHandle], rid: str, model: str, chat: bool,
-                  include_usage: bool) -> Response:
+                  include_usage: bool, spoken: bool = False) -> Response:
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
     async def pump(i: int, handle: RequestHandle) -> None:
@@ -164,6 +176,8 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
 
     async def events() -> AsyncIterator[str]:
         pending, item, counts = len(handles), first, [0] * len(handles)
+        resamplers = [audio.Resampler(audio.sample_rate(request)) for _ in handles]
+        audio_ids = ["audio_" + uuid.uuid4().hex for _ in handles]
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         try:
             if chat:
@@ -171,14 +185,24 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
             while True:
                 i, event = item
-                if isinstance(event, ChunkEvent) and event.modality == "text":
+                if isinstance(event, ChunkEvent) and event.modality == "audio":
+                    data = base64.b64encode(audio.pcm16(resamplers[i].feed(event.value))).decode()
+                    yield chunk([{"index": i, "delta": {"audio": {"id": audio_ids[i], "data": data}},
+                                  "finish_reason": None}])
+                elif isinstance(event, ChunkEvent) and event.modality == "text":
                     counts[i] += 1
                     delta = {"content": event.value} if chat else {"text": event.value}
+                    if spoken:  # as OpenAI: with audio, text deltas are the audio's transcript
+                        delta = {"audio": {"id": audio_ids[i], "transcript": event.value}}
                     yield chunk([{"index": i, **(({"delta": delta}) if chat else delta), "finish_reason": None}])
                 elif isinstance(event, ChunkEvent) and event.modality == "logprobs":
                     empty = {"delta": {"content": ""}} if chat else {"text": ""}
                     yield chunk([{"index": i, **empty, "logprobs": {"content": event.value}, "finish_reason": None}])
                 elif isinstance(event, DoneEvent):
+                    if spoken:  # the resampler's held-back tail
+                        tail = base64.b64encode(audio.pcm16(resamplers[i].feed(torch.zeros(0), last=True))).decode()
+                        last = {"id": audio_ids[i], "data": tail, "expires_at": int(time.time()) + 3600}
+                        yield chunk([{"index": i, "delta": {"audio": last}, "finish_reason": None}])
                     reasons = [m["finish_reason"] for m in event.meta.values() if "finish_reason" in m]
                     done = {"index": i, "finish_reason": reasons[-1] if reasons else "stop"}
                     yield chunk([{**done, "delta": {}} if chat else {**done, "text": ""}])

@@ -7,8 +7,11 @@ at the end). Audio leaves as the TTS stage's vocoder produces it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import struct
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -71,7 +74,7 @@ def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[s
     return text, params, fmt
 
 
-def _sample_rate(request: Request) -> int:
+def sample_rate(request: Request) -> int:
     pipe = request.app.state.pipeline
     rates = [info["sample_rate"] for info in pipe.orchestrator.infos.values() if "sample_rate" in info]
     return rates[0] if rates else PCM_RATE
@@ -87,7 +90,7 @@ async def speech(request: Request) -> Response:
     first = await anext(events)
     if isinstance(first, ErrorEvent):  # nothing sent yet: a proper error status
         return from_exception(first.error)
-    rate = _sample_rate(request)
+    rate = sample_rate(request)
 
     async def body_bytes() -> AsyncIterator[bytes]:
         resampler, collected, finished = Resampler(rate), [], False
@@ -155,3 +158,39 @@ async def transcriptions(request: Request) -> Response:
         payload.update(task="transcribe", language=body.get("language") or "unknown", duration=None, segments=[])
     payload["usage"] = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
     return JSONResponse(payload)
+
+
+# --- spoken chat replies (modalities: ["text", "audio"]) -----------------------------------
+CHAT_FORMATS = ("wav", "pcm16", "flac")
+
+
+def chat_audio(body: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """The ``audio`` request field -> (tts parameters, format), or None when no audio is asked for."""
+    if "audio" not in (body.get("modalities") or []):
+        return None
+    spec = body.get("audio")
+    if not isinstance(spec, dict) or not spec.get("voice"):
+        raise ApiError(400, 'modalities with "audio" need audio: {"voice": ..., "format": ...}', "audio")
+    fmt = spec.get("format") or "wav"
+    if fmt not in CHAT_FORMATS or (body.get("stream") and fmt != "pcm16"):
+        allowed = "pcm16 when streaming" if body.get("stream") else ", ".join(CHAT_FORMATS)
+        raise ApiError(400, f"audio.format must be {allowed}, got {fmt!r}", "audio.format")
+    return {"voice": spec["voice"]}, fmt
+
+
+def encode_audio(samples: torch.Tensor, rate: int, fmt: str) -> bytes:
+    if fmt == "pcm16":
+        return pcm16(Resampler(rate).feed(samples, last=True))
+    if fmt == "flac":
+        return _flac(samples, rate)
+    header = bytearray(wav_header(rate))
+    data = pcm16(samples)
+    header[4:8] = struct.pack("<I", 36 + len(data))
+    header[40:44] = struct.pack("<I", len(data))
+    return bytes(header) + data
+
+
+def message_audio(samples: torch.Tensor, rate: int, fmt: str, transcript: str) -> dict[str, Any]:
+    data = base64.b64encode(encode_audio(samples, rate, fmt)).decode()
+    return {"id": "audio_" + uuid.uuid4().hex, "data": data, "expires_at": int(time.time()) + 3600,
+            "transcript": transcript}

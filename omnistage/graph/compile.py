@@ -208,14 +208,18 @@ def _route(stages: Mapping[str, StagePlan], order: tuple[str, ...], present: fro
         for port, modality in stages[name].response.items():
             if modality in wanted and name in live:
                 candidates[modality].append((name, port))
-    # A modality several stages produce (e.g. progress) comes from a stage the route visits
-    # anyway: modalities with fewer producers choose first, the rest prefer stages chosen.
+    # A modality several stages produce (progress, or audio spoken from the request or from a
+    # chat's answer) comes from the producer that adds the fewest stages to the route; on a tie,
+    # the one that reads from stages the route already visits. Modalities with fewer producers
+    # choose first.
     produces: dict[str, tuple[str, str]] = {}
     for modality in sorted(wanted, key=lambda m: (len(candidates[m]), m)):
-        chosen = {s for s, _ in produces.values()}
-        options = candidates[modality]
-        if options:
-            produces[modality] = next((c for c in options if c[0] in chosen), options[0])
+        chosen = set().union(*(_upstream(stages, live, s) for s, _ in produces.values()))
+        ranked = sorted(candidates[modality], key=lambda c: (
+            len(_upstream(stages, live, c[0]) - chosen), not (_upstream(stages, live, c[0]) - {c[0]}) & chosen,
+            order.index(c[0])))
+        if ranked:
+            produces[modality] = ranked[0]
     needed = {s for s, _ in produces.values()}
     for name in reversed(order):  # pull in every live producer a needed stage reads from
         if name in needed:
@@ -225,6 +229,17 @@ def _route(stages: Mapping[str, StagePlan], order: tuple[str, ...], present: fro
     route_edges = tuple(e for n in visit for e in stages[n].in_edges if _edge_live(e, present, needed))
     expect = {n: tuple(sorted({e.dst_port for e in route_edges if e.dst_stage == n})) for n in visit}
     return Route(present, wanted, visit, route_edges, frozen_dict(expect), frozen_dict(produces))
+
+
+def _upstream(stages: Mapping[str, StagePlan], live: set[str], name: str) -> set[str]:
+    """``name`` and every live stage it reads from, transitively."""
+    seen, todo = {name}, [name]
+    while todo:
+        for edge in stages[todo.pop()].in_edges:
+            if edge.src_stage in live and edge.src_stage not in seen:
+                seen.add(edge.src_stage)
+                todo.append(edge.src_stage)
+    return seen
 
 
 def _subsets(items: Iterable[str]) -> list[frozenset[str]]:

@@ -1,4 +1,5 @@
 """/v1/audio/speech and /v1/audio/transcriptions with the official openai client and httpx."""
+import base64
 import io
 import struct
 
@@ -97,9 +98,46 @@ def test_bad_transcriptions(default_server):
     assert windows.status_code == 200 and windows.json()["usage"]["output_tokens"] == 3 * 32  # 3 windows of 2 s
 
 
-def test_chat_asking_for_audio_on_a_graph_without_spoken_replies(default_server):
+def test_chat_with_a_spoken_reply(default_server, speech_reference):
+    c = client(default_server)
+    messages = [{"role": "user", "content": "Say something"}]
+    text = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+    spoken = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                       modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"})
+    message = spoken.choices[0].message
+    assert message.content is None and message.audio.transcript == text.choices[0].message.content
+    wav = base64.b64decode(message.audio.data)
+    got = np.frombuffer(wav[44:], dtype=np.int16).astype(np.float32) / 32767
+    ref = speech_reference(message.audio.transcript, "alloy")
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 2e-4
+
+
+def test_streamed_chat_with_audio_deltas(default_server):
+    stream = client(default_server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say something"}], max_tokens=6, temperature=0,
+        modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"}, stream=True)
+    transcript, pcm, expiry = "", b"", None
+    for chunk in stream:
+        for choice in chunk.choices:
+            if choice.delta.audio is not None:
+                transcript += choice.delta.audio.transcript or ""
+                pcm += base64.b64decode(choice.delta.audio.data or "")
+                expiry = choice.delta.audio.expires_at or expiry
+    assert transcript and len(pcm) > 24000 and expiry  # > 0.5 s at 24 kHz, 16-bit
+
+
+def test_spoken_chat_needs_a_voice_and_a_stream_format(default_server):
+    c = client(default_server)
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "hi"}], modalities=["text", "audio"])
+    with pytest.raises(openai.BadRequestError, match="voice"):
+        c.chat.completions.create(**kw)
+    with pytest.raises(openai.BadRequestError, match="pcm16 when streaming"):
+        c.chat.completions.create(**kw, audio={"voice": "alloy", "format": "wav"}, stream=True)
+
+
+def test_chat_asking_for_audio_on_a_graph_without_spoken_replies(vl_server):
     with pytest.raises(openai.BadRequestError) as err:
-        client(default_server).chat.completions.create(model=MODEL, modalities=["text", "audio"],
-                                                       audio={"voice": "alloy", "format": "wav"},
-                                                       messages=[{"role": "user", "content": "hi"}])
+        client(vl_server).chat.completions.create(model="vl-chat", modalities=["text", "audio"],
+                                                  audio={"voice": "alloy", "format": "wav"},
+                                                  messages=[{"role": "user", "content": "hi"}])
     assert "cannot produce audio" in err.value.body["message"]
