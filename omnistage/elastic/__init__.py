@@ -1,0 +1,1 @@
+"""Elastic allocation: the controller's policy, its runtime and a cluster simulator."""

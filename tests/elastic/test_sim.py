@@ -1,0 +1,39 @@
+from omnistage.elastic.policy import PolicyConfig
+from omnistage.elastic.sim import Arrival, StageModel, shifting_trace, simulate
+
+FAST = StageModel("chat", base_s=0.01, per_request_s=0.001, steps=10, max_batch=8)
+SLOW = StageModel("image", base_s=0.02, per_request_s=0.01, steps=20, max_batch=4)
+POLICY = PolicyConfig(high_delay_s=0.5, low_delay_s=0.05, patience=3, cooldown_s=3.0, reload_s=1.0, horizon_s=20.0)
+
+
+def test_an_unloaded_request_takes_its_steps_at_batch_one():
+    out = simulate([FAST, SLOW], {"chat": 1, "image": 1}, [Arrival(0.0, "chat"), Arrival(0.0, "image")], 5.0,
+                   dt=0.001)
+    assert abs(out.latencies["chat"][0] - 10 * 0.011) < 0.01
+    assert abs(out.latencies["image"][0] - 20 * 0.03) < 0.01
+
+
+def test_batching_shares_steps():
+    out = simulate([FAST, SLOW], {"chat": 1, "image": 1}, [Arrival(0.0, "chat")] * 8, 5.0, dt=0.001)
+    assert len(out.latencies["chat"]) == 8 and max(out.latencies["chat"]) < 10 * 0.018 + 0.01
+
+
+def device_demand(chat_share, devices=6, load=0.7):
+    """Arrival rates that keep ``load`` of the devices busy, ``chat_share`` of them on chat."""
+    return {"chat": load * devices * chat_share * FAST.capacity,
+            "image": load * devices * (1 - chat_share) * SLOW.capacity}
+
+
+def test_elastic_follows_a_shift_and_beats_the_split_it_started_from():
+    # image-heavy first, then chat-heavy: the controller moves devices both ways
+    trace = shifting_trace(60.0, [device_demand(0.2), device_demand(0.8)], seed=1)
+    start = {"chat": 3, "image": 3}
+    elastic = simulate([FAST, SLOW], start, trace, 60.0, policy=POLICY, dt=0.02)
+    moves = [(t, a.stage) for t, a in elastic.actions if a.kind == "move"]
+    assert moves[0][1] == "image" and moves[0][0] < 10  # image-heavy phase: devices go to image
+    assert any(stage == "chat" and t > 30 for t, stage in moves)  # then back to chat
+    slo = {"chat": 1.0, "image": 3.0}
+    statics = [simulate([FAST, SLOW], {"chat": c, "image": 6 - c}, trace, 60.0, dt=0.02) for c in range(1, 6)]
+    assert elastic.goodput(slo) > 1.5 * statics[2].goodput(slo)  # the even split it started from
+    assert elastic.p99() < min(s.p99() for s in statics)
+    assert sum(len(v) for v in elastic.latencies.values()) <= len(trace)  # nothing completes twice
