@@ -248,5 +248,6 @@ async def health(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     orchestrator = request.app.state.pipeline.orchestrator
-    body = request.app.state.metrics.render(orchestrator.replicas, dict(orchestrator.stats))
+    log = orchestrator.controller.scaler.log if orchestrator.controller is not None else None
+    body = request.app.state.metrics.render(orchestrator.replicas, dict(orchestrator.stats), log)
     return Response(body, media_type="text/plain; version=0.0.4")

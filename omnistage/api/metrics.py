@@ -25,7 +25,12 @@ class Metrics:
                               ["stage", "replica"], registry=self.registry)
         self.ready = Gauge("omnistage_stage_replica_ready", "1 when the replica is ready", ["stage", "replica"],
                            registry=self.registry)
+        self.replicas = Gauge("omnistage_stage_replicas", "Replicas per stage and state", ["stage", "state"],
+                              registry=self.registry)
+        self.actions = Gauge("omnistage_elastic_action", "Elastic actions taken (value: unix time), with their reason",
+                             ["seq", "kind", "stage", "replica", "device", "reason"], registry=self.registry)
         self._gauges: dict[str, Gauge] = {}
+        self._shown = 0
 
     def observe(self, handle: RequestHandle, chunks: int) -> None:
         if handle.first_at is not None:
@@ -35,14 +40,22 @@ class Metrics:
             if handle.first_at is not None and chunks > 1:
                 self.inter_token.observe((handle.finished_at - handle.first_at) / (chunks - 1))
 
-    def render(self, replicas: dict, stats: dict[tuple[str, int], dict[str, float]]) -> bytes:
+    def render(self, replicas: dict, stats: dict[tuple[str, int], dict[str, float]],
+               actions: list | None = None) -> bytes:
+        self.replicas.clear()
         for stage, reps in replicas.items():
+            for state in ("starting", "ready", "draining", "stopped", "dead"):
+                self.replicas.labels(stage, state).set(sum(1 for r in reps if r.state == state))
             for rep in reps:
                 self.inflight.labels(stage, str(rep.index)).set(len(rep.inflight))
                 self.ready.labels(stage, str(rep.index)).set(1 if rep.state == "ready" else 0)
         for (stage, replica), values in stats.items():
             for name, value in values.items():
                 self._stage_gauge(name).labels(stage, str(replica)).set(value)
+        for seq, a in enumerate(actions or []):
+            if seq >= self._shown:  # every action, once, with its reason
+                self.actions.labels(str(seq), a.kind, a.stage, str(a.replica), a.device, a.reason[:200]).set(a.time)
+        self._shown = len(actions or [])
         return generate_latest(self.registry)
 
     def _stage_gauge(self, name: str) -> Gauge:

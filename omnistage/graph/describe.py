@@ -1,6 +1,7 @@
 """Human-readable summary of a GraphPlan (what ``omnistage validate`` prints)."""
 from __future__ import annotations
 
+from omnistage.graph.placement import free_devices
 from omnistage.graph.plan import GraphPlan
 
 
@@ -25,4 +26,12 @@ def describe(plan: GraphPlan) -> str:
     for name in plan.order:
         for slot in plan.placement[name]:
             lines.append(f"  {name}[{slot.index}] on {slot.device} ({slot.threads} thread(s))")
+    elastic = plan.config.elastic
+    if elastic is not None:
+        free = free_devices(plan.config, plan.placement)
+        lines.append(f"elastic: {'on' if elastic.enabled else 'off'}, every {elastic.interval_s:g} s; "
+                     f"free devices: {', '.join(free) or 'none'}")
+        for name in plan.order:
+            res = plan.stages[name].config.resources
+            lines.append(f"  {name}: {res.min_replicas}..{res.max_replicas} replicas")
     return "\n".join(lines)

@@ -19,8 +19,10 @@ _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 def place(config: GraphConfig, issues: list[ConfigIssue], cores: int | None = None) -> Mapping[str, tuple[ReplicaSlot, ...]]:
+    if config.elastic is not None and config.elastic.devices:
+        return _place_on_pool(config, issues)
     cores = cores or os.cpu_count() or 1
-    cpu_replicas = sum(st.resources.replicas for st in config.stages.values() if st.resources.device == "cpu")
+    cpu_replicas = sum(st.resources.initial_replicas for st in config.stages.values() if st.resources.device == "cpu")
     share = max(1, cores // max(1, cpu_replicas))
     out = {}
     for name, st in config.stages.items():
@@ -30,5 +32,42 @@ def place(config: GraphConfig, issues: list[ConfigIssue], cores: int | None = No
                                       f'got {res.device!r}, expected "cpu", "cuda", "cuda:<n>" or "mps"'))
             continue
         threads = res.threads or (share if res.device == "cpu" else 1)
-        out[name] = tuple(ReplicaSlot(name, i, res.device, threads) for i in range(res.replicas))
+        out[name] = tuple(ReplicaSlot(name, i, res.device, threads) for i in range(res.initial_replicas))
     return frozen_dict(out)
+
+
+def matches(device: str, wanted: str) -> bool:
+    """A pool device serves a stage asking for ``wanted``: "cpu", "cuda" (any GPU) or exact."""
+    return device == wanted or (wanted == "cuda" and device.startswith("cuda:"))
+
+
+def _place_on_pool(config: GraphConfig, issues: list[ConfigIssue]) -> Mapping[str, tuple[ReplicaSlot, ...]]:
+    """Initial replicas take pool devices in stage order; the rest of the pool starts free."""
+    assert config.elastic is not None
+    free = list(config.elastic.devices)
+    for i, device in enumerate(free):
+        if not _DEVICE.match(device):
+            issues.append(ConfigIssue(f"elastic.devices[{i}]", f'got {device!r}, expected "cpu", "cuda:<n>" or "mps"'))
+    out = {}
+    for name, st in config.stages.items():
+        slots = []
+        for i in range(st.resources.initial_replicas):
+            device = next((d for d in free if matches(d, st.resources.device)), None)
+            if device is None:
+                issues.append(ConfigIssue(f"stages.{name}.resources", f"the elastic device pool has no free "
+                                                                       f"{st.resources.device!r} device for replica {i}"))
+                break
+            free.remove(device)
+            slots.append(ReplicaSlot(name, i, device, config.elastic.threads if device == "cpu" else 1))
+        out[name] = tuple(slots)
+    return frozen_dict(out)
+
+
+def free_devices(config: GraphConfig, placement: Mapping[str, tuple[ReplicaSlot, ...]]) -> list[str]:
+    """Pool devices no initial replica uses."""
+    free = list(config.elastic.devices) if config.elastic is not None else []
+    for slots in placement.values():
+        for slot in slots:
+            if slot.device in free:
+                free.remove(slot.device)
+    return free

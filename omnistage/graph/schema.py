@@ -42,16 +42,75 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class ReplicaRange:
+    """``replicas: {min, max, initial}``: the elastic controller keeps the count in [min, max]."""
+
+    min: int = 1
+    max: int = 1
+    initial: int | None = None  # default: min
+
+    def __post_init__(self) -> None:
+        _positive("min", self.min, allow_zero=True)
+        _positive("max", self.max)
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial ({self.initial}) must be between min and max")
+
+
+@dataclass(frozen=True)
 class ResourcesConfig:
-    """Where the stage's replicas run. ``threads: 0`` shares the CPU cores evenly."""
+    """Where the stage's replicas run. ``threads: 0`` shares the CPU cores evenly.
+    ``replicas`` is a count, or ``{min, max, initial}`` for an elastic stage."""
 
     device: str = "cpu"
-    replicas: int = 1
+    replicas: int | ReplicaRange = 1
     threads: int = 0
 
     def __post_init__(self) -> None:
-        _positive("replicas", self.replicas)
+        if isinstance(self.replicas, int):
+            _positive("replicas", self.replicas)
         _positive("threads", self.threads, allow_zero=True)
+
+    @property
+    def initial_replicas(self) -> int:
+        r = self.replicas
+        return r if isinstance(r, int) else (r.initial if r.initial is not None else max(1, r.min))
+
+    @property
+    def min_replicas(self) -> int:
+        return self.replicas if isinstance(self.replicas, int) else self.replicas.min
+
+    @property
+    def max_replicas(self) -> int:
+        return self.replicas if isinstance(self.replicas, int) else self.replicas.max
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    """Devices follow the load. ``devices`` is the pool stages draw from (``cpu`` slots of
+    ``threads`` each, or ``cuda:N``); the controller runs every ``interval_s`` with the policy's
+    settings (see omnistage.elastic.policy). ``enabled: false`` keeps the initial placement."""
+
+    enabled: bool = True
+    devices: tuple[str, ...] = ()
+    threads: int = 1
+    interval_s: float = 2.0
+    high_delay_s: float = 2.0
+    low_delay_s: float = 0.2
+    patience: int = 2
+    cooldown_s: float = 10.0
+    reload_s: float = 10.0
+    horizon_s: float = 30.0
+    target_utilization: float = 0.8
+
+    def __post_init__(self) -> None:
+        for name in ("interval_s", "high_delay_s", "horizon_s", "target_utilization", "threads", "patience"):
+            _positive(name, getattr(self, name))
+        for name in ("low_delay_s", "cooldown_s", "reload_s"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        if self.low_delay_s >= self.high_delay_s:
+            raise ValueError("low_delay_s must be below high_delay_s")
 
 
 @dataclass(frozen=True)
@@ -91,4 +150,5 @@ class GraphConfig:
     stages: Mapping[str, StageConfig]
     models: Mapping[str, ModelConfig] = field(default_factory=frozen_dict)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    elastic: ElasticConfig | None = None
     description: str = ""

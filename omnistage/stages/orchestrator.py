@@ -40,9 +40,10 @@ class Replica:
     index: int
     runtime: ReplicaRuntime
     address: str = ""
-    state: str = "starting"  # starting -> ready -> dead | stopped
+    state: str = "starting"  # starting -> ready [-> draining] -> stopped | dead
     error: str = ""
     inflight: set[str] = field(default_factory=set)
+    device: str = "cpu"
 
 
 @dataclass
@@ -82,6 +83,10 @@ class Orchestrator:
         self.requests: dict[str, _Live] = {}
         self.stats: dict[tuple[str, int], dict[str, float]] = {}  # latest Stats per replica
         self.infos: dict[str, dict[str, Any]] = {}  # stage -> the model facts its replicas reported
+        # Requests admitted to and completed by each stage (read by the elastic controller).
+        self.arrivals: dict[str, int] = dict.fromkeys(plan.order, 0)
+        self.completions: dict[str, int] = dict.fromkeys(plan.order, 0)
+        self.controller: Any = None
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -94,7 +99,7 @@ class Orchestrator:
             for slot in self.plan.placement[stage]:
                 spec = WorkerSpec(self.plan, stage, slot.index, slot.device, slot.threads, self.session,
                                   self.run_dir, self._sink.address, self.in_process)
-                self.replicas[stage].append(Replica(stage, slot.index, launch(spec)))
+                self.replicas[stage].append(Replica(stage, slot.index, launch(spec), device=slot.device))
         try:
             self._wait_ready(self.plan.config.transport.startup_timeout_s)
         except BaseException:
@@ -103,6 +108,10 @@ class Orchestrator:
         monitor = threading.Thread(target=self._monitor, name="orchestrator-monitor", daemon=True)
         monitor.start()
         self._threads.append(monitor)
+        if self.plan.config.elastic is not None:
+            from omnistage.stages.controller import Controller
+            self.controller = Controller(self, self.plan.config.elastic)
+            self.controller.start()
 
     def _wait_ready(self, timeout: float) -> None:
         def settled() -> bool:
@@ -122,8 +131,10 @@ class Orchestrator:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self.controller is not None:
+            self.controller.stop()
         for replica in self._all():
-            if replica.address:
+            if replica.address and replica.state in ("ready", "draining"):
                 self._out.put((replica.address, Shutdown()))
         self._out.put(None)
         for replica in self._all():
@@ -163,6 +174,8 @@ class Orchestrator:
             if target is not None:
                 chosen[target[0]] = self._pick_many(target[0], len(inputs["images"]))
             live = _Live(handle, route, chosen, inputs, params, probing=target)
+            for stage in route.stages:
+                self.arrivals[stage] += 1
             self.requests[rid] = live
             for replica in live.replicas:
                 replica.inflight.add(rid)
@@ -288,6 +301,7 @@ class Orchestrator:
             live.pending.discard((msg.stage, msg.replica))
             live.meta[msg.stage] = msg.meta
             self.replicas[msg.stage][msg.replica].inflight.discard(msg.rid)
+            self.completions[msg.stage] += 1
             finished = not live.pending
             if finished:
                 del self.requests[msg.rid]
@@ -302,7 +316,8 @@ class Orchestrator:
     def _monitor(self) -> None:
         while not self._stopping.wait(MONITOR_PERIOD_S):
             for replica in self._all():
-                if replica.state == "ready" and not replica.runtime.is_alive() and not self._stopping.is_set():
+                if replica.state in ("ready", "draining") and not replica.runtime.is_alive() \
+                        and not self._stopping.is_set():
                     self._on_replica_death(replica)
 
     def _on_replica_death(self, replica: Replica) -> None:

@@ -1,0 +1,98 @@
+"""The elastic controller: every ``interval_s`` it reads the live metrics, asks the policy what
+to do and carries it out with the Scaler. Runs as a thread of the orchestrator's process.
+
+Metrics per stage: waiting and running come from the replicas' Stats; the arrival rate from the
+requests the orchestrator admitted to the stage over the interval; the service rate of one
+replica from completions over the interval, measured while the stage had a queue (an idle
+stage's completions say nothing about its capacity) and smoothed, starting from
+``SERVICE_RATE_PRIOR``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from omnistage.elastic.policy import Action, PolicyConfig, PolicyState, Snapshot, StageLoad, decide
+from omnistage.graph.schema import ElasticConfig
+from omnistage.stages.scaling import Scaler
+
+if TYPE_CHECKING:
+    from omnistage.stages.orchestrator import Orchestrator
+
+SERVICE_RATE_PRIOR = 1.0  # requests/s per replica until measured
+SMOOTHING = 0.5
+
+
+def policy_config(elastic: ElasticConfig) -> PolicyConfig:
+    return PolicyConfig(high_delay_s=elastic.high_delay_s, low_delay_s=elastic.low_delay_s,
+                        patience=elastic.patience, cooldown_s=elastic.cooldown_s, reload_s=elastic.reload_s,
+                        horizon_s=elastic.horizon_s, target_utilization=elastic.target_utilization)
+
+
+class Controller:
+    def __init__(self, orchestrator: Orchestrator, elastic: ElasticConfig) -> None:
+        self.orch = orchestrator
+        self.elastic = elastic
+        self.scaler = Scaler(orchestrator)
+        self.policy = policy_config(elastic)
+        self.state = PolicyState()
+        self.service_rate = dict.fromkeys(orchestrator.plan.order, SERVICE_RATE_PRIOR)
+        self._seen = (dict(orchestrator.arrivals), dict(orchestrator.completions), time.monotonic())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="elastic-controller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.elastic.interval_s):
+            self.tick()
+
+    def tick(self) -> list[Action]:
+        self.scaler.poll()
+        snap = self.snapshot()
+        actions = decide(snap, self.policy, self.state) if self.elastic.enabled else []
+        for action in actions:
+            self.apply(action)
+        return actions
+
+    def snapshot(self) -> Snapshot:
+        arrivals, completions, then = self._seen
+        now = time.monotonic()
+        span = max(now - then, 1e-3)
+        loads = {}
+        for stage in self.orch.plan.order:
+            with self.orch._lock:
+                reps = self.orch.replicas[stage]
+                ready = [r for r in reps if r.state == "ready"]
+                counted = len(ready) + sum(1 for r in reps if r.state == "starting")
+            stats = [self.orch.stats.get((stage, r.index), {}) for r in ready]
+            waiting = sum(s.get("waiting", 0.0) for s in stats)
+            running = sum(s.get("running", 0.0) for s in stats)
+            done = self.orch.completions[stage] - completions[stage]
+            if waiting > 0 and ready:  # saturated: completions measure capacity
+                measured = done / span / len(ready)
+                self.service_rate[stage] = SMOOTHING * self.service_rate[stage] + (1 - SMOOTHING) * max(measured, 1e-3)
+            res = self.orch.plan.stages[stage].config.resources
+            loads[stage] = StageLoad(waiting=waiting, running=running,
+                                     arrival_rate=(self.orch.arrivals[stage] - arrivals[stage]) / span,
+                                     service_rate=self.service_rate[stage], replicas=counted,
+                                     min_replicas=res.min_replicas, max_replicas=res.max_replicas)
+        self._seen = (dict(self.orch.arrivals), dict(self.orch.completions), now)
+        return Snapshot(now, loads, free_devices=len(self.scaler.free))
+
+    def apply(self, action: Action) -> None:
+        if action.kind == "add":
+            self.scaler.add(action.stage, reason=action.reason)
+        elif action.kind == "move" and action.donor is not None:
+            self.scaler.move(action.donor, action.stage, reason=action.reason)
+        elif action.kind == "remove":
+            with self.orch._lock:
+                ready = [r for r in self.orch.replicas[action.stage] if r.state == "ready"]
+            if len(ready) > 1:
+                self.scaler.drain(min(ready, key=lambda r: len(r.inflight)), reason=action.reason)

@@ -1,0 +1,97 @@
+"""Elastic runtime on real worker processes: drain without loss, role switch under load, and the
+controller moving a CPU slot from chat to image generation as the load shifts."""
+import time
+
+import pytest
+
+from omnistage.graph.compile import compile_file
+from omnistage.pipeline import Pipeline
+from tests.conftest import ROOT
+
+
+def wait_for(condition, timeout=90.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def states(pipe, stage):
+    return [r.state for r in pipe.orchestrator.replicas[stage]]
+
+
+@pytest.fixture(scope="module")
+def manual(tmp_path_factory):
+    """The elastic example with the controller switched off: actions are driven by the test."""
+    text = (ROOT / "examples" / "elastic.yaml").read_text().replace("  devices: [cpu, cpu, cpu]",
+                                                                   "  enabled: false\n  devices: [cpu, cpu, cpu]")
+    path = tmp_path_factory.mktemp("g") / "elastic.yaml"
+    path.write_text(text)
+    with Pipeline(compile_file(path)) as pipe:
+        yield pipe
+
+
+def test_drain_finishes_what_the_replica_holds_and_frees_its_device(manual):
+    scaler = manual.orchestrator.controller.scaler
+    handles = [manual.submit(prompt=f"tell me a story {i}", max_tokens=24, temperature=0, ignore_eos=True)
+               for i in range(8)]
+    busy = max((r for r in manual.orchestrator.replicas["chat"] if r.state == "ready"), key=lambda r: len(r.inflight))
+    assert busy.inflight
+    scaler.drain(busy, reason="test")
+    assert busy.state in ("draining", "stopped")
+    results = [h.result(120) for h in handles]  # nothing dropped, each answered once
+    assert all(r.usage["completion_tokens"] == 24 for r in results)
+    assert wait_for(lambda: (scaler.poll(), busy.state)[1] == "stopped")
+    assert scaler.free == ["cpu"]
+    assert manual.generate(prompt="still serving", max_tokens=4).text is not None  # the other replica
+    # put it back for the next test
+    scaler.add("chat", reason="test")
+    assert wait_for(lambda: states(manual, "chat").count("ready") == 2)
+
+
+def test_role_switch_under_load(manual):
+    scaler = manual.orchestrator.controller.scaler
+    images = [manual.submit(prompt=f"a cat {i}", num_inference_steps=10, seed=i, modalities=["image"])
+              for i in range(6)]
+    chats = [manual.submit(prompt=f"hello {i}", max_tokens=16, temperature=0) for i in range(6)]
+    assert scaler.move("chat", "image", reason="test")
+    assert wait_for(lambda: (scaler.poll(), states(manual, "image").count("ready"))[1] == 2)
+    assert states(manual, "chat").count("ready") == 1
+    more = [manual.submit(prompt=f"a dog {i}", num_inference_steps=10, seed=i, modalities=["image"])
+            for i in range(6)]
+    outputs = [h.result(180).outputs for h in images + more + chats]
+    assert sum("image" in o for o in outputs) == 12 and sum("text" in o for o in outputs) == 6
+    new = manual.orchestrator.replicas["image"][-1]
+    assert manual.orchestrator.completions["image"] >= 12 and new.state == "ready"
+    kinds = [a.kind for a in scaler.log]
+    assert "move" in kinds and "stopped" in kinds and kinds[-1] == "add"
+
+
+def test_the_controller_moves_a_slot_to_image_generation_when_the_load_shifts():
+    with Pipeline.from_yaml(ROOT / "examples" / "elastic.yaml") as pipe:
+        controller = pipe.orchestrator.controller
+        assert states(pipe, "chat").count("ready") == 2 and states(pipe, "image").count("ready") == 1
+        chat = [pipe.submit(prompt=f"hi {i}", max_tokens=8, temperature=0) for i in range(8)]
+        handles = []
+        deadline = time.time() + 90
+        while time.time() < deadline and states(pipe, "image").count("ready") < 2:
+            handles += [pipe.submit(prompt=f"a red cat {len(handles)}", num_inference_steps=30,
+                                    seed=len(handles), modalities=["image"]) for _ in range(4)]
+            time.sleep(0.5)
+        assert states(pipe, "image").count("ready") == 2, controller.scaler.log
+        assert states(pipe, "chat").count("ready") == 1
+        moves = [a for a in controller.scaler.log if a.kind == "move"]
+        assert moves and "chat -> image" in moves[0].reason and "delay" in moves[0].reason
+        outputs = [h.result(300).outputs for h in chat + handles]
+        assert sum("image" in o for o in outputs) == len(handles) and sum("text" in o for o in outputs) == 8
+        assert pipe.orchestrator.completions["image"] == len(handles)  # each exactly once
+
+
+def test_metrics_show_replicas_and_every_action_with_its_reason(manual):
+    from omnistage.api.metrics import Metrics
+    orch = manual.orchestrator
+    text = Metrics().render(orch.replicas, dict(orch.stats), orch.controller.scaler.log).decode()
+    assert 'omnistage_stage_replicas{stage="image",state="ready"} 2.0' in text
+    assert 'kind="move"' in text and 'reason="chat -> image: test"' in text
