@@ -25,13 +25,14 @@ def describe(plan: GraphPlan) -> str:
     lines.append("placement:")
     for name in plan.order:
         for slot in plan.placement[name]:
-            lines.append(f"  {name}[{slot.index}] on {slot.device} ({slot.threads} thread(s))")
+            group = f", {slot.group} group" if slot.group else ""
+            lines.append(f"  {name}[{slot.index}] on {slot.device} ({slot.threads} thread(s){group})")
     elastic = plan.config.elastic
     if elastic is not None:
         free = free_devices(plan.config, plan.placement)
         lines.append(f"elastic: {'on' if elastic.enabled else 'off'}, every {elastic.interval_s:g} s; "
                      f"free devices: {', '.join(free) or 'none'}")
         for name in plan.order:
-            res = plan.stages[name].config.resources
-            lines.append(f"  {name}: {res.min_replicas}..{res.max_replicas} replicas")
+            for group, (lo, hi, _) in plan.stages[name].config.resources.group_ranges().items():
+                lines.append(f"  {name}{'/' + group if group else ''}: {lo}..{hi} replicas")
     return "\n".join(lines)

@@ -32,7 +32,8 @@ def place(config: GraphConfig, issues: list[ConfigIssue], cores: int | None = No
                                       f'got {res.device!r}, expected "cpu", "cuda", "cuda:<n>" or "mps"'))
             continue
         threads = res.threads or (share if res.device == "cpu" else 1)
-        out[name] = tuple(ReplicaSlot(name, i, res.device, threads) for i in range(res.initial_replicas))
+        groups = [g for g, (_, _, initial) in res.group_ranges().items() for _ in range(initial)]
+        out[name] = tuple(ReplicaSlot(name, i, res.device, threads, g) for i, g in enumerate(groups))
     return frozen_dict(out)
 
 
@@ -51,14 +52,15 @@ def _place_on_pool(config: GraphConfig, issues: list[ConfigIssue]) -> Mapping[st
     out = {}
     for name, st in config.stages.items():
         slots = []
-        for i in range(st.resources.initial_replicas):
+        groups = [g for g, (_, _, initial) in st.resources.group_ranges().items() for _ in range(initial)]
+        for i, group in enumerate(groups):
             device = next((d for d in free if matches(d, st.resources.device)), None)
             if device is None:
                 issues.append(ConfigIssue(f"stages.{name}.resources", f"the elastic device pool has no free "
                                                                        f"{st.resources.device!r} device for replica {i}"))
                 break
             free.remove(device)
-            slots.append(ReplicaSlot(name, i, device, config.elastic.threads if device == "cpu" else 1))
+            slots.append(ReplicaSlot(name, i, device, config.elastic.threads if device == "cpu" else 1, group))
         out[name] = tuple(slots)
     return frozen_dict(out)
 

@@ -31,6 +31,7 @@ class ReplicaSlot:
     index: int
     device: str
     threads: int
+    group: str | None = None  # a modality group of the stage (see ResourcesConfig.groups)
 
 
 @dataclass(frozen=True)

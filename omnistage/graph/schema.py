@@ -58,6 +58,15 @@ class ReplicaRange:
             raise ValueError(f"initial ({self.initial}) must be between min and max")
 
 
+GROUPS = ("text", "multimodal")
+
+
+def _range(r: int | ReplicaRange) -> tuple[int, int, int]:
+    if isinstance(r, int):
+        return r, r, r
+    return r.min, r.max, r.initial if r.initial is not None else max(1, r.min)
+
+
 @dataclass(frozen=True)
 class ResourcesConfig:
     """Where the stage's replicas run. ``threads: 0`` shares the CPU cores evenly.
@@ -66,16 +75,30 @@ class ResourcesConfig:
     device: str = "cpu"
     replicas: int | ReplicaRange = 1
     threads: int = 0
+    # Modality groups of one stage (as in ElasticMM): "text" replicas take text-only requests,
+    # "multimodal" ones requests with images, video or audio; each group has its own range and
+    # the controller sizes them separately. Replaces ``replicas`` when given.
+    groups: Mapping[str, int | ReplicaRange] = field(default_factory=frozen_dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, int):
             _positive("replicas", self.replicas)
         _positive("threads", self.threads, allow_zero=True)
+        unknown = sorted(set(self.groups) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"unknown group {unknown[0]!r}; groups are {', '.join(GROUPS)}")
+
+    def group_ranges(self) -> dict[str | None, tuple[int, int, int]]:
+        """group (None: the stage as a whole) -> (min, max, initial) replicas."""
+        if not self.groups:
+            return {None: (self.min_replicas, self.max_replicas, self.initial_replicas)}
+        return {g: _range(r) for g, r in self.groups.items()}
 
     @property
     def initial_replicas(self) -> int:
-        r = self.replicas
-        return r if isinstance(r, int) else (r.initial if r.initial is not None else max(1, r.min))
+        if self.groups:
+            return sum(_range(r)[2] for r in self.groups.values())
+        return _range(self.replicas)[2]
 
     @property
     def min_replicas(self) -> int:

@@ -70,6 +70,9 @@ class Parser:
             out = trial.parse(arg, value, path)
             if not trial.issues:
                 return out
+        shaped = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, Mapping) and len(shaped) == 1:
+            return self.parse(shaped[0], value, path)  # a mapping meant that section: its own errors
         names = " or ".join(_type_name(a) for a in args)
         return self.error(path, f"got {value!r}, expected {names}")
 

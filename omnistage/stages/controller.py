@@ -37,7 +37,7 @@ class Controller:
         self.scaler = Scaler(orchestrator)
         self.policy = policy_config(elastic)
         self.state = PolicyState()
-        self.service_rate = dict.fromkeys(orchestrator.plan.order, SERVICE_RATE_PRIOR)
+        self.service_rate = dict.fromkeys(orchestrator.arrivals, SERVICE_RATE_PRIOR)
         self._seen = (dict(orchestrator.arrivals), dict(orchestrator.completions), time.monotonic())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="elastic-controller", daemon=True)
@@ -66,25 +66,30 @@ class Controller:
         now = time.monotonic()
         span = max(now - then, 1e-3)
         loads = {}
-        for stage in self.orch.plan.order:
+        for stage, group, lo, hi in self.units():
+            unit = self.orch.unit(stage, group)
             with self.orch._lock:
-                reps = self.orch.replicas[stage]
+                reps = self.scaler.replicas_of(unit)
                 ready = [r for r in reps if r.state == "ready"]
                 counted = len(ready) + sum(1 for r in reps if r.state == "starting")
             stats = [self.orch.stats.get((stage, r.index), {}) for r in ready]
             waiting = sum(s.get("waiting", 0.0) for s in stats)
             running = sum(s.get("running", 0.0) for s in stats)
-            done = self.orch.completions[stage] - completions[stage]
+            done = self.orch.completions[unit] - completions[unit]
             if waiting > 0 and ready:  # saturated: completions measure capacity
                 measured = done / span / len(ready)
-                self.service_rate[stage] = SMOOTHING * self.service_rate[stage] + (1 - SMOOTHING) * max(measured, 1e-3)
-            res = self.orch.plan.stages[stage].config.resources
-            loads[stage] = StageLoad(waiting=waiting, running=running,
-                                     arrival_rate=(self.orch.arrivals[stage] - arrivals[stage]) / span,
-                                     service_rate=self.service_rate[stage], replicas=counted,
-                                     min_replicas=res.min_replicas, max_replicas=res.max_replicas)
+                self.service_rate[unit] = SMOOTHING * self.service_rate[unit] + (1 - SMOOTHING) * max(measured, 1e-3)
+            loads[unit] = StageLoad(waiting=waiting, running=running,
+                                    arrival_rate=(self.orch.arrivals[unit] - arrivals[unit]) / span,
+                                    service_rate=self.service_rate[unit], replicas=counted,
+                                    min_replicas=lo, max_replicas=hi)
         self._seen = (dict(self.orch.arrivals), dict(self.orch.completions), now)
         return Snapshot(now, loads, free_devices=len(self.scaler.free))
+
+    def units(self) -> list[tuple[str, str | None, int, int]]:
+        """(stage, group, min, max) for every stage and modality group the controller sizes."""
+        return [(stage, group, lo, hi) for stage in self.orch.plan.order
+                for group, (lo, hi, _) in self.orch.plan.stages[stage].config.resources.group_ranges().items()]
 
     def apply(self, action: Action) -> None:
         if action.kind == "add":
@@ -93,6 +98,7 @@ class Controller:
             self.scaler.move(action.donor, action.stage, reason=action.reason)
         elif action.kind == "remove":
             with self.orch._lock:
-                ready = [r for r in self.orch.replicas[action.stage] if r.state == "ready"]
-            if len(ready) > 1:
+                ready = [r for r in self.scaler.replicas_of(action.stage) if r.state == "ready"]
+                stage_ready = [r for r in self.orch.replicas[action.stage.partition("/")[0]] if r.state == "ready"]
+            if ready and len(stage_ready) > 1:
                 self.scaler.drain(min(ready, key=lambda r: len(r.inflight)), reason=action.reason)

@@ -44,6 +44,7 @@ class Replica:
     error: str = ""
     inflight: set[str] = field(default_factory=set)
     device: str = "cpu"
+    group: str | None = None
 
 
 @dataclass
@@ -84,8 +85,9 @@ class Orchestrator:
         self.stats: dict[tuple[str, int], dict[str, float]] = {}  # latest Stats per replica
         self.infos: dict[str, dict[str, Any]] = {}  # stage -> the model facts its replicas reported
         # Requests admitted to and completed by each stage (read by the elastic controller).
-        self.arrivals: dict[str, int] = dict.fromkeys(plan.order, 0)
-        self.completions: dict[str, int] = dict.fromkeys(plan.order, 0)
+        units = [self.unit(st, g) for st in plan.order for g in plan.stages[st].config.resources.group_ranges()]
+        self.arrivals: dict[str, int] = dict.fromkeys(units, 0)
+        self.completions: dict[str, int] = dict.fromkeys(units, 0)
         self.controller: Any = None
         self._threads: list[threading.Thread] = []
 
@@ -99,7 +101,8 @@ class Orchestrator:
             for slot in self.plan.placement[stage]:
                 spec = WorkerSpec(self.plan, stage, slot.index, slot.device, slot.threads, self.session,
                                   self.run_dir, self._sink.address, self.in_process)
-                self.replicas[stage].append(Replica(stage, slot.index, launch(spec), device=slot.device))
+                self.replicas[stage].append(Replica(stage, slot.index, launch(spec), device=slot.device,
+                                                    group=slot.group))
         try:
             self._wait_ready(self.plan.config.transport.startup_timeout_s)
         except BaseException:
@@ -169,13 +172,14 @@ class Orchestrator:
         rid = uuid.uuid4().hex
         handle = RequestHandle(rid, loop, params)
         target = probe_target(self.plan, route, inputs)
+        group = request_group(inputs)
         with self._lock:
-            chosen = {stage: [self._pick(stage)] for stage in route.stages}
+            chosen = {stage: [self._pick(stage, group)] for stage in route.stages}
             if target is not None:
-                chosen[target[0]] = self._pick_many(target[0], len(inputs["images"]))
+                chosen[target[0]] = self._pick_many(target[0], len(inputs["images"]), group)
             live = _Live(handle, route, chosen, inputs, params, probing=target)
             for stage in route.stages:
-                self.arrivals[stage] += 1
+                self.arrivals[self.unit(stage, group)] += 1
             self.requests[rid] = live
             for replica in live.replicas:
                 replica.inflight.add(rid)
@@ -223,12 +227,19 @@ class Orchestrator:
             groups = split(uncovered, len(live.chosen[encode]))
             self._launch(msg.rid, live, live.route, have_inputs=ar, image_groups={encode: groups})
 
-    def _pick(self, stage: str) -> Replica:
-        return self._pick_many(stage, 1)[0]
+    def unit(self, stage: str, group: str | None) -> str:
+        """What the elastic controller sizes: a stage, or one modality group of it."""
+        return f"{stage}/{group}" if group is not None and self.plan.stages[stage].config.resources.groups else stage
 
-    def _pick_many(self, stage: str, at_most: int) -> list[Replica]:
-        """Up to ``at_most`` ready replicas of ``stage``, least loaded first (at least one)."""
-        live = sorted((r for r in self.replicas[stage] if r.state == "ready"), key=lambda r: len(r.inflight))
+    def _pick(self, stage: str, group: str | None = None) -> Replica:
+        return self._pick_many(stage, 1, group)[0]
+
+    def _pick_many(self, stage: str, at_most: int, group: str | None = None) -> list[Replica]:
+        """Up to ``at_most`` ready replicas of ``stage``, least loaded first (at least one): of the
+        request's modality group when the stage has groups and that group has a ready replica."""
+        ready = [r for r in self.replicas[stage] if r.state == "ready"]
+        ready = [r for r in ready if r.group == group] or ready
+        live = sorted(ready, key=lambda r: len(r.inflight))
         if not live:
             raise Overloaded(f"stage {stage!r} has no live replica", status=503)
         if len(live[0].inflight) >= self.plan.stages[stage].config.batching.queue_depth:
@@ -300,8 +311,9 @@ class Orchestrator:
                 return
             live.pending.discard((msg.stage, msg.replica))
             live.meta[msg.stage] = msg.meta
-            self.replicas[msg.stage][msg.replica].inflight.discard(msg.rid)
-            self.completions[msg.stage] += 1
+            replica = self.replicas[msg.stage][msg.replica]
+            replica.inflight.discard(msg.rid)
+            self.completions[self.unit(msg.stage, replica.group)] += 1
             finished = not live.pending
             if finished:
                 del self.requests[msg.rid]
@@ -328,6 +340,11 @@ class Orchestrator:
         for rid in victims:
             self._fail(rid, StageDeadError(f"stage {replica.stage!r} replica {replica.index} died "
                                            f"while serving the request", stage=replica.stage))
+
+
+def request_group(inputs: Mapping[str, Any]) -> str:
+    """The modality group a request belongs to: media in it makes it multimodal."""
+    return "multimodal" if any(inputs.get(k) for k in ("images", "video", "audio")) else "text"
 
 
 def _error(message: str, status: int, stage: str, param: str | None = None) -> RequestFailed | RequestRejected:

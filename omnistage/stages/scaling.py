@@ -45,9 +45,16 @@ class Scaler:
         self._lock = threading.Lock()
 
     # --- actions ---------------------------------------------------------------------------
-    def add(self, stage: str, device: str | None = None, reason: str = "") -> Replica | None:
-        """Start a replica of ``stage`` on ``device`` (default: a free pool device that fits)."""
+    def replicas_of(self, unit: str) -> list[Replica]:
+        """The replicas of a stage, or of one modality group of it ("stage/group")."""
+        stage, _, group = unit.partition("/")
+        return [r for r in self.orch.replicas[stage] if not group or r.group == group]
+
+    def add(self, unit: str, device: str | None = None, reason: str = "") -> Replica | None:
+        """Start a replica of ``unit`` (a stage or "stage/group") on ``device`` (default: a free
+        pool device that fits)."""
         from omnistage.stages.orchestrator import Replica
+        stage, _, group = unit.partition("/")
         wanted = self.orch.plan.stages[stage].config.resources.device
         with self._lock:
             if device is None:
@@ -62,7 +69,7 @@ class Scaler:
             index = len(self.orch.replicas[stage])
             spec = WorkerSpec(self.orch.plan, stage, index, device, threads, self.orch.session, self.orch.run_dir,
                               self.orch._sink.address, self.orch.in_process)
-            replica = Replica(stage, index, launch(spec), device=device)
+            replica = Replica(stage, index, launch(spec), device=device, group=group or None)
             self.orch.replicas[stage].append(replica)
         self._starting.add((stage, index))
         self._record("add", replica, reason)
@@ -80,9 +87,11 @@ class Scaler:
         self.poll()
 
     def move(self, donor: str, stage: str, reason: str = "") -> bool:
+        """Drain one replica of ``donor`` and start one of ``stage`` (stages or "stage/group")."""
         with self.orch._lock:
-            ready = [r for r in self.orch.replicas[donor] if r.state == "ready"]
-        if len(ready) <= 1:
+            ready = [r for r in self.replicas_of(donor) if r.state == "ready"]
+            others = [r for r in self.orch.replicas[donor.partition("/")[0]] if r.state == "ready"]
+        if not ready or len(others) <= 1:
             return False  # never drain a stage's last ready replica
         victim = min(ready, key=lambda r: (len(r.inflight), -r.index))
         self._record("move", victim, f"{donor} -> {stage}: {reason}")
@@ -115,7 +124,7 @@ class Scaler:
                 self._release(replica)
 
     def _release(self, replica: Replica) -> None:
-        heir = self._handoff.pop((replica.stage, replica.index), None)
+        heir = self._handoff.pop((replica.stage, replica.index), None)  # a stage or "stage/group"
         if heir is not None:
             self.add(heir, replica.device, reason=f"role switch from {replica.stage}[{replica.index}]")
         else:
