@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import argparse
 
-from omnistage.elastic.policy import PolicyConfig
+from dataclasses import replace
+
 from omnistage.elastic.sim import StageModel, shifting_trace, simulate
+from omnistage.graph.schema import ElasticConfig
+from omnistage.stages.controller import policy_config
 
 CHAT = StageModel("chat", base_s=0.004, per_request_s=0.0001, steps=128, max_batch=64)
 IMAGE = StageModel("image", base_s=0.008, per_request_s=0.0016, steps=25, max_batch=32)
 SLO = {"chat": 4.0, "image": 5.0}
-POLICY = PolicyConfig(high_delay_s=1.0, low_delay_s=0.1, patience=2, cooldown_s=5.0, reload_s=5.0, horizon_s=30.0)
+# The controller's shipped defaults (ElasticConfig), with a 5 s model reload.
+DEFAULTS = ElasticConfig()
+POLICY = replace(policy_config(DEFAULTS), reload_s=5.0)
 
 
 def trace_for(devices: int, duration: float, load: float = 0.8):
@@ -37,7 +42,7 @@ def run(devices: int, duration: float, dt: float) -> dict:
     trace = trace_for(devices, duration)
     models = [CHAT, IMAGE]
     even = {"chat": devices // 2, "image": devices - devices // 2}
-    elastic = simulate(models, even, trace, duration, policy=POLICY, dt=dt)
+    elastic = simulate(models, even, trace, duration, policy=POLICY, dt=dt, interval_s=DEFAULTS.interval_s)
     splits = range(1, devices) if devices <= 16 else range(1, devices, max(1, devices // 16))
     statics = [(simulate(models, {"chat": c, "image": devices - c}, trace, duration, dt=dt), c) for c in splits]
     best, best_c = max(statics, key=lambda s: s[0].goodput(SLO))
