@@ -17,6 +17,7 @@ import torch
 
 from omnistage.models.catalog import TINY_MODELS
 from omnistage.models.tiny_diffusion import build_sd, build_sd3, build_wan
+from omnistage.models.tiny_omni import build_qwen2_5_omni
 from omnistage.models.tiny_speech import build_speecht5
 from omnistage.models.tokenizer import build_tokenizer
 
@@ -139,5 +140,6 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sd3": build_sd3,
     "wan": build_wan,
     "speecht5": build_speecht5,
+    "qwen2.5-omni": build_qwen2_5_omni,
 }
 assert set(BUILDERS) == set(TINY_MODELS), "catalog and builders disagree"

@@ -45,3 +45,24 @@ def test_validate_command(capsys):
     assert "llm[0] on cpu" in capsys.readouterr().out
     assert main(["validate", str(ROOT / "tests" / "graph" / "broken" / "cycle.yaml")]) == 1
     assert "cycle: a -> b -> a" in capsys.readouterr().err
+
+
+def test_tiny_qwen2_5_omni_speaks_and_its_sub_models_load_on_their_own():
+    """The reference model's own generate runs on the tiny checkpoint (text and a waveform), and
+    each sub-model reloads from its own directory with the same weights."""
+    from transformers import (AutoTokenizer, Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniTalkerForConditionalGeneration,
+                              Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5OmniToken2WavModel, WhisperFeatureExtractor)
+    path = ensure_tiny("qwen2.5-omni")
+    model = Qwen2_5OmniForConditionalGeneration.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        text, audio = model.generate(**enc, thinker_max_new_tokens=6, talker_max_new_tokens=20, talker_do_sample=False,
+                                     talker_eos_token_id=[model.talker.codec_eos_token], speaker="Chelsie")
+    assert text.shape[1] > enc["input_ids"].shape[1] and audio.ndim == 1 and audio.numel() > 0
+    for name, cls in (("thinker", Qwen2_5OmniThinkerForConditionalGeneration),
+                      ("talker", Qwen2_5OmniTalkerForConditionalGeneration), ("token2wav", Qwen2_5OmniToken2WavModel)):
+        sub, whole = cls.from_pretrained(path / name).state_dict(), getattr(model, name).state_dict()
+        assert sub.keys() == whole.keys() and all(torch.equal(sub[k], whole[k]) for k in sub), name
+    assert WhisperFeatureExtractor.from_pretrained(path / "audio").feature_size == 128
