@@ -14,8 +14,14 @@ import torch
 from omnistage.ar_engine.sequence import MediaSpan
 
 
+# Families whose image and video inputs (placeholders, M-RoPE positions, vision tower) are wired and
+# tested. Others with a vision tower (Qwen2.5-Omni's thinker) run text-only until they are.
+VISION_FAMILIES = frozenset({"qwen2_vl"})
+
+
 def is_vision_language(model: Any) -> bool:
-    return hasattr(getattr(model, "model", None), "get_rope_index") and hasattr(model.config, "image_token_id")
+    return (model.config.model_type in VISION_FAMILIES and hasattr(getattr(model, "model", None), "get_rope_index")
+            and hasattr(model.config, "image_token_id"))
 
 
 def expand_image_tokens(ids: list[int], image_token_id: int, counts: list[int],

@@ -16,11 +16,12 @@ def resolve_model_path(raw: str, base_dir: Path, where: str, issues: list[Config
     """Return the path a worker will load, or record why it cannot be loaded.
 
     ``tiny:<name>`` stays symbolic (the worker generates or reuses the cached checkpoint);
+    ``tiny:<name>/<dir>`` names a sub-model directory inside it (``tiny:qwen2.5-omni/thinker``);
     relative paths are taken from the graph file's directory; ``org/name`` that is not a local
     directory is a hub id and is loaded as such where a hub is reachable.
     """
     if raw.startswith(TINY_PREFIX):
-        name = raw[len(TINY_PREFIX):]
+        name = raw[len(TINY_PREFIX):].partition("/")[0]  # tiny:<name>[/<sub-model dir>]
         if name not in TINY_MODELS:
             issues.append(ConfigIssue(where, f"unknown tiny model {name!r}{suggest(name, TINY_MODELS)}; "
                                              f"available: {', '.join(TINY_MODELS)}"))

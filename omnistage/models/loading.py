@@ -10,8 +10,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def checkpoint_dir(path: str) -> str:
+    """``tiny:<name>[/<sub-model dir>]`` -> its generated directory; anything else as it is."""
     if path.startswith(TINY_PREFIX):
-        return str(ensure_tiny(path[len(TINY_PREFIX):]))
+        name, _, sub = path[len(TINY_PREFIX):].partition("/")
+        root = ensure_tiny(name)
+        return str(root / sub) if sub else str(root)
     return path
 
 

@@ -78,3 +78,4 @@ def build_qwen2_5_omni(out: Path) -> None:
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224).save_pretrained(out)
     WhisperFeatureExtractor(feature_size=128).save_pretrained(out / "audio")
     tok.save_pretrained(out)
+    tok.save_pretrained(out / "thinker")  # the thinker directory loads as a model of its own

@@ -33,9 +33,11 @@ def load_model(path: str, dtype: torch.dtype, device: str) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
     except ValueError:
-        # Vision-language: only the language model pages its KV; the vision tower keeps sdpa.
-        from transformers import AutoModelForImageTextToText
-        impl = {"text_config": ATTN_IMPLEMENTATION, "vision_config": "sdpa", "": ATTN_IMPLEMENTATION}
+        # Vision-language (and omni thinkers): only the language model pages its KV; the vision
+        # and audio towers keep sdpa.
+        from transformers import AutoConfig, AutoModelForImageTextToText
+        towers = {key: "sdpa" for key in AutoConfig.from_pretrained(path).sub_configs if key != "text_config"}
+        impl = {**towers, "text_config": ATTN_IMPLEMENTATION, "": ATTN_IMPLEMENTATION}
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=impl)
     return model.to(device).eval()
 
