@@ -19,14 +19,13 @@ from dataclasses import replace
 
 from omnistage.elastic.sim import StageModel, shifting_trace, simulate
 from omnistage.graph.schema import ElasticConfig
-from omnistage.stages.controller import policy_config
 
 CHAT = StageModel("chat", base_s=0.004, per_request_s=0.0001, steps=128, max_batch=64)
 IMAGE = StageModel("image", base_s=0.008, per_request_s=0.0016, steps=25, max_batch=32)
 SLO = {"chat": 4.0, "image": 5.0}
 # The controller's shipped defaults (ElasticConfig), with a 5 s model reload.
 DEFAULTS = ElasticConfig()
-POLICY = replace(policy_config(DEFAULTS), reload_s=5.0)
+POLICY = replace(DEFAULTS, reload_s=5.0)
 
 
 def trace_for(devices: int, duration: float, load: float = 0.8):

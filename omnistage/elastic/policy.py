@@ -22,6 +22,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from omnistage.graph.schema import ElasticConfig
+
 
 @dataclass(frozen=True)
 class StageLoad:
@@ -55,17 +57,6 @@ class Action:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class PolicyConfig:
-    high_delay_s: float = 2.0
-    low_delay_s: float = 0.2
-    patience: int = 2
-    cooldown_s: float = 10.0
-    reload_s: float = 5.0
-    horizon_s: float = 30.0
-    target_utilization: float = 0.8
-
-
 @dataclass
 class PolicyState:
     """What the policy remembers between snapshots (streaks for hysteresis, last actions)."""
@@ -75,7 +66,7 @@ class PolicyState:
     last_action: dict[str, float] = field(default_factory=dict)
 
 
-def decide(snap: Snapshot, config: PolicyConfig, state: PolicyState) -> list[Action]:
+def decide(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> list[Action]:
     """The hottest stage that can grow gets the replicas it needs (one action per device: from
     the free pool first, then the donors that lose least); else one idle stage gives one back."""
     _update_streaks(snap, config, state)
@@ -95,7 +86,7 @@ def decide(snap: Snapshot, config: PolicyConfig, state: PolicyState) -> list[Act
     return []
 
 
-def needed_replicas(load: StageLoad, config: PolicyConfig) -> int:
+def needed_replicas(load: StageLoad, config: ElasticConfig) -> int:
     """Replicas that serve the arrival rate at ``target_utilization`` and clear the backlog over
     the horizon; at least one more than now (the stage is hot), at most ``max_replicas``."""
     rate = load.arrival_rate + (load.waiting + load.running) / config.horizon_s
@@ -103,7 +94,7 @@ def needed_replicas(load: StageLoad, config: PolicyConfig) -> int:
     return min(load.max_replicas, max(load.replicas + 1, want))
 
 
-def _grow_to_need(snap: Snapshot, config: PolicyConfig, stage: str, ready: set[str]) -> list[Action]:
+def _grow_to_need(snap: Snapshot, config: ElasticConfig, stage: str, ready: set[str]) -> list[Action]:
     loads, free, actions = dict(snap.stages), snap.free_devices, []
     for _ in range(needed_replicas(loads[stage], config) - loads[stage].replicas):
         action = _grow(Snapshot(snap.time, loads, free), config, stage, ready)
@@ -118,14 +109,14 @@ def _grow_to_need(snap: Snapshot, config: PolicyConfig, stage: str, ready: set[s
     return actions
 
 
-def _update_streaks(snap: Snapshot, config: PolicyConfig, state: PolicyState) -> None:
+def _update_streaks(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> None:
     for stage, load in snap.stages.items():
         delay = load.delay()
         state.hot[stage] = state.hot.get(stage, 0) + 1 if delay > config.high_delay_s else 0
         state.idle[stage] = state.idle.get(stage, 0) + 1 if delay < config.low_delay_s else 0
 
 
-def _grow(snap: Snapshot, config: PolicyConfig, stage: str, ready: set[str]) -> Action | None:
+def _grow(snap: Snapshot, config: ElasticConfig, stage: str, ready: set[str]) -> Action | None:
     load = snap.stages[stage]
     why = f"delay {load.delay():.2f} s > {config.high_delay_s} s"
     if snap.free_devices > 0:
@@ -144,14 +135,14 @@ def _grow(snap: Snapshot, config: PolicyConfig, stage: str, ready: set[str]) -> 
                                                          f"request-seconds of queueing over {config.horizon_s:.0f} s")
 
 
-def _saved(load: StageLoad, config: PolicyConfig) -> float:
+def _saved(load: StageLoad, config: ElasticConfig) -> float:
     """Request-seconds of queueing one more replica saves over the horizon (after it loads)."""
     now, more = load.delay(), load.delay(load.replicas + 1)
     requests = load.waiting + load.running + load.arrival_rate * max(0.0, config.horizon_s - config.reload_s)
     return max(0.0, now - more) * requests
 
 
-def _lost(load: StageLoad, config: PolicyConfig) -> float:
+def _lost(load: StageLoad, config: ElasticConfig) -> float:
     """Request-seconds of queueing the donor adds over the horizon with one replica fewer."""
     now, fewer = load.delay(), load.delay(load.replicas - 1)
     requests = load.waiting + load.running + load.arrival_rate * config.horizon_s

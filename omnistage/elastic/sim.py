@@ -15,7 +15,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from omnistage.elastic.policy import Action, PolicyConfig, PolicyState, Snapshot, StageLoad, decide
+from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
+from omnistage.graph.schema import ElasticConfig
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class SimResult:
 
 
 def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace: Sequence[Arrival],
-             duration: float, policy: PolicyConfig | None = None, interval_s: float = 1.0,
+             duration: float, policy: ElasticConfig | None = None, interval_s: float = 1.0,
              dt: float = 0.02, max_replicas: int | None = None) -> SimResult:
     """Run ``trace`` on ``allocation`` (devices per stage); ``policy=None`` keeps it static.
     Requests still unfinished at ``duration`` count as missing their SLO (no latency)."""
@@ -128,7 +129,7 @@ def _tick(rep: _Replica, models: Mapping[str, StageModel], queues: Mapping[str, 
         step = model.step_s(max(1, len(rep.active)))
 
 
-def _finish_drains(replicas: list[_Replica], now: float, policy: PolicyConfig | None) -> None:
+def _finish_drains(replicas: list[_Replica], now: float, policy: ElasticConfig | None) -> None:
     for rep in replicas:
         if rep.draining_to is not None and not rep.active:
             rep.stage, rep.draining_to = rep.draining_to, None
@@ -149,7 +150,7 @@ def _snapshot(now: float, models: Sequence[StageModel], replicas: list[_Replica]
     return Snapshot(now, loads, free_devices=0)
 
 
-def _apply(action: Action, replicas: list[_Replica], snap: Snapshot, now: float, policy: PolicyConfig) -> None:
+def _apply(action: Action, replicas: list[_Replica], snap: Snapshot, now: float, policy: ElasticConfig) -> None:
     if action.kind != "move" or action.donor is None:
         return  # the simulated pool has no free devices: every device always belongs to a stage
     donors = [r for r in replicas if r.stage == action.donor and r.draining_to is None]

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from omnistage.elastic.policy import Action, PolicyConfig, PolicyState, Snapshot, StageLoad, decide
+from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
 from omnistage.graph.schema import ElasticConfig
 from omnistage.stages.scaling import Scaler
 
@@ -24,18 +24,11 @@ SERVICE_RATE_PRIOR = 1.0  # requests/s per replica until measured
 SMOOTHING = 0.5
 
 
-def policy_config(elastic: ElasticConfig) -> PolicyConfig:
-    return PolicyConfig(high_delay_s=elastic.high_delay_s, low_delay_s=elastic.low_delay_s,
-                        patience=elastic.patience, cooldown_s=elastic.cooldown_s, reload_s=elastic.reload_s,
-                        horizon_s=elastic.horizon_s, target_utilization=elastic.target_utilization)
-
-
 class Controller:
     def __init__(self, orchestrator: Orchestrator, elastic: ElasticConfig) -> None:
         self.orch = orchestrator
         self.elastic = elastic
         self.scaler = Scaler(orchestrator)
-        self.policy = policy_config(elastic)
         self.state = PolicyState()
         self.service_rate = dict.fromkeys(orchestrator.arrivals, SERVICE_RATE_PRIOR)
         self._seen = (dict(orchestrator.arrivals), dict(orchestrator.completions), time.monotonic())
@@ -56,7 +49,7 @@ class Controller:
     def tick(self) -> list[Action]:
         self.scaler.poll()
         snap = self.snapshot()
-        actions = decide(snap, self.policy, self.state) if self.elastic.enabled else []
+        actions = decide(snap, self.elastic, self.state) if self.elastic.enabled else []
         for action in actions:
             self.apply(action)
         return actions

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +156,12 @@ class Orchestrator:
         self._ctx.term()
         remove_segments(self.session)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``predicate()`` (read under the replica-table lock) holds, or time out.
+        Woken whenever a replica changes state."""
+        with self._lock:
+            return self._lock.wait_for(predicate, timeout)
 
     def _all(self) -> list[Replica]:
         return [r for reps in self.replicas.values() for r in reps]

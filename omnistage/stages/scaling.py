@@ -122,6 +122,9 @@ class Scaler:
             if replica.state == "dead":
                 self._record("failed", replica, replica.error.strip().splitlines()[-1] if replica.error else "")
                 self._release(replica)
+        if drained or failed:
+            with self.orch._lock:  # states and devices changed: wake Orchestrator.wait_until
+                self.orch._lock.notify_all()
 
     def _release(self, replica: Replica) -> None:
         heir = self._handoff.pop((replica.stage, replica.index), None)  # a stage or "stage/group"
@@ -133,13 +136,3 @@ class Scaler:
 
     def _record(self, kind: str, replica: Replica, reason: str) -> None:
         self.log.append(LoggedAction(time.time(), kind, replica.stage, replica.index, replica.device, reason))
-
-    def replica_counts(self) -> dict[str, dict[str, int]]:
-        """stage -> replicas per state (starting, ready, draining, stopped, dead)."""
-        with self.orch._lock:
-            out: dict[str, dict[str, int]] = {}
-            for stage, reps in self.orch.replicas.items():
-                for r in reps:
-                    out.setdefault(stage, {}).setdefault(r.state, 0)
-                    out[stage][r.state] += 1
-            return out

@@ -1,7 +1,8 @@
 """The policy as a pure function of synthetic metric snapshots."""
-from omnistage.elastic.policy import Action, PolicyConfig, PolicyState, Snapshot, StageLoad, decide
+from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
+from omnistage.graph.schema import ElasticConfig
 
-CONFIG = PolicyConfig(high_delay_s=1.0, low_delay_s=0.1, patience=2, cooldown_s=10.0, reload_s=5.0, horizon_s=30.0)
+CONFIG = ElasticConfig(high_delay_s=1.0, low_delay_s=0.1, patience=2, cooldown_s=10.0, reload_s=5.0, horizon_s=30.0)
 
 
 def load(waiting, rate, replicas, service=10.0, running=0.0, lo=1, hi=4):
@@ -42,9 +43,9 @@ def test_no_move_when_the_donor_would_lose_more_or_is_at_its_minimum():
 def test_no_move_when_the_reload_costs_more_than_it_saves():
     # A slight overload that one more replica barely helps, against a 60 s reload.
     stages = {"image": load(waiting=12, rate=0.5, replicas=1), "chat": load(waiting=0, running=8, rate=0.5, replicas=2)}
-    expensive = PolicyConfig(high_delay_s=1.0, low_delay_s=0.1, patience=1, cooldown_s=0, reload_s=60.0, horizon_s=30)
+    expensive = ElasticConfig(high_delay_s=1.0, low_delay_s=0.1, patience=1, cooldown_s=0, reload_s=60.0, horizon_s=30)
     assert run([Snapshot(0.0, stages, 0)], expensive) == [[]]
-    cheap = PolicyConfig(high_delay_s=1.0, low_delay_s=0.1, patience=1, cooldown_s=0, reload_s=0.5, horizon_s=30)
+    cheap = ElasticConfig(high_delay_s=1.0, low_delay_s=0.1, patience=1, cooldown_s=0, reload_s=0.5, horizon_s=30)
     assert [a.kind for a in run([Snapshot(0.0, stages, 0)], cheap)[0]] == ["move"]
 
 

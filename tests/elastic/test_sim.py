@@ -1,9 +1,9 @@
-from omnistage.elastic.policy import PolicyConfig
+from omnistage.graph.schema import ElasticConfig
 from omnistage.elastic.sim import Arrival, StageModel, shifting_trace, simulate
 
 FAST = StageModel("chat", base_s=0.01, per_request_s=0.001, steps=10, max_batch=8)
 SLOW = StageModel("image", base_s=0.02, per_request_s=0.01, steps=20, max_batch=4)
-POLICY = PolicyConfig(high_delay_s=0.5, low_delay_s=0.05, patience=3, cooldown_s=3.0, reload_s=1.0, horizon_s=20.0)
+POLICY = ElasticConfig(high_delay_s=0.5, low_delay_s=0.05, patience=3, cooldown_s=3.0, reload_s=1.0, horizon_s=20.0)
 
 
 def test_an_unloaded_request_takes_its_steps_at_batch_one():

@@ -9,13 +9,9 @@ from omnistage.pipeline import Pipeline
 from tests.conftest import ROOT
 
 
-def wait_for(condition, timeout=90.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+def wait_for(pipe, condition, timeout=90.0):
+    """Wait on the orchestrator's replica-table condition (the controller thread advances drains)."""
+    return pipe.orchestrator.wait_until(condition, timeout)
 
 
 def states(pipe, stage):
@@ -43,12 +39,12 @@ def test_drain_finishes_what_the_replica_holds_and_frees_its_device(manual):
     assert busy.state in ("draining", "stopped")
     results = [h.result(120) for h in handles]  # nothing dropped, each answered once
     assert all(r.usage["completion_tokens"] == 24 for r in results)
-    assert wait_for(lambda: (scaler.poll(), busy.state)[1] == "stopped")
+    assert wait_for(manual, lambda: busy.state == "stopped" and scaler.free)
     assert scaler.free == ["cpu"]
     assert manual.generate(prompt="still serving", max_tokens=4).text is not None  # the other replica
     # put it back for the next test
     scaler.add("chat", reason="test")
-    assert wait_for(lambda: states(manual, "chat").count("ready") == 2)
+    assert wait_for(manual, lambda: states(manual, "chat").count("ready") == 2)
 
 
 def test_role_switch_under_load(manual):
@@ -57,7 +53,7 @@ def test_role_switch_under_load(manual):
               for i in range(6)]
     chats = [manual.submit(prompt=f"hello {i}", max_tokens=16, temperature=0) for i in range(6)]
     assert scaler.move("chat", "image", reason="test")
-    assert wait_for(lambda: (scaler.poll(), states(manual, "image").count("ready"))[1] == 2)
+    assert wait_for(manual, lambda: states(manual, "image").count("ready") == 2)
     assert states(manual, "chat").count("ready") == 1
     more = [manual.submit(prompt=f"a dog {i}", num_inference_steps=10, seed=i, modalities=["image"])
             for i in range(6)]
@@ -76,10 +72,11 @@ def test_the_controller_moves_a_slot_to_image_generation_when_the_load_shifts():
         chat = [pipe.submit(prompt=f"hi {i}", max_tokens=8, temperature=0) for i in range(8)]
         handles = []
         deadline = time.time() + 90
-        while time.time() < deadline and states(pipe, "image").count("ready") < 2:
+        moved = False  # keep image requests coming (4 every 0.5 s) until a second image replica is ready
+        while time.time() < deadline and not moved:
             handles += [pipe.submit(prompt=f"a red cat {len(handles)}", num_inference_steps=30,
                                     seed=len(handles), modalities=["image"]) for _ in range(4)]
-            time.sleep(0.5)
+            moved = wait_for(pipe, lambda: states(pipe, "image").count("ready") >= 2, timeout=0.5)
         assert states(pipe, "image").count("ready") == 2, controller.scaler.log
         assert states(pipe, "chat").count("ready") == 1
         log = controller.scaler.log

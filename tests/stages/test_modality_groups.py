@@ -1,7 +1,6 @@
 """Modality groups of one LLM stage: text-only and multimodal requests go to their own replicas,
 and the controller can move a device between the groups."""
 import io
-import time
 
 import pytest
 from PIL import Image
@@ -69,10 +68,8 @@ def test_requests_go_to_their_group(pipe):
 def test_moving_a_device_between_groups_keeps_serving(pipe):
     scaler = pipe.orchestrator.controller.scaler
     assert scaler.move("chat/text", "chat/multimodal", reason="test")
-    deadline = time.time() + 90
-    while time.time() < deadline and sum(r.state == "ready" for r in scaler.replicas_of("chat/multimodal")) < 2:
-        scaler.poll()
-        time.sleep(0.1)
+    pipe.orchestrator.wait_until(lambda: sum(r.state == "ready" for r in scaler.replicas_of("chat/multimodal")) == 2,
+                                 timeout=90)
     assert sum(r.state == "ready" for r in scaler.replicas_of("chat/multimodal")) == 2
     assert not [r for r in scaler.replicas_of("chat/text") if r.state == "ready"]
     assert ask(pipe, image=False).text is not None  # the empty text group falls back to the others
