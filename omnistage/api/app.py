@@ -21,8 +21,8 @@ from starlette.routing import Route
 from omnistage.api import audio, images, videos
 from omnistage.api.convert import chat_inputs, choices_count, sampling_params
 from omnistage.api.errors import ApiError, error_response, from_exception
-from omnistage.api.request import check_model, read_json
 from omnistage.api.metrics import Metrics
+from omnistage.api.request import abort_on_failure, check_model, read_json
 from omnistage.errors import OmnistageError
 from omnistage.pipeline import Pipeline
 from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
@@ -124,12 +124,7 @@ async def _generate(request: Request, chat: bool) -> Response:
 
 async def _complete(request: Request, handles: list[RequestHandle], rid: str, model: str, chat: bool,
                     audio_format: str | None = None) -> Response:
-    try:
-        results = await asyncio.gather(*(h.aresult() for h in handles))
-    except (OmnistageError, asyncio.CancelledError):
-        for h in handles:
-            request.app.state.pipeline.orchestrator.abort(h.rid)
-        raise
+    results = await abort_on_failure(request, handles)
     choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for i, (handle, result) in enumerate(zip(handles, results)):
         request.app.state.metrics.observe(handle, result.usage["completion_tokens"])

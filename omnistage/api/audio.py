@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import math
 import struct
 import time
 import uuid
@@ -22,8 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from omnistage.api.errors import ApiError, from_exception
-from omnistage.api.request import check_model, number, read_body
-from omnistage.errors import OmnistageError
+from omnistage.api.request import abort_on_failure, check_model, number, read_body
 from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent
 
 PCM_RATE = 24000
@@ -42,22 +42,34 @@ def wav_header(rate: int) -> bytes:
 
 
 class Resampler:
-    """Streamed resampling to 24 kHz: resample what has arrived, send all but a short tail that
-    the next chunk's samples still influence."""
+    """Streamed resampling to 24 kHz. Each chunk resamples only a window: the new samples plus
+    ``CONTEXT`` input samples before them (more than the sinc filter reaches), and the last
+    ``HOLD`` output samples wait for the next chunk, whose samples still influence them. The
+    window starts on a whole resampling period, so its output lines up with that of the whole
+    stream (tested equal)."""
 
     HOLD = 64
+    CONTEXT = 256
 
     def __init__(self, rate: int, target: int = PCM_RATE) -> None:
         self.rate, self.target = rate, target
-        self.buffer = torch.zeros(0)
-        self.sent = 0
+        self.period = rate // math.gcd(rate, target)  # input samples per whole output step
+        self.window = torch.zeros(0)
+        self.start = 0  # input index of window[0]
+        self.sent = 0  # output samples sent
 
     def feed(self, samples: torch.Tensor, last: bool = False) -> torch.Tensor:
         import torchaudio.functional as AF
-        self.buffer = torch.cat([self.buffer, samples])
-        out = self.buffer if self.rate == self.target else AF.resample(self.buffer, self.rate, self.target)
-        end = len(out) if last else max(self.sent, len(out) - self.HOLD)
-        piece, self.sent = out[self.sent:end], end
+        self.window = torch.cat([self.window, samples])
+        out = self.window if self.rate == self.target else AF.resample(self.window, self.rate, self.target)
+        offset = self.start * self.target // self.rate
+        end = offset + len(out) if last else max(self.sent, offset + len(out) - self.HOLD)
+        piece = out[self.sent - offset:end - offset]
+        self.sent = end
+        keep = max(0, self.sent * self.rate // self.target - self.CONTEXT)
+        keep -= keep % self.period
+        if keep > self.start:
+            self.window, self.start = self.window[keep - self.start:], keep
         return piece
 
 
@@ -143,11 +155,7 @@ async def transcriptions(request: Request) -> Response:
         params["max_tokens"] = number(body, "max_tokens")
     handle = request.app.state.pipeline.submit(audio=[await upload.read()], modalities=["text"],
                                                loop=asyncio.get_running_loop(), **params)
-    try:
-        result = await handle.aresult()
-    except (OmnistageError, asyncio.CancelledError):
-        request.app.state.pipeline.orchestrator.abort(handle.rid)
-        raise
+    (result,) = await abort_on_failure(request, [handle])
     request.app.state.metrics.requests.labels("transcriptions", "200").inc()
     text = result.text or ""
     if fmt == "text":

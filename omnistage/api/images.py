@@ -15,9 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from omnistage.api.errors import ApiError
-from omnistage.api.request import check_model, number, read_json
-from omnistage.errors import OmnistageError
-from omnistage.stages.handle import RequestHandle
+from omnistage.api.request import abort_on_failure, check_model, number, read_json
 
 MAX_IMAGES = 10
 # Request fields passed to the diffusion stage as they are.
@@ -55,15 +53,6 @@ def _count(body: dict[str, Any]) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_IMAGES:
         raise ApiError(400, f"n must be an integer between 1 and {MAX_IMAGES}", "n")
     return n
-
-
-async def abort_on_failure(request: Request, handles: list[RequestHandle]) -> list[Any]:
-    try:
-        return await asyncio.gather(*(h.aresult() for h in handles))
-    except (OmnistageError, asyncio.CancelledError):
-        for h in handles:
-            request.app.state.pipeline.orchestrator.abort(h.rid)
-        raise
 
 
 async def generations(request: Request) -> Response:

@@ -1,6 +1,7 @@
 """Reading a request: the JSON body (with a size limit) and the model it names."""
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -8,6 +9,8 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from omnistage.api.errors import ApiError
+from omnistage.errors import OmnistageError
+from omnistage.stages.handle import RequestHandle
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -66,3 +69,13 @@ def check_model(request: Request, body: dict[str, Any], required: bool = True) -
         raise ApiError(404, f"the model {model!r} does not exist; this server serves {name!r}", "model",
                        "model_not_found")
     return name
+
+
+async def abort_on_failure(request: Request, handles: list[RequestHandle]) -> list[Any]:
+    """Every handle's result; if one fails or the client goes away, stop them all in every stage."""
+    try:
+        return await asyncio.gather(*(h.aresult() for h in handles))
+    except (OmnistageError, asyncio.CancelledError):
+        for h in handles:
+            request.app.state.pipeline.orchestrator.abort(h.rid)
+        raise

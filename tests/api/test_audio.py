@@ -141,3 +141,18 @@ def test_chat_asking_for_audio_on_a_graph_without_spoken_replies(vl_server):
                                                   audio={"voice": "alloy", "format": "wav"},
                                                   messages=[{"role": "user", "content": "hi"}])
     assert "cannot produce audio" in err.value.body["message"]
+
+
+def test_streamed_resampling_equals_resampling_the_whole_clip():
+    import torchaudio.functional as AF
+
+    from omnistage.api.audio import Resampler
+    clip = torch.randn(40000, generator=torch.Generator().manual_seed(0))
+    resampler, parts, at = Resampler(16000), [], 0
+    for size in (4096, 1000, 3, 8192, 777, 20000):
+        parts.append(resampler.feed(clip[at:at + size]))
+        at += size
+    parts.append(resampler.feed(clip[at:], last=True))
+    whole = AF.resample(clip, 16000, 24000)
+    assert torch.allclose(torch.cat(parts), whole, atol=1e-5)
+    assert len(resampler.window) <= Resampler.CONTEXT + 2  # only a window is kept, not the stream

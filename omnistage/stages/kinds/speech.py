@@ -20,6 +20,7 @@ from omnistage.graph.kinds import TranscribeOptions, TtsOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.models.loading import checkpoint_dir, torch_dtype
 from omnistage.speech.asr import Clip, TranscribeEngine, split_windows
+from omnistage.speech.params import check_speech
 from omnistage.speech.tts import SpeechJob, TtsEngine
 from omnistage.stages.engine import StageOutput, StageRequest
 
@@ -48,14 +49,8 @@ class TtsStage:
         if len(ids) > self.model.config.max_text_positions:
             raise RequestRejected(f"input is {len(ids)} tokens; this voice model reads at most "
                                   f"{self.model.config.max_text_positions}", param="input")
-        voice = request.params.get("voice") or self.options.default_voice
-        if voice not in self.voices:
-            raise RequestRejected(f"unknown voice {voice!r}; available: {', '.join(sorted(self.voices))}", param="voice")
-        speed = request.params.get("speed", 1.0)
-        speed = 1.0 if speed is None else speed
-        if not isinstance(speed, (int, float)) or isinstance(speed, bool) or not 0.25 <= speed <= 4.0:
-            raise RequestRejected("speed must be a number between 0.25 and 4.0", param="speed")
-        self.engine.add(SpeechJob(request.rid, ids, self.voices[voice], float(speed)))
+        spoken = check_speech(self.options, self.info(), request.params)  # as at submit
+        self.engine.add(SpeechJob(request.rid, ids, self.voices[spoken["voice"]], spoken["speed"]))
 
     def _generate(self, jobs: list[SpeechJob]) -> list[torch.Tensor]:
         ids = torch.tensor([j.ids for j in jobs], device=self.model.device)
