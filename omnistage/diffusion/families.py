@@ -41,6 +41,7 @@ class Family:
     output: ClassVar[str] = "image"
     prediction: ClassVar[str] = "epsilon"
     components: ClassVar[Mapping[str, tuple[str, ...]]]  # role -> pipeline component names
+    unused: ClassVar[tuple[str, ...]] = ()  # components no stage runs (safety checker, ...)
     defaults: ClassVar[Mapping[str, Any]]  # steps, guidance (+ height/width/num_frames if fixed)
     step_with_generator: ClassVar[bool] = False  # the pipeline passes eta/generator to step()
     begin_index_zero: ClassVar[bool] = False  # the pipeline calls scheduler.set_begin_index(0)
@@ -57,8 +58,6 @@ class Family:
         self.pipe.set_progress_bar_config(disable=True)
         self.vae_config = _load_config(path, "vae")
         self.denoiser_config = _load_config(path, self.components["denoise"][0])
-
-    unused: ClassVar[tuple[str, ...]] = ()
 
     # --- facts -------------------------------------------------------------------------
     @property
