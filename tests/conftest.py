@@ -99,3 +99,37 @@ def diffusers_reference():
             pipe.scheduler = own
         return out.frames[0] if hasattr(out, "frames") else out.images[0]
     return run
+
+
+@pytest.fixture(scope="session")
+def omni_reference():
+    """Reference: Qwen2_5OmniForConditionalGeneration.generate on the tiny checkpoint, greedy
+    thinker and talker, one request at a time. Returns (text ids, codec tokens, waveform); the
+    token2wav noise is fixed by seeding torch's global generator with ``seed``."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2_5OmniForConditionalGeneration
+
+    from omnistage.models.tiny import ensure_tiny
+    root = ensure_tiny("qwen2.5-omni")
+    model = Qwen2_5OmniForConditionalGeneration.from_pretrained(root).eval()
+    tok = AutoTokenizer.from_pretrained(root / "thinker")
+    codes: list[torch.Tensor] = []
+    talker_generate = model.talker.generate
+
+    def capture(**kwargs):
+        out = talker_generate(**kwargs)
+        codes.append(out[0, kwargs["input_ids"].shape[1]:])
+        return out
+    model.talker.generate = capture
+
+    def run(messages, text_tokens, codec_tokens, seed):
+        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            seq, wav = model.generate(**enc, thinker_max_new_tokens=text_tokens, thinker_do_sample=False,
+                                      talker_do_sample=False, talker_max_new_tokens=codec_tokens,
+                                      talker_eos_token_id=[60, 62])
+        made = codes.pop().tolist()
+        made = made[:next((i for i, c in enumerate(made) if c in (60, 62)), len(made))]
+        return seq[0, enc["input_ids"].shape[1]:].tolist(), made, wav
+    return run, tok

@@ -34,6 +34,8 @@ class EngineConfig:
     prefix_caching: bool = True
     # "generated": the last-layer state that produced each new token; "all": every position.
     hidden_states: Literal["none", "generated", "all"] = "none"
+    # With hidden_states "all": also each position's input embedding (what a talker conditions on).
+    input_embeds: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_states == "all" and self.prefix_caching:
@@ -50,6 +52,7 @@ class EngineRequest:
     mrope_delta: int = 0
     # Prefill only: after the first token, keep the KV for ``export_kv`` instead of decoding on.
     hold: bool = False
+    fed: Any = None  # per-position input embeddings from outside (sequence.FedInputs)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class TokenOutput(NamedTuple):
     finish_reason: str | None = None
     logprobs: list[Sampled] = []
     hidden: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None  # input embeddings of the positions ``hidden`` covers ("all")
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -77,16 +81,20 @@ class TokenOutput(NamedTuple):
 @dataclass
 class _State:
     seq: Sequence
-    detok: IncrementalDetokenizer
+    detok: IncrementalDetokenizer | None
     text: str = ""  # all text so far (stop strings are searched here)
     sent: int = 0  # characters of ``text`` already emitted
     hidden: list[torch.Tensor] = field(default_factory=list)
+    embeds: list[torch.Tensor] = field(default_factory=list)
+    kept: int = 0  # positions whose states were kept (a recomputation after preemption repeats none)
     hold: bool = False
 
 
 class LLMEngine:
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, backend: Any = None,
-                 media_encoder: Any = None) -> None:
+                 media_encoder: Any = None, eos_ids: frozenset[int] | None = None) -> None:
+        """``tokenizer`` None: no text (a model over codec tokens); ``eos_ids`` overrides the
+        model's end-of-sequence ids."""
         self.config = config
         self.tokenizer = tokenizer
         num_blocks = config.num_blocks or self._blocks_for(model, config)
@@ -94,7 +102,7 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, config.max_tokens_per_step,
                                                    config.chunked_prefill, config.short_prompt_tokens), self.blocks)
         self.runner = ModelRunner(model, num_blocks, config.block_size, backend=backend, media_encoder=media_encoder)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = _eos_ids(model, tokenizer) if eos_ids is None else eos_ids
         self.max_model_len = min(getattr(text_config(model.config), "max_position_embeddings", 1 << 30),
                                  num_blocks * config.block_size)
         self.states: dict[str, _State] = {}
@@ -117,15 +125,18 @@ class LLMEngine:
         if req.rid in self.states:
             raise RequestRejected(f"request id {req.rid!r} is already running")
         seq = _sequence(req)
-        self.states[req.rid] = _State(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt), hold=req.hold)
+        self.states[req.rid] = _State(seq, self._detokenizer(seq.prompt), hold=req.hold)
         self.scheduler.add(seq)
+
+    def _detokenizer(self, prompt: list[int]) -> IncrementalDetokenizer | None:
+        return None if self.tokenizer is None else IncrementalDetokenizer(self.tokenizer, prompt)
 
     def add_prefilled(self, item: Prefilled) -> None:
         """Continue a request whose prompt was prefilled elsewhere; it joins when blocks allow."""
         req = item.request
         seq = _sequence(req)
         seq.output.append(item.first_token)
-        self.states[req.rid] = _State(seq, IncrementalDetokenizer(self.tokenizer, seq.prompt))
+        self.states[req.rid] = _State(seq, self._detokenizer(seq.prompt))
         self.imports.append(item)
 
     def export_kv(self, rid: str) -> torch.Tensor:
@@ -186,23 +197,28 @@ class LLMEngine:
         result = self.runner.run(plan)
         samplers = [c.seq for c in plan.chunks if c.samples]
         picked = sample_batch(result.logits, [s.sampling for s in samplers], [s.tokens for s in samplers])
-        self._keep_hidden(plan, result.hidden, result.sample_rows)
+        self._keep_hidden(plan, result)
         grew = self.scheduler.update(plan, {s.rid: p.token for s, p in zip(samplers, picked)})
         by_rid = {s.rid: p for s, p in zip(samplers, picked)}
         return imported + [self._emit(seq, by_rid[seq.rid]) for seq in grew]
 
-    def _keep_hidden(self, plan: StepPlan, hidden: torch.Tensor, sample_rows: list[int]) -> None:
+    def _keep_hidden(self, plan: StepPlan, result: Any) -> None:
         mode = self.config.hidden_states
         if mode == "none":
             return
-        offset, rows = 0, iter(sample_rows)
+        offset, rows = 0, iter(result.sample_rows)
         for chunk in plan.chunks:
             state = self.states[chunk.seq.rid]
             if mode == "all":
-                state.hidden.append(hidden[offset:offset + chunk.length])
+                # Positions already kept (recomputed after a preemption) are not kept again.
+                lo, hi = offset + max(0, state.kept - chunk.start), offset + chunk.length
+                state.hidden.append(result.hidden[lo:hi])
+                if self.config.input_embeds:
+                    state.embeds.append(result.embeds[lo:hi])
+                state.kept = max(state.kept, chunk.start + chunk.length)
             elif chunk.samples:
                 row = next(rows)
-                state.hidden.append(hidden[row:row + 1])
+                state.hidden.append(result.hidden[row:row + 1])
             offset += chunk.length
 
     def _emit(self, seq: Sequence, sampled: Sampled) -> TokenOutput:
@@ -210,7 +226,7 @@ class LLMEngine:
         token, sp = sampled.token, seq.sampling
         stop_token = (token in self.eos_ids and not sp.ignore_eos) or token in sp.stop_token_ids
         reason = None
-        if not stop_token:
+        if not stop_token and state.detok is not None:
             state.text += state.detok.push(token)
         if stop_token:
             reason = "stop"
@@ -219,15 +235,16 @@ class LLMEngine:
         hit = sp.find_stop(state.text, max(0, state.sent - max((len(s) for s in sp.stop), default=0)))
         if hit is not None:
             state.text, reason = state.text[:hit], "stop"
-        if reason is not None and hit is None:
+        if reason is not None and hit is None and state.detok is not None:
             state.text += state.detok.flush()  # a trailing incomplete character, as decode() shows it
         visible = state.text if reason else sp.hold_back(state.text)
         delta, state.sent = visible[state.sent:], max(state.sent, len(visible))
         hidden = torch.cat(state.hidden) if state.hidden else None
-        state.hidden = []
+        embeds = torch.cat(state.embeds) if state.embeds else None
+        state.hidden, state.embeds = [], []
         out = TokenOutput(seq.rid, [token], delta, reason is not None, reason,
-                          [sampled] if sp.logprobs is not None else [], hidden, len(seq.prompt), seq.num_cached,
-                          len(seq.output))
+                          [sampled] if sp.logprobs is not None else [], hidden, embeds, len(seq.prompt),
+                          seq.num_cached, len(seq.output))
         if reason is not None:
             self.scheduler.finish(seq)
             del self.states[seq.rid]
@@ -241,12 +258,13 @@ class LLMEngine:
 
 
 def _sequence(req: EngineRequest) -> Sequence:
-    return Sequence(req.rid, list(req.prompt), req.sampling, req.media, req.mrope_positions, req.mrope_delta)
+    return Sequence(req.rid, list(req.prompt), req.sampling, req.media, req.mrope_positions, req.mrope_delta,
+                    req.fed)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)

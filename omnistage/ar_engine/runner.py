@@ -19,6 +19,15 @@ class StepResult(NamedTuple):
     logits: torch.Tensor  # [rows that sample, vocab]
     hidden: torch.Tensor  # [T, hidden] last-layer states of every computed position
     sample_rows: list[int]  # packed position of each sampling row
+    embeds: torch.Tensor  # [T, embed] the input embeddings of every computed position
+
+
+def model_parts(model: Any) -> tuple[Any, Any, Any, Any]:
+    """(token embedding, input projection or None, decoder, head) of a causal LM, a VL model or a
+    Qwen2.5-Omni talker (codec embedding, thinker-to-talker projection, decoder, codec head)."""
+    if hasattr(model, "codec_head"):
+        return model.get_input_embeddings(), model.thinker_to_talker_proj, model.model, model.codec_head
+    return model.get_input_embeddings(), None, model.get_decoder(), model.get_output_embeddings()
 
 
 def text_config(config: Any) -> Any:
@@ -37,13 +46,11 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = next(model.parameters()).device
-        self.decoder = model.get_decoder()
-        self.embed = model.get_input_embeddings()
-        self.lm_head = model.get_output_embeddings()
+        self.embed, self.project, self.decoder, self.lm_head = model_parts(model)
         self.backend = backend
         self.media_encoder = media_encoder  # spans -> embeds, for spans that arrived without them
-        # Qwen2-VL-style models take 3-row (temporal, height, width) rotary positions.
-        self.mrope = hasattr(getattr(model, "model", None), "get_rope_index")
+        # Qwen2-VL-style models (and the Omni talker) take 3-row (temporal, height, width) rotary positions.
+        self.mrope = hasattr(getattr(model, "model", None), "get_rope_index") or self.project is not None
         layers, kv_heads, head_dim = kv_shape(model.config)
         dtype = kv_dtype or next(model.parameters()).dtype
         self.kv_caches = [torch.zeros(2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
@@ -53,11 +60,12 @@ class ModelRunner:
     def run(self, plan: StepPlan) -> StepResult:
         ids, positions, meta, sample_rows = self._prepare(plan)
         embeds = self._embed(plan, ids)
-        out = self.decoder(inputs_embeds=embeds.unsqueeze(0), position_ids=positions, omni_meta=meta,
+        inputs = embeds if self.project is None else self.project(embeds)
+        out = self.decoder(inputs_embeds=inputs.unsqueeze(0), position_ids=positions, omni_meta=meta,
                            use_cache=False)
         hidden = out.last_hidden_state[0]
         logits = self.lm_head(hidden[sample_rows]) if sample_rows else hidden.new_zeros((0, 1))
-        return StepResult(logits.float(), hidden, sample_rows)
+        return StepResult(logits.float(), hidden, sample_rows, embeds)
 
     def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
         bs, dev = self.block_size, self.device
@@ -113,6 +121,11 @@ class ModelRunner:
                 if a < b:
                     rows = span.embeds[a - span.start:b - span.start].to(embeds.device, embeds.dtype)
                     embeds[offset + a - lo:offset + b - lo] = rows
+            if chunk.seq.fed is not None:
+                rows, keep = chunk.seq.fed.rows(lo, chunk.length)
+                part = embeds[offset:offset + chunk.length]
+                embeds[offset:offset + chunk.length] = (part * keep.to(part.device, part.dtype)[:, None]
+                                                        + rows.to(part.device, part.dtype))
             offset += chunk.length
         return embeds
 

@@ -29,6 +29,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; n: the chosen token's logprob and the top n
+    suppress_token_ids: tuple[int, ...] = ()  # never sampled (set by a stage, not by requests)
     generator: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
@@ -117,6 +118,10 @@ def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams],
                  histories: Sequence[Sequence[int]]) -> list[Sampled]:
     """One token per row of ``logits`` ([rows, vocab], float32)."""
     logits = logits.float()
+    if any(sp.suppress_token_ids for sp in params):
+        logits = logits.clone()
+        for row, sp in enumerate(params):
+            logits[row, list(sp.suppress_token_ids)] = float("-inf")
     if all(sp.greedy and sp.logprobs is None and sp.repetition_penalty == 1.0 for sp in params):
         return [Sampled(t) for t in torch.argmax(logits, dim=-1).tolist()]  # the common fast path
     return [_sample_row(logits[row], sp, history) for row, (sp, history) in enumerate(zip(params, histories))]

@@ -73,7 +73,8 @@ class Scheduler:
         seq.status = Status.HELD
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        """Whether a step would compute something (sequences waiting for fed inputs do not count)."""
+        return any(s.remaining() > 0 for s in (*self.waiting, *self.running))
 
     def schedule(self) -> StepPlan:
         """This step's chunks, in four passes: running decodes; short waiting prompts (a fast
@@ -106,6 +107,8 @@ class Scheduler:
         for seq in list(self.waiting):
             if plan.preempted or not budget or len(self.running) >= self.config.max_seqs:
                 break
+            if seq.remaining() <= 0:
+                continue  # its inputs have not come yet
             if short_only and seq.remaining() > min(self.config.short_prompt_tokens, budget):
                 continue
             if not self.blocks.can_allocate(seq):

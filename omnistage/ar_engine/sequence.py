@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from omnistage.ar_engine.sampling import SamplingParams
 
@@ -33,6 +33,18 @@ class MediaSpan:
     source: Any = None  # what the runner's media encoder needs to compute ``embeds``
 
 
+class FedInputs(Protocol):
+    """Per-position input embeddings from outside the model, added to (or replacing) the token
+    embeddings; they may arrive while the sequence runs."""
+
+    def available(self) -> int:
+        """How many positions (from 0) have their rows."""
+
+    def rows(self, start: int, n: int) -> tuple[Any, Any]:
+        """Rows [n, hidden] for positions [start, start+n), and a bool [n] mask of the positions
+        whose token embedding is kept (added to); elsewhere the row replaces it."""
+
+
 @dataclass
 class Sequence:
     rid: str
@@ -42,6 +54,9 @@ class Sequence:
     # 3-row M-RoPE positions of the prompt ([3, len]) and the text offset after it (Qwen2-VL).
     mrope_positions: Any = None
     mrope_delta: int = 0
+    # Input embeddings added per position from outside the model (see ``FedInputs``): a talker's
+    # conditioning on a thinker still decoding. Positions whose rows have not come are not computed.
+    fed: Any = None
     output: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)  # chain hashes of full blocks, in order
@@ -62,9 +77,14 @@ class Sequence:
     def in_prefill(self) -> bool:
         return self.num_computed < len(self) - 1 or not self.output
 
+    def computable(self) -> int:
+        """Positions whose inputs are known (all of them unless fed from outside)."""
+        return len(self) if self.fed is None else min(len(self), self.fed.available())
+
     def remaining(self) -> int:
-        """Tokens still to be computed before the next one can be sampled."""
-        return len(self) - self.num_computed
+        """Tokens that can be computed now (before the next one can be sampled, when they reach
+        the end)."""
+        return self.computable() - self.num_computed
 
     def token_key(self, pos: int) -> Any:
         """What position ``pos`` contributes to its block's hash."""

@@ -16,6 +16,7 @@ class Dest(msgspec.Struct, frozen=True, array_like=True):
     address: str
     port: str  # destination input port, or the response modality when ``to_response``
     to_response: bool = False
+    stream: bool = False  # send each delta as a Part while the request runs (a streamed input)
 
 
 class Ready(msgspec.Struct, array_like=True):
@@ -44,6 +45,8 @@ class Admit(msgspec.Struct, array_like=True):
     # Ports fed by several senders (an input split across replicas): how many parts to gather.
     # Their values are lists; the parts are concatenated.
     parts: dict[str, int] = {}
+    # Streamed input ports: their values arrive as Parts, and the request starts with the first.
+    streams: list[str] = []
 
 
 class Data(msgspec.Struct, array_like=True):
@@ -52,6 +55,16 @@ class Data(msgspec.Struct, array_like=True):
     rid: str
     port: str
     value: Any
+
+
+class Part(msgspec.Struct, array_like=True):
+    """One delta of a streamed input port, in order; ``last`` closes the stream (its value is
+    then None)."""
+
+    rid: str
+    port: str
+    value: Any
+    last: bool = False
 
 
 class Chunk(msgspec.Struct, array_like=True):
@@ -123,6 +136,6 @@ class ProbeResult(msgspec.Struct, array_like=True):
 
 # The position in this tuple is the one-byte type frame: append only, never reorder.
 MESSAGE_TYPES: tuple[type, ...] = (Ready, StartFailed, Admit, Data, Chunk, Done, Failed, Abort, Shutdown, Chunks,
-                                   Probe, ProbeResult, Stats)
+                                   Probe, ProbeResult, Stats, Part)
 Message = (Ready | StartFailed | Admit | Data | Chunk | Done | Failed | Abort | Shutdown | Chunks | Probe
-           | ProbeResult | Stats)
+           | ProbeResult | Stats | Part)

@@ -38,6 +38,7 @@ def compile_graph(config: GraphConfig, base_dir: Path | None = None, source: str
     placement = place(config, issues) if not issues else {}
     if issues:
         raise GraphConfigError(issues, source)
+    stages = {name: replace(st, in_edges=_mark_streams(st)) for name, st in stages.items()}
     edges = tuple(e for name in order for e in stages[name].in_edges)
     stages = {name: replace(st, used_outputs=frozenset(st.response) | {e.src_port for e in edges if e.src_stage == name})
               for name, st in stages.items()}
@@ -99,6 +100,9 @@ def _check_edges(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> 
             if produced is not None and not compatible(produced, port.type):
                 issues.append(ConfigIssue(where, f"{edge.src_stage}.{edge.src_port} carries {produced}, "
                                                  f"but port {edge.dst_port!r} takes {port.type}"))
+            elif produced is not None and port.streaming and not _streams(edge, stages):
+                issues.append(ConfigIssue(where, f"port {edge.dst_port!r} takes a stream; "
+                                                 f"{edge.src_stage}.{edge.src_port} is not streamed"))
         wired = {e.dst_port for e in st.in_edges}
         for port in st.inputs:
             if port.required and port.name not in wired:
@@ -114,6 +118,16 @@ def _check_edges(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> 
             elif not compatible(out_ports[port].type, RESPONSE_MODALITIES[modality]):
                 issues.append(ConfigIssue(f"{path}.outputs.{port}", f"port {port!r} carries {out_ports[port].type}, "
                                                                     f"response.{modality} needs {RESPONSE_MODALITIES[modality]}"))
+
+
+def _streams(edge: Edge, stages: Mapping[str, StagePlan]) -> bool:
+    src = stages.get(edge.src_stage)
+    return src is not None and any(p.name == edge.src_port and p.streaming for p in src.outputs)
+
+
+def _mark_streams(st: StagePlan) -> tuple[Edge, ...]:
+    streamed_in = {p.name for p in st.inputs if p.streaming}
+    return tuple(replace(e, stream=True) if e.dst_port in streamed_in else e for e in st.in_edges)
 
 
 def _source_type(edge: Edge, stages: Mapping[str, StagePlan], where: str, issues: list[ConfigIssue]) -> str | None:

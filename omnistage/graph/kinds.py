@@ -18,7 +18,9 @@ class PortSpec:
     name: str
     type: str
     required: bool = False
-    # Emitted as deltas while the request runs (e.g. text), concatenated by the receiver.
+    # Output: emitted as deltas while the request runs (e.g. text), concatenated by a receiver
+    # that takes whole values. Input: takes deltas as they come, while the source still runs
+    # (the source port must be streaming too).
     streaming: bool = False
 
 
@@ -166,6 +168,72 @@ class TranscribeOptions:
 
 
 @dataclass(frozen=True)
+class TalkerOptions:
+    """A Qwen2.5-Omni talker: codec tokens conditioned on a thinker's streamed states.
+
+    Sampling defaults are the reference ``generate``'s (temperature 0 is greedy); ``max_tokens``
+    caps codec tokens per reply; ``stop_token_ids`` default to the codec's end and pad tokens.
+    ``thinker`` is the thinker checkpoint whose embedding rows the talker needs (default: the
+    ``thinker/`` directory beside the talker's, else the full checkpoint above it).
+    ``codec_start_embeds`` adds the codec pad/start embeddings at the two positions after the
+    prompt, as the model was built to (see omni/reply.py for when the reference skips them).
+    """
+
+    max_tokens: int = 4096
+    temperature: float = 0.9
+    top_k: int = 40
+    top_p: float = 0.8
+    repetition_penalty: float = 1.05
+    stop_token_ids: tuple[int, ...] | None = None
+    default_voice: str = "Chelsie"
+    thinker: str | None = None
+    codec_start_embeds: bool = True
+    block_size: int = 16
+    kv_cache_mb: int = 256
+    max_tokens_per_step: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "block_size", "kv_cache_mb", "max_tokens_per_step"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0 <= self.temperature <= 2:
+            raise ValueError("temperature must be between 0 and 2")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ValueError("top_k must be >= 0 and repetition_penalty > 0")
+
+
+@dataclass(frozen=True)
+class VocoderOptions:
+    """Codec tokens to waveform (Qwen2.5-Omni token2wav: a flow-matching DiT, then BigVGAN).
+
+    Audio is made in chunks of ``chunk_codes`` codec tokens as they arrive (the first chunk of a
+    reply ``first_chunk_codes``, smaller so that audio starts sooner), each with up to
+    ``left_context_codes`` earlier tokens as context; ``chunk_codes: 0`` makes the whole reply at
+    once when the talker has finished (the reference's output, at the cost of first-audio latency).
+    ``num_steps``, ``guidance_scale`` and ``sway_coefficient`` are the ODE's, as in the reference.
+    """
+
+    chunk_codes: int = 24
+    first_chunk_codes: int = 8
+    left_context_codes: int = 24
+    num_steps: int = 10
+    guidance_scale: float = 0.5
+    sway_coefficient: float = -1.0
+    sample_rate: int = 24000
+    default_voice: str = "Chelsie"
+
+    def __post_init__(self) -> None:
+        if min(self.chunk_codes, self.first_chunk_codes, self.left_context_codes) < 0:
+            raise ValueError("chunk_codes, first_chunk_codes and left_context_codes must be >= 0")
+        if self.num_steps < 2:
+            raise ValueError("num_steps must be >= 2")
+        if self.guidance_scale < 0 or self.sample_rate <= 0:
+            raise ValueError("guidance_scale must be >= 0 and sample_rate > 0")
+
+
+@dataclass(frozen=True)
 class PythonOptions:
     """``function`` is "module:callable"; ``outputs`` declares the ports it returns and their types."""
 
@@ -186,6 +254,9 @@ def _python_ports(options: PythonOptions, wired: Mapping[str, str]) -> tuple[tup
 
 _AR_OUTPUTS = (PortSpec("text", "text", streaming=True), PortSpec("tokens", "tokens", streaming=True),
                PortSpec("logprobs", "any", streaming=True), PortSpec("hidden", "tensor", streaming=True))
+
+# What a talker conditions on, per generated token: hidden states, input embeddings, the prompt.
+_AR_STATES = PortSpec("states", "thinker_states", streaming=True)
 
 _AR_INPUTS = (PortSpec("prompt", "text"), PortSpec("messages", "messages"), PortSpec("images", "image"),
               PortSpec("video", "video"), PortSpec("image_embeds", "media_embeds"))
@@ -208,7 +279,7 @@ register_kind(KindSpec(
     engine="omnistage.stages.kinds.ar:build",
     options=ArOptions,
     inputs=_AR_INPUTS,
-    outputs=_AR_OUTPUTS,
+    outputs=_AR_OUTPUTS + (_AR_STATES,),
     needs_model=True,
     any_of=(("prompt", "messages"),),
     description="autoregressive generation with a causal LM",
@@ -290,6 +361,26 @@ register_kind(KindSpec(
     outputs=(PortSpec("text", "text"),),
     needs_model=True,
     description="speech to text with an encoder-decoder (Whisper), batched greedy decoding",
+))
+register_kind(KindSpec(
+    name="talker",
+    engine="omnistage.stages.kinds.omni:build_talker",
+    options=TalkerOptions,
+    inputs=(PortSpec("states", "thinker_states", required=True, streaming=True),),
+    outputs=(PortSpec("codes", "codec", streaming=True),),
+    needs_model=True,
+    check_params="omnistage.omni.params:check_voice",
+    description="codec tokens from a thinker's streamed states (Qwen2.5-Omni talker on the AR engine)",
+))
+register_kind(KindSpec(
+    name="vocoder",
+    engine="omnistage.stages.kinds.omni:build_vocoder",
+    options=VocoderOptions,
+    inputs=(PortSpec("codes", "codec", required=True, streaming=True),),
+    outputs=(PortSpec("audio", "audio", streaming=True),),
+    needs_model=True,
+    check_params="omnistage.omni.params:check_voice",
+    description="codec tokens to audio in streamed chunks (Qwen2.5-Omni token2wav: DiT + BigVGAN), batched",
 ))
 register_kind(KindSpec(
     name="python",

@@ -20,6 +20,9 @@ class Edge:
     src_port: str
     dst_stage: str
     dst_port: str
+    # A streamed hand-off: the source emits deltas and the destination takes them while the
+    # source still runs (both ports are streaming).
+    stream: bool = False
 
     def __str__(self) -> str:
         return f"{self.src_stage}.{self.src_port} -> {self.dst_stage}.{self.dst_port}"

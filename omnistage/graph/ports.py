@@ -6,7 +6,7 @@ from omnistage.graph.strict import frozen_dict
 
 # A port type names what flows on an edge. "any" matches everything (user python stages).
 PORT_TYPES = frozenset({"text", "tokens", "messages", "image", "audio", "video", "tensor", "kv", "media_embeds",
-                        "prompt_embeds", "latents", "any"})
+                        "prompt_embeds", "latents", "thinker_states", "codec", "any"})
 
 # request.<field> -> the type it carries.
 REQUEST_FIELDS: Mapping[str, str] = frozen_dict({

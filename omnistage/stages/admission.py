@@ -63,8 +63,10 @@ def admission_messages(rid: str, route: Route, chosen: Mapping[str, Sequence[Tar
         parts = {e.dst_port: len(image_groups[e.src_stage]) for e in route.edges
                  if e.dst_stage == stage and e.src_stage in image_groups}
         dests = _dests(route, stage, chosen, sink)
+        streams = sorted({e.dst_port for e in route.edges if e.dst_stage == stage and e.stream})
         for replica in chosen[stage]:
-            out.append((replica.address, Admit(rid, list(route.expect[stage]), dests, dict(params), sink, parts)))
+            out.append((replica.address, Admit(rid, list(route.expect[stage]), dests, dict(params), sink, parts,
+                                               streams)))
     for edge in route.edges:
         if edge.src_stage != REQUEST or edge.dst_stage == have_inputs:
             continue
@@ -81,7 +83,8 @@ def admission_messages(rid: str, route: Route, chosen: Mapping[str, Sequence[Tar
 def _dests(route: Route, stage: str, chosen: Mapping[str, Sequence[Target]], sink: str) -> dict[str, list[Dest]]:
     dests: dict[str, list[Dest]] = {}
     for edge in route.out_edges(stage):
-        dests.setdefault(edge.src_port, []).append(Dest(chosen[edge.dst_stage][0].address, edge.dst_port))
+        dests.setdefault(edge.src_port, []).append(Dest(chosen[edge.dst_stage][0].address, edge.dst_port,
+                                                                 stream=edge.stream))
     for modality, (src, port) in route.produces.items():
         if src == stage:
             dests.setdefault(port, []).append(Dest(sink, modality, to_response=True))

@@ -10,9 +10,13 @@ import torch
 
 @dataclass
 class StageRequest:
+    """``inputs`` of a streamed port hold the deltas so far (a list); the ports in ``open`` get
+    more through the engine's ``feed``."""
+
     rid: str
     inputs: dict[str, Any]
     params: Mapping[str, Any]
+    open: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -39,6 +43,10 @@ class StageEngine(Protocol):
 
     def abort(self, rid: str) -> None:
         """Forget a request; no output for it follows."""
+
+    # Kinds with streamed inputs also have
+    #   feed(rid, port, values: list, last: bool) -> None
+    # called with each further delta of an open port (``last`` closes it; its values are empty).
 
     def has_work(self) -> bool: ...
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Probe, ProbeResult,
+from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Part, Probe, ProbeResult,
                                            Ready, Shutdown, StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing, segment_name
 from omnistage.connectors.transport import Inbox, Mailer, bind_address
@@ -188,7 +188,9 @@ class StageWorker:
         if isinstance(msg, Admit):
             if self.requests.admit(msg):
                 self._start(msg.rid)
-        elif isinstance(msg, Data):
+        elif isinstance(msg, Part) and msg.rid in self.requests.started:
+            self._feed(msg)
+        elif isinstance(msg, (Data, Part)):
             if self.requests.data(msg):
                 self._start(msg.rid)
         elif isinstance(msg, Probe):
@@ -202,12 +204,20 @@ class StageWorker:
             raise TypeError(f"stage worker got unexpected message {type(msg).__name__}")
 
     def _start(self, rid: str) -> None:
+        inputs, open_ports = self.requests.take(rid)
         try:
-            self.engine.add(StageRequest(rid, self.requests.take(rid), self.requests.admitted[rid].params))
+            self.engine.add(StageRequest(rid, inputs, self.requests.admitted[rid].params, open_ports))
         except RequestRejected as exc:
             self._fail(rid, str(exc), exc.status, exc.param)
         except REQUEST_INPUT_ERRORS as exc:  # what malformed input raises in tokenizers and processors
             self._fail(rid, f"stage {self.spec.stage!r} could not take the request: {type(exc).__name__}: {exc}")
+
+    def _feed(self, part: Part) -> None:
+        """A further delta of a started request's streamed input."""
+        try:
+            self.engine.feed(part.rid, part.port, [] if part.last else [part.value], part.last)  # type: ignore[attr-defined]
+        except RequestRejected as exc:
+            self._fail(part.rid, str(exc), exc.status, exc.param)
 
     # --- outputs --------------------------------------------------------------------------
     def _emit(self, outputs: list[StageOutput]) -> None:
@@ -226,6 +236,8 @@ class StageWorker:
                 for dest in admit.routes.get(port, ()):
                     if dest.to_response:
                         chunks.setdefault(admit.sink, []).append(Chunk(out.rid, dest.port, value))
+                    elif dest.stream:
+                        self._out.put((dest.address, Part(out.rid, dest.port, value)))
                     elif port in self.streaming:
                         self.held[out.rid][port] = concat(self.held[out.rid].get(port), value)
                     else:
@@ -243,12 +255,13 @@ class StageWorker:
     def _finish(self, admit: Admit, out: StageOutput) -> None:
         held = self.held.pop(admit.rid, {})
         onward = [(port, dest) for port, dests in admit.routes.items() for dest in dests if not dest.to_response]
-        missing = sorted({port for port, _ in onward if port not in held})
+        missing = sorted({port for port, dest in onward if port not in held and not dest.stream})
         if missing:
             self._fail(admit.rid, f"stage {self.spec.stage!r} finished without a value for port {missing[0]!r}")
             return
         for port, dest in onward:
-            self._out.put((dest.address, Data(admit.rid, dest.port, held[port])))
+            message = Part(admit.rid, dest.port, None, last=True) if dest.stream else Data(admit.rid, dest.port, held[port])
+            self._out.put((dest.address, message))
         self._out.put((admit.sink, Done(admit.rid, self.spec.stage, self.spec.replica, out.meta)))
         self._forget(admit.rid)
 

@@ -2,7 +2,7 @@ import msgspec
 import pytest
 import torch
 
-from omnistage.connectors.messages import (MESSAGE_TYPES, Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed,
+from omnistage.connectors.messages import (MESSAGE_TYPES, Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed, Part,
                                            Probe, ProbeResult, Ready, Shutdown, StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing
 from omnistage.connectors.wire import Decoder, Encoder
@@ -22,6 +22,8 @@ SAMPLES = [
     ProbeResult("r1", "llm", 0, [0, 2]),
     ProbeResult("r1", "llm", 0, [], "bad image", 400),
     Stats("llm", 1, {"waiting": 3.0, "kv_usage": 0.25}),
+    Part("r1", "states", {"tokens": [5], "hidden": torch.ones(2, 4)}),
+    Part("r1", "states", None, last=True),
     Shutdown(),
 ]
 

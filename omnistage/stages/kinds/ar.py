@@ -42,17 +42,23 @@ def load_model(path: str, dtype: torch.dtype, device: str) -> Any:
     return model.to(device).eval()
 
 
-def engine_config(options: ArOptions, max_seqs: int) -> EngineConfig:
+def engine_config(options: ArOptions, max_seqs: int, input_embeds: bool = False) -> EngineConfig:
     return EngineConfig(block_size=options.block_size, num_blocks=options.num_blocks,
                         kv_cache_mb=options.kv_cache_mb, max_seqs=max_seqs,
                         max_tokens_per_step=options.max_tokens_per_step, chunked_prefill=options.chunked_prefill,
                         short_prompt_tokens=options.short_prompt_tokens,
-                        prefix_caching=options.prefix_caching, hidden_states=options.hidden_states)
+                        prefix_caching=options.prefix_caching, hidden_states=options.hidden_states,
+                        input_embeds=input_embeds)
 
 
 class ArStage:
     def __init__(self, model: Any, tokenizer: Any, options: ArOptions, max_seqs: int,
-                 image_processor: Any = None, device: str = "cpu", limits: MediaLimits | None = None) -> None:
+                 image_processor: Any = None, device: str = "cpu", limits: MediaLimits | None = None,
+                 states: bool = False) -> None:
+        """``states``: emit what a talker conditions on (``states`` port; needs hidden_states "all")."""
+        if states and options.hidden_states != "all":
+            raise ValueError('a stage whose "states" port is wired must set options.hidden_states: all '
+                             '(a talker conditions on every position of the prompt)')
         self.model = model
         self.tok = tokenizer
         self.options = options
@@ -60,9 +66,11 @@ class ArStage:
         self.limits = limits or MediaLimits()
         self.tower = VisionTower(model) if image_processor is not None else None
         encoder = (lambda spans: self.tower.encode([s.source for s in spans])) if self.tower else None
-        self.engine = LLMEngine(model, tokenizer, engine_config(options, max_seqs), backend=backend_for(device),
-                                media_encoder=encoder)
+        self.engine = LLMEngine(model, tokenizer, engine_config(options, max_seqs, input_embeds=states),
+                                backend=backend_for(device), media_encoder=encoder)
         self.prepared: dict[str, EngineRequest] = {}  # probed requests waiting for their Admit
+        self.states = states
+        self.prompts: dict[str, EngineRequest] = {}  # until their first states went out
 
     # --- requests --------------------------------------------------------------------------
     def prepare(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> EngineRequest:
@@ -79,7 +87,10 @@ class ArStage:
         return self.probe_prepared(self.prepare(rid, inputs, params))
 
     def add(self, request: StageRequest) -> None:
-        self.engine.add(self.take_request(request))
+        req = self.take_request(request)
+        self.engine.add(req)
+        if self.states:
+            self.prompts[req.rid] = req
 
     def take_request(self, request: StageRequest) -> EngineRequest:
         """The engine request: prepared by an earlier probe, or built now; with embeddings."""
@@ -130,10 +141,24 @@ class ArStage:
         return list(self.tok(prompt)["input_ids"])
 
     def step(self) -> list[StageOutput]:
-        return [to_stage_output(out, self.tok) for out in self.engine.step()]
+        outputs = []
+        for out in self.engine.step():
+            outputs.append(to_stage_output(out, self.tok))
+            if self.states:
+                outputs[-1].ports["states"] = self._states(out)
+        return outputs
+
+    def _states(self, out: TokenOutput) -> dict[str, Any]:
+        """This token's states for a talker; the first also carries the prompt (ids, positions)."""
+        states: dict[str, Any] = {"tokens": out.tokens, "hidden": out.hidden, "embeds": out.embeds}
+        req = self.prompts.pop(out.rid, None)
+        if req is not None:
+            states.update(prompt=list(req.prompt), mrope=req.mrope_positions, mrope_delta=int(req.mrope_delta))
+        return states
 
     def abort(self, rid: str) -> None:
         self.prepared.pop(rid, None)
+        self.prompts.pop(rid, None)
         self.engine.abort(rid)
 
     def has_work(self) -> bool:
@@ -171,7 +196,7 @@ def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
     model = load_model(path, torch_dtype(stage.model_dtype, device), device)
     image_processor = AutoImageProcessor.from_pretrained(path) if is_vision_language(model) else None
     return cls(model, AutoTokenizer.from_pretrained(path), stage.options, stage.config.batching.max_batch,
-               image_processor, device)
+               image_processor, device, states="states" in stage.used_outputs)
 
 
 def build(stage: StagePlan, device: str) -> ArStage:

@@ -1,0 +1,100 @@
+"""Qwen2.5-Omni as thinker -> talker -> vocoder stages, against the reference generate."""
+import pytest
+import torch
+import yaml
+
+from omnistage.errors import RequestRejected
+from omnistage.graph.compile import compile_file
+from omnistage.pipeline import Pipeline
+from omnistage.stages.engine import StageRequest
+from omnistage.stages.handle import ChunkEvent, DoneEvent
+from omnistage.stages.kinds.ar import build as build_ar
+from omnistage.stages.kinds.omni import build_talker
+from tests.conftest import ROOT
+
+QUESTION = [{"role": "user", "content": "Tell me a story about a cat"}]
+
+
+def omni_yaml(tmp_path, talker=None, vocoder=None, thinker=None):
+    config = yaml.safe_load((ROOT / "examples" / "omni.yaml").read_text())
+    for stage, options in (("thinker", thinker), ("talker", talker), ("vocoder", vocoder)):
+        config["stages"][stage]["options"].update(options or {})
+    path = tmp_path / "omni.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# The reference's defaults are kept (repetition penalty 1.05) except for greedy choice. One
+# unpadded request: the reference does not add the codec start embeddings (see omni/reply.py).
+GREEDY_TALKER = {"temperature": 0, "max_tokens": 40, "codec_start_embeds": False}
+
+
+def test_talker_codes_equal_the_reference_while_fed_token_by_token(tmp_path, omni_reference):
+    run, _ = omni_reference
+    plan = compile_file(omni_yaml(tmp_path, talker=GREEDY_TALKER))
+    thinker, talker = build_ar(plan.stages["thinker"], "cpu"), build_talker(plan.stages["talker"], "cpu")
+    thinker.add(StageRequest("r", {"messages": QUESTION}, {"max_tokens": 12, "temperature": 0}))
+    text, codes, talker_ran_early = [], [], False
+    while thinker.has_work():
+        for out in thinker.step():
+            text += out.ports["tokens"]
+            states = out.ports["states"]
+            if "r" in talker.replies or "prompt" in states:
+                if "prompt" in states:
+                    talker.add(StageRequest("r", {"states": [states]}, {}, frozenset({"states"})))
+                else:
+                    talker.feed("r", "states", [states], False)
+            if out.finished:
+                talker.feed("r", "states", [], True)
+        while talker.has_work():
+            codes += [c for o in talker.step() for c in o.ports["codes"]]
+            talker_ran_early = talker_ran_early or thinker.has_work()
+    while talker.has_work():
+        codes += [c for o in talker.step() for c in o.ports["codes"]]
+    ref_text, ref_codes, _ = run(QUESTION, 12, 40, seed=0)
+    assert text == ref_text
+    assert codes == ref_codes and len(codes) > 5
+    assert talker_ran_early
+
+
+def test_text_and_waveform_equal_the_reference_through_workers(tmp_path, omni_reference):
+    run, tok = omni_reference
+    path = omni_yaml(tmp_path, talker=GREEDY_TALKER, vocoder={"chunk_codes": 0})
+    with Pipeline.from_yaml(path) as pipe:
+        result = pipe.submit(messages=QUESTION, max_tokens=12, temperature=0, seed=11,
+                             modalities=["text", "audio"]).result(120)
+    ref_text, ref_codes, ref_wav = run(QUESTION, 12, 40, seed=11)
+    assert result.text == tok.decode(ref_text, skip_special_tokens=True)
+    assert result.meta["talker"]["codec_tokens"] == len(ref_codes) + 1  # the stop token counts
+    torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def streaming_pipe(tmp_path_factory):
+    path = omni_yaml(tmp_path_factory.mktemp("omni"), thinker={"max_tokens": 400},
+                     vocoder={"chunk_codes": 4, "left_context_codes": 4})
+    with Pipeline.from_yaml(path) as pipe:
+        yield pipe
+
+
+def test_first_audio_comes_before_the_thinker_finishes_its_text(streaming_pipe):
+    handle = streaming_pipe.submit(messages=QUESTION, max_tokens=300, ignore_eos=True, temperature=0,
+                                   modalities=["text", "audio"])
+    events = list(handle.events(120))
+    kinds = [e.modality for e in events if isinstance(e, ChunkEvent)]
+    first_audio = kinds.index("audio")
+    last_text = len(kinds) - 1 - kinds[::-1].index("text")
+    assert first_audio < last_text
+    assert isinstance(events[-1], DoneEvent) and events[-1].meta["thinker"]["completion_tokens"] == 300
+    assert kinds.count("audio") > 2  # streamed in chunks
+
+
+def test_text_only_requests_never_reach_the_talker(streaming_pipe):
+    result = streaming_pipe.submit(messages=QUESTION, max_tokens=5, modalities=["text"]).result(60)
+    assert set(result.meta) == {"thinker"} and "audio" not in result.outputs
+
+
+def test_an_unknown_voice_is_refused_at_submit(streaming_pipe):
+    with pytest.raises(RequestRejected, match="Chelsie") as err:
+        streaming_pipe.submit(messages=QUESTION, modalities=["text", "audio"], voice="alloy")
+    assert err.value.param == "voice"
