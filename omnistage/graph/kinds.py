@@ -172,7 +172,8 @@ class TalkerOptions:
     """A Qwen2.5-Omni talker: codec tokens conditioned on a thinker's streamed states.
 
     Sampling defaults are the reference ``generate``'s (temperature 0 is greedy); ``max_tokens``
-    caps codec tokens per reply; ``stop_token_ids`` default to the codec's end and pad tokens.
+    caps codec tokens per reply; ``stop_token_ids`` default to the codec's end and pad tokens
+    (``[]``: none, every reply is ``max_tokens`` long).
     ``thinker`` is the thinker checkpoint whose embedding rows the talker needs (default: the
     ``thinker/`` directory beside the talker's, else the full checkpoint above it).
     ``codec_start_embeds`` adds the codec pad/start embeddings at the two positions after the

@@ -13,11 +13,18 @@ its tokens are complete, which is exactly the reference ``Qwen2_5OmniToken2WavMo
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import RungeKutta4ODESolver
+
+
+# Mel frames of left context BigVGAN gets before a window's new frames (its receptive field is
+# about 8 frames each side; the rest of the DiT's context need not be turned into samples).
+VOCODER_CONTEXT_FRAMES = 16
 
 
 @dataclass
@@ -139,9 +146,11 @@ class Token2WavEngine:
         cond = torch.stack([w.reply.voice.cond for w in batch]).to(device).float()
         ref_mel = torch.stack([w.reply.voice.ref_mel for w in batch]).to(device).float()
         mel = self._solve(noise, cond.unsqueeze(1).repeat(1, frames, 1), ref_mel, codes)
-        wave = self.bigvgan(mel).reshape(len(batch), -1).float()
-        per_code = wave.shape[1] // batch[0].length
-        return [wave[i, (w.new - w.start) * per_code:].contiguous() for i, w in enumerate(batch)]
+        skip = (batch[0].new - batch[0].start) * self.repeats  # context frames before the new ones
+        context = min(skip, VOCODER_CONTEXT_FRAMES)
+        wave = self.bigvgan(mel[:, :, skip - context:]).reshape(len(batch), -1).float()
+        per_frame = wave.shape[1] // (frames - skip + context)
+        return list(wave[:, context * per_frame:].contiguous())
 
     def _noise(self, reply: Reply, first: int, n: int) -> torch.Tensor:
         """Noise of frames [first, first + n), drawn in frame order from the request's generator."""
@@ -167,5 +176,31 @@ class Token2WavEngine:
         times = torch.linspace(0, 1, ode.num_steps, device=noise.device, dtype=cond.dtype)
         if ode.sway_coefficient is not None:
             times = times + ode.sway_coefficient * (torch.cos(torch.pi / 2 * times) - 1 + times)
-        return RungeKutta4ODESolver(function=velocity, initial_value=noise).integrate(times)[-1].permute(0, 2, 1)
+        reference = torch.cat([ref_mel, torch.zeros_like(ref_mel)]) if guided else ref_mel
+        with _speaker_encoded_once(self.dit.input_embed, reference):
+            solution = RungeKutta4ODESolver(function=velocity, initial_value=noise).integrate(times)
+        return solution[-1].permute(0, 2, 1)
+
+
+class _Encoded(torch.nn.Module):
+    """Stands in for the DiT's speaker encoder during one solve: its input (the reference mel)
+    is the same at every ODE evaluation, so its output is computed once."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, reference: torch.Tensor) -> torch.Tensor:
+        assert reference.shape[0] == self.value.shape[0]
+        return self.value
+
+
+@contextmanager
+def _speaker_encoded_once(input_embed: Any, reference: torch.Tensor) -> Iterator[None]:
+    encoder = input_embed.spk_encoder
+    input_embed.spk_encoder = _Encoded(encoder(reference))
+    try:
+        yield
+    finally:
+        input_embed.spk_encoder = encoder
 

@@ -35,7 +35,8 @@ class TalkerStage:
             raise ValueError(f"default_voice {options.default_voice!r} is not a speaker: {', '.join(text_bos)}")
         self.codec = {"bos": cfg.tts_codec_start_token_id, "pad": cfg.tts_codec_pad_token_id,
                       "mask": cfg.tts_codec_mask_token_id}
-        self.stop_ids = frozenset(options.stop_token_ids or (cfg.tts_codec_end_token_id, cfg.tts_codec_pad_token_id))
+        stops = options.stop_token_ids
+        self.stop_ids = frozenset((cfg.tts_codec_end_token_id, cfg.tts_codec_pad_token_id) if stops is None else stops)
         self.media_ids = frozenset(getattr(cfg, k) for k in ("image_token_index", "video_token_index",
                                                              "audio_token_index") if getattr(cfg, k, None) is not None)
         config = EngineConfig(block_size=options.block_size, kv_cache_mb=options.kv_cache_mb, max_seqs=max_seqs,
