@@ -127,7 +127,7 @@ async def _complete(request: Request, handles: list[RequestHandle], rid: str, mo
     results = await abort_on_failure(request, handles)
     choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for i, (handle, result) in enumerate(zip(handles, results)):
-        request.app.state.metrics.observe(handle, result.usage["completion_tokens"])
+        request.app.state.metrics.observe(handle, result.usage["completion_tokens"], audio.sample_rate(request))
         text = result.text or ""
         body = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
         if audio_format is not None:  # as OpenAI: the text is the audio's transcript
@@ -201,7 +201,7 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                     reasons = [m["finish_reason"] for m in event.meta.values() if "finish_reason" in m]
                     done = {"index": i, "finish_reason": reasons[-1] if reasons else "stop"}
                     yield chunk([{**done, "delta": {}} if chat else {**done, "text": ""}])
-                    request.app.state.metrics.observe(handles[i], counts[i])
+                    request.app.state.metrics.observe(handles[i], counts[i], audio.sample_rate(request))
                     usage["prompt_tokens"] = sum(m.get("prompt_tokens", 0) for m in event.meta.values())
                     usage["completion_tokens"] += sum(m.get("completion_tokens", 0) for m in event.meta.values())
                     pending -= 1

@@ -126,6 +126,7 @@ async def speech(request: Request) -> Response:
                 event = await anext(events)
             if fmt == "flac":
                 yield _flac(torch.cat(collected), rate)
+            request.app.state.metrics.observe(handle, 0, rate)
         finally:  # a client that goes away stops the request in every stage
             if not finished:
                 request.app.state.pipeline.orchestrator.abort(handle.rid)

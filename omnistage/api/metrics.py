@@ -21,6 +21,10 @@ class Metrics:
                              registry=self.registry)
         self.inter_token = Histogram("omnistage_inter_token_seconds", "Mean gap between output chunks per request",
                                      buckets=_BUCKETS, registry=self.registry)
+        self.ttfp = Histogram("omnistage_time_to_first_audio_seconds", "Time to the first audio packet",
+                              buckets=_BUCKETS, registry=self.registry)
+        self.rtf = Histogram("omnistage_audio_real_time_factor", "Request latency over seconds of audio made",
+                             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=self.registry)
         self.inflight = Gauge("omnistage_stage_inflight_requests", "Requests admitted per stage replica",
                               ["stage", "replica"], registry=self.registry)
         self.ready = Gauge("omnistage_stage_replica_ready", "1 when the replica is ready", ["stage", "replica"],
@@ -32,7 +36,11 @@ class Metrics:
         self._gauges: dict[str, Gauge] = {}
         self._shown = 0
 
-    def observe(self, handle: RequestHandle, chunks: int) -> None:
+    def observe(self, handle: RequestHandle, chunks: int, sample_rate: int | None = None) -> None:
+        if handle.first_audio_at is not None and sample_rate:
+            self.ttfp.observe(handle.first_audio_at - handle.created_at)
+            if handle.finished_at is not None and handle.audio_samples:
+                self.rtf.observe((handle.finished_at - handle.created_at) * sample_rate / handle.audio_samples)
         if handle.first_at is not None:
             self.ttft.observe(handle.first_at - handle.created_at)
         if handle.finished_at is not None:

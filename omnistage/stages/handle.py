@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from omnistage.errors import OmnistageError, RequestFailed
 from omnistage.stages.engine import concat
 
@@ -69,6 +71,8 @@ class RequestHandle:
         self.closed = False
         self.created_at = time.perf_counter()
         self.first_at: float | None = None  # first chunk (time to first token)
+        self.first_audio_at: float | None = None  # first audio packet
+        self.audio_samples = 0
         self.finished_at: float | None = None
 
     def push(self, event: Event) -> None:
@@ -77,6 +81,9 @@ class RequestHandle:
         now = time.perf_counter()
         if self.first_at is None and isinstance(event, ChunkEvent):
             self.first_at = now
+        if isinstance(event, ChunkEvent) and event.modality == "audio":
+            self.first_audio_at = self.first_audio_at or now
+            self.audio_samples += event.value.numel() if isinstance(event.value, torch.Tensor) else 0
         self.closed = isinstance(event, (DoneEvent, ErrorEvent))
         if self.closed:
             self.finished_at = now

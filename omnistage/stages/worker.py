@@ -126,6 +126,8 @@ class StageWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare")
         self._reported = 0.0
         self._step_ema = 0.0
+        self._started: dict[str, float] = {}  # requests started here that have not output yet
+        self._first_output_ema = 0.0  # seconds from a request's start here to its first output
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -153,7 +155,8 @@ class StageWorker:
             return
         self._reported = now
         values = dict(getattr(self.engine, "stats", dict)())
-        values.update(step_seconds=self._step_ema, admitted=float(len(self.requests.admitted)))
+        values.update(step_seconds=self._step_ema, admitted=float(len(self.requests.admitted)),
+                      first_output_seconds=self._first_output_ema)
         self._out.put((self.spec.sink, Stats(self.spec.stage, self.spec.replica, values)))
 
     def _step(self) -> list[StageOutput]:
@@ -205,6 +208,7 @@ class StageWorker:
 
     def _start(self, rid: str) -> None:
         inputs, open_ports = self.requests.take(rid)
+        self._started[rid] = time.perf_counter()
         try:
             self.engine.add(StageRequest(rid, inputs, self.requests.admitted[rid].params, open_ports))
         except RequestRejected as exc:
@@ -225,10 +229,14 @@ class StageWorker:
         # Failed is queued after that batch, so it never overtakes its own chunks.
         chunks: dict[str, list[Chunk]] = {}
         finished: list[tuple[Admit, StageOutput]] = []
+        now = time.perf_counter()
         for out in outputs:
             admit = self.requests.admitted.get(out.rid)
             if admit is None:
                 continue  # aborted while the step ran
+            started = self._started.pop(out.rid, None)
+            if started is not None:
+                self._first_output_ema = 0.9 * self._first_output_ema + 0.1 * (now - started)
             if out.error is not None:
                 finished.append((admit, out))
                 continue
@@ -302,6 +310,7 @@ class StageWorker:
         self._forget(msg.rid)
 
     def _forget(self, rid: str) -> None:
+        self._started.pop(rid, None)
         self.requests.forget(rid)
         self.held.pop(rid, None)
 

@@ -15,6 +15,7 @@ BROKEN = {
     "unknown_port.yaml": ("stages.post.inputs.text", "no output port 'txt' (did you mean \"text\"?)"),
     "unknown_kind.yaml": ("stages.llm.kind", "unknown stage kind 'autoregressive'"),
     "missing_model_path.yaml": ("models.lm.path", "model directory './no/such/checkpoint' not found"),
+    "not_streamed.yaml": ("stages.talker.inputs.states", "takes a stream; fake.states is not streamed"),
 }
 
 
@@ -98,3 +99,9 @@ def test_used_outputs_name_what_a_stage_must_produce():
     fused = compile_file(ROOT / "examples" / "text_to_image.yaml")
     assert fused.stages["generate"].used_outputs == {"image", "progress"}
     assert fused.route_for(frozenset({"prompt"}), frozenset({"image"})).stages == ("generate",)
+
+
+def test_streamed_hand_offs_are_marked_on_their_edges():
+    plan = compile_file(ROOT / "examples" / "omni.yaml")
+    streamed = {str(e) for e in plan.edges if e.stream}
+    assert streamed == {"thinker.states -> talker.states", "talker.codes -> vocoder.codes"}

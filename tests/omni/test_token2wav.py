@@ -16,9 +16,9 @@ def token2wav():
     return model, {n: Voice(s["cond"].float(), s["ref_mel"].float()) for n, s in speakers.items()}
 
 
-def engine(model, chunk=0, left=0, batch=8):
+def engine(model, chunk=0, left=0, batch=8, first=0):
     return Token2WavEngine(model.code2wav_dit_model, model.code2wav_bigvgan_model, OdeSettings(), chunk, left,
-                           batch, max_codes=1000)
+                           batch, max_codes=1000, first_chunk=first)
 
 
 def drain(eng):
@@ -54,13 +54,14 @@ def test_whole_replies_equal_the_reference_and_batch_independently(token2wav):
 
 def test_chunks_come_as_codes_arrive_and_cover_every_code(token2wav):
     model, voices = token2wav
-    eng = engine(model, chunk=6, left=6)
+    eng = engine(model, chunk=6, left=6, first=3)
     eng.add("r", voices["Ethan"], seed=3)
-    eng.feed("r", CODES[0][:5], last=False)
-    assert not eng.has_work()  # fewer than a chunk
-    eng.feed("r", CODES[0][5:13], last=False)
+    eng.feed("r", CODES[0][:2], last=False)
+    assert not eng.has_work()  # fewer than the first chunk
+    eng.feed("r", CODES[0][2:13], last=False)
     first = eng.step()
-    assert [o.last for o in first] == [False]
+    per_code = 2 * 240  # mel frames per code x samples per frame
+    assert [o.last for o in first] == [False] and first[0].samples.numel() == 3 * per_code
     eng.feed("r", CODES[0][13:], last=True)
     rest = [o for outs in drain(eng).values() for o in outs]
     samples = torch.cat([o.samples for o in first + rest])

@@ -6,6 +6,7 @@ Both take the request parameter ``voice`` (a speaker of the checkpoint's ``spk_d
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -129,6 +130,7 @@ class VocoderStage:
         dit = model.code2wav_dit_model
         ode = OdeSettings(options.num_steps, options.guidance_scale, options.sway_coefficient)
         max_codes = dit.config.max_position_embeddings // dit.config.repeats
+        self.rtf: float | None = None
         self.engine = Token2WavEngine(dit, model.code2wav_bigvgan_model, ode, options.chunk_codes,
                                       options.left_context_codes, max_batch, max_codes, options.first_chunk_codes)
 
@@ -145,9 +147,14 @@ class VocoderStage:
         self.engine.feed(rid, [c for part in values for c in part], last)
 
     def step(self) -> list[StageOutput]:
+        start = time.perf_counter()
+        made = self.engine.step()
+        samples = sum(a.samples.numel() for a in made)
+        if samples:  # compute seconds per second of audio made
+            rtf = (time.perf_counter() - start) * self.options.sample_rate / samples
+            self.rtf = rtf if self.rtf is None else 0.9 * self.rtf + 0.1 * rtf
         return [StageOutput(a.rid, ports={"audio": a.samples}, finished=a.last,
-                            meta={"sample_rate": self.options.sample_rate} if a.last else {})
-                for a in self.engine.step()]
+                            meta={"sample_rate": self.options.sample_rate} if a.last else {}) for a in made]
 
     def abort(self, rid: str) -> None:
         self.engine.abort(rid)
@@ -156,7 +163,7 @@ class VocoderStage:
         return self.engine.has_work()
 
     def stats(self) -> dict[str, float]:
-        return {"running": float(len(self.engine.replies))}
+        return {"running": float(len(self.engine.replies)), "real_time_factor": self.rtf or 0.0}
 
 
 def build_talker(stage: StagePlan, device: str) -> TalkerStage:

@@ -1,0 +1,72 @@
+"""Spoken chat and speech on the Qwen2.5-Omni graph (thinker -> talker -> vocoder), with the
+official openai client against a real server."""
+import base64
+
+import httpx
+import openai
+import pytest
+
+from tests.api.conftest import Server
+from tests.conftest import ROOT
+
+MODEL = "omni"
+
+
+@pytest.fixture(scope="module")
+def omni_server():
+    with Server(ROOT / "examples" / "omni.yaml") as server:
+        yield server
+
+
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+
+
+def test_streamed_chat_speaks_before_the_text_is_finished(omni_server):
+    stream = client(omni_server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=200, temperature=0,
+        modalities=["text", "audio"], audio={"voice": "Ethan", "format": "pcm16"}, stream=True,
+        extra_body={"ignore_eos": True})
+    order, transcript, pcm = [], "", b""
+    for chunk in stream:
+        for choice in chunk.choices:
+            audio = choice.delta.audio
+            if audio is None:
+                continue
+            if audio.get("transcript") if isinstance(audio, dict) else getattr(audio, "transcript", None):
+                transcript += audio["transcript"] if isinstance(audio, dict) else audio.transcript
+                order.append("text")
+            data = audio.get("data") if isinstance(audio, dict) else getattr(audio, "data", None)
+            if data:
+                pcm += base64.b64decode(data)
+                order.append("audio")
+    assert transcript and pcm
+    last_text = len(order) - 1 - order[::-1].index("text")
+    assert order.index("audio") < last_text  # audio began while text was still coming
+
+
+def test_spoken_reply_and_metrics(omni_server):
+    c = client(omni_server)
+    reply = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=8,
+                                      modalities=["text", "audio"], audio={"voice": "Chelsie", "format": "wav"})
+    audio = reply.choices[0].message.audio
+    assert audio.transcript is not None and base64.b64decode(audio.data)[:4] == b"RIFF"
+    metrics = httpx.get(f"{omni_server.url}/metrics").text
+    assert "omnistage_time_to_first_audio_seconds_count" in metrics
+    assert 'omnistage_stage_first_output_seconds{replica="0",stage="talker"}' in metrics
+    assert 'omnistage_stage_real_time_factor{replica="0",stage="vocoder"}' in metrics
+
+
+def test_speech_endpoint_streams_the_spoken_reply(omni_server):
+    with client(omni_server).audio.speech.with_streaming_response.create(
+            model=MODEL, voice="Chelsie", input="Say hello", response_format="pcm") as response:
+        chunks = list(response.iter_bytes())
+    assert sum(len(c) for c in chunks) > 0
+
+
+def test_unknown_voice_is_a_400_naming_the_voices(omni_server):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(omni_server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                    modalities=["text", "audio"],
+                                                    audio={"voice": "alloy", "format": "wav"})
+    assert err.value.body["param"] == "voice" and "Chelsie" in err.value.body["message"]
