@@ -31,7 +31,7 @@ class Pipeline:
 
     def submit(self, *, modalities: list[str] | None = None, loop: asyncio.AbstractEventLoop | None = None,
                **kwargs: Any) -> RequestHandle:
-        inputs = {k: kwargs.pop(k) for k in _INPUT_FIELDS if k in kwargs}
+        inputs = {k: _portable(kwargs.pop(k)) for k in _INPUT_FIELDS if k in kwargs}
         return self.orchestrator.submit(inputs, kwargs, None if modalities is None else set(modalities), loop)
 
     def generate(self, *, timeout: float | None = 600, **kwargs: Any) -> Result:
@@ -78,3 +78,15 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _portable(value: Any) -> Any:
+    """PIL images become PNG bytes (lossless) so that they can travel to a stage process."""
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if type(value).__module__.startswith("PIL."):
+        import io
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return buf.getvalue()
+    return value

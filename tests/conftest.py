@@ -105,14 +105,16 @@ def diffusers_reference():
 def omni_reference():
     """Reference: Qwen2_5OmniForConditionalGeneration.generate on the tiny checkpoint, greedy
     thinker and talker, one request at a time. Returns (text ids, codec tokens, waveform); the
-    token2wav noise is fixed by seeding torch's global generator with ``seed``."""
+    token2wav noise is fixed by seeding torch's global generator with ``seed``. Audio clips (16 kHz
+    float arrays) go in as the reference processor prepares them."""
     import torch
-    from transformers import AutoTokenizer, Qwen2_5OmniForConditionalGeneration
+    from transformers import AutoTokenizer, Qwen2_5OmniForConditionalGeneration, WhisperFeatureExtractor
 
     from omnistage.models.tiny import ensure_tiny
     root = ensure_tiny("qwen2.5-omni")
     model = Qwen2_5OmniForConditionalGeneration.from_pretrained(root).eval()
     tok = AutoTokenizer.from_pretrained(root / "thinker")
+    extractor = WhisperFeatureExtractor.from_pretrained(root / "audio")
     codes: list[torch.Tensor] = []
     talker_generate = model.talker.generate
 
@@ -122,8 +124,20 @@ def omni_reference():
         return out
     model.talker.generate = capture
 
-    def run(messages, text_tokens, codec_tokens, seed):
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    def encode(messages, clips):
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not clips:
+            return dict(tok(text, return_tensors="pt", add_special_tokens=False))
+        feats = extractor(list(clips), sampling_rate=16000, padding="max_length", return_attention_mask=True,
+                          return_tensors="pt")
+        for frames in feats.attention_mask.sum(-1).tolist():  # one placeholder per clip, expanded
+            tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
+            text = text.replace("<|AUDIO|>", "<|AUDIO_EXPANDED|>" * tokens, 1)
+        enc = dict(tok(text.replace("<|AUDIO_EXPANDED|>", "<|AUDIO|>"), return_tensors="pt", add_special_tokens=False))
+        return {**enc, "input_features": feats.input_features, "feature_attention_mask": feats.attention_mask}
+
+    def run(messages, text_tokens, codec_tokens, seed, clips=()):
+        enc = encode(messages, clips)
         torch.manual_seed(seed)
         with torch.inference_mode():
             seq, wav = model.generate(**enc, thinker_max_new_tokens=text_tokens, thinker_do_sample=False,

@@ -154,8 +154,9 @@ async def transcriptions(request: Request) -> Response:
     params: dict[str, Any] = {}
     if body.get("max_tokens") is not None:
         params["max_tokens"] = number(body, "max_tokens")
-    handle = request.app.state.pipeline.submit(audio=[await upload.read()], modalities=["text"],
-                                               loop=asyncio.get_running_loop(), **params)
+    inputs = _transcription_inputs(request, await upload.read())
+    handle = request.app.state.pipeline.submit(**inputs, modalities=["text"], loop=asyncio.get_running_loop(),
+                                               **params)
     (result,) = await abort_on_failure(request, [handle])
     request.app.state.metrics.requests.labels("transcriptions", "200").inc()
     text = result.text or ""
@@ -167,6 +168,19 @@ async def transcriptions(request: Request) -> Response:
         payload.update(task="transcribe", language=body.get("language") or "unknown", duration=None, segments=[])
     payload["usage"] = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
     return JSONResponse(payload)
+
+
+TRANSCRIBE_INSTRUCTION = "Transcribe this audio."
+
+
+def _transcription_inputs(request: Request, clip: bytes) -> dict[str, Any]:
+    """The audio alone for a graph with a speech-to-text route (Whisper); for one whose model
+    takes audio in a chat (Qwen2.5-Omni's thinker), the audio with an instruction to transcribe."""
+    plan = request.app.state.pipeline.plan
+    if "text" in plan.reachable_modalities(frozenset({"audio"})):
+        return {"audio": [clip]}
+    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": TRANSCRIBE_INSTRUCTION}]}]
+    return {"audio": [clip], "messages": messages}
 
 
 # --- spoken chat replies (modalities: ["text", "audio"]) -----------------------------------

@@ -48,6 +48,7 @@ def chat_inputs(body: dict[str, Any], media_dir: str | None = None) -> dict[str,
                 parts.append({"type": "video"})
             elif kind == "input_audio":
                 audio.append(_audio(part.get("input_audio"), where))
+                parts.append({"type": "audio"})
             else:
                 raise ApiError(400, f"unsupported content part type {kind!r}", f"{where}.type")
         out.append({"role": role, "content": parts})

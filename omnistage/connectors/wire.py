@@ -3,7 +3,8 @@
 Tensors inside a message become msgpack extension values that point at a buffer: either a following zmq frame (sent with ``copy=False``) or a slot of the sender's
 shared-memory ring (same host only). Receivers rebuild tensors over the received frame
 without copying; shared-memory slots are copied out and released at once. ``bytes`` values
-travel inside the msgpack body (send big binary payloads as uint8 tensors).
+travel inside the msgpack body (send big binary payloads as uint8 tensors). NumPy arrays travel
+as tensors.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import numpy as np
 import torch
 
 from omnistage.connectors.messages import MESSAGE_TYPES, Message
@@ -22,6 +24,23 @@ _EXT_TENSOR, _EXT_SHM_TENSOR = 1, 2
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16,
     torch.int32, torch.int64, torch.bool, torch.complex64, torch.complex128)}
+
+
+def unsendable(value: Any, where: str) -> str | None:
+    """Where in ``value`` something is that the wire cannot carry (None when it all can)."""
+    if value is None or isinstance(value, (str, bytes, bytearray, bool, int, float)):
+        return None
+    if isinstance(value, torch.Tensor):
+        return None if str(value.dtype).removeprefix("torch.") in _DTYPES else where
+    if isinstance(value, np.ndarray):
+        return None if value.dtype.kind in "biufc" else where
+    if isinstance(value, dict):
+        bad = (unsendable(v, f"{where}.{k}") if isinstance(k, str) else where for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        bad = (unsendable(v, f"{where}[{i}]") for i, v in enumerate(value))
+    else:
+        return where
+    return next((b for b in bad if b is not None), None)
 
 
 class TensorHeader(msgspec.Struct, array_like=True):
@@ -51,6 +70,8 @@ class Encoder:
     def _hook(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
             return self._tensor(obj)
+        if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
+            return self._tensor(torch.from_numpy(np.ascontiguousarray(obj)))
         raise TypeError(f"cannot send a {type(obj).__name__} over the wire")
 
     def _tensor(self, t: torch.Tensor) -> msgspec.msgpack.Ext:

@@ -22,7 +22,7 @@ from omnistage.models.tiny_speech import build_speecht5
 from omnistage.models.tokenizer import build_tokenizer
 
 # Bump when any builder changes, so cached checkpoints are rebuilt.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 SEED = 1234
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from omnistage.models.tokenizer import build_tokenizer
+from omnistage.models.tokenizer import build_tokenizer, chat_template
 
 OMNI_TOKENS = ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|tts_text_pad|>", "<|tts_text_bos|>",
                "<|tts_text_eos|>", "<|tts_bos_single|>"]
@@ -77,5 +77,6 @@ def build_qwen2_5_omni(out: Path) -> None:
     # preprocessor_config.json).
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224).save_pretrained(out)
     WhisperFeatureExtractor(feature_size=128).save_pretrained(out / "audio")
+    tok.chat_template = chat_template(audio="<|audio_bos|><|AUDIO|><|audio_eos|>")
     tok.save_pretrained(out)
     tok.save_pretrained(out / "thinker")  # the thinker directory loads as a model of its own

@@ -5,7 +5,9 @@ Qwen2.5-Omni's token2wav solves a flow-matching ODE with a DiT (codec tokens -> 
 request's audio is made window by window as its codec tokens arrive: a window is the next
 ``chunk`` new tokens (``first_chunk`` for a reply's first window) plus up to ``left_context``
 earlier ones, and only the new tokens' samples are emitted. Windows of the same length from different requests share one ODE solve (the DiT
-treats batch rows independently) and one BigVGAN call.
+treats batch rows independently) and one BigVGAN call. The most urgent window goes first: a
+reply's next audio is due when the audio it already has would finish playing (a reply with none
+yet is due when it arrived), and it takes along the most urgent windows of the same length.
 
 The noise of frame f is the same whatever the chunking: each request draws its noise frame by
 frame, in order, from its own generator. With ``chunk`` 0 a request is made in one window once
@@ -13,6 +15,7 @@ its tokens are complete, which is exactly the reference ``Qwen2_5OmniToken2WavMo
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ class Reply:
     rid: str
     voice: Voice
     generator: torch.Generator
+    arrived: float
     codes: list[int] = field(default_factory=list)
     ended: bool = False
     done: int = 0  # codes whose samples were emitted
@@ -72,10 +76,11 @@ class OdeSettings:
 
 class Token2WavEngine:
     def __init__(self, dit: Any, bigvgan: Any, ode: OdeSettings, chunk: int, left_context: int,
-                 max_batch: int, max_codes: int, first_chunk: int = 0) -> None:
+                 max_batch: int, max_codes: int, first_chunk: int = 0, code_seconds: float = 0.02) -> None:
         self.dit, self.bigvgan, self.ode = dit, bigvgan, ode
         self.chunk, self.left_context, self.max_batch, self.max_codes = chunk, left_context, max_batch, max_codes
         self.first_chunk = first_chunk or chunk
+        self.code_seconds = code_seconds  # audio per codec token
         self.repeats = dit.config.repeats
         self.mel_dim = dit.config.mel_dim
         self.replies: dict[str, Reply] = {}
@@ -86,7 +91,7 @@ class Token2WavEngine:
             generator.seed()
         else:
             generator.manual_seed(seed)
-        self.replies[rid] = Reply(rid, voice, generator)
+        self.replies[rid] = Reply(rid, voice, generator, time.monotonic())
 
     def feed(self, rid: str, codes: list[int], last: bool) -> None:
         reply = self.replies.get(rid)
@@ -108,10 +113,8 @@ class Token2WavEngine:
         windows = [w for r in self.replies.values() if (w := self._window(r)) is not None]
         if not windows:
             return outs
-        by_length: dict[int, list[Window]] = {}
-        for w in windows:
-            by_length.setdefault(w.length, []).append(w)
-        batch = max(by_length.values(), key=len)[:self.max_batch]
+        windows.sort(key=lambda w: w.reply.arrived + w.reply.done * self.code_seconds)
+        batch = [w for w in windows if w.length == windows[0].length][:self.max_batch]
         for w, samples in zip(batch, self._vocode(batch)):
             w.reply.done = w.end
             last = w.reply.ended and w.end >= len(w.reply.codes)

@@ -23,7 +23,7 @@ from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, P
                                            StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
 from omnistage.connectors.transport import Inbox, Mailer, bind_address
-from omnistage.connectors.wire import Decoder, Encoder
+from omnistage.connectors.wire import Decoder, Encoder, unsendable
 from omnistage.errors import (Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError)
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
 from omnistage.stages.admission import admission_messages, probe_target, resolve_params, split, without_stage
@@ -173,6 +173,10 @@ class Orchestrator:
         if self._stopping.is_set():
             raise Overloaded("the pipeline is shutting down", status=503)
         inputs = {k: v for k, v in inputs.items() if v is not None}
+        for field, value in inputs.items():
+            if (bad := unsendable(value, field)) is not None:
+                raise RequestRejected(f"{bad} cannot be sent to a stage: use str, bytes, numbers, lists, dicts, "
+                                      "tensors or numeric arrays", param=field)
         route = self.plan.route_for(frozenset(inputs), None if modalities is None else frozenset(modalities))
         params = resolve_params(self.plan, route, self.infos, params or {})
         rid = uuid.uuid4().hex

@@ -70,3 +70,25 @@ def test_unknown_voice_is_a_400_naming_the_voices(omni_server):
                                                     modalities=["text", "audio"],
                                                     audio={"voice": "alloy", "format": "wav"})
     assert err.value.body["param"] == "voice" and "Chelsie" in err.value.body["message"]
+
+
+def _wav(seconds=1.0, freq=330.0):
+    import io
+
+    import numpy as np
+    import soundfile as sf
+    t = np.arange(int(16000 * seconds)) / 16000
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 16000, format="WAV")
+    return buf.getvalue()
+
+
+def test_input_audio_and_transcription_go_through_the_thinker(omni_server):
+    c = client(omni_server)
+    data = base64.b64encode(_wav()).decode()
+    heard = c.chat.completions.create(model=MODEL, max_tokens=6, temperature=0, messages=[{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+        {"type": "text", "text": "What is this?"}]}])
+    assert heard.usage.prompt_tokens > 25 and heard.choices[0].message.content is not None  # the clip's positions
+    text = c.audio.transcriptions.create(model=MODEL, file=("clip.wav", _wav(), "audio/wav"))
+    assert isinstance(text.text, str)

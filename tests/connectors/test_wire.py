@@ -101,3 +101,14 @@ def test_shm_ring_falls_back_when_full_and_reuses_released_slots(tmp_path):
 def test_pickle_is_refused():
     with pytest.raises(TypeError, match="cannot send a object"):
         Encoder().encode(Data("r", "p", object()))
+
+
+def test_numpy_arrays_travel_as_tensors_and_unsendable_values_are_found():
+    import numpy as np
+
+    from omnistage.connectors.wire import unsendable
+    enc, dec = Encoder(), Decoder()
+    got = dec.decode(enc.encode(Data("r", "audio", {"array": np.arange(4, dtype=np.float32)})))
+    assert torch.equal(got.value["array"], torch.arange(4, dtype=torch.float32))
+    assert unsendable({"a": [1, "x", np.zeros(2), torch.ones(1)]}, "audio") is None
+    assert unsendable({"a": [1, object()]}, "audio") == "audio.a[1]"

@@ -78,3 +78,16 @@ def test_a_reply_without_codes_ends_with_empty_audio(token2wav):
     eng.feed("r", [], last=True)
     [[out]] = drain(eng).values()
     assert out.last and out.samples.numel() == 0
+
+
+def test_the_most_overdue_reply_goes_first(token2wav):
+    model, voices = token2wav
+    eng = engine(model, chunk=4, left=0, batch=1, first=4)
+    for rid in ("early", "late"):
+        eng.add(rid, voices["Chelsie"], seed=1)
+    eng.feed("late", CODES[1][:12], last=False)
+    eng.feed("early", CODES[0][:12], last=False)
+    order = [out.rid for _ in range(4) for out in eng.step()]
+    # "early" arrived first: its first chunk goes first; then each is due when its audio so far
+    # would finish playing, so they alternate instead of one running ahead.
+    assert order == ["early", "late", "early", "late"]

@@ -180,6 +180,13 @@ def test_undecodable_image_is_a_400_and_the_stage_lives_on():
             pipe.generate(messages=_msgs("no placeholder"), images=[_png()], temperature=0, max_tokens=4)
         result = pipe.generate(messages=image_msg, images=[_png()], temperature=0, max_tokens=4)
         assert result.usage["completion_tokens"] >= 1
+        from PIL import Image
+        pil = pipe.generate(messages=image_msg, images=[Image.new("RGB", (64, 48), (200, 30, 30))], temperature=0,
+                            max_tokens=4)
+        assert pil.text == result.text  # a PIL image travels as lossless PNG
+        with pytest.raises(RequestRejected, match=r"images\[0\] cannot be sent") as info:
+            pipe.submit(messages=image_msg, images=[object()])
+        assert info.value.param == "images"
 
 
 def _png():

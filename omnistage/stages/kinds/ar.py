@@ -18,13 +18,14 @@ from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine, T
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.multimodal import is_vision_language, media_spans
 from omnistage.ar_engine.sampling import SamplingParams
-from omnistage.encoders.media import MediaLimits, load_image, load_video
+from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.models.loading import checkpoint_dir, torch_dtype
+from omnistage.omni.hearing import AudioItem, AudioTower, audio_spans, feature_extractor_dir, hears, prepare_audio
 from omnistage.stages.engine import StageOutput, StageRequest
 
 
@@ -54,8 +55,9 @@ def engine_config(options: ArOptions, max_seqs: int, input_embeds: bool = False)
 class ArStage:
     def __init__(self, model: Any, tokenizer: Any, options: ArOptions, max_seqs: int,
                  image_processor: Any = None, device: str = "cpu", limits: MediaLimits | None = None,
-                 states: bool = False) -> None:
-        """``states``: emit what a talker conditions on (``states`` port; needs hidden_states "all")."""
+                 states: bool = False, audio_extractor: Any = None) -> None:
+        """``states``: emit what a talker conditions on (``states`` port; needs hidden_states "all").
+        ``audio_extractor``: the feature extractor of a model that hears (Qwen2.5-Omni thinker)."""
         if states and options.hidden_states != "all":
             raise ValueError('a stage whose "states" port is wired must set options.hidden_states: all '
                              '(a talker conditions on every position of the prompt)')
@@ -65,7 +67,9 @@ class ArStage:
         self.image_processor = image_processor
         self.limits = limits or MediaLimits()
         self.tower = VisionTower(model) if image_processor is not None else None
-        encoder = (lambda spans: self.tower.encode([s.source for s in spans])) if self.tower else None
+        self.audio_extractor = audio_extractor
+        self.ears = AudioTower(model) if audio_extractor is not None else None
+        encoder = self._encode_media if self.tower or self.ears else None
         self.engine = LLMEngine(model, tokenizer, engine_config(options, max_seqs, input_embeds=states),
                                 backend=backend_for(device), media_encoder=encoder)
         self.prepared: dict[str, EngineRequest] = {}  # probed requests waiting for their Admit
@@ -101,8 +105,23 @@ class ArStage:
         self._attach_embeddings(req, request.inputs.get("image_embeds") or [])
         return req
 
+    def _encode_media(self, spans: list[Any]) -> list[Any]:
+        """Embeddings of media spans the engine must compute: audio by the audio tower, images
+        and video by the vision tower, each in one forward, in the spans' order."""
+        heard = [i for i, s in enumerate(spans) if isinstance(s.source, AudioItem)]
+        seen = [i for i, s in enumerate(spans) if not isinstance(s.source, AudioItem)]
+        out: list[Any] = [None] * len(spans)
+        for group, tower in ((heard, self.ears), (seen, self.tower)):
+            if group:
+                assert tower is not None
+                for i, embeds in zip(group, tower.encode([spans[i].source for i in group])):
+                    out[i] = embeds
+        return out
+
     def engine_request(self, rid: str, inputs: dict[str, Any], sampling: SamplingParams) -> EngineRequest:
         ids = self._token_ids(inputs)
+        if inputs.get("audio") is not None:
+            return self._audio_request(rid, ids, inputs["audio"], sampling, inputs)
         images = inputs.get("images") or []
         video = inputs.get("video")
         if not images and video is None:
@@ -114,6 +133,21 @@ class ArStage:
         videos = [prepare_video(self.image_processor, load_video(video, self.limits))] if video is not None else []
         try:
             ids, spans, positions, delta = media_spans(self.model, ids, items, videos)
+        except ValueError as exc:
+            raise RequestRejected(str(exc), param="messages") from None
+        return EngineRequest(rid, ids, sampling, spans, positions, delta)
+
+    def _audio_request(self, rid: str, ids: list[int], clips: Any, sampling: SamplingParams,
+                       inputs: dict[str, Any]) -> EngineRequest:
+        if self.audio_extractor is None:
+            raise RequestRejected("this stage's model does not take audio", param="audio")
+        if inputs.get("images") or inputs.get("video") is not None:
+            raise RequestRejected("this stage takes audio or images, not both in one request", param="messages")
+        clips = clips if isinstance(clips, list) else [clips]
+        rate = self.audio_extractor.sampling_rate
+        items = prepare_audio(self.audio_extractor, [load_audio(c, rate, self.limits) for c in clips])
+        try:
+            ids, spans, positions, delta = audio_spans(self.model, ids, items)
         except ValueError as exc:
             raise RequestRejected(str(exc), param="messages") from None
         return EngineRequest(rid, ids, sampling, spans, positions, delta)
@@ -195,8 +229,12 @@ def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
     path = checkpoint_dir(stage.model_path)
     model = load_model(path, torch_dtype(stage.model_dtype, device), device)
     image_processor = AutoImageProcessor.from_pretrained(path) if is_vision_language(model) else None
+    audio_extractor = None
+    if hears(model):
+        from transformers import WhisperFeatureExtractor
+        audio_extractor = WhisperFeatureExtractor.from_pretrained(feature_extractor_dir(path))
     return cls(model, AutoTokenizer.from_pretrained(path), stage.options, stage.config.batching.max_batch,
-               image_processor, device, states="states" in stage.used_outputs)
+               image_processor, device, states="states" in stage.used_outputs, audio_extractor=audio_extractor)
 
 
 def build(stage: StagePlan, device: str) -> ArStage:

@@ -6,6 +6,7 @@ Both take the request parameter ``voice`` (a speaker of the checkpoint's ``spk_d
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -131,8 +132,10 @@ class VocoderStage:
         ode = OdeSettings(options.num_steps, options.guidance_scale, options.sway_coefficient)
         max_codes = dit.config.max_position_embeddings // dit.config.repeats
         self.rtf: float | None = None
+        hop = math.prod(model.code2wav_bigvgan_model.config.upsample_rates)
         self.engine = Token2WavEngine(dit, model.code2wav_bigvgan_model, ode, options.chunk_codes,
-                                      options.left_context_codes, max_batch, max_codes, options.first_chunk_codes)
+                                      options.left_context_codes, max_batch, max_codes, options.first_chunk_codes,
+                                      code_seconds=dit.config.repeats * hop / options.sample_rate)
 
     def info(self) -> dict[str, Any]:
         return {"sample_rate": self.options.sample_rate, "voices": sorted(self.voices)}

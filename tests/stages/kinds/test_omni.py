@@ -1,4 +1,5 @@
 """Qwen2.5-Omni as thinker -> talker -> vocoder stages, against the reference generate."""
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -66,6 +67,22 @@ def test_text_and_waveform_equal_the_reference_through_workers(tmp_path, omni_re
     ref_text, ref_codes, ref_wav = run(QUESTION, 12, 40, seed=11)
     assert result.text == tok.decode(ref_text, skip_special_tokens=True)
     assert result.meta["talker"]["codec_tokens"] == len(ref_codes) + 1  # the stop token counts
+    torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
+
+
+def test_spoken_question_in_speech_out_equals_the_reference(tmp_path, omni_reference):
+    """Audio in (the thinker's own audio tower), text and speech out."""
+    run, tok = omni_reference
+    t = np.arange(int(16000 * 1.3)) / 16000
+    clip = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What is this sound?"}]}]
+    path = omni_yaml(tmp_path, talker=GREEDY_TALKER, vocoder={"chunk_codes": 0})
+    with Pipeline.from_yaml(path) as pipe:
+        result = pipe.submit(messages=messages, audio=[{"array": clip, "sampling_rate": 16000}], max_tokens=10,
+                             temperature=0, seed=5, modalities=["text", "audio"]).result(120)
+    ref_text, _, ref_wav = run(messages, 10, 40, seed=5, clips=[clip])
+    assert result.text == tok.decode(ref_text, skip_special_tokens=True)
+    assert result.usage["prompt_tokens"] > 40  # the clip's positions
     torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
 
 
