@@ -48,9 +48,9 @@ def questions(n: int, offset: int = 0) -> list[list[dict]]:
 def graph(tmp: Path) -> Path:
     config = yaml.safe_load((Path(__file__).parent.parent / "examples" / "omni.yaml").read_text())
     config["stages"]["thinker"]["options"]["max_tokens"] = TEXT_TOKENS
-    # Greedy, and without the codec start embeddings the reference skips for one unpadded
-    # request: the talker makes exactly the reference's codec tokens (the same work).
-    config["stages"]["talker"]["options"].update(max_tokens=CODEC_TOKENS, temperature=0, codec_start_embeds=False,
+    # Greedy, and conditioned as the reference conditions one unpadded request: the talker makes
+    # exactly the reference's codec tokens (the same work).
+    config["stages"]["talker"]["options"].update(max_tokens=CODEC_TOKENS, temperature=0, reference_unpadded=True,
                                                  stop_token_ids=[])
     path = tmp / "omni.yaml"
     path.write_text(yaml.safe_dump(config))

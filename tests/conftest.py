@@ -108,13 +108,15 @@ def omni_reference():
     token2wav noise is fixed by seeding torch's global generator with ``seed``. Audio clips (16 kHz
     float arrays) go in as the reference processor prepares them."""
     import torch
-    from transformers import AutoTokenizer, Qwen2_5OmniForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import (AutoImageProcessor, AutoTokenizer, Qwen2_5OmniForConditionalGeneration,
+                              WhisperFeatureExtractor)
 
     from omnistage.models.tiny import ensure_tiny
     root = ensure_tiny("qwen2.5-omni")
     model = Qwen2_5OmniForConditionalGeneration.from_pretrained(root).eval()
     tok = AutoTokenizer.from_pretrained(root / "thinker")
     extractor = WhisperFeatureExtractor.from_pretrained(root / "audio")
+    images_processor = AutoImageProcessor.from_pretrained(root)
     codes: list[torch.Tensor] = []
     talker_generate = model.talker.generate
 
@@ -124,8 +126,17 @@ def omni_reference():
         return out
     model.talker.generate = capture
 
-    def encode(messages, clips):
+    def encode(messages, clips, images):
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if images:
+            pixels = images_processor(images=list(images), return_tensors="pt")
+            tokens = int(pixels.image_grid_thw[0].prod()) // 4  # one image: its patches after the 2x2 merge
+            enc = dict(tok(text.replace("<|image_pad|>", "<|image_pad|>" * tokens), return_tensors="pt",
+                           add_special_tokens=False))
+            # Prefixed: the reference's generate would also hand unprefixed pixel values to the talker,
+            # whose generate refuses them (transformers 5.23).
+            return {**enc, "thinker_pixel_values": pixels.pixel_values,
+                    "thinker_image_grid_thw": pixels.image_grid_thw}
         if not clips:
             return dict(tok(text, return_tensors="pt", add_special_tokens=False))
         feats = extractor(list(clips), sampling_rate=16000, padding="max_length", return_attention_mask=True,
@@ -136,8 +147,8 @@ def omni_reference():
         enc = dict(tok(text.replace("<|AUDIO_EXPANDED|>", "<|AUDIO|>"), return_tensors="pt", add_special_tokens=False))
         return {**enc, "input_features": feats.input_features, "feature_attention_mask": feats.attention_mask}
 
-    def run(messages, text_tokens, codec_tokens, seed, clips=()):
-        enc = encode(messages, clips)
+    def run(messages, text_tokens, codec_tokens, seed, clips=(), images=()):
+        enc = encode(messages, clips, images)
         torch.manual_seed(seed)
         with torch.inference_mode():
             seq, wav = model.generate(**enc, thinker_max_new_tokens=text_tokens, thinker_do_sample=False,

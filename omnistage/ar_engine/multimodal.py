@@ -14,9 +14,14 @@ import torch
 from omnistage.ar_engine.sequence import MediaSpan
 
 
-# Families whose image and video inputs (placeholders, M-RoPE positions, vision tower) are wired and
-# tested. Others with a vision tower (Qwen2.5-Omni's thinker) run text-only until they are.
-VISION_FAMILIES = frozenset({"qwen2_vl"})
+# Families whose image inputs (placeholders, M-RoPE positions, vision tower) are wired and tested,
+# and those of them that take video too.
+VISION_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_omni_thinker"})
+VIDEO_FAMILIES = frozenset({"qwen2_vl"})
+
+
+def takes_video(model: Any) -> bool:
+    return model.config.model_type in VIDEO_FAMILIES
 
 
 def is_vision_language(model: Any) -> bool:
@@ -75,7 +80,12 @@ def _grids(items: list[Any]) -> torch.Tensor | None:
 def mrope_positions(model: Any, ids: list[int], image_grids: torch.Tensor | None,
                     video_grids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     input_ids = torch.tensor([ids])
-    token_types = (input_ids == model.config.image_token_id).int() + 2 * (input_ids == model.config.video_token_id).int()
-    positions, delta = model.model.get_rope_index(input_ids, token_types, image_grid_thw=image_grids,
-                                                  video_grid_thw=video_grids, attention_mask=torch.ones_like(input_ids))
+    mask = torch.ones_like(input_ids)
+    if model.config.model_type == "qwen2_5_omni_thinker":  # no token types; audio lengths instead
+        positions, delta = model.model.get_rope_index(input_ids, image_grid_thw=image_grids,
+                                                      video_grid_thw=video_grids, attention_mask=mask)
+    else:
+        token_types = (input_ids == model.config.image_token_id).int() + 2 * (input_ids == model.config.video_token_id).int()
+        positions, delta = model.model.get_rope_index(input_ids, token_types, image_grid_thw=image_grids,
+                                                      video_grid_thw=video_grids, attention_mask=mask)
     return positions[:, 0].cpu(), int(delta.reshape(-1)[0])

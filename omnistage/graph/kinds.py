@@ -176,8 +176,10 @@ class TalkerOptions:
     (``[]``: none, every reply is ``max_tokens`` long).
     ``thinker`` is the thinker checkpoint whose embedding rows the talker needs (default: the
     ``thinker/`` directory beside the talker's, else the full checkpoint above it).
-    ``codec_start_embeds`` adds the codec pad/start embeddings at the two positions after the
-    prompt, as the model was built to (see omni/reply.py for when the reference skips them).
+    ``reference_unpadded`` conditions the talker as the reference ``generate`` does for one
+    unpadded request: without the codec pad/start embeddings at the two positions after the
+    prompt and with 1-D positions (see omni/reply.py); by default the talker gets both, as the
+    model was built to (and as the reference does for a padded batch).
     """
 
     max_tokens: int = 4096
@@ -188,7 +190,7 @@ class TalkerOptions:
     stop_token_ids: tuple[int, ...] | None = None
     default_voice: str = "Chelsie"
     thinker: str | None = None
-    codec_start_embeds: bool = True
+    reference_unpadded: bool = False
     block_size: int = 16
     kv_cache_mb: int = 256
     max_tokens_per_step: int = 2048

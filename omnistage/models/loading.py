@@ -1,6 +1,8 @@
 """Where a stage's checkpoint comes from: generated tiny models or a directory / hub id."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from omnistage.models.tiny import ensure_tiny
@@ -22,3 +24,14 @@ def torch_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return DTYPES[name]
+
+
+def processor_dir(model_dir: str) -> str | Path:
+    """The image processor's directory: the model's own, else the full checkpoint above it (a
+    Qwen2.5-Omni thinker saved as a sub-model); a hub id as it is."""
+    here = Path(model_dir)
+    for candidate in (here, here.parent):
+        config = candidate / "preprocessor_config.json"
+        if config.exists() and "patch_size" in config.read_text():
+            return candidate
+    return model_dir

@@ -14,7 +14,8 @@ The thinker's last token never gets a row (it is not fed back), as in the refere
 
 (*) The reference adds these two codec embeddings only when the talker is given an attention
 mask; in transformers 5 ``generate`` drops an all-ones mask, so one unpadded request goes without
-them while a padded batch gets them. ``codec_start=False`` reproduces the former.
+them while a padded batch gets them. ``codec_start=False`` reproduces the former (the talker
+stage's ``reference_unpadded`` option).
 """
 from __future__ import annotations
 

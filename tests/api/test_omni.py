@@ -15,6 +15,11 @@ MODEL = "omni"
 @pytest.fixture(scope="module")
 def omni_server():
     with Server(ROOT / "examples" / "omni.yaml") as server:
+        # Warm every vocoder replica: a worker's first model calls pay one-time set-up.
+        pipe = server.server.config.app.state.pipeline
+        warm = [pipe.submit(messages=[{"role": "user", "content": "hi"}], max_tokens=8, modalities=["text", "audio"])
+                for _ in range(2)]
+        [h.result(120) for h in warm]
         yield server
 
 

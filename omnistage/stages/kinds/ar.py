@@ -16,7 +16,7 @@ from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
 from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine, TokenOutput
 from omnistage.ar_engine.kernels import backend_for
-from omnistage.ar_engine.multimodal import is_vision_language, media_spans
+from omnistage.ar_engine.multimodal import is_vision_language, media_spans, takes_video
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video
 from omnistage.encoders.video import prepare_video
@@ -24,7 +24,7 @@ from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.models.loading import checkpoint_dir, torch_dtype
+from omnistage.models.loading import checkpoint_dir, processor_dir, torch_dtype
 from omnistage.omni.hearing import AudioItem, AudioTower, audio_spans, feature_extractor_dir, hears, prepare_audio
 from omnistage.stages.engine import StageOutput, StageRequest
 
@@ -129,6 +129,8 @@ class ArStage:
         if self.image_processor is None:
             raise RequestRejected("this stage's model does not take images or video",
                                   param="images" if images else "video")
+        if video is not None and not takes_video(self.model):
+            raise RequestRejected("this stage's model does not take video yet", param="video")
         items = prepare_images(self.image_processor, [load_image(im, self.limits) for im in images])
         videos = [prepare_video(self.image_processor, load_video(video, self.limits))] if video is not None else []
         try:
@@ -228,7 +230,7 @@ def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
     model = load_model(path, torch_dtype(stage.model_dtype, device), device)
-    image_processor = AutoImageProcessor.from_pretrained(path) if is_vision_language(model) else None
+    image_processor = AutoImageProcessor.from_pretrained(processor_dir(path)) if is_vision_language(model) else None
     audio_extractor = None
     if hears(model):
         from transformers import WhisperFeatureExtractor

@@ -54,7 +54,7 @@ class TalkerStage:
     def add(self, request: StageRequest) -> None:
         voice = check_voice(self.options, self.info(), request.params)["voice"]
         reply = ThinkerReply(self.text_bos[voice], self.text_eos, self.text_pad, self.media_ids,
-                             self.options.codec_start_embeds)
+                             codec_start=not self.options.reference_unpadded)
         self.replies[request.rid] = reply
         self.params[request.rid] = dict(request.params)
         self.feed(request.rid, "states", list(request.inputs.get("states") or []), "states" not in request.open)
@@ -79,8 +79,8 @@ class TalkerStage:
     def _start(self, rid: str, reply: ThinkerReply) -> None:
         P = reply.prompt_len
         prompt = [self.codec["mask"]] * P + [self.codec["pad"], self.codec["bos"]]
-        positions = None
-        if reply.mrope is not None:
+        positions = None  # 1-D
+        if reply.mrope is not None and not self.options.reference_unpadded:
             tail = torch.arange(P, P + 2) + reply.mrope_delta
             positions = torch.cat([reply.mrope, tail.unsqueeze(0).expand(3, -1)], dim=1)
         params = self.params.pop(rid)

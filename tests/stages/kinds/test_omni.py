@@ -26,8 +26,9 @@ def omni_yaml(tmp_path, talker=None, vocoder=None, thinker=None):
 
 
 # The reference's defaults are kept (repetition penalty 1.05) except for greedy choice. One
-# unpadded request: the reference does not add the codec start embeddings (see omni/reply.py).
-GREEDY_TALKER = {"temperature": 0, "max_tokens": 40, "codec_start_embeds": False}
+# unpadded request: the reference conditions the talker without the codec start embeddings and
+# with 1-D positions (see omni/reply.py).
+GREEDY_TALKER = {"temperature": 0, "max_tokens": 40, "reference_unpadded": True}
 
 
 def test_talker_codes_equal_the_reference_while_fed_token_by_token(tmp_path, omni_reference):
@@ -86,11 +87,30 @@ def test_spoken_question_in_speech_out_equals_the_reference(tmp_path, omni_refer
     torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
 
 
+def test_image_in_text_and_speech_out_equal_the_reference(tmp_path, omni_reference):
+    """An image through the thinker's vision tower; the talker in the reference's unpadded way
+    takes 1-D positions while the thinker's are M-RoPE."""
+    from PIL import Image
+    run, tok = omni_reference
+    image = Image.new("RGB", (90, 70), (200, 30, 30))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    path = omni_yaml(tmp_path, talker=GREEDY_TALKER, vocoder={"chunk_codes": 0})
+    with Pipeline.from_yaml(path) as pipe:
+        result = pipe.submit(messages=messages, images=[image], max_tokens=10, temperature=0, seed=9,
+                             modalities=["text", "audio"]).result(120)
+    ref_text, _, ref_wav = run(messages, 10, 40, seed=9, images=[image])
+    assert result.text == tok.decode(ref_text, skip_special_tokens=True)
+    torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def streaming_pipe(tmp_path_factory):
     path = omni_yaml(tmp_path_factory.mktemp("omni"), thinker={"max_tokens": 400},
                      vocoder={"chunk_codes": 4, "left_context_codes": 4})
     with Pipeline.from_yaml(path) as pipe:
+        # Warm every vocoder replica: a worker's first model calls pay one-time set-up.
+        warm = [pipe.submit(messages=QUESTION, max_tokens=8, modalities=["text", "audio"]) for _ in range(2)]
+        [h.result(120) for h in warm]
         yield pipe
 
 
