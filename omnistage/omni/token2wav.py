@@ -180,7 +180,7 @@ class Token2WavEngine:
         if ode.sway_coefficient is not None:
             times = times + ode.sway_coefficient * (torch.cos(torch.pi / 2 * times) - 1 + times)
         reference = torch.cat([ref_mel, torch.zeros_like(ref_mel)]) if guided else ref_mel
-        with _speaker_encoded_once(self.dit.input_embed, reference):
+        with _speaker_encoded_once(self.dit.input_embed, reference), _block_masks_unexpanded(self.dit):
             solution = RungeKutta4ODESolver(function=velocity, initial_value=noise).integrate(times)
         return solution[-1].permute(0, 2, 1)
 
@@ -196,6 +196,21 @@ class _Encoded(torch.nn.Module):
     def forward(self, reference: torch.Tensor) -> torch.Tensor:
         assert reference.shape[0] == self.value.shape[0]
         return self.value
+
+
+@contextmanager
+def _block_masks_unexpanded(dit: Any) -> Iterator[None]:
+    """The DiT's block distances as one [1, 1, T, T] matrix instead of a view expanded to every
+    row and head: each layer's mask is then computed once per evaluation, not per row and head
+    (attention broadcasts it; the values are the same)."""
+    def block_diff(hidden_states: torch.Tensor) -> torch.Tensor:
+        blocks = torch.arange(hidden_states.shape[1], device=hidden_states.device) // dit.block_size
+        return (blocks[None, :] - blocks[:, None])[None, None]
+    dit._create_block_diff = block_diff
+    try:
+        yield
+    finally:
+        del dit._create_block_diff
 
 
 @contextmanager
