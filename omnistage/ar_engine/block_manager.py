@@ -61,7 +61,9 @@ class BlockManager:
 
     def _prefix_hashes(self, seq: Sequence) -> list[bytes]:
         """Hashes of the full blocks before the last token (that one is always computed)."""
-        return self._hash_blocks(seq, (len(seq) - 1) // self.block_size) if self.prefix_caching else []
+        if not (self.prefix_caching and seq.reuse_prefix):
+            return []
+        return self._hash_blocks(seq, (len(seq) - 1) // self.block_size)
 
     def _hits(self, hashes: list[bytes]) -> list[int]:
         hit = []

@@ -37,10 +37,6 @@ class EngineConfig:
     # With hidden_states "all": also each position's input embedding (what a talker conditions on).
     input_embeds: bool = False
 
-    def __post_init__(self) -> None:
-        if self.hidden_states == "all" and self.prefix_caching:
-            raise ValueError('hidden_states "all" needs every prompt position computed: set prefix_caching false')
-
 
 @dataclass
 class EngineRequest:
@@ -53,6 +49,9 @@ class EngineRequest:
     # Prefill only: after the first token, keep the KV for ``export_kv`` instead of decoding on.
     hold: bool = False
     fed: Any = None  # per-position input embeddings from outside (sequence.FedInputs)
+    # With hidden_states "all": this request wants every position's states, so it computes its
+    # whole prompt (no cached prefix reused). Others keep no states and use the prefix cache.
+    all_states: bool = True
 
 
 @dataclass
@@ -125,6 +124,7 @@ class LLMEngine:
         if req.rid in self.states:
             raise RequestRejected(f"request id {req.rid!r} is already running")
         seq = _sequence(req)
+        seq.reuse_prefix = not (self.config.hidden_states == "all" and req.all_states)
         self.states[req.rid] = _State(seq, self._detokenizer(seq.prompt), hold=req.hold)
         self.scheduler.add(seq)
 
@@ -209,14 +209,14 @@ class LLMEngine:
         offset, rows = 0, iter(result.sample_rows)
         for chunk in plan.chunks:
             state = self.states[chunk.seq.rid]
-            if mode == "all":
+            if mode == "all" and not chunk.seq.reuse_prefix:
                 # Positions already kept (recomputed after a preemption) are not kept again.
                 lo, hi = offset + max(0, state.kept - chunk.start), offset + chunk.length
                 state.hidden.append(result.hidden[lo:hi])
                 if self.config.input_embeds:
                     state.embeds.append(result.embeds[lo:hi])
                 state.kept = max(state.kept, chunk.start + chunk.length)
-            elif chunk.samples:
+            elif mode == "generated" and chunk.samples:
                 row = next(rows)
                 state.hidden.append(result.hidden[row:row + 1])
             offset += chunk.length

@@ -57,6 +57,7 @@ class Sequence:
     # Input embeddings added per position from outside the model (see ``FedInputs``): a talker's
     # conditioning on a thinker still decoding. Positions whose rows have not come are not computed.
     fed: Any = None
+    reuse_prefix: bool = True  # False: compute every position (its states are wanted), reuse no cached prefix
     output: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)  # chain hashes of full blocks, in order

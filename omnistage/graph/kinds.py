@@ -67,9 +67,6 @@ class ArOptions:
                 raise ValueError(f"{name} must be > 0")
         if self.num_blocks is not None and self.num_blocks <= 0:
             raise ValueError("num_blocks must be > 0")
-        if self.hidden_states == "all" and self.prefix_caching:
-            raise ValueError('hidden_states "all" needs every prompt position computed, which prefix caching '
-                             'skips: set prefix_caching: false or hidden_states: generated')
 
 
 @dataclass(frozen=True)

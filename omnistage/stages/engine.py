@@ -11,12 +11,14 @@ import torch
 @dataclass
 class StageRequest:
     """``inputs`` of a streamed port hold the deltas so far (a list); the ports in ``open`` get
-    more through the engine's ``feed``."""
+    more through the engine's ``feed``. ``outputs``: the output ports something takes for this
+    request (None: unknown, all of them)."""
 
     rid: str
     inputs: dict[str, Any]
     params: Mapping[str, Any]
     open: frozenset[str] = frozenset()
+    outputs: frozenset[str] | None = None
 
 
 @dataclass

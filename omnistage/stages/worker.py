@@ -209,8 +209,9 @@ class StageWorker:
     def _start(self, rid: str) -> None:
         inputs, open_ports = self.requests.take(rid)
         self._started[rid] = time.perf_counter()
+        admit = self.requests.admitted[rid]
         try:
-            self.engine.add(StageRequest(rid, inputs, self.requests.admitted[rid].params, open_ports))
+            self.engine.add(StageRequest(rid, inputs, admit.params, open_ports, frozenset(admit.routes)))
         except RequestRejected as exc:
             self._fail(rid, str(exc), exc.status, exc.param)
         except REQUEST_INPUT_ERRORS as exc:  # what malformed input raises in tokenizers and processors

@@ -5,6 +5,7 @@ import base64
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.api.conftest import Server
 from tests.conftest import ROOT
@@ -13,8 +14,14 @@ MODEL = "omni"
 
 
 @pytest.fixture(scope="module")
-def omni_server():
-    with Server(ROOT / "examples" / "omni.yaml") as server:
+def omni_server(tmp_path_factory):
+    # Replies of a known length (64 codec tokens, no early stop), so that speech always starts
+    # while a long text is still being written.
+    config = yaml.safe_load((ROOT / "examples" / "omni.yaml").read_text())
+    config["stages"]["talker"]["options"].update(temperature=0, max_tokens=64, stop_token_ids=[])
+    path = tmp_path_factory.mktemp("omni") / "omni.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with Server(path) as server:
         # Warm every vocoder replica: a worker's first model calls pay one-time set-up.
         pipe = server.server.config.app.state.pipeline
         warm = [pipe.submit(messages=[{"role": "user", "content": "hi"}], max_tokens=8, modalities=["text", "audio"])

@@ -108,9 +108,26 @@ def test_hidden_states_match_the_reference_model(family):
     torch.testing.assert_close(torch.cat(hidden), want, rtol=1e-4, atol=1e-4)
 
 
-def test_hidden_states_all_refuses_prefix_caching():
-    with pytest.raises(ValueError, match="prefix_caching"):
-        EngineConfig(hidden_states="all")
+def test_hidden_states_all_with_prefix_caching_computes_only_the_requests_that_want_them(family):
+    _, tok, ref, paged = family
+    ids = prompts(tok)[5]
+    engine = LLMEngine(paged, tok, EngineConfig(num_blocks=64, block_size=4, hidden_states="all"))
+
+    def run(rid, all_states):
+        engine.add(EngineRequest(rid, ids, SamplingParams(max_tokens=3, temperature=0, ignore_eos=True),
+                                 all_states=all_states))
+        outs = [o for _ in range(20) if engine.has_work() for o in engine.step()]
+        hidden = [o.hidden for o in outs if o.hidden is not None]
+        return outs[-1], torch.cat(hidden) if hidden else None
+    _, first = run("a", True)
+    cached_out, none = run("b", False)  # same prompt: starts from the cache, keeps no states
+    assert cached_out.cached_tokens > 0 and none is None
+    again, states = run("c", True)  # wants states: computes its whole prompt despite the cache
+    assert again.cached_tokens == 0
+    torch.testing.assert_close(states, first)
+    with torch.inference_mode():
+        want = ref.model(torch.tensor([ids])).last_hidden_state[0]
+    torch.testing.assert_close(states[:len(ids)], want, rtol=1e-4, atol=1e-4)
 
 
 def test_qwen2_vl_with_images_equals_hf_generate(vl_reference):

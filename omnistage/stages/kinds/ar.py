@@ -56,7 +56,9 @@ class ArStage:
     def __init__(self, model: Any, tokenizer: Any, options: ArOptions, max_seqs: int,
                  image_processor: Any = None, device: str = "cpu", limits: MediaLimits | None = None,
                  states: bool = False, audio_extractor: Any = None) -> None:
-        """``states``: emit what a talker conditions on (``states`` port; needs hidden_states "all").
+        """``states``: emit what a talker conditions on (``states`` port; needs hidden_states "all";
+        only requests routed to a talker compute every prompt position, the others may reuse the
+        prefix cache).
         ``audio_extractor``: the feature extractor of a model that hears (Qwen2.5-Omni thinker)."""
         if states and options.hidden_states != "all":
             raise ValueError('a stage whose "states" port is wired must set options.hidden_states: all '
@@ -103,6 +105,9 @@ class ArStage:
             sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
             req = self.engine_request(request.rid, request.inputs, sampling)
         self._attach_embeddings(req, request.inputs.get("image_embeds") or [])
+        # Every position's states only for a request whose states someone takes; the others
+        # keep none and may start from the prefix cache.
+        req.all_states = request.outputs is None or bool({"states", "hidden"} & request.outputs)
         return req
 
     def _encode_media(self, spans: list[Any]) -> list[Any]:

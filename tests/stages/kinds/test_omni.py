@@ -105,7 +105,9 @@ def test_image_in_text_and_speech_out_equal_the_reference(tmp_path, omni_referen
 
 @pytest.fixture(scope="module")
 def streaming_pipe(tmp_path_factory):
+    # Replies of a known length: 64 codec tokens, no early stop.
     path = omni_yaml(tmp_path_factory.mktemp("omni"), thinker={"max_tokens": 400},
+                     talker={"temperature": 0, "max_tokens": 64, "stop_token_ids": []},
                      vocoder={"chunk_codes": 4, "left_context_codes": 4})
     with Pipeline.from_yaml(path) as pipe:
         # Warm every vocoder replica: a worker's first model calls pay one-time set-up.
@@ -126,9 +128,15 @@ def test_first_audio_comes_before_the_thinker_finishes_its_text(streaming_pipe):
     assert kinds.count("audio") > 2  # streamed in chunks
 
 
-def test_text_only_requests_never_reach_the_talker(streaming_pipe):
-    result = streaming_pipe.submit(messages=QUESTION, max_tokens=5, modalities=["text"]).result(60)
-    assert set(result.meta) == {"thinker"} and "audio" not in result.outputs
+def test_text_only_requests_never_reach_the_talker_and_use_the_prefix_cache(streaming_pipe):
+    ask = [{"role": "user", "content": "A question long enough to fill a few KV blocks of the thinker, twice."}]
+    first, second = (streaming_pipe.submit(messages=ask, max_tokens=5, modalities=["text"]).result(60)
+                     for _ in range(2))
+    assert set(first.meta) == {"thinker"} and "audio" not in first.outputs
+    assert second.meta["thinker"]["cached_tokens"] > 0
+    spoken = streaming_pipe.submit(messages=ask, max_tokens=5, modalities=["text", "audio"]).result(60)
+    assert spoken.meta["thinker"]["cached_tokens"] == 0  # the talker needs every prompt position's states
+    assert spoken.outputs["audio"].numel() > 0
 
 
 def test_an_unknown_voice_is_refused_at_submit(streaming_pipe):
