@@ -16,7 +16,7 @@ def describe(plan: GraphPlan) -> str:
         outs = ", ".join(f"{p.name}:{p.type}" for p in st.outputs)
         lines.append(f"  {name} [{st.kind.name}]{model} outputs({outs})")
     lines.append("edges:")
-    lines += [f"  {edge}" for edge in plan.edges]
+    lines += [f"  {edge}" + ("  (streamed while the source runs)" if edge.stream else "") for edge in plan.edges]
     lines += [f"  {n}.{port} -> response.{m}" for n in plan.order for port, m in plan.stages[n].response.items()]
     lines.append("routes (request fields -> modalities: stages):")
     for (fields, modalities), route in sorted(plan.routes.items(), key=lambda kv: (sorted(kv[0][0]), sorted(kv[0][1]))):
