@@ -91,3 +91,14 @@ def test_the_most_overdue_reply_goes_first(token2wav):
     # "early" arrived first: its first chunk goes first; then each is due when its audio so far
     # would finish playing, so they alternate instead of one running ahead.
     assert order == ["early", "late", "early", "late"]
+
+
+def test_fast_resampling_changes_no_output():
+    from omnistage.omni.token2wav import fast_resampling
+    path = ensure_tiny("qwen2.5-omni") / "token2wav"
+    plain = Qwen2_5OmniToken2WavModel.from_pretrained(path, dtype=torch.float32).eval().code2wav_bigvgan_model
+    fast = Qwen2_5OmniToken2WavModel.from_pretrained(path, dtype=torch.float32).eval().code2wav_bigvgan_model
+    fast_resampling(fast)
+    mel = torch.randn(3, 16, 40, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(fast(mel), plain(mel))
