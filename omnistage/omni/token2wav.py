@@ -16,15 +16,13 @@ its tokens are complete, which is exactly the reference ``Qwen2_5OmniToken2WavMo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import (Qwen2_5OmniDownSample1d, Qwen2_5OmniUpSample1d,
-                                                                     RungeKutta4ODESolver)
+from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import RungeKutta4ODESolver
+
+from omnistage.omni.speedups import block_masks_unexpanded, fast_resampling, speaker_encoded_once
 
 
 # Mel frames of left context BigVGAN gets before a window's new frames (its receptive field is
@@ -183,71 +181,6 @@ class Token2WavEngine:
         if ode.sway_coefficient is not None:
             times = times + ode.sway_coefficient * (torch.cos(torch.pi / 2 * times) - 1 + times)
         reference = torch.cat([ref_mel, torch.zeros_like(ref_mel)]) if guided else ref_mel
-        with _speaker_encoded_once(self.dit.input_embed, reference), _block_masks_unexpanded(self.dit):
+        with speaker_encoded_once(self.dit.input_embed, reference), block_masks_unexpanded(self.dit):
             solution = RungeKutta4ODESolver(function=velocity, initial_value=noise).integrate(times)
         return solution[-1].permute(0, 2, 1)
-
-
-class _Encoded(torch.nn.Module):
-    """Stands in for the DiT's speaker encoder during one solve: its input (the reference mel)
-    is the same at every ODE evaluation, so its output is computed once."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.value = value
-
-    def forward(self, reference: torch.Tensor) -> torch.Tensor:
-        assert reference.shape[0] == self.value.shape[0]
-        return self.value
-
-
-@contextmanager
-def _block_masks_unexpanded(dit: Any) -> Iterator[None]:
-    """The DiT's block distances as one [1, 1, T, T] matrix instead of a view expanded to every
-    row and head: each layer's mask is then computed once per evaluation, not per row and head
-    (attention broadcasts it; the values are the same)."""
-    def block_diff(hidden_states: torch.Tensor) -> torch.Tensor:
-        blocks = torch.arange(hidden_states.shape[1], device=hidden_states.device) // dit.block_size
-        return (blocks[None, :] - blocks[:, None])[None, None]
-    dit._create_block_diff = block_diff
-    try:
-        yield
-    finally:
-        del dit._create_block_diff
-
-
-@contextmanager
-def _speaker_encoded_once(input_embed: Any, reference: torch.Tensor) -> Iterator[None]:
-    encoder = input_embed.spk_encoder
-    input_embed.spk_encoder = _Encoded(encoder(reference))
-    try:
-        yield
-    finally:
-        input_embed.spk_encoder = encoder
-
-
-def fast_resampling(bigvgan: Any) -> None:
-    """BigVGAN's anti-aliasing filters run one filter over every channel as a depthwise
-    convolution of ``channels`` groups; with few channels and long signals that takes a slow
-    path on CPU. Folding the batch into the groups (``rows x channels`` groups of one row) is the
-    same arithmetic, output for output, and several times faster there."""
-    for module in bigvgan.modules():
-        if isinstance(module, Qwen2_5OmniUpSample1d):
-            module.forward = _upsample.__get__(module)
-        elif isinstance(module, Qwen2_5OmniDownSample1d):
-            module.forward = _downsample.__get__(module)
-
-
-def _upsample(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    rows, channels, _ = hidden_states.shape
-    padded = F.pad(hidden_states, (self.pad, self.pad), mode="replicate").reshape(1, rows * channels, -1)
-    out = self.ratio * F.conv_transpose1d(padded, self.filter.expand(rows * channels, -1, -1), stride=self.stride,
-                                          groups=rows * channels)
-    return out.reshape(rows, channels, -1)[..., self.pad_left:-self.pad_right]
-
-
-def _downsample(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    rows, channels, _ = hidden_states.shape
-    padded = F.pad(hidden_states, (self.pad_left, self.pad_right), mode="replicate").reshape(1, rows * channels, -1)
-    out = F.conv1d(padded, self.filter.expand(rows * channels, -1, -1), stride=self.stride, groups=rows * channels)
-    return out.reshape(rows, channels, -1)

@@ -94,7 +94,7 @@ def test_the_most_overdue_reply_goes_first(token2wav):
 
 
 def test_fast_resampling_changes_no_output():
-    from omnistage.omni.token2wav import fast_resampling
+    from omnistage.omni.speedups import fast_resampling
     path = ensure_tiny("qwen2.5-omni") / "token2wav"
     plain = Qwen2_5OmniToken2WavModel.from_pretrained(path, dtype=torch.float32).eval().code2wav_bigvgan_model
     fast = Qwen2_5OmniToken2WavModel.from_pretrained(path, dtype=torch.float32).eval().code2wav_bigvgan_model
