@@ -259,7 +259,8 @@ _AR_OUTPUTS = (PortSpec("text", "text", streaming=True), PortSpec("tokens", "tok
 _AR_STATES = PortSpec("states", "thinker_states", streaming=True)
 
 _AR_INPUTS = (PortSpec("prompt", "text"), PortSpec("messages", "messages"), PortSpec("images", "image"),
-              PortSpec("video", "video"), PortSpec("audio", "audio"), PortSpec("image_embeds", "media_embeds"))
+              PortSpec("video", "video"), PortSpec("audio", "audio"), PortSpec("image_embeds", "media_embeds"),
+              PortSpec("audio_embeds", "media_embeds"))
 
 _REGISTRY: dict[str, KindSpec] = {}
 

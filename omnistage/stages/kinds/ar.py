@@ -1,10 +1,11 @@
 """The ``ar`` kind: the AR engine (paged KV, continuous batching, prefix cache) as a stage.
 
-Turns a request's messages or prompt (and images, for Qwen2-VL-family models) into token ids,
-feeds the engine, and maps its outputs onto ports: ``text`` deltas, ``tokens``, ``logprobs``
-and, when configured, ``hidden`` states. Image embeddings come from an ``encode`` stage on the
-``image_embeds`` port when the graph has one; whatever is missing (or needed again after a
-preemption) is computed by the model's own vision tower in this stage.
+Turns a request's messages or prompt (and images for Qwen2-VL-family models and the Qwen2.5-Omni
+thinker, audio for the latter) into token ids, feeds the engine, and maps its outputs onto ports:
+``text`` deltas, ``tokens``, ``logprobs``, when configured ``hidden`` states, and ``states`` for
+a talker. Media embeddings come from ``encode`` stages on the ``image_embeds`` / ``audio_embeds``
+ports when the graph has them; whatever is missing (or needed again after a preemption) is
+computed by the model's own towers in this stage.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ class ArStage:
         if req is None:
             sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
             req = self.engine_request(request.rid, request.inputs, sampling)
-        self._attach_embeddings(req, request.inputs.get("image_embeds") or [])
+        self._attach_embeddings(req, (request.inputs.get("image_embeds") or []) + (request.inputs.get("audio_embeds") or []))
         # Every position's states only for a request whose states someone takes; the others
         # keep none and may start from the prefix cache.
         req.all_states = request.outputs is None or bool({"states", "hidden"} & request.outputs)

@@ -1,6 +1,7 @@
 """The ``encode`` kind: a vision or audio tower as its own batched stage, with an encoder cache.
 
-Inputs: a request's images and video (Qwen2-VL family) or audio clips (Whisper family).
+Inputs: a request's images and video (Qwen2-VL family), audio clips (Whisper family), or, from a
+Qwen2.5-Omni thinker checkpoint, its images or its audio clips (whichever is wired).
 Output (port ``embeddings``): one entry per item, in order, ``{"hash", "embeds", ...}``; an AR
 stage matches them to its placeholders by content hash.
 """
@@ -19,14 +20,17 @@ from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import EncodeOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.models.loading import checkpoint_dir, torch_dtype
+from omnistage.models.loading import checkpoint_dir, processor_dir, torch_dtype
+from omnistage.omni.hearing import AudioTower as OmniAudioTower
+from omnistage.omni.hearing import feature_extractor_dir
+from omnistage.omni.hearing import prepare_audio as prepare_omni_audio
 from omnistage.stages.engine import StageOutput, StageRequest
 
 
 class EncodeStage:
     def __init__(self, tower: Any, preprocessor: Any, options: EncodeOptions, max_items: int, modality: str) -> None:
         self.preprocessor = preprocessor
-        self.modality = modality  # "vision" or "audio"
+        self.modality = modality  # "vision", "audio" (Whisper) or "omni-audio" (a Qwen2.5-Omni thinker's)
         self.limits = MediaLimits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels)
         self.engine = EncodeEngine(tower.encode, EncoderCache(options.cache_mb << 20), max_items=max_items,
                                    max_patches=options.max_patches_per_step,
@@ -48,12 +52,13 @@ class EncodeStage:
         return items
 
     def _audio(self, inputs: dict[str, Any]) -> list[Any]:
+        prepare = prepare_omni_audio if self.modality == "omni-audio" else prepare_audio
         clips = inputs.get("audio")
         if inputs.get("images") or inputs.get("video") is not None:
             raise RequestRejected("this encoder takes audio, not images or video", param="images")
         clips = clips if isinstance(clips, list) else [clips]
         rate = self.preprocessor.sampling_rate
-        return prepare_audio(self.preprocessor, [load_audio(c, rate, self.limits) for c in clips])
+        return prepare(self.preprocessor, [load_audio(c, rate, self.limits) for c in clips])
 
     def step(self) -> list[StageOutput]:
         outs = []
@@ -81,7 +86,10 @@ def build(stage: StagePlan, device: str) -> EncodeStage:
     path = checkpoint_dir(stage.model_path)
     dtype = torch_dtype(stage.model_dtype, device)
     max_items = stage.config.batching.max_batch
-    if AutoConfig.from_pretrained(path).model_type == "whisper":
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type == "qwen2_5_omni_thinker":
+        return _omni_encoder(stage, path, dtype, device, max_items)
+    if model_type == "whisper":
         from transformers import WhisperForConditionalGeneration
         model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
         return EncodeStage(AudioTower(model), AutoFeatureExtractor.from_pretrained(path), stage.options, max_items,
@@ -94,3 +102,21 @@ def build(stage: StagePlan, device: str) -> EncodeStage:
     model = model.to(device).eval()
     return EncodeStage(VisionTower(model), AutoImageProcessor.from_pretrained(path), stage.options, max_items,
                        "vision")
+
+
+def _omni_encoder(stage: StagePlan, path: str, dtype: Any, device: str, max_items: int) -> EncodeStage:
+    """A Qwen2.5-Omni thinker's audio tower (when audio is wired) or vision tower; the language
+    model's weights are dropped once loaded."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration, WhisperFeatureExtractor
+    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    model.model.language_model = None
+    model.lm_head = None
+    model = model.to(device).eval()
+    wired = {e.dst_port for e in stage.in_edges}
+    if "audio" in wired:
+        if wired & {"images", "video"}:
+            raise ValueError("a Qwen2.5-Omni encode stage takes audio or images, not both: use one stage for each")
+        extractor = WhisperFeatureExtractor.from_pretrained(feature_extractor_dir(path))
+        return EncodeStage(OmniAudioTower(model), extractor, stage.options, max_items, "omni-audio")
+    processor = AutoImageProcessor.from_pretrained(processor_dir(path))
+    return EncodeStage(VisionTower(model), processor, stage.options, max_items, "vision")

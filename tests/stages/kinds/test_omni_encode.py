@@ -1,0 +1,48 @@
+"""Qwen2.5-Omni's audio and vision towers as their own encode stages feeding the thinker."""
+import io
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from omnistage.pipeline import Pipeline
+
+GRAPH = """
+name: omni-encode
+models:
+  thinker: {path: "tiny:qwen2.5-omni/thinker"}
+stages:
+  ears: {kind: encode, model: thinker, inputs: {audio: request.audio}}
+  eyes: {kind: encode, model: thinker, inputs: {images: request.images}}
+  thinker:
+    kind: ar
+    model: thinker
+    inputs: {messages: request.messages, audio: request.audio, images: request.images,
+             audio_embeds: ears.embeddings, image_embeds: eyes.embeddings}
+    outputs: {text: response.text}
+"""
+
+
+def _wav():
+    t = np.arange(int(16000 * 1.1)) / 16000
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * 523 * t)).astype(np.float32), 16000, format="WAV")
+    return buf.getvalue()
+
+
+def test_encode_stages_feed_the_thinker_and_text_equals_the_reference(tmp_path, omni_reference):
+    run, tok = omni_reference
+    path = tmp_path / "graph.yaml"
+    path.write_text(GRAPH)
+    clip, image = _wav(), Image.new("RGB", (70, 90), (20, 160, 40))
+    heard = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What is it?"}]}]
+    seen = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    with Pipeline.from_yaml(path) as pipe:
+        by_ear = pipe.submit(messages=heard, audio=[clip], max_tokens=8, temperature=0).result(120)
+        by_eye = pipe.submit(messages=seen, images=[image], max_tokens=8, temperature=0).result(120)
+    assert by_ear.meta["ears"]["encoded_items"] == 1 and by_eye.meta["eyes"]["encoded_items"] == 1
+    samples, _ = sf.read(io.BytesIO(clip), dtype="float32")
+    ref_heard, _, _ = run(heard, 8, 2, seed=0, clips=[samples])
+    ref_seen, _, _ = run(seen, 8, 2, seed=0, images=[image])
+    assert by_ear.text == tok.decode(ref_heard, skip_special_tokens=True)
+    assert by_eye.text == tok.decode(ref_seen, skip_special_tokens=True)
