@@ -23,7 +23,7 @@ HEARING_FAMILIES = frozenset({"qwen2_5_omni_thinker"})
 
 
 @dataclass
-class AudioItem:
+class OmniAudioItem:
     features: torch.Tensor  # [mel bins, frames], the clip's frames only
     tokens: int  # LM positions
     hash: str
@@ -50,18 +50,18 @@ def output_tokens(frames: int) -> int:
     return ((frames - 1) // 2 + 1 - 2) // 2 + 1
 
 
-def prepare_audio(extractor: Any, clips: list[np.ndarray]) -> list[AudioItem]:
+def prepare_omni_audio(extractor: Any, clips: list[np.ndarray]) -> list[OmniAudioItem]:
     out = extractor(clips, sampling_rate=extractor.sampling_rate, padding="max_length", return_attention_mask=True,
                     return_tensors="pt")
     items = []
     for clip, feats, mask in zip(clips, out.input_features, out.attention_mask):
         frames = int(mask.sum())
         digest = hashlib.sha256(np.ascontiguousarray(clip, dtype=np.float32).tobytes()).hexdigest()
-        items.append(AudioItem(feats[:, :frames].clone(), output_tokens(frames), "audio:" + digest))
+        items.append(OmniAudioItem(feats[:, :frames].clone(), output_tokens(frames), "audio:" + digest))
     return items
 
 
-def audio_spans(model: Any, ids: list[int], items: list[AudioItem]) -> tuple[list[int], tuple[MediaSpan, ...],
+def audio_spans(model: Any, ids: list[int], items: list[OmniAudioItem]) -> tuple[list[int], tuple[MediaSpan, ...],
                                                                               torch.Tensor, int]:
     """Expand the audio placeholders; (ids, spans, M-RoPE positions [3, len], delta)."""
     token = model.config.audio_token_id
@@ -84,7 +84,7 @@ def audio_spans(model: Any, ids: list[int], items: list[AudioItem]) -> tuple[lis
     return out, tuple(spans), positions[:, 0].cpu(), int(delta.reshape(-1)[0])
 
 
-class AudioTower:
+class OmniAudioTower:
     """The thinker's audio encoder; several clips in one forward."""
 
     def __init__(self, model: Any) -> None:
@@ -92,7 +92,7 @@ class AudioTower:
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
-    def encode(self, items: list[AudioItem]) -> list[torch.Tensor]:
+    def encode(self, items: list[OmniAudioItem]) -> list[torch.Tensor]:
         width = max(it.features.shape[1] for it in items)
         feats = torch.zeros(len(items), items[0].features.shape[0], width)
         mask = torch.zeros(len(items), width, dtype=torch.long)

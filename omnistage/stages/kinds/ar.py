@@ -26,7 +26,8 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.models.loading import checkpoint_dir, processor_dir, torch_dtype
-from omnistage.omni.hearing import AudioItem, AudioTower, audio_spans, feature_extractor_dir, hears, prepare_audio
+from omnistage.omni.hearing import (OmniAudioItem, OmniAudioTower, audio_spans, feature_extractor_dir, hears,
+                                    prepare_omni_audio)
 from omnistage.stages.engine import StageOutput, StageRequest
 
 
@@ -71,7 +72,7 @@ class ArStage:
         self.limits = limits or MediaLimits()
         self.tower = VisionTower(model) if image_processor is not None else None
         self.audio_extractor = audio_extractor
-        self.ears = AudioTower(model) if audio_extractor is not None else None
+        self.ears = OmniAudioTower(model) if audio_extractor is not None else None
         encoder = self._encode_media if self.tower or self.ears else None
         self.engine = LLMEngine(model, tokenizer, engine_config(options, max_seqs, input_embeds=states),
                                 backend=backend_for(device), media_encoder=encoder)
@@ -114,8 +115,8 @@ class ArStage:
     def _encode_media(self, spans: list[Any]) -> list[Any]:
         """Embeddings of media spans the engine must compute: audio by the audio tower, images
         and video by the vision tower, each in one forward, in the spans' order."""
-        heard = [i for i, s in enumerate(spans) if isinstance(s.source, AudioItem)]
-        seen = [i for i, s in enumerate(spans) if not isinstance(s.source, AudioItem)]
+        heard = [i for i, s in enumerate(spans) if isinstance(s.source, OmniAudioItem)]
+        seen = [i for i, s in enumerate(spans) if not isinstance(s.source, OmniAudioItem)]
         out: list[Any] = [None] * len(spans)
         for group, tower in ((heard, self.ears), (seen, self.tower)):
             if group:
@@ -153,7 +154,7 @@ class ArStage:
             raise RequestRejected("this stage takes audio or images, not both in one request", param="messages")
         clips = clips if isinstance(clips, list) else [clips]
         rate = self.audio_extractor.sampling_rate
-        items = prepare_audio(self.audio_extractor, [load_audio(c, rate, self.limits) for c in clips])
+        items = prepare_omni_audio(self.audio_extractor, [load_audio(c, rate, self.limits) for c in clips])
         try:
             ids, spans, positions, delta = audio_spans(self.model, ids, items)
         except ValueError as exc:

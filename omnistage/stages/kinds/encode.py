@@ -21,9 +21,7 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import EncodeOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.models.loading import checkpoint_dir, processor_dir, torch_dtype
-from omnistage.omni.hearing import AudioTower as OmniAudioTower
-from omnistage.omni.hearing import feature_extractor_dir
-from omnistage.omni.hearing import prepare_audio as prepare_omni_audio
+from omnistage.omni.hearing import OmniAudioTower, feature_extractor_dir, prepare_omni_audio
 from omnistage.stages.engine import StageOutput, StageRequest
 
 
