@@ -126,6 +126,10 @@ def test_first_audio_comes_before_the_thinker_finishes_its_text(streaming_pipe):
     assert first_audio < last_text
     assert isinstance(events[-1], DoneEvent) and events[-1].meta["thinker"]["completion_tokens"] == 300
     assert kinds.count("audio") > 2  # streamed in chunks
+    # The vocoder is the slowest stage here: its input queues, and nothing is lost or repeated
+    # (64 codec tokens x 2 mel frames x 240 samples).
+    audio = [e.value for e in events if isinstance(e, ChunkEvent) and e.modality == "audio"]
+    assert sum(a.numel() for a in audio) == 64 * 2 * 240
 
 
 def test_text_only_requests_never_reach_the_talker_and_use_the_prefix_cache(streaming_pipe):
