@@ -173,10 +173,10 @@ class Orchestrator:
         if self._stopping.is_set():
             raise Overloaded("the pipeline is shutting down", status=503)
         inputs = {k: v for k, v in inputs.items() if v is not None}
-        for field, value in inputs.items():
-            if (bad := unsendable(value, field)) is not None:
+        for name, value in inputs.items():
+            if (bad := unsendable(value, name)) is not None:
                 raise RequestRejected(f"{bad} cannot be sent to a stage: use str, bytes, numbers, lists, dicts, "
-                                      "tensors or numeric arrays", param=field)
+                                      "tensors or numeric arrays", param=name)
         route = self.plan.route_for(frozenset(inputs), None if modalities is None else frozenset(modalities))
         params = resolve_params(self.plan, route, self.infos, params or {})
         rid = uuid.uuid4().hex
