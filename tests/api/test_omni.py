@@ -104,3 +104,12 @@ def test_input_audio_and_transcription_go_through_the_thinker(omni_server):
     assert heard.usage.prompt_tokens > 25 and heard.choices[0].message.content is not None  # the clip's positions
     text = c.audio.transcriptions.create(model=MODEL, file=("clip.wav", _wav(), "audio/wav"))
     assert isinstance(text.text, str)
+
+
+def test_the_omni_client_example_saves_a_spoken_reply(omni_server, tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("omni_client", ROOT / "examples" / "omni_client.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    got = example.converse(client(omni_server), MODEL, str(tmp_path / "reply.wav"), max_tokens=24)
+    assert got["transcript"] and got["audio_seconds"] > 0 and (tmp_path / "reply.wav").stat().st_size > 44
