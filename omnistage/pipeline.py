@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from omnistage.graph.compile import compile_file
 from omnistage.graph.plan import GraphPlan
@@ -84,8 +87,7 @@ def _portable(value: Any) -> Any:
     """PIL images become PNG bytes (lossless) so that they can travel to a stage process."""
     if isinstance(value, list):
         return [_portable(v) for v in value]
-    if type(value).__module__.startswith("PIL."):
-        import io
+    if isinstance(value, Image.Image):
         buf = io.BytesIO()
         value.save(buf, format="PNG")
         return buf.getvalue()

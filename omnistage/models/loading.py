@@ -26,12 +26,24 @@ def torch_dtype(name: str, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def processor_dir(model_dir: str) -> str | Path:
-    """The image processor's directory: the model's own, else the full checkpoint above it (a
-    Qwen2.5-Omni thinker saved as a sub-model); a hub id as it is."""
+def preprocessor_dir(model_dir: str, marker: str, subdir: str = "") -> str | Path:
+    """The directory of a preprocessor whose ``preprocessor_config.json`` holds ``marker``: the
+    model's own, ``subdir`` beside or inside it, or the full checkpoint above it (a Qwen2.5-Omni
+    thinker saved as a sub-model); else ``model_dir`` as given (a hub id)."""
     here = Path(model_dir)
-    for candidate in (here, here.parent):
+    subdirs = (here / subdir, here.parent / subdir) if subdir else ()
+    for candidate in (*subdirs, here, here.parent):
         config = candidate / "preprocessor_config.json"
-        if config.exists() and "patch_size" in config.read_text():
+        if config.exists() and marker in config.read_text():
             return candidate
     return model_dir
+
+
+def processor_dir(model_dir: str) -> str | Path:
+    """The image processor's directory."""
+    return preprocessor_dir(model_dir, "patch_size")
+
+
+def feature_extractor_dir(model_dir: str) -> str | Path:
+    """The audio feature extractor's directory (``audio/`` in the tiny Qwen2.5-Omni)."""
+    return preprocessor_dir(model_dir, "feature_size", subdir="audio")

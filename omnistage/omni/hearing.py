@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,19 +30,6 @@ class OmniAudioItem:
 
 def hears(model: Any) -> bool:
     return model.config.model_type in HEARING_FAMILIES
-
-
-def feature_extractor_dir(model_dir: str | Path, configured: str | None = None) -> Path:
-    """Where the audio feature extractor is: as configured, else ``audio/`` beside or above the
-    thinker, else the thinker's or its parent's own preprocessor config."""
-    if configured:
-        return Path(configured)
-    here = Path(model_dir)
-    for candidate in (here / "audio", here.parent / "audio", here, here.parent):
-        config = candidate / "preprocessor_config.json"
-        if config.exists() and "feature_size" in config.read_text():
-            return candidate
-    raise FileNotFoundError(f"no audio feature extractor (preprocessor_config.json with feature_size) near {here}")
 
 
 def output_tokens(frames: int) -> int:

@@ -25,9 +25,8 @@ from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.models.loading import checkpoint_dir, processor_dir, torch_dtype
-from omnistage.omni.hearing import (OmniAudioItem, OmniAudioTower, audio_spans, feature_extractor_dir, hears,
-                                    prepare_omni_audio)
+from omnistage.models.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
+from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, audio_spans, hears, prepare_omni_audio
 from omnistage.stages.engine import StageOutput, StageRequest
 
 
@@ -78,7 +77,8 @@ class ArStage:
                                 backend=backend_for(device), media_encoder=encoder)
         self.prepared: dict[str, EngineRequest] = {}  # probed requests waiting for their Admit
         self.states = states
-        self.prompts: dict[str, EngineRequest] = {}  # until their first states went out
+        self.talking: set[str] = set()  # requests whose states a talker takes
+        self.prompts: dict[str, EngineRequest] = {}  # of those, until their first states went out
 
     # --- requests --------------------------------------------------------------------------
     def prepare(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> EngineRequest:
@@ -97,7 +97,8 @@ class ArStage:
     def add(self, request: StageRequest) -> None:
         req = self.take_request(request)
         self.engine.add(req)
-        if self.states:
+        if self.states and req.all_states:
+            self.talking.add(req.rid)
             self.prompts[req.rid] = req
 
     def take_request(self, request: StageRequest) -> EngineRequest:
@@ -187,8 +188,10 @@ class ArStage:
         outputs = []
         for out in self.engine.step():
             outputs.append(to_stage_output(out, self.tok))
-            if self.states:
+            if out.rid in self.talking:
                 outputs[-1].ports["states"] = self._states(out)
+                if out.finished:
+                    self.talking.discard(out.rid)
         return outputs
 
     def _states(self, out: TokenOutput) -> dict[str, Any]:
@@ -202,6 +205,7 @@ class ArStage:
     def abort(self, rid: str) -> None:
         self.prepared.pop(rid, None)
         self.prompts.pop(rid, None)
+        self.talking.discard(rid)
         self.engine.abort(rid)
 
     def has_work(self) -> bool:

@@ -45,7 +45,7 @@ class TalkerStage:
                               max_tokens_per_step=options.max_tokens_per_step, prefix_caching=False)
         self.engine = LLMEngine(model, None, config, backend=backend_for(device), eos_ids=self.stop_ids)
         self.replies: dict[str, ThinkerReply] = {}
-        self.params: dict[str, dict[str, Any]] = {}  # waiting for the thinker's prompt
+        self.sampling: dict[str, SamplingParams] = {}  # waiting for the thinker's prompt
         self.silent: list[str] = []  # requests whose thinker said nothing to speak
 
     def info(self) -> dict[str, Any]:
@@ -56,7 +56,10 @@ class TalkerStage:
         reply = ThinkerReply(self.text_bos[voice], self.text_eos, self.text_pad, self.media_ids,
                              codec_start=not self.options.reference_unpadded)
         self.replies[request.rid] = reply
-        self.params[request.rid] = dict(request.params)
+        self.sampling[request.rid] = SamplingParams(
+            max_tokens=self.options.max_tokens, temperature=self.options.temperature, top_k=self.options.top_k,
+            top_p=self.options.top_p, repetition_penalty=self.options.repetition_penalty,
+            seed=request.params.get("seed"), suppress_token_ids=(self.codec["bos"],))
         self.feed(request.rid, "states", list(request.inputs.get("states") or []), "states" not in request.open)
 
     def feed(self, rid: str, port: str, values: list[Any], last: bool) -> None:
@@ -83,12 +86,7 @@ class TalkerStage:
         if reply.mrope is not None and not self.options.reference_unpadded:
             tail = torch.arange(P, P + 2) + reply.mrope_delta
             positions = torch.cat([reply.mrope, tail.unsqueeze(0).expand(3, -1)], dim=1)
-        params = self.params.pop(rid)
-        sampling = SamplingParams(max_tokens=self.options.max_tokens, temperature=self.options.temperature,
-                                  top_k=self.options.top_k, top_p=self.options.top_p,
-                                  repetition_penalty=self.options.repetition_penalty, seed=params.get("seed"),
-                                  suppress_token_ids=(self.codec["bos"],))
-        self.engine.add(EngineRequest(rid, prompt, sampling, mrope_positions=positions,
+        self.engine.add(EngineRequest(rid, prompt, self.sampling.pop(rid), mrope_positions=positions,
                                       mrope_delta=reply.mrope_delta, fed=reply))
 
     def step(self) -> list[StageOutput]:
@@ -109,7 +107,7 @@ class TalkerStage:
 
     def _forget(self, rid: str) -> None:
         self.replies.pop(rid, None)
-        self.params.pop(rid, None)
+        self.sampling.pop(rid, None)
 
     def abort(self, rid: str) -> None:
         self._forget(rid)
@@ -119,7 +117,7 @@ class TalkerStage:
         return bool(self.silent) or self.engine.has_work()
 
     def stats(self) -> dict[str, float]:
-        return {**self.engine.stats(), "waiting_for_thinker": float(len(self.params))}
+        return {**self.engine.stats(), "waiting_for_thinker": float(len(self.sampling))}
 
 
 class VocoderStage:
