@@ -4,10 +4,12 @@ Qwen2.5-Omni's token2wav solves a flow-matching ODE with a DiT (codec tokens -> 
 ``repeats`` frames per token) from Gaussian noise, then runs BigVGAN (mel -> samples). Here each
 request's audio is made window by window as its codec tokens arrive: a window is the next
 ``chunk`` new tokens (``first_chunk`` for a reply's first window) plus up to ``left_context``
-earlier ones, and only the new tokens' samples are emitted. Windows of the same length from different requests share one ODE solve (the DiT
-treats batch rows independently) and one BigVGAN call. The most urgent window goes first: a
+earlier ones, and only the new tokens' samples are emitted. Windows of the same length and
+context from different requests share one ODE solve (the DiT treats batch rows independently) and
+one BigVGAN call. The most urgent window goes first: a
 reply's next audio is due when the audio it already has would finish playing (a reply with none
-yet is due when it arrived), and it takes along the most urgent windows of the same length.
+yet is due when it arrived), and it takes along the most urgent windows of the same length and
+context.
 
 The noise of frame f is the same whatever the chunking: each request draws its noise frame by
 frame, in order, from its own generator. With ``chunk`` 0 a request is made in one window once
@@ -59,6 +61,11 @@ class Window:
     def length(self) -> int:
         return self.end - self.start
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(codes, of which context): windows batch together only when both agree."""
+        return self.length, self.new - self.start
+
 
 @dataclass(frozen=True)
 class AudioOut:
@@ -108,14 +115,14 @@ class Token2WavEngine:
     def has_work(self) -> bool:
         return any(self._window(r) is not None or (r.ended and r.done >= len(r.codes)) for r in self.replies.values())
 
-    # --- one step: the most common window length, up to max_batch requests -------------------
+    # --- one step: the most urgent window and those shaped like it, up to max_batch -------------
     def step(self) -> list[AudioOut]:
         outs = [self._finish(r) for r in list(self.replies.values()) if r.ended and r.done >= len(r.codes)]
         windows = [w for r in self.replies.values() if (w := self._window(r)) is not None]
         if not windows:
             return outs
         windows.sort(key=lambda w: w.reply.arrived + w.reply.done * self.code_seconds)
-        batch = [w for w in windows if w.length == windows[0].length][:self.max_batch]
+        batch = [w for w in windows if w.shape == windows[0].shape][:self.max_batch]
         for w, samples in zip(batch, self._vocode(batch)):
             w.reply.done = w.end
             last = w.reply.ended and w.end >= len(w.reply.codes)
@@ -150,7 +157,7 @@ class Token2WavEngine:
         cond = torch.stack([w.reply.voice.cond for w in batch]).to(device).float()
         ref_mel = torch.stack([w.reply.voice.ref_mel for w in batch]).to(device).float()
         mel = self._solve(noise, cond.unsqueeze(1).repeat(1, frames, 1), ref_mel, codes)
-        skip = (batch[0].new - batch[0].start) * self.repeats  # context frames before the new ones
+        skip = (batch[0].new - batch[0].start) * self.repeats  # context frames before the new ones (same in the batch)
         context = min(skip, VOCODER_CONTEXT_FRAMES)
         wave = self.bigvgan(mel[:, :, skip - context:]).reshape(len(batch), -1).float()
         per_frame = wave.shape[1] // (frames - skip + context)

@@ -102,3 +102,34 @@ def test_fast_resampling_changes_no_output():
     mel = torch.randn(3, 16, 40, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(fast(mel), plain(mel))
+
+
+def test_windows_of_equal_length_but_different_context_batch_correctly(token2wav):
+    """A reply's second window (2 codes of context) and another's last, shorter chunk (4 codes of
+    context) can have the same length; each keeps its own samples."""
+    model, voices = token2wav
+
+    def feed_all(eng, plan, audio=None):
+        audio = audio if audio is not None else {}
+        for step in plan:
+            for rid, codes, last in step:
+                eng.feed(rid, codes, last)
+            for out in eng.step():
+                audio.setdefault(out.rid, []).append(out.samples)
+        for rid, outs in drain(eng).items():
+            audio.setdefault(rid, []).extend(o.samples for o in outs)
+        return {rid: torch.cat(parts) for rid, parts in audio.items()}
+
+    x, y = CODES[0][:10], CODES[1][:16]
+    together = engine(model, chunk=8, left=4, first=2)
+    together.add("y", voices["Ethan"], seed=2)
+    together.feed("y", y[:10], last=False)
+    early = {"y": [out.samples for _ in range(2) for out in together.step()]}  # y: [0, 2), then [0, 10)
+    together.add("x", voices["Chelsie"], seed=1)
+    # Now x's second window [0, 10) (2 codes of context) and y's last [6, 16) (4) are both 10 long.
+    got = feed_all(together, [[("x", x[:2], False)], [("x", x[2:], True), ("y", y[10:], True)]], early)
+    for rid, codes, voice, seed in (("x", x, "Chelsie", 1), ("y", y, "Ethan", 2)):
+        alone = engine(model, chunk=8, left=4, first=2)
+        alone.add(rid, voices[voice], seed=seed)
+        want = feed_all(alone, [[(rid, codes[:2], False)], [(rid, codes[2:10], False)], [(rid, codes[10:], True)]])
+        torch.testing.assert_close(got[rid], want[rid], atol=1e-5, rtol=0)
