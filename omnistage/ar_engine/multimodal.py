@@ -78,12 +78,16 @@ def _grids(items: list[Any]) -> torch.Tensor | None:
 
 
 def mrope_positions(model: Any, ids: list[int], image_grids: torch.Tensor | None,
-                    video_grids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                    video_grids: torch.Tensor | None = None,
+                    audio_frames: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """M-RoPE positions [3, len] of a prompt and the offset of text after it; ``audio_frames``:
+    each audio clip's feature frames (Qwen2.5-Omni)."""
     input_ids = torch.tensor([ids])
     mask = torch.ones_like(input_ids)
     if model.config.model_type == "qwen2_5_omni_thinker":  # no token types; audio lengths instead
         positions, delta = model.model.get_rope_index(input_ids, image_grid_thw=image_grids,
-                                                      video_grid_thw=video_grids, attention_mask=mask)
+                                                      video_grid_thw=video_grids, attention_mask=mask,
+                                                      audio_seqlens=audio_frames)
     else:
         token_types = (input_ids == model.config.image_token_id).int() + 2 * (input_ids == model.config.video_token_id).int()
         positions, delta = model.model.get_rope_index(input_ids, token_types, image_grid_thw=image_grids,

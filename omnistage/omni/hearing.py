@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnistage.ar_engine.multimodal import mrope_positions
 from omnistage.ar_engine.sequence import MediaSpan
 
 HEARING_FAMILIES = frozenset({"qwen2_5_omni_thinker"})
@@ -63,11 +64,9 @@ def audio_spans(model: Any, ids: list[int], items: list[OmniAudioItem]) -> tuple
         out.extend([token] * item.tokens)
     if queue:
         raise ValueError(f"{len(queue)} audio clip(s) given without a placeholder in the prompt")
-    input_ids = torch.tensor([out])
-    lengths = torch.tensor([it.features.shape[1] for it in items], dtype=torch.long)
-    positions, delta = model.model.get_rope_index(input_ids, attention_mask=torch.ones_like(input_ids),
-                                                  audio_seqlens=lengths)
-    return out, tuple(spans), positions[:, 0].cpu(), int(delta.reshape(-1)[0])
+    frames = torch.tensor([it.features.shape[1] for it in items], dtype=torch.long)
+    positions, delta = mrope_positions(model, out, None, audio_frames=frames)
+    return out, tuple(spans), positions, delta
 
 
 class OmniAudioTower:
