@@ -1,69 +1,84 @@
 """Elastic allocation against the best static split, simulated on clusters of 8 to 64 devices.
 
-Two stages share the devices: chat (an AR stage) and image generation (a diffusion stage). Their
-service-time models come from step times measured on this machine (``benchmarks/ar_engine.py``,
-``benchmarks/diffusion.py``: tiny Qwen2 decode and tiny SD at 16x16). The trace keeps ~80% of
-the devices busy at each phase's best split while the demand shifts: chat needs 80% of the
-devices, then 20%, then 50%; a 3x burst lasts 2 s every 20 s. The same trace runs on
-  * elastic: starts from the even split; the controller (omnistage.elastic.policy) moves devices
-  * every static split (each stage at least one device); the best one by goodput is reported
-Goodput counts requests that finish within their SLO per second.
+Four request types share the devices, each served by its own unit: text chat and image chat
+(the text-only and multimodal groups of one LLM stage, as in ElasticMM), image generation and
+speech. Their service-time models are measured on real worker processes
+(``benchmarks/elastic_calibrate.py``: tiny Qwen2, Qwen2-VL, SD at 32x32 with 20 steps,
+SpeechT5). The trace rotates which type is popular: for 100 s each in turn, the popular type's
+requests need 60% of the devices' time and the other three 13% each, 70% of the cluster busy on
+average; Poisson arrivals, 3x faster for 2 s every 20 s (the rates are means, bursts included).
+The same trace runs on
+  * elastic: starts from the even split; the controller (omnistage.elastic.policy, its default
+    settings, a 5 s model reload) moves devices
+  * every static split (each type at least one device); the best by goodput is reported
+Goodput counts requests finished within their SLO per second: 2 s for chat, image chat and
+speech, 10.5 s for image generation (a full batch of 32 takes 8.4 s there). A second trace
+(``--two``) shifts between text chat and image generation only (device demand 80/20, 20/80,
+50/50).
 
-    python benchmarks/elastic_sim.py [--quick]
+    python benchmarks/elastic_sim.py [--quick] [--two]
 """
 from __future__ import annotations
 
 import argparse
-
 from dataclasses import replace
 
-from omnistage.elastic.sim import StageModel, shifting_trace, simulate
+from omnistage.elastic.sim import StageModel, best_static, shifting_trace, simulate
 from omnistage.graph.schema import ElasticConfig
 
-CHAT = StageModel("chat", base_s=0.004, per_request_s=0.0001, steps=128, max_batch=64)
-IMAGE = StageModel("image", base_s=0.008, per_request_s=0.0016, steps=25, max_batch=32)
-SLO = {"chat": 4.0, "image": 5.0}
-# The controller's shipped defaults (ElasticConfig), with a 5 s model reload.
-DEFAULTS = ElasticConfig()
-POLICY = replace(DEFAULTS, reload_s=5.0)
+# Measured by benchmarks/elastic_calibrate.py on this machine (one replica, one thread).
+MODELS = [StageModel("chat", base_s=0.00117, per_request_s=0.000080, steps=128, max_batch=64),
+          StageModel("chat_image", base_s=0.00125, per_request_s=0.000086, steps=128, max_batch=32),
+          StageModel("image", base_s=0.00327, per_request_s=0.012969, steps=20, max_batch=32),
+          StageModel("speech", base_s=0.00210, per_request_s=0.000300, steps=50, max_batch=16)]
+SLO = {"chat": 2.0, "chat_image": 2.0, "image": 10.5, "speech": 2.0}
+POLICY = replace(ElasticConfig(), reload_s=5.0)
+PHASE_S, LOAD, POPULAR = 100.0, 0.7, 0.6
 
 
-def trace_for(devices: int, duration: float, load: float = 0.8):
-    """Phases that keep ``load`` of the devices busy at the phase's best split, with the share of
-    devices chat needs moving 0.8 -> 0.2 -> 0.5 (chat requests are cheap, image requests dear,
-    so the request mix moves much less than the device demand)."""
-    phases = [{"chat": load * devices * share * CHAT.capacity, "image": load * devices * (1 - share) * IMAGE.capacity}
+def rotating(models: list[StageModel], devices: int):
+    """Each type popular in turn: its requests need POPULAR of the busy device time."""
+    rest = (1 - POPULAR) / (len(models) - 1)
+    phases = [{m.name: LOAD * devices * (POPULAR if m is hot else rest) * m.capacity for m in models}
+              for hot in models]
+    return shifting_trace(PHASE_S * len(phases), phases), PHASE_S * len(phases)
+
+
+def two_way(models: list[StageModel], devices: int):
+    chat, image = models[0], models[2]
+    phases = [{"chat": LOAD * devices * share * chat.capacity, "image": LOAD * devices * (1 - share) * image.capacity}
               for share in (0.8, 0.2, 0.5)]
-    return shifting_trace(duration, phases)
+    return shifting_trace(PHASE_S * len(phases), phases), PHASE_S * len(phases)
 
 
-def run(devices: int, duration: float, dt: float) -> dict:
-    trace = trace_for(devices, duration)
-    models = [CHAT, IMAGE]
-    even = {"chat": devices // 2, "image": devices - devices // 2}
-    elastic = simulate(models, even, trace, duration, policy=POLICY, dt=dt, interval_s=DEFAULTS.interval_s)
-    splits = range(1, devices) if devices <= 16 else range(1, devices, max(1, devices // 16))
-    statics = [(simulate(models, {"chat": c, "image": devices - c}, trace, duration, dt=dt), c) for c in splits]
-    best, best_c = max(statics, key=lambda s: s[0].goodput(SLO))
-    return {"devices": devices, "requests": len(trace), "elastic": elastic, "static": best, "split": best_c}
+def run(models: list[StageModel], devices: int, two: bool) -> dict:
+    trace, duration = (two_way if two else rotating)(MODELS, devices)
+    even = {m.name: devices // len(models) + (i < devices % len(models)) for i, m in enumerate(models)}
+    elastic = simulate(models, even, trace, duration, policy=POLICY, interval_s=POLICY.interval_s, dt=0.05)
+    split, static_goodput = best_static(models, trace, devices, duration, SLO, dt=0.05)
+    return {"devices": devices, "requests": len(trace), "offered": len(trace) / duration, "elastic": elastic,
+            "split": split, "static": static_goodput}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--two", action="store_true", help="the two-type trace (text chat / image generation)")
     args = parser.parse_args()
-    sizes, duration, dt = ([8], 120.0, 0.05) if args.quick else ([8, 16, 64], 300.0, 0.05)
-    print(f"{'devices':>7s} | {'requests':>8s} | {'system':28s} | {'goodput req/s':>13s} | {'p99 s':>7s} | actions")
-    print("-" * 88)
+    models = [MODELS[0], MODELS[2]] if args.two else MODELS
+    sizes = [8] if args.quick else [8, 16, 32, 64]
+    print(f"{'devices':>7s} | {'offered req/s':>13s} | {'elastic goodput':>15s} | {'p99 s':>6s} | {'actions':>7s} | "
+          f"{'best static split':34s} | {'goodput':>7s} | ratio")
+    print("-" * 112)
     ratios = []
     for n in sizes:
-        r = run(n, duration, dt)
-        e, s = r["elastic"], r["static"]
-        print(f"{n:7d} | {r['requests']:8d} | {'elastic (from even split)':28s} | {e.goodput(SLO):13.1f} | "
-              f"{e.p99():7.2f} | {len(e.actions)}")
-        label = f"best static ({r['split']} chat / {n - r['split']} image)"
-        print(f"{'':7s} | {'':8s} | {label:28s} | {s.goodput(SLO):13.1f} | {s.p99():7.2f} | -")
-        ratios.append(e.goodput(SLO) / max(s.goodput(SLO), 1e-9))
+        r = run(models, n, args.two)
+        e = r["elastic"]
+        split = " / ".join(f"{v} {k}" for k, v in r["split"].items())
+        ratio = e.goodput(SLO) / max(r["static"], 1e-9)
+        ratios.append(ratio)
+        print(f"{n:7d} | {r['offered']:13.1f} | {e.goodput(SLO):15.1f} | {e.p99():6.2f} | {len(e.actions):7d} | "
+              f"{split:34s} | {r['static']:7.1f} | {ratio:.2f}")
     print(f"RESULT goodput_ratio={min(ratios):.2f}")
 
 

@@ -1,41 +1,45 @@
 """The elastic controller's policy: a pure function from a metrics snapshot to actions.
 
-For each stage it estimates the queueing delay a request arriving now would see,
+Each unit (a stage, or a modality group of one) *needs* as many replicas as serve its arrival
+rate, smoothed over ``rate_window_s``, at ``target_utilization``, plus what clears its backlog
+over ``horizon_s``:
 
-    delay = (waiting + running) / (replicas * service_rate)
+    need = ceil((rate + waiting / horizon_s) / (service_rate * target_utilization))
 
-(``service_rate``: requests one replica completes per second, measured). A stage whose delay
-stays above ``high_delay_s`` for ``patience`` consecutive snapshots (hysteresis) asks for a
-device. The device comes from the free pool (``add``) or from another stage (``move``, a role
-switch), but only when the move pays: the queueing it saves the receiver over the next
-``horizon_s`` (counting only the time after the ``reload_s`` the new replica needs to load)
-must exceed the queueing it adds to the donor over the same horizon; the donor that loses
-least is chosen. Both are in request-seconds, so the policy balances queueing delay weighted by
-how many requests feel it. A hot stage asks for as many replicas as serve its arrivals at
-``target_utilization`` and clear its backlog over the horizon. A stage that has been
-idle (delay under ``low_delay_s``) for ``patience`` snapshots with more than ``min`` replicas
-gives one back (``remove``). Every stage waits ``cooldown_s`` between actions.
+(``service_rate``: requests one replica completes per second, measured). Smoothing the rate and
+spreading the backlog over the horizon keep a short burst from reading as a lasting shift; a
+unit that has needed more than it has for ``patience`` snapshots in a row is *short*
+(hysteresis). A short unit takes a device from the free pool (``add``) or from another unit
+(``move``, a role switch), but only when the move pays: the queueing it saves the receiver over
+the horizon, with the new replica serving only after ``reload_s``, must exceed the queueing it
+adds to the donor (both in request-seconds, from a fluid model of each queue; see ``queueing``).
+Donors with more replicas than they need give first; a unit that needs all it has gives only
+when the move saves twice what it costs, and a unit whose delay is above ``high_delay_s`` never
+gives. A unit idle (delay under ``low_delay_s``) with more than it needs for ``patience``
+snapshots returns one replica to the pool (``remove``). Every unit waits ``cooldown_s`` between
+actions.
 """
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from omnistage.graph.schema import ElasticConfig
 
-
 @dataclass(frozen=True)
 class StageLoad:
     waiting: float  # requests queued
     running: float  # requests in a batch
-    arrival_rate: float  # requests/s recently
+    arrival_rate: float  # requests/s since the last snapshot
     service_rate: float  # requests/s one replica completes (measured, or a prior)
     replicas: int  # ready or starting
     min_replicas: int = 1
     max_replicas: int = 1
 
     def delay(self, replicas: int | None = None) -> float:
+        """Queueing delay a request arriving now would see."""
         n = self.replicas if replicas is None else replicas
         if n <= 0:
             return float("inf") if self.waiting + self.running + self.arrival_rate > 0 else 0.0
@@ -59,45 +63,178 @@ class Action:
 
 @dataclass
 class PolicyState:
-    """What the policy remembers between snapshots (streaks for hysteresis, last actions)."""
+    """What the policy remembers between snapshots: smoothed arrival rates, streaks for
+    hysteresis, the time of each unit's last action."""
 
-    hot: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    short: dict[str, int] = field(default_factory=dict)
     idle: dict[str, int] = field(default_factory=dict)
-    last_action: dict[str, float] = field(default_factory=dict)
+    last_gain: dict[str, float] = field(default_factory=dict)  # when each unit last gained a replica
+    last_give: dict[str, float] = field(default_factory=dict)  # ... and last gave one up
 
 
 def decide(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> list[Action]:
-    """The hottest stage that can grow gets the replicas it needs (one action per device: from
-    the free pool first, then the donors that lose least); else one idle stage gives one back."""
-    _update_streaks(snap, config, state)
-    ready = {s for s in snap.stages if snap.time - state.last_action.get(s, -1e18) >= config.cooldown_s}
-    hot = sorted((s for s, n in state.hot.items() if n >= config.patience and s in ready
-                  and snap.stages[s].replicas < snap.stages[s].max_replicas),
-                 key=lambda s: -snap.stages[s].delay())
-    for stage in hot:
-        actions = _grow_to_need(snap, config, stage, ready)
+    """Units below their target allocation take devices, the one with most to gain first (one
+    action per device); failing that, one idle unit gives a replica back to the pool."""
+    loads = _sustained(snap, config, state)
+    target = allocate(loads, sum(load.replicas for load in loads.values()) + snap.free_devices, config)
+    _update_streaks(loads, target, config, state)
+    if min(len(rates) for rates in state.rates.values()) < _windows(config)[1]:
+        return []  # too little history to tell a shift from a burst
+    # Cool-down against flapping: a unit that gave a replica up waits before it takes one, and
+    # the other way round; it may go on growing (or shrinking) at once.
+    may_gain = {s for s in loads if snap.time - state.last_give.get(s, -1e18) >= config.cooldown_s}
+    may_give = {s for s in loads if snap.time - state.last_gain.get(s, -1e18) >= config.cooldown_s}
+    short = [s for s in loads if s in may_gain and state.short.get(s, 0) >= _patience(loads[s], config)]
+    short.sort(key=lambda s: -_saved(loads[s], config))
+    for stage in short:
+        actions = _grow_to(loads, target, snap.free_devices, config, stage, may_give)
         if actions:
             return _record(state, snap.time, actions)
-    for stage in sorted(snap.stages):
-        load = snap.stages[stage]
-        if state.idle.get(stage, 0) >= config.patience and stage in ready and load.replicas > load.min_replicas:
+    for stage in sorted(loads):
+        load = loads[stage]
+        if (state.idle.get(stage, 0) >= _windows(config)[0] and stage in may_give
+                and load.replicas > max(load.min_replicas, target[stage])):
             return _record(state, snap.time, [Action("remove", stage, reason=(
-                f"idle: delay {load.delay():.2f} s < {config.low_delay_s} s for {state.idle[stage]} snapshots"))])
+                f"idle: delay {load.delay():.2f} s < {config.low_delay_s} s and {needed_replicas(load, config)} of "
+                f"{load.replicas} replicas needed for {state.idle[stage]} snapshots"))])
     return []
 
 
-def needed_replicas(load: StageLoad, config: ElasticConfig) -> int:
-    """Replicas that serve the arrival rate at ``target_utilization`` and clear the backlog over
-    the horizon; at least one more than now (the stage is hot), at most ``max_replicas``."""
-    rate = load.arrival_rate + (load.waiting + load.running) / config.horizon_s
-    want = math.ceil(rate / (max(load.service_rate, 1e-6) * config.target_utilization))
-    return min(load.max_replicas, max(load.replicas + 1, want))
+def allocate(loads: Mapping[str, StageLoad], devices: int, config: ElasticConfig) -> dict[str, int]:
+    """How many of ``devices`` each unit should have. First every unit gets what serves its
+    arrival rate at ``target_utilization`` (``needed_replicas`` without the backlog), or, when
+    the devices do not reach, at full utilization, or, when even that does not reach, as many as
+    keep the overload least; the rest go one by one to the unit whose queueing (backlog
+    included) they cut most. Savings shrink as a unit grows, so this greedy order minimizes the
+    queueing."""
+    steady = {s: replace(load, waiting=0.0) for s, load in loads.items()}
+    for utilization in (config.target_utilization, 1.0):
+        need = {s: needed_replicas(load, config, utilization) for s, load in steady.items()}
+        if sum(need.values()) <= devices:
+            return _fill(need, loads, devices, config)
+    least = _fill({s: load.min_replicas for s, load in loads.items()}, steady, devices, config)
+    return _fill(least, loads, devices, config)
 
 
-def _grow_to_need(snap: Snapshot, config: ElasticConfig, stage: str, ready: set[str]) -> list[Action]:
-    loads, free, actions = dict(snap.stages), snap.free_devices, []
-    for _ in range(needed_replicas(loads[stage], config) - loads[stage].replicas):
-        action = _grow(Snapshot(snap.time, loads, free), config, stage, ready)
+def _fill(target: dict[str, int], loads: Mapping[str, StageLoad], devices: int, config: ElasticConfig) -> dict[str, int]:
+    """``target`` plus the remaining devices, each to the unit whose queueing it cuts most (a
+    device left idle helps no one); a device that would cut nothing stays unassigned."""
+    target = dict(target)
+    for _ in range(devices - sum(target.values())):
+        open_ = [s for s in loads if target[s] < loads[s].max_replicas]
+        if not open_:
+            break
+        best = max(open_, key=lambda s: _gain(loads[s], target[s], config))
+        if _gain(loads[best], target[best], config) <= 1e-9:
+            break
+        target[best] += 1
+    return target
+
+
+def needed_replicas(load: StageLoad, config: ElasticConfig, utilization: float | None = None) -> int:
+    """Replicas that serve the arrival rate at ``utilization`` (``target_utilization`` unless
+    given) and clear the backlog over the horizon, within ``[min_replicas, max_replicas]``."""
+    rate = load.arrival_rate + load.waiting / config.horizon_s
+    utilization = config.target_utilization if utilization is None else utilization
+    want = math.ceil(rate / (max(load.service_rate, 1e-6) * utilization) - 1e-9)
+    return min(load.max_replicas, max(load.min_replicas, want))
+
+
+def queueing(load: StageLoad, replicas: int, horizon: float, later: int | None = None, after_s: float = 0.0) -> float:
+    """Request-seconds spent queueing over ``horizon`` seconds with ``replicas`` (``later`` of
+    them from ``after_s`` on): the fluid backlog (it grows at arrival rate minus capacity) plus
+    the random queueing of a busy server, ``rho^2 / (1 - rho)`` requests on average."""
+    later = replicas if later is None else later
+    first = min(after_s, horizon)
+    total, backlog = _segment(load, replicas, load.waiting, first)
+    rest, _ = _segment(load, later, backlog, horizon - first)
+    return total + rest
+
+
+def _segment(load: StageLoad, replicas: int, backlog: float, span: float) -> tuple[float, float]:
+    if span <= 0:
+        return 0.0, backlog
+    capacity = replicas * max(load.service_rate, 1e-6)
+    slope = load.arrival_rate - capacity
+    lasts = span if slope >= 0 else min(span, backlog / -slope)
+    fluid = backlog * lasts + slope * lasts * lasts / 2
+    rho = min(load.arrival_rate / capacity, 0.99) if replicas > 0 else 0.99
+    return fluid + rho * rho / (1 - rho) * span, max(0.0, backlog + slope * span)
+
+
+def _gain(load: StageLoad, replicas: int, config: ElasticConfig) -> float:
+    return queueing(load, replicas, config.horizon_s) - queueing(load, replicas + 1, config.horizon_s)
+
+
+def _saved(load: StageLoad, config: ElasticConfig) -> float:
+    """Request-seconds of queueing one more replica saves over the horizon (serving after the reload)."""
+    now = queueing(load, load.replicas, config.horizon_s)
+    return now - queueing(load, load.replicas, config.horizon_s, later=load.replicas + 1, after_s=config.reload_s)
+
+
+def _lost(load: StageLoad, config: ElasticConfig) -> float:
+    """Request-seconds of queueing a donor adds over the horizon with one replica fewer."""
+    return queueing(load, load.replicas - 1, config.horizon_s) - queueing(load, load.replicas, config.horizon_s)
+
+
+def _sustained(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> dict[str, StageLoad]:
+    """The snapshot with each unit's arrival rate replaced by its mean over the last
+    ``rate_window_s`` (bursts included: they are work too), unless the last quarter of that
+    window differs significantly (beyond three standard deviations of Poisson arrivals at the
+    long mean): a rise is taken from the quarter's median (a burst shorter than half the quarter
+    does not move it), a fall from the quarter's mean (a burst in it holds the fall back). So a
+    shift shows within a quarter window in both directions, noise and lone bursts do not."""
+    keep, short = _windows(config)
+    out = {}
+    for stage, load in snap.stages.items():
+        recent = state.rates.setdefault(stage, [])
+        recent.append(load.arrival_rate)
+        del recent[:-keep]
+        out[stage] = replace(load, arrival_rate=_rate(recent, short, config.interval_s))
+    return out
+
+
+def _rate(recent: list[float], short: int, interval_s: float) -> float:
+    rate = statistics.fmean(recent)
+    if len(recent) <= short:
+        return rate
+    span = short * interval_s
+    expected, margin = rate * span, 3 * math.sqrt(rate * span) + 1
+    rise, fall = statistics.median(recent[-short:]), statistics.fmean(recent[-short:])
+    if rise * span > expected + margin:
+        return rise
+    if fall * span < expected - margin:
+        return fall
+    return rate
+
+
+def _patience(load: StageLoad, config: ElasticConfig) -> int:
+    """Snapshots a unit must be short in a row before it grows: ``patience``, or one while its
+    queueing delay is above ``high_delay_s`` (its requests are late already)."""
+    return 1 if load.delay() > config.high_delay_s else config.patience
+
+
+def _windows(config: ElasticConfig) -> tuple[int, int]:
+    """Snapshots in the long rate window and in its last quarter."""
+    keep = max(4, round(config.rate_window_s / config.interval_s))
+    return keep, max(3, keep // 4)
+
+
+def _update_streaks(loads: Mapping[str, StageLoad], target: Mapping[str, int], config: ElasticConfig,
+                    state: PolicyState) -> None:
+    for stage, load in loads.items():
+        state.short[stage] = state.short.get(stage, 0) + 1 if target[stage] > load.replicas else 0
+        spare = load.arrival_rate <= (load.replicas - 1) * load.service_rate * config.target_utilization / 2
+        idle = load.delay() < config.low_delay_s and spare
+        state.idle[stage] = state.idle.get(stage, 0) + 1 if idle else 0
+
+
+def _grow_to(loads: Mapping[str, StageLoad], target: Mapping[str, int], free: int, config: ElasticConfig,
+             stage: str, may_give: set[str]) -> list[Action]:
+    loads, actions = dict(loads), []
+    for _ in range(target[stage] - loads[stage].replicas):
+        action = _grow(loads, target, free, config, stage, may_give)
         if action is None:
             break
         actions.append(action)
@@ -109,25 +246,20 @@ def _grow_to_need(snap: Snapshot, config: ElasticConfig, stage: str, ready: set[
     return actions
 
 
-def _update_streaks(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> None:
-    for stage, load in snap.stages.items():
-        delay = load.delay()
-        state.hot[stage] = state.hot.get(stage, 0) + 1 if delay > config.high_delay_s else 0
-        state.idle[stage] = state.idle.get(stage, 0) + 1 if delay < config.low_delay_s else 0
-
-
-def _grow(snap: Snapshot, config: ElasticConfig, stage: str, ready: set[str]) -> Action | None:
-    load = snap.stages[stage]
-    why = f"delay {load.delay():.2f} s > {config.high_delay_s} s"
-    if snap.free_devices > 0:
+def _grow(loads: Mapping[str, StageLoad], target: Mapping[str, int], free: int, config: ElasticConfig, stage: str,
+          may_give: set[str]) -> Action | None:
+    load = loads[stage]
+    why = (f"target {target[stage]} replicas, has {load.replicas} "
+           f"({load.arrival_rate:.2f} req/s, {load.waiting:.0f} waiting, delay {load.delay():.2f} s)")
+    if free > 0:
         return Action("add", stage, reason=f"{why}; a device is free")
     saved = _saved(load, config)
     best: tuple[float, str] | None = None
-    for donor, other in snap.stages.items():
-        if donor == stage or donor not in ready or other.replicas <= other.min_replicas:
+    for donor, other in loads.items():
+        if donor == stage or donor not in may_give or other.replicas <= max(other.min_replicas, target[donor]):
             continue
         gain = saved - _lost(other, config)
-        if gain > 0 and (best is None or gain > best[0]):
+        if gain >= config.min_gain and (best is None or gain > best[0]):
             best = (gain, donor)
     if best is None:
         return None
@@ -135,24 +267,12 @@ def _grow(snap: Snapshot, config: ElasticConfig, stage: str, ready: set[str]) ->
                                                          f"request-seconds of queueing over {config.horizon_s:.0f} s")
 
 
-def _saved(load: StageLoad, config: ElasticConfig) -> float:
-    """Request-seconds of queueing one more replica saves over the horizon (after it loads)."""
-    now, more = load.delay(), load.delay(load.replicas + 1)
-    requests = load.waiting + load.running + load.arrival_rate * max(0.0, config.horizon_s - config.reload_s)
-    return max(0.0, now - more) * requests
-
-
-def _lost(load: StageLoad, config: ElasticConfig) -> float:
-    """Request-seconds of queueing the donor adds over the horizon with one replica fewer."""
-    now, fewer = load.delay(), load.delay(load.replicas - 1)
-    requests = load.waiting + load.running + load.arrival_rate * config.horizon_s
-    return max(0.0, fewer - now) * requests
-
-
 def _record(state: PolicyState, now: float, actions: list[Action]) -> list[Action]:
     for action in actions:
-        for stage in (action.stage, action.donor):
-            if stage is not None:
-                state.last_action[stage] = now
-                state.hot[stage] = state.idle[stage] = 0
+        giver = action.donor if action.kind == "move" else action.stage if action.kind == "remove" else None
+        if action.kind in ("add", "move"):
+            state.last_gain[action.stage] = now
+        if giver is not None:
+            state.last_give[giver] = now
+            state.short[giver] = state.idle[giver] = 0
     return actions

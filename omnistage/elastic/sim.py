@@ -51,9 +51,10 @@ class _Request:
 
 @dataclass
 class _Replica:
-    stage: str
+    stage: str | None  # None: a free device
     ready_at: float = 0.0  # still loading before this time
-    draining_to: str | None = None
+    draining: bool = False
+    next_stage: str | None = None  # where the device goes once drained (None: the free pool)
     active: list[_Request] = field(default_factory=list)
     clock: float = 0.0  # time into the current step
 
@@ -75,11 +76,13 @@ class SimResult:
 
 def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace: Sequence[Arrival],
              duration: float, policy: ElasticConfig | None = None, interval_s: float = 1.0,
-             dt: float = 0.02, max_replicas: int | None = None) -> SimResult:
-    """Run ``trace`` on ``allocation`` (devices per stage); ``policy=None`` keeps it static.
-    Requests still unfinished at ``duration`` count as missing their SLO (no latency)."""
+             dt: float = 0.02, max_replicas: int | None = None, free: int = 0) -> SimResult:
+    """Run ``trace`` on ``allocation`` (devices per stage) plus ``free`` devices in the pool;
+    ``policy=None`` keeps it static. Requests still unfinished at ``duration`` count as missing
+    their SLO (no latency)."""
     by_name = {m.name: m for m in models}
     replicas = [_Replica(stage) for stage, n in allocation.items() for _ in range(n)]
+    replicas += [_Replica(None) for _ in range(free)]
     queues: dict[str, deque[_Request]] = {m.name: deque() for m in models}
     latencies: dict[str, list[float]] = {m.name: [] for m in models}
     arrivals, done_in_window = deque(sorted(trace, key=lambda a: a.time)), {m.name: 0 for m in models}
@@ -99,7 +102,7 @@ def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace:
             snap = _snapshot(now, models, replicas, queues, seen_in_window, interval_s, limit)
             for action in decide(snap, policy, state):
                 actions.append((now, action))
-                _apply(action, replicas, snap, now, policy)
+                _apply(action, replicas, now, policy)
             seen_in_window = {m.name: 0 for m in models}
             next_control += interval_s
     return SimResult(latencies, actions, duration)
@@ -107,11 +110,11 @@ def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace:
 
 def _tick(rep: _Replica, models: Mapping[str, StageModel], queues: Mapping[str, deque[_Request]],
           latencies: dict[str, list[float]], done: dict[str, int], now: float, dt: float) -> None:
-    if now < rep.ready_at:
+    if rep.stage is None or now < rep.ready_at:
         return
     model = models[rep.stage]
     queue = queues[rep.stage]
-    while rep.draining_to is None and queue and len(rep.active) < model.max_batch:
+    while not rep.draining and queue and len(rep.active) < model.max_batch:
         rep.active.append(queue.popleft())
     if not rep.active:
         rep.clock = 0.0
@@ -131,8 +134,8 @@ def _tick(rep: _Replica, models: Mapping[str, StageModel], queues: Mapping[str, 
 
 def _finish_drains(replicas: list[_Replica], now: float, policy: ElasticConfig | None) -> None:
     for rep in replicas:
-        if rep.draining_to is not None and not rep.active:
-            rep.stage, rep.draining_to = rep.draining_to, None
+        if rep.draining and not rep.active:
+            rep.stage, rep.draining, rep.next_stage = rep.next_stage, False, None
             rep.ready_at = now + (policy.reload_s if policy else 0.0)
             rep.clock = 0.0
 
@@ -142,35 +145,79 @@ def _snapshot(now: float, models: Sequence[StageModel], replicas: list[_Replica]
               limit: int) -> Snapshot:
     loads = {}
     for m in models:
-        mine = [r for r in replicas if r.stage == m.name and r.draining_to is None]
+        mine = [r for r in replicas if r.stage == m.name and not r.draining]
         running = sum(len(r.active) for r in mine)
         loads[m.name] = StageLoad(waiting=len(queues[m.name]), running=running, arrival_rate=seen[m.name] / interval_s,
                                   service_rate=m.capacity, replicas=len(mine), min_replicas=m.min_replicas,
                                   max_replicas=limit)
-    return Snapshot(now, loads, free_devices=0)
+    return Snapshot(now, loads, free_devices=sum(1 for r in replicas if r.stage is None))
 
 
-def _apply(action: Action, replicas: list[_Replica], snap: Snapshot, now: float, policy: ElasticConfig) -> None:
-    if action.kind != "move" or action.donor is None:
-        return  # the simulated pool has no free devices: every device always belongs to a stage
-    donors = [r for r in replicas if r.stage == action.donor and r.draining_to is None]
-    victim = min(donors, key=lambda r: len(r.active))  # the replica that drains fastest
-    victim.draining_to = action.stage
+def _apply(action: Action, replicas: list[_Replica], now: float, policy: ElasticConfig) -> None:
+    """add: a free device loads the stage; remove and move: the stage's replica that drains
+    fastest takes no new requests and, once its batch is done, goes to the pool or loads the
+    receiving stage."""
+    if action.kind == "add":
+        device = next(r for r in replicas if r.stage is None)
+        device.stage, device.ready_at = action.stage, now + policy.reload_s
+        return
+    giver = action.donor if action.kind == "move" else action.stage
+    donors = [r for r in replicas if r.stage == giver and not r.draining]
+    victim = min(donors, key=lambda r: len(r.active))
+    victim.draining, victim.next_stage = True, action.stage if action.kind == "move" else None
+
+
+def best_static(models: Sequence[StageModel], trace: Sequence[Arrival], devices: int, duration: float,
+                slo: Mapping[str, float], dt: float = 0.05) -> tuple[dict[str, int], float]:
+    """The static split of ``devices`` (every stage at least ``min_replicas``) with the highest
+    goodput on ``trace``, and that goodput. Without the controller the stages do not interact,
+    so each stage is simulated alone per replica count and the best split is found by dynamic
+    programming over the stages. Above 32 devices the counts are sampled (every ``devices/32``);
+    a count between two samples is credited with the goodput of the larger one, which can only
+    overstate the static splits."""
+    good = {m.name: _goodput_by_count(m, [a for a in trace if a.stage == m.name], devices, duration, slo, dt)
+            for m in models}
+    best: dict[int, tuple[float, dict[str, int]]] = {0: (0.0, {})}
+    for m in models:
+        step: dict[int, tuple[float, dict[str, int]]] = {}
+        for used, (value, split) in best.items():
+            for n in range(max(1, m.min_replicas), devices - used + 1):
+                total = value + good[m.name][n]
+                if used + n not in step or total > step[used + n][0]:
+                    step[used + n] = (total, {**split, m.name: n})
+        best = step
+    value, split = best[devices]
+    return split, value
+
+
+def _goodput_by_count(model: StageModel, trace: Sequence[Arrival], devices: int, duration: float,
+                      slo: Mapping[str, float], dt: float) -> list[float]:
+    stride = max(1, -(-devices // 32))
+    counts = sorted({*range(1, min(devices, 32) + 1), *range(stride, devices + 1, stride), devices})
+    measured: dict[int, float] = {}
+    for n in counts:
+        measured[n] = simulate([model], {model.name: n}, trace, duration, dt=dt).goodput(slo)
+        if measured[n] * duration >= len(trace):  # every request on time: more replicas cannot help
+            break
+    top = max(measured)
+    return [measured[min((c for c in measured if c >= n), default=top)] for n in range(devices + 1)]
 
 
 def shifting_trace(duration: float, rates: Sequence[Mapping[str, float]], seed: int = 0,
-                   burst_every_s: float = 20.0, burst_factor: float = 3.0) -> list[Arrival]:
-    """Poisson arrivals whose mix changes phase by phase (``rates``: requests/s per stage in each
-    equal-length phase), with a burst of ``burst_factor`` x the rate for 2 s every ``burst_every_s``."""
+                   burst_every_s: float = 20.0, burst_factor: float = 3.0, burst_s: float = 2.0) -> list[Arrival]:
+    """Poisson arrivals whose mix changes phase by phase (``rates``: mean requests/s per stage in
+    each equal-length phase), arriving ``burst_factor`` x faster for ``burst_s`` every
+    ``burst_every_s`` (the rates are means over the whole phase, bursts included)."""
     rng = random.Random(seed)
     out = []
     phase_len = duration / len(rates)
+    mean_factor = 1 + (burst_factor - 1) * burst_s / burst_every_s
     for i, phase in enumerate(rates):
         for stage, rate in phase.items():
             t = i * phase_len
             while True:
-                bursting = (t % burst_every_s) < 2.0
-                t += rng.expovariate(rate * (burst_factor if bursting else 1.0))
+                bursting = (t % burst_every_s) < burst_s
+                t += rng.expovariate(rate / mean_factor * (burst_factor if bursting else 1.0))
                 if t >= (i + 1) * phase_len:
                     break
                 out.append(Arrival(t, stage))

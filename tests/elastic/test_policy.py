@@ -1,73 +1,119 @@
 """The policy as a pure function of synthetic metric snapshots."""
-from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
+from dataclasses import replace
+
+import pytest
+
+from omnistage.elastic.policy import PolicyState, Snapshot, StageLoad, allocate, decide, queueing
 from omnistage.graph.schema import ElasticConfig
 
-CONFIG = ElasticConfig(high_delay_s=1.0, low_delay_s=0.1, patience=2, cooldown_s=10.0, reload_s=5.0, horizon_s=30.0)
+# one snapshot a second; rates over 8 s, the quarter window is 3 snapshots
+CONFIG = ElasticConfig(interval_s=1.0, rate_window_s=8.0, high_delay_s=1.0, low_delay_s=0.1, patience=2,
+                       cooldown_s=10.0, reload_s=5.0, horizon_s=30.0, min_gain=100.0)
 
 
-def load(waiting, rate, replicas, service=10.0, running=0.0, lo=1, hi=4):
+def load(rate, replicas, waiting=0.0, service=10.0, running=0.0, lo=1, hi=8):
     return StageLoad(waiting=waiting, running=running, arrival_rate=rate, service_rate=service, replicas=replicas,
                      min_replicas=lo, max_replicas=hi)
 
 
-def run(snaps, config=CONFIG):
+def run(stages_at, times, free=0, config=CONFIG, state=None):
+    """decide() at each time on ``stages_at(t)``; returns the actions per snapshot."""
+    state = state or PolicyState()
+    return [decide(Snapshot(t, stages_at(t), free), config, state) for t in times]
+
+
+def test_nothing_happens_before_a_quarter_window_of_history():
+    hot = {"chat": load(rate=50, replicas=2, waiting=100), "image": load(rate=1, replicas=1)}
+    out = run(lambda t: hot, [0, 1, 2], free=2)
+    assert out[:2] == [[], []] and [a.kind for a in out[2]] == ["add", "add"]  # as many as are free
+
+
+def test_a_unit_short_of_capacity_takes_free_devices_up_to_its_need():
+    # 50 req/s at 10 req/s per replica and 80% target utilization: 7 replicas (6.25 rounded up)
+    stages = {"chat": load(rate=50, replicas=2), "image": load(rate=1, replicas=1)}
+    out = run(lambda t: stages, range(4), free=5)
+    first = next(a for a in out if a)
+    assert [a.kind for a in first] == ["add"] * 5 and {a.stage for a in first} == {"chat"}
+    assert "target 7 replicas, has 2" in first[0].reason and "free" in first[0].reason
+
+
+def test_without_free_devices_it_moves_from_units_with_more_than_they_need():
+    stages = {"image": load(rate=30, replicas=1, waiting=50), "chat": load(rate=1, replicas=4),
+              "asr": load(rate=12, replicas=2)}  # asr needs both of its replicas
+    out = run(lambda t: stages, range(4))
+    moves = next(a for a in out if a)
+    assert {a.kind for a in moves} == {"move"} and {a.stage for a in moves} == {"image"}
+    assert [a.donor for a in moves] == ["chat"] * 3  # chat keeps its one needed replica; asr gives none
+    assert "saves" in moves[0].reason
+
+
+def test_no_move_from_a_unit_at_its_minimum():
+    stages = {"image": load(rate=30, replicas=1, waiting=200), "chat": load(rate=0, replicas=1)}
+    assert run(lambda t: stages, range(5)) == [[]] * 5
+
+
+def test_a_move_must_save_more_than_it_costs():
+    # A slight overload: one more replica helps a little, against a 60 s reload it does not pay.
+    stages = {"image": load(rate=10.5, replicas=1, waiting=5), "chat": load(rate=10, replicas=2)}
+    expensive = replace(CONFIG, reload_s=60.0)
+    assert all(a == [] for a in run(lambda t: stages, range(5), config=expensive))
+    cheap = replace(CONFIG, reload_s=0.5)
+    assert any(a and a[0].kind == "move" and a[0].donor == "chat" for a in run(lambda t: stages, range(5), config=cheap))
+
+
+def test_a_burst_moves_nothing_but_a_lasting_shift_does():
+    def rates(t, shift_at, burst=()):
+        chat = 60.0 if (t >= shift_at or t in burst) else 10.0
+        return {"chat": load(rate=chat, replicas=2), "image": load(rate=5, replicas=6)}
+    config = replace(CONFIG, rate_window_s=20.0)  # the quarter window: 5 snapshots
+    burst = run(lambda t: rates(t, 10**9, burst=(28, 29)), range(45), config=config)
+    assert not any(a.stage == "chat" for acts in burst for a in acts)  # two seconds at 6x
+    shift = run(lambda t: rates(t, 28), range(45), config=config)
+    when = [t for t, acts in enumerate(shift) if any(a.stage == "chat" for a in acts)]
+    assert when and 28 <= when[0] <= 32  # within the quarter window
+
+
+def test_cooldown_stops_a_reversal_but_not_further_growth():
     state = PolicyState()
-    return [decide(s, config, state) for s in snaps]
+    grow = {"chat": load(rate=30, replicas=1), "image": load(rate=1, replicas=4)}
+    first = run(lambda t: grow, range(4), state=state)
+    gave_at = next(t for t, a in enumerate(first) if a)
+    assert {(a.kind, a.stage, a.donor) for a in first[gave_at]} == {("move", "chat", "image")}
+    more = {"chat": load(rate=45, replicas=4), "image": load(rate=1, replicas=1)}
+    again = run(lambda t: more, range(4, 7), free=2, state=state)
+    assert any(a and a[0].kind == "add" and a[0].stage == "chat" for a in again)  # growth goes on at once
+    back = {"chat": load(rate=1, replicas=6), "image": load(rate=60, replicas=1, waiting=100)}
+    out = run(lambda t: back, range(7, 20), state=state)
+    when = [t for t, a in zip(range(7, 20), out) if a]
+    assert when and when[0] >= gave_at + CONFIG.cooldown_s  # image gave: it waits before it takes
+    assert out[when[0] - 7][0].stage == "image"
 
 
-def test_a_hot_stage_takes_a_free_device_after_the_hysteresis():
-    hot = {"chat": load(waiting=100, rate=50, replicas=2), "image": load(waiting=0, rate=1, replicas=1)}
-    out = run([Snapshot(t, hot, free_devices=1) for t in (0.0, 1.0)])
-    assert out[0] == []  # one hot snapshot is not enough (patience 2)
-    assert [a.kind for a in out[1]] == ["add"] and out[1][0].stage == "chat" and "free" in out[1][0].reason
+def test_a_unit_without_traffic_gives_back_after_a_whole_window_never_below_its_minimum():
+    stages = {"chat": load(rate=0, replicas=3, lo=2), "image": load(rate=2, replicas=1)}
+    out = run(lambda t: stages, range(12))
+    removes = [(t, a[0]) for t, a in enumerate(out) if a]
+    assert removes and removes[0][1].kind == "remove" and removes[0][1].stage == "chat" and removes[0][0] >= 7
+    at_min = {"chat": load(rate=0, replicas=2, lo=2), "image": load(rate=2, replicas=1)}
+    assert all(a == [] for a in run(lambda t: at_min, range(20)))
 
 
-def test_without_free_devices_it_moves_one_from_the_idlest_stage_that_can_spare_it():
-    stages = {"image": load(waiting=200, rate=30, replicas=1),
-              "chat": load(waiting=0, rate=1, replicas=3), "asr": load(waiting=5, rate=2, replicas=2)}
-    out = run([Snapshot(t, stages, 0) for t in (0.0, 1.0)])
-    action = out[1][0]
-    assert action.kind == "move" and action.stage == "image" and action.donor == "chat"
-    # as many as image needs (~37 req/s at 80% of 10 req/s per replica), while each move pays
-    assert len(out[1]) >= 2 and all(a.stage == "image" and a.kind == "move" for a in out[1])
-    assert [a.donor for a in out[1]][:2] == ["chat", "chat"]
+def test_allocate_meets_every_need_at_target_utilization_when_it_can():
+    loads = {"a": load(rate=40, replicas=1), "b": load(rate=8, replicas=1)}
+    assert allocate(loads, 8, CONFIG) == {"a": 5 + 1, "b": 2} or allocate(loads, 8, CONFIG) == {"a": 5, "b": 3}
+    assert allocate(loads, 7, CONFIG) == {"a": 5, "b": 2}
 
 
-def test_no_move_when_the_donor_would_lose_more_or_is_at_its_minimum():
-    busy = {"image": load(waiting=20, rate=1, replicas=1), "chat": load(waiting=25, rate=20, replicas=2)}
-    assert run([Snapshot(t, busy, 0) for t in (0.0, 1.0)])[1] == []  # chat's loss outweighs image's gain
-    minimal = {"image": load(waiting=200, rate=30, replicas=1), "chat": load(waiting=0, rate=0, replicas=1)}
-    assert run([Snapshot(t, minimal, 0) for t in (0.0, 1.0)])[1] == []
+def test_allocate_falls_back_to_full_utilization_then_to_least_overload():
+    loads = {"a": load(rate=40, replicas=1), "b": load(rate=8, replicas=1)}
+    assert allocate(loads, 5, CONFIG) == {"a": 4, "b": 1}  # 5 + 2 at 80% do not fit; 4 + 1 at 100% do
+    over = allocate({"a": load(rate=90, replicas=1), "b": load(rate=30, replicas=1)}, 6, CONFIG)
+    assert sum(over.values()) == 6 and over["a"] > over["b"] >= 1
 
 
-def test_no_move_when_the_reload_costs_more_than_it_saves():
-    # A slight overload that one more replica barely helps, against a 60 s reload.
-    stages = {"image": load(waiting=12, rate=0.5, replicas=1), "chat": load(waiting=0, running=8, rate=0.5, replicas=2)}
-    expensive = ElasticConfig(high_delay_s=1.0, low_delay_s=0.1, patience=1, cooldown_s=0, reload_s=60.0, horizon_s=30)
-    assert run([Snapshot(0.0, stages, 0)], expensive) == [[]]
-    cheap = ElasticConfig(high_delay_s=1.0, low_delay_s=0.1, patience=1, cooldown_s=0, reload_s=0.5, horizon_s=30)
-    assert [a.kind for a in run([Snapshot(0.0, stages, 0)], cheap)[0]] == ["move"]
-
-
-def test_cooldown_spaces_actions_on_a_stage():
-    hot = {"chat": load(waiting=100, rate=50, replicas=1), "image": load(waiting=0, rate=0, replicas=1)}
-    state = PolicyState()
-    acts = [decide(Snapshot(t, hot, free_devices=3), CONFIG, state) for t in (0, 1, 2, 5, 10, 11, 12)]
-    kinds = [a[0].kind if a else None for a in acts]
-    assert kinds == [None, "add", None, None, None, "add", None]  # 10 s between actions
-
-
-def test_an_idle_stage_gives_a_replica_back_but_never_below_its_minimum():
-    idle = {"chat": load(waiting=0, rate=0.1, replicas=3, lo=2), "image": load(waiting=3, rate=1, replicas=1)}
-    state = PolicyState()
-    first = [decide(Snapshot(t, idle, 0), CONFIG, state) for t in (0, 1)]
-    assert first[1] == [Action("remove", "chat", reason=first[1][0].reason)]
-    at_min = {"chat": load(waiting=0, rate=0.1, replicas=2, lo=2), "image": load(waiting=3, rate=1, replicas=1)}
-    assert [decide(Snapshot(t, at_min, 0), CONFIG, state) for t in (20, 21, 22)] == [[], [], []]
-
-
-def test_the_hottest_stage_goes_first_and_max_replicas_caps_growth():
-    stages = {"a": load(waiting=30, rate=10, replicas=1), "b": load(waiting=90, rate=10, replicas=1),
-              "c": load(waiting=500, rate=10, replicas=4, hi=4)}
-    out = run([Snapshot(t, stages, free_devices=1) for t in (0.0, 1.0)])
-    assert out[1][0].stage == "b"  # c is hotter but already at its maximum
+def test_queueing_of_a_growing_backlog():
+    # 5 req/s too many for 30 s: the backlog grows to 150, 2250 request-seconds of fluid queueing
+    fluid = queueing(load(rate=15, replicas=1, waiting=0), 1, 30.0)
+    assert fluid == pytest.approx(0.5 * 5 * 30 ** 2 + 0.99 ** 2 / 0.01 * 30)
+    helped = queueing(load(rate=15, replicas=1, waiting=0), 1, 30.0, later=2, after_s=10.0)
+    assert helped < fluid

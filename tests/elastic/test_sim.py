@@ -1,5 +1,5 @@
 from omnistage.graph.schema import ElasticConfig
-from omnistage.elastic.sim import Arrival, StageModel, shifting_trace, simulate
+from omnistage.elastic.sim import Arrival, StageModel, best_static, shifting_trace, simulate
 
 FAST = StageModel("chat", base_s=0.01, per_request_s=0.001, steps=10, max_batch=8)
 SLOW = StageModel("image", base_s=0.02, per_request_s=0.01, steps=20, max_batch=4)
@@ -37,3 +37,25 @@ def test_elastic_follows_a_shift_and_beats_the_split_it_started_from():
     assert elastic.goodput(slo) > 1.5 * statics[2].goodput(slo)  # the even split it started from
     assert elastic.p99() < min(s.p99() for s in statics)
     assert sum(len(v) for v in elastic.latencies.values()) <= len(trace)  # nothing completes twice
+
+
+def test_best_static_is_the_best_of_every_split():
+    trace = shifting_trace(30.0, [device_demand(0.3, devices=5), device_demand(0.7, devices=5)], seed=2)
+    slo = {"chat": 0.5, "image": 2.0}
+    split, goodput = best_static([FAST, SLOW], trace, 5, 30.0, slo, dt=0.02)
+    every = {c: simulate([FAST, SLOW], {"chat": c, "image": 5 - c}, trace, 30.0, dt=0.02).goodput(slo)
+             for c in range(1, 5)}
+    assert goodput == max(every.values()) and every[split["chat"]] == goodput
+
+
+def test_devices_go_to_the_pool_and_come_back_from_it():
+    # chat's traffic stops after 5 s: it gives its extra replicas back; image then needs them
+    trace = ([Arrival(t * 0.05, "chat") for t in range(100)]
+             + [Arrival(20 + t * 0.2, "image") for t in range(100)])
+    policy = ElasticConfig(interval_s=0.5, rate_window_s=4.0, low_delay_s=0.05, high_delay_s=0.5, cooldown_s=1.0,
+                           reload_s=0.5, horizon_s=10.0, min_gain=1.0)
+    out = simulate([FAST, SLOW], {"chat": 3, "image": 1}, trace, 60.0, policy=policy, dt=0.02, max_replicas=4)
+    kinds = [(a.kind, a.stage) for _, a in out.actions]
+    assert ("remove", "chat") in kinds and ("add", "image") in kinds
+    assert kinds.index(("remove", "chat")) < kinds.index(("add", "image"))
+    assert sum(len(v) for v in out.latencies.values()) == len(trace)  # every request done once

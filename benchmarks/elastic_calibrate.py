@@ -1,0 +1,107 @@
+"""Service-time models for the elastic simulator, measured on real worker processes.
+
+For each request type of ``benchmarks/elastic_sim.py`` this starts a one-stage graph (one
+replica, one thread), times one request alone and a burst of ``max_batch`` at once (after a
+warm-up), and fits the simulator's model: a request takes ``steps`` engine steps, a step over
+``b`` requests takes ``base_s + per_request_s * b``. The fit reproduces both measurements: the
+latency of a lone request and the throughput of a full batch.
+
+    python benchmarks/elastic_calibrate.py
+"""
+from __future__ import annotations
+
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from omnistage import Pipeline
+
+STAGES = {
+    "chat": ("""
+  s:
+    kind: ar
+    model: m
+    inputs: {prompt: request.prompt, messages: request.messages}
+    outputs: {text: response.text}
+    batching: {max_batch: 64}
+""", "tiny:qwen2", 128, 64),
+    "chat_image": ("""
+  s:
+    kind: ar
+    model: m
+    inputs: {prompt: request.prompt, messages: request.messages, images: request.images}
+    outputs: {text: response.text}
+    batching: {max_batch: 32}
+""", "tiny:qwen2-vl", 128, 32),
+    "image": ("""
+  s:
+    kind: diffusion
+    model: m
+    inputs: {prompt: request.prompt}
+    outputs: {image: response.image}
+    batching: {max_batch: 32}
+    options: {height: 32, width: 32, num_inference_steps: 20}
+""", "tiny:sd", 20, 32),
+    "speech": ("""
+  s:
+    kind: tts
+    model: m
+    inputs: {text: request.prompt}
+    outputs: {audio: response.audio}
+    batching: {max_batch: 16}
+""", "tiny:speecht5", 50, 16),
+}
+
+
+def request(name: str) -> dict:
+    if name == "chat":
+        return dict(prompt="tell me a story", max_tokens=128, ignore_eos=True)
+    if name == "chat_image":
+        buf = io.BytesIO()
+        Image.new("RGB", (56, 56), (200, 30, 30)).save(buf, format="PNG")
+        return dict(messages=[{"role": "user", "content": [{"type": "image", "image": buf.getvalue()},
+                                                          {"type": "text", "text": "what is this?"}]}],
+                    max_tokens=128, ignore_eos=True)
+    if name == "image":
+        return dict(prompt="a red cat", modalities=["image"])
+    return dict(prompt="the quick brown fox jumps over the lazy dog", modalities=["audio"])
+
+
+def measure(name: str) -> dict:
+    body, model, steps, batch = STAGES[name]
+    path = Path(tempfile.mkdtemp()) / "g.yaml"
+    path.write_text(f"name: cal\nmodels:\n  m: {{path: \"{model}\"}}\nstages:{body}    resources: {{threads: 1}}\n")
+    with Pipeline.from_yaml(path) as pipe:
+        for _ in range(2):
+            pipe.generate(**request(name))
+        alone = []
+        for _ in range(3):
+            start = time.perf_counter()
+            pipe.generate(**request(name))
+            alone.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for handle in [pipe.submit(**request(name)) for _ in range(batch)]:
+            handle.result(600)
+        full = time.perf_counter() - start
+    one = statistics.median(alone)
+    per = max(0.0, (full - one) / (steps * (batch - 1)))
+    return {"name": name, "alone_s": one, "batch_s": full, "steps": steps, "max_batch": batch,
+            "base_s": one / steps - per, "per_request_s": per}
+
+
+def main() -> None:
+    print(f"{'request':10s} | {'alone s':>7s} | {'batch':>5s} | {'batch s':>7s} | {'steps':>5s} | "
+          f"{'base_s':>8s} | {'per_request_s':>13s} | req/s per replica")
+    for name in STAGES:
+        r = measure(name)
+        rate = r["max_batch"] / r["batch_s"]
+        print(f"{name:10s} | {r['alone_s']:7.3f} | {r['max_batch']:5d} | {r['batch_s']:7.3f} | {r['steps']:5d} | "
+              f"{r['base_s']:8.5f} | {r['per_request_s']:13.6f} | {rate:.1f}")
+
+
+if __name__ == "__main__":
+    main()
