@@ -111,6 +111,7 @@ def omni_reference():
     from transformers import (AutoImageProcessor, AutoTokenizer, Qwen2_5OmniForConditionalGeneration,
                               WhisperFeatureExtractor)
 
+    from omnistage.encoders.video import prepare_video
     from omnistage.models.tiny import ensure_tiny
     root = ensure_tiny("qwen2.5-omni")
     model = Qwen2_5OmniForConditionalGeneration.from_pretrained(root).eval()
@@ -126,8 +127,16 @@ def omni_reference():
         return out
     model.talker.generate = capture
 
-    def encode(messages, clips, images):
+    def encode(messages, clips, images, frames=None):
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if frames is not None:  # patchified as omnistage does (the reference video processor needs torchvision)
+            video = prepare_video(images_processor, list(frames))
+            enc = dict(tok(text.replace("<|video_pad|>", "<|video_pad|>" * video.tokens), return_tensors="pt",
+                           add_special_tokens=False))
+            return {**enc, "thinker_pixel_values_videos": video.pixel_values,
+                    "thinker_video_grid_thw": torch.tensor([video.grid_thw]),
+                    # the reference processor's convention: frames at 2 per second
+                    "thinker_video_second_per_grid": torch.tensor([images_processor.temporal_patch_size / 2.0])}
         if images:
             pixels = images_processor(images=list(images), return_tensors="pt")
             tokens = int(pixels.image_grid_thw[0].prod()) // 4  # one image: its patches after the 2x2 merge
@@ -147,8 +156,8 @@ def omni_reference():
         enc = dict(tok(text.replace("<|AUDIO_EXPANDED|>", "<|AUDIO|>"), return_tensors="pt", add_special_tokens=False))
         return {**enc, "input_features": feats.input_features, "feature_attention_mask": feats.attention_mask}
 
-    def run(messages, text_tokens, codec_tokens, seed, clips=(), images=()):
-        enc = encode(messages, clips, images)
+    def run(messages, text_tokens, codec_tokens, seed, clips=(), images=(), frames=None):
+        enc = encode(messages, clips, images, frames)
         torch.manual_seed(seed)
         with torch.inference_mode():
             seq, wav = model.generate(**enc, thinker_max_new_tokens=text_tokens, thinker_do_sample=False,

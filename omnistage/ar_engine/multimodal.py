@@ -17,7 +17,7 @@ from omnistage.ar_engine.sequence import MediaSpan
 # Families whose image inputs (placeholders, M-RoPE positions, vision tower) are wired and tested,
 # and those of them that take video too.
 VISION_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_omni_thinker"})
-VIDEO_FAMILIES = frozenset({"qwen2_vl"})
+VIDEO_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_omni_thinker"})
 
 
 def takes_video(model: Any) -> bool:
@@ -69,7 +69,8 @@ def media_spans(model: Any, ids: list[int], images: list[Any],
     for tok, left in queues.items():
         if left:
             raise ValueError(f"{len(left)} {names[tok]}(s) given without a placeholder in the prompt")
-    positions, delta = mrope_positions(model, out, _grids(images), _grids(videos))
+    seconds = torch.tensor([v.seconds_per_grid for v in videos]) if videos else None
+    positions, delta = mrope_positions(model, out, _grids(images), _grids(videos), video_seconds=seconds)
     return out, tuple(spans), positions, delta
 
 
@@ -79,15 +80,17 @@ def _grids(items: list[Any]) -> torch.Tensor | None:
 
 def mrope_positions(model: Any, ids: list[int], image_grids: torch.Tensor | None,
                     video_grids: torch.Tensor | None = None,
-                    audio_frames: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                    audio_frames: torch.Tensor | None = None,
+                    video_seconds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """M-RoPE positions [3, len] of a prompt and the offset of text after it; ``audio_frames``:
-    each audio clip's feature frames (Qwen2.5-Omni)."""
+    each audio clip's feature frames, ``video_seconds``: the seconds each video's temporal patch
+    spans (Qwen2.5-Omni, whose temporal positions count time)."""
     input_ids = torch.tensor([ids])
     mask = torch.ones_like(input_ids)
     if model.config.model_type == "qwen2_5_omni_thinker":  # no token types; audio lengths instead
         positions, delta = model.model.get_rope_index(input_ids, image_grid_thw=image_grids,
                                                       video_grid_thw=video_grids, attention_mask=mask,
-                                                      audio_seqlens=audio_frames)
+                                                      audio_seqlens=audio_frames, second_per_grids=video_seconds)
     else:
         token_types = (input_ids == model.config.image_token_id).int() + 2 * (input_ids == model.config.video_token_id).int()
         positions, delta = model.model.get_rope_index(input_ids, token_types, image_grid_thw=image_grids,

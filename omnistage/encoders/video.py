@@ -3,7 +3,9 @@
 Each frame goes through the model's own (PIL) image processor, so resizing and normalization
 are exactly the processor's; consecutive frames are then paired into temporal patches in the
 layout the vision tower expects: rows ordered (t, h/merge, w/merge, merge, merge), each row
-(channel, temporal, patch, patch).
+(channel, temporal, patch, patch). Frames are taken as sampled at ``fps`` (2 by default, as the
+Qwen2.5-Omni processor assumes): models whose temporal positions count time (Qwen2.5-Omni) place
+each temporal patch ``temporal_patch_size / fps`` seconds after the previous one.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class VideoItem:
     tokens: int
     hash: str
     processor: Any = field(default=None, repr=False)
+    seconds_per_grid: float = 1.0
     _pixels: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -33,7 +36,10 @@ class VideoItem:
         return self._pixels
 
 
-def prepare_video(processor: Any, frames: list[Image.Image]) -> VideoItem:
+VIDEO_FPS = 2.0
+
+
+def prepare_video(processor: Any, frames: list[Image.Image], fps: float = VIDEO_FPS) -> VideoItem:
     """Frames (resized to the first frame's size, padded to whole temporal patches) as one item."""
     size = frames[0].size
     frames = [f if f.size == size else f.resize(size, Image.BICUBIC) for f in frames]
@@ -43,10 +49,11 @@ def prepare_video(processor: Any, frames: list[Image.Image]) -> VideoItem:
     grid = (len(frames) // tps, gh, gw)
     h = hashlib.blake2b(digest_size=16)
     h.update(_settings(processor))
-    h.update(repr(("video", len(frames), size)).encode())
+    h.update(repr(("video", len(frames), size, fps)).encode())
     for frame in frames:
         h.update(frame.tobytes())
-    return VideoItem(frames, grid, grid[0] * gh * gw // processor.merge_size ** 2, h.hexdigest(), processor)
+    return VideoItem(frames, grid, grid[0] * gh * gw // processor.merge_size ** 2, h.hexdigest(), processor,
+                     seconds_per_grid=tps / fps)
 
 
 def patchify_frames(processor: Any, frames: list[Image.Image]) -> torch.Tensor:

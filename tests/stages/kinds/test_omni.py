@@ -103,6 +103,22 @@ def test_image_in_text_and_speech_out_equal_the_reference(tmp_path, omni_referen
     torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
 
 
+def test_video_in_text_and_speech_out_equal_the_reference(tmp_path, omni_reference):
+    """A clip of frames through the thinker's vision tower, its temporal positions spaced by the
+    seconds each temporal patch spans (frames taken at 2 per second)."""
+    from PIL import Image
+    run, tok = omni_reference
+    frames = [Image.new("RGB", (84, 56), (40 * i, 200 - 30 * i, 90)) for i in range(5)]  # odd: last repeated
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    path = omni_yaml(tmp_path, talker=GREEDY_TALKER, vocoder={"chunk_codes": 0})
+    with Pipeline.from_yaml(path) as pipe:
+        result = pipe.submit(messages=messages, video=frames, max_tokens=10, temperature=0, seed=9,
+                             modalities=["text", "audio"]).result(120)
+    ref_text, _, ref_wav = run(messages, 10, 40, seed=9, frames=frames)
+    assert result.text == tok.decode(ref_text, skip_special_tokens=True)
+    torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def streaming_pipe(tmp_path_factory):
     # Replies of a known length: 64 codec tokens, no early stop.

@@ -13,11 +13,11 @@ models:
   thinker: {path: "tiny:qwen2.5-omni/thinker"}
 stages:
   ears: {kind: encode, model: thinker, inputs: {audio: request.audio}}
-  eyes: {kind: encode, model: thinker, inputs: {images: request.images}}
+  eyes: {kind: encode, model: thinker, inputs: {images: request.images, video: request.video}}
   thinker:
     kind: ar
     model: thinker
-    inputs: {messages: request.messages, audio: request.audio, images: request.images,
+    inputs: {messages: request.messages, audio: request.audio, images: request.images, video: request.video,
              audio_embeds: ears.embeddings, image_embeds: eyes.embeddings}
     outputs: {text: response.text}
 """
@@ -37,12 +37,18 @@ def test_encode_stages_feed_the_thinker_and_text_equals_the_reference(tmp_path, 
     clip, image = _wav(), Image.new("RGB", (70, 90), (20, 160, 40))
     heard = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What is it?"}]}]
     seen = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    frames = [Image.new("RGB", (56, 56), (30 * i, 90, 200 - 40 * i)) for i in range(4)]
+    watched = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What is it?"}]}]
     with Pipeline.from_yaml(path) as pipe:
         by_ear = pipe.submit(messages=heard, audio=[clip], max_tokens=8, temperature=0).result(120)
         by_eye = pipe.submit(messages=seen, images=[image], max_tokens=8, temperature=0).result(120)
+        by_clip = pipe.submit(messages=watched, video=frames, max_tokens=8, temperature=0).result(120)
     assert by_ear.meta["ears"]["encoded_items"] == 1 and by_eye.meta["eyes"]["encoded_items"] == 1
+    assert by_clip.meta["eyes"]["encoded_items"] == 1
     samples, _ = sf.read(io.BytesIO(clip), dtype="float32")
     ref_heard, _, _ = run(heard, 8, 2, seed=0, clips=[samples])
     ref_seen, _, _ = run(seen, 8, 2, seed=0, images=[image])
     assert by_ear.text == tok.decode(ref_heard, skip_special_tokens=True)
     assert by_eye.text == tok.decode(ref_seen, skip_special_tokens=True)
+    ref_watched, _, _ = run(watched, 8, 2, seed=0, frames=frames)
+    assert by_clip.text == tok.decode(ref_watched, skip_special_tokens=True)
