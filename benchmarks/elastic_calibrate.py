@@ -20,40 +20,19 @@ from PIL import Image
 
 from omnistage import Pipeline
 
+def stage(kind: str, inputs: str, output: str, batch: int, options: str = "{}") -> str:
+    return (f"\n  s:\n    kind: {kind}\n    model: m\n    inputs: {{{inputs}}}\n    outputs: {{{output}}}\n"
+            f"    batching: {{max_batch: {batch}}}\n    options: {options}\n")
+
+
+# request type: (stage, model, steps per request, max batch)
 STAGES = {
-    "chat": ("""
-  s:
-    kind: ar
-    model: m
-    inputs: {prompt: request.prompt, messages: request.messages}
-    outputs: {text: response.text}
-    batching: {max_batch: 64}
-""", "tiny:qwen2", 128, 64),
-    "chat_image": ("""
-  s:
-    kind: ar
-    model: m
-    inputs: {prompt: request.prompt, messages: request.messages, images: request.images}
-    outputs: {text: response.text}
-    batching: {max_batch: 32}
-""", "tiny:qwen2-vl", 128, 32),
-    "image": ("""
-  s:
-    kind: diffusion
-    model: m
-    inputs: {prompt: request.prompt}
-    outputs: {image: response.image}
-    batching: {max_batch: 32}
-    options: {height: 32, width: 32, num_inference_steps: 20}
-""", "tiny:sd", 20, 32),
-    "speech": ("""
-  s:
-    kind: tts
-    model: m
-    inputs: {text: request.prompt}
-    outputs: {audio: response.audio}
-    batching: {max_batch: 16}
-""", "tiny:speecht5", 50, 16),
+    "chat": (stage("ar", "prompt: request.prompt", "text: response.text", 64), "tiny:qwen2", 128, 64),
+    "chat_image": (stage("ar", "messages: request.messages, images: request.images", "text: response.text", 32),
+                   "tiny:qwen2-vl", 128, 32),
+    "image": (stage("diffusion", "prompt: request.prompt", "image: response.image", 32,
+                    "{height: 32, width: 32, num_inference_steps: 20}"), "tiny:sd", 20, 32),
+    "speech": (stage("tts", "text: request.prompt", "audio: response.audio", 16), "tiny:speecht5", 50, 16),
 }
 
 
