@@ -1,23 +1,18 @@
 """The elastic controller's policy: a pure function from a metrics snapshot to actions.
 
-Each unit (a stage, or a modality group of one) *needs* as many replicas as serve its arrival
-rate, smoothed over ``rate_window_s``, at ``target_utilization``, plus what clears its backlog
-over ``horizon_s``:
-
-    need = ceil((rate + waiting / horizon_s) / (service_rate * target_utilization))
-
-(``service_rate``: requests one replica completes per second, measured). Smoothing the rate and
-spreading the backlog over the horizon keep a short burst from reading as a lasting shift; a
-unit that has needed more than it has for ``patience`` snapshots in a row is *short*
-(hysteresis). A short unit takes a device from the free pool (``add``) or from another unit
-(``move``, a role switch), but only when the move pays: the queueing it saves the receiver over
-the horizon, with the new replica serving only after ``reload_s``, must exceed the queueing it
-adds to the donor (both in request-seconds, from a fluid model of each queue; see ``queueing``).
-Donors with more replicas than they need give first; a unit that needs all it has gives only
-when the move saves twice what it costs, and a unit whose delay is above ``high_delay_s`` never
-gives. A unit idle (delay under ``low_delay_s``) with more than it needs for ``patience``
-snapshots returns one replica to the pool (``remove``). Every unit waits ``cooldown_s`` between
-actions.
+Per unit (a stage, or a modality group of one) the policy reads a *sustained* arrival rate (the
+mean over ``rate_window_s``, or the last quarter of it when that differs significantly: shifts
+show within a quarter window, noise and lone bursts do not). From the rates it computes a
+*target allocation* of all devices (``allocate``): every unit what serves its rate at
+``target_utilization`` (or at full utilization, or the least overload, when the devices do not
+reach), the rest where they cut queueing most. A unit below its target for ``patience``
+snapshots is *short* (hysteresis) and takes free devices (``add``) or devices of units above
+their own target (``move``, a role switch), as long as the move pays: the queueing it saves the
+receiver over ``horizon_s``, with the new replica serving only after ``reload_s``, must exceed
+the queueing it adds to the donor by ``min_gain`` request-seconds (``queueing``: a fluid model of
+each queue). A unit that gave a replica up does not take one for ``cooldown_s``, and the other
+way round. A unit above its target that stayed idle with capacity to spare for a whole rate
+window returns one replica to the pool (``remove``). See docs/elastic.md.
 """
 from __future__ import annotations
 
@@ -27,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from omnistage.graph.schema import ElasticConfig
+
 
 @dataclass(frozen=True)
 class StageLoad:
