@@ -3,9 +3,9 @@ to do and carries it out with the Scaler. Runs as a thread of the orchestrator's
 
 Metrics per stage: waiting and running come from the replicas' Stats; the arrival rate from the
 requests the orchestrator admitted to the stage over the interval; the service rate of one
-replica from completions over the interval, measured while the stage had a queue (an idle
-stage's completions say nothing about its capacity) and smoothed, starting from
-``SERVICE_RATE_PRIOR``.
+replica from completions over the interval: while the stage has a queue they measure its
+capacity (smoothed); without one they are a lower bound (a replica does at least what it did).
+It starts from ``SERVICE_RATE_PRIOR``.
 """
 from __future__ import annotations
 
@@ -69,9 +69,12 @@ class Controller:
             waiting = sum(s.get("waiting", 0.0) for s in stats)
             running = sum(s.get("running", 0.0) for s in stats)
             done = self.orch.completions[unit] - completions[unit]
-            if waiting > 0 and ready:  # saturated: completions measure capacity
+            if ready:
                 measured = done / span / len(ready)
-                self.service_rate[unit] = SMOOTHING * self.service_rate[unit] + (1 - SMOOTHING) * max(measured, 1e-3)
+                if waiting > 0:  # saturated: completions measure capacity
+                    self.service_rate[unit] = SMOOTHING * self.service_rate[unit] + (1 - SMOOTHING) * max(measured, 1e-3)
+                else:  # not saturated: a replica does at least what it did
+                    self.service_rate[unit] = max(self.service_rate[unit], measured)
             loads[unit] = StageLoad(waiting=waiting, running=running,
                                     arrival_rate=(self.orch.arrivals[unit] - arrivals[unit]) / span,
                                     service_rate=self.service_rate[unit], replicas=counted,
