@@ -1,6 +1,7 @@
 """Spoken chat and speech on the Qwen2.5-Omni graph (thinker -> talker -> vocoder), with the
 official openai client against a real server."""
 import base64
+import io
 
 import httpx
 import openai
@@ -104,6 +105,36 @@ def test_input_audio_and_transcription_go_through_the_thinker(omni_server):
     assert heard.usage.prompt_tokens > 25 and heard.choices[0].message.content is not None  # the clip's positions
     text = c.audio.transcriptions.create(model=MODEL, file=("clip.wav", _wav(), "audio/wav"))
     assert isinstance(text.text, str)
+
+
+def _mp4(frames=6, width=56, height=56):
+    import av
+    import numpy as np
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=2)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            frame = np.full((height, width, 3), 30 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def test_a_video_clip_goes_through_the_thinker_and_is_answered_in_speech(omni_server):
+    c = client(omni_server)
+    url = "data:video/mp4;base64," + base64.b64encode(_mp4()).decode()
+    question = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                             {"type": "text", "text": "What happens?"}]}]
+    plain = c.chat.completions.create(model=MODEL, max_tokens=6, temperature=0, messages=[
+        {"role": "user", "content": "What happens?"}])
+    watched = c.chat.completions.create(model=MODEL, max_tokens=6, temperature=0, messages=question,
+                                        modalities=["text", "audio"], audio={"voice": "Chelsie", "format": "wav"})
+    # 6 frames of 56x56: 3 temporal patches of 2x2 merged tokens, between vision start and end
+    assert watched.usage.prompt_tokens == plain.usage.prompt_tokens + 3 * 4 + 2
+    assert watched.choices[0].message.audio is not None and watched.choices[0].message.audio.data
 
 
 def test_the_omni_client_example_saves_a_spoken_reply(omni_server, tmp_path):
