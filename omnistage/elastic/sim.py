@@ -5,8 +5,9 @@ Each stage has a service-time model calibrated from measured step times: one eng
 (continuous batching: requests join and leave between steps, up to ``max_batch`` per replica).
 Requests of a modality go to the stage that serves it. Devices move between stages with the
 policy's actions: a moved device first drains (its replica takes no new requests and finishes
-what it holds), then reloads for ``reload_s``, then serves its new stage. Time advances in
-ticks of ``dt`` seconds; the controller runs every ``interval_s``.
+what it holds), then reloads for ``reload_s``, then serves its new stage; a removed one drains
+into the free pool, from which ``add`` loads a stage. Time advances in ticks of ``dt`` seconds;
+the controller runs every ``interval_s``.
 """
 from __future__ import annotations
 
