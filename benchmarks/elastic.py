@@ -14,30 +14,25 @@ within their SLO (2 s for both) per second of trace; refused requests miss it; p
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from omnistage import Pipeline
+from omnistage.elastic.sim import shifting_trace
 from omnistage.errors import Overloaded
 
 ROOT = Path(__file__).resolve().parent.parent
 SLO = {"chat": 2.0, "image": 2.0}
-PHASES = (({"chat": 90.0, "image": 2.0}, 1.0), ({"chat": 4.0, "image": 45.0}, 2.0))  # (rates, relative length)
+CHAT_HEAVY, IMAGE_HEAVY = {"chat": 90.0, "image": 2.0}, {"chat": 4.0, "image": 45.0}
 
 
-def trace(unit_s: float, seed: int = 0) -> tuple[list[tuple[float, str]], float]:
-    rng, out, start = random.Random(seed), [], 0.0
-    for rates, length in PHASES:
-        end = start + length * unit_s
-        for kind, rate in rates.items():
-            t = start
-            while (t := t + rng.expovariate(rate)) < end:
-                out.append((t, kind))
-        start = end
-    return sorted(out), start
+def trace(phase_s: float, seed: int = 0) -> tuple[list[tuple[float, str]], float]:
+    """Chat-heavy for one phase, image-heavy for two; Poisson arrivals without bursts."""
+    span = 3 * phase_s
+    arrivals = shifting_trace(span, [CHAT_HEAVY, IMAGE_HEAVY, IMAGE_HEAVY], seed=seed, burst_factor=1.0)
+    return [(a.time, a.stage) for a in arrivals], span
 
 
 def graph(chat: int, image: int, elastic: bool) -> Path:

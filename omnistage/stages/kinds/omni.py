@@ -141,8 +141,7 @@ class VocoderStage:
     def add(self, request: StageRequest) -> None:
         voice = check_voice(self.options, self.info(), request.params)["voice"]
         self.engine.add(request.rid, self.voices[voice], request.params.get("seed"))
-        codes = [c for part in request.inputs.get("codes") or [] for c in part]
-        self.engine.feed(request.rid, codes, "codes" not in request.open)
+        self.feed(request.rid, "codes", list(request.inputs.get("codes") or []), "codes" not in request.open)
 
     def feed(self, rid: str, port: str, values: list[Any], last: bool) -> None:
         self.engine.feed(rid, [c for part in values for c in part], last)
