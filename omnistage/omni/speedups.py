@@ -2,7 +2,8 @@
 
 Each computes what the transformers module computes, with less work on a CPU: the DiT's
 speaker encoding once per ODE solve, its block masks once per evaluation, and BigVGAN's
-anti-aliasing filters with the batch folded into the depthwise groups.
+anti-aliasing filters with the batch folded into the depthwise groups and their edge padding
+copied instead of taking the slow replication-pad kernel.
 """
 from __future__ import annotations
 
@@ -65,9 +66,17 @@ def fast_resampling(bigvgan: Any) -> None:
             module.forward = _downsample.__get__(module)
 
 
+def _replicate_pad(hidden_states: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """``F.pad(..., mode="replicate")`` on the last axis, value for value; on CPU that kernel is
+    about ten times slower than copying the edge samples."""
+    edge = hidden_states.shape[:-1]
+    return torch.cat([hidden_states[..., :1].expand(*edge, left), hidden_states,
+                      hidden_states[..., -1:].expand(*edge, right)], dim=-1)
+
+
 def _upsample(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     rows, channels, _ = hidden_states.shape
-    padded = F.pad(hidden_states, (self.pad, self.pad), mode="replicate").reshape(1, rows * channels, -1)
+    padded = _replicate_pad(hidden_states, self.pad, self.pad).reshape(1, rows * channels, -1)
     out = self.ratio * F.conv_transpose1d(padded, self.filter.expand(rows * channels, -1, -1), stride=self.stride,
                                           groups=rows * channels)
     return out.reshape(rows, channels, -1)[..., self.pad_left:-self.pad_right]
@@ -75,6 +84,6 @@ def _upsample(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
 
 def _downsample(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     rows, channels, _ = hidden_states.shape
-    padded = F.pad(hidden_states, (self.pad_left, self.pad_right), mode="replicate").reshape(1, rows * channels, -1)
+    padded = _replicate_pad(hidden_states, self.pad_left, self.pad_right).reshape(1, rows * channels, -1)
     out = F.conv1d(padded, self.filter.expand(rows * channels, -1, -1), stride=self.stride, groups=rows * channels)
     return out.reshape(rows, channels, -1)
