@@ -10,7 +10,8 @@ snapshots is *short* (hysteresis) and takes free devices (``add``) or devices of
 their own target (``move``, a role switch), as long as the move pays: the queueing it saves the
 receiver over ``horizon_s``, with the new replica serving only after ``reload_s``, must exceed
 the queueing it adds to the donor by ``min_gain`` request-seconds (``queueing``: a fluid model of
-each queue). A unit that gave a replica up does not take one for ``cooldown_s``, and the other
+each queue). Between two modality groups of one stage ("stage/text" and "stage/multimodal") a
+move reloads nothing (the replica only changes group), so it serves its new group at once. A unit that gave a replica up does not take one for ``cooldown_s``, and the other
 way round. A unit above its target that stayed idle with capacity to spare for a whole rate
 window returns one replica to the pool (``remove``). See docs/elastic.md.
 """
@@ -82,7 +83,7 @@ def decide(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> list[Ac
     may_gain = {s for s in loads if snap.time - state.last_give.get(s, -1e18) >= config.cooldown_s}
     may_give = {s for s in loads if snap.time - state.last_gain.get(s, -1e18) >= config.cooldown_s}
     short = [s for s in loads if s in may_gain and state.short.get(s, 0) >= _patience(loads[s], config)]
-    short.sort(key=lambda s: -_saved(loads[s], config))
+    short.sort(key=lambda s: -_saved(loads[s], config, config.reload_s))
     for stage in short:
         actions = _grow_to(loads, target, snap.free_devices, config, stage, may_give)
         if actions:
@@ -163,10 +164,17 @@ def _gain(load: StageLoad, replicas: int, config: ElasticConfig) -> float:
     return queueing(load, replicas, config.horizon_s) - queueing(load, replicas + 1, config.horizon_s)
 
 
-def _saved(load: StageLoad, config: ElasticConfig) -> float:
-    """Request-seconds of queueing one more replica saves over the horizon (serving after the reload)."""
+def _saved(load: StageLoad, config: ElasticConfig, reload_s: float) -> float:
+    """Request-seconds of queueing one more replica saves over the horizon (serving after ``reload_s``)."""
     now = queueing(load, load.replicas, config.horizon_s)
-    return now - queueing(load, load.replicas, config.horizon_s, later=load.replicas + 1, after_s=config.reload_s)
+    return now - queueing(load, load.replicas, config.horizon_s, later=load.replicas + 1, after_s=reload_s)
+
+
+def same_stage(unit: str, other: str) -> bool:
+    """Whether two units are modality groups of one stage: a replica moves between them without
+    a reload."""
+    stage, slash, _ = unit.partition("/")
+    return bool(slash) and other.partition("/")[0] == stage and "/" in other
 
 
 def _lost(load: StageLoad, config: ElasticConfig) -> float:
@@ -249,17 +257,17 @@ def _grow(loads: Mapping[str, StageLoad], target: Mapping[str, int], free: int, 
            f"({load.arrival_rate:.2f} req/s, {load.waiting:.0f} waiting, delay {load.delay():.2f} s)")
     if free > 0:
         return Action("add", stage, reason=f"{why}; a device is free")
-    saved = _saved(load, config)
     best: tuple[float, str] | None = None
     for donor, other in loads.items():
         if donor == stage or donor not in may_give or other.replicas <= max(other.min_replicas, target[donor]):
             continue
-        gain = saved - _lost(other, config)
+        gain = _saved(load, config, 0.0 if same_stage(stage, donor) else config.reload_s) - _lost(other, config)
         if gain >= config.min_gain and (best is None or gain > best[0]):
             best = (gain, donor)
     if best is None:
         return None
-    return Action("move", stage, donor=best[1], reason=f"{why}; moving one from {best[1]!r} saves ~{best[0]:.0f} "
+    how = "regrouping one (no reload)" if same_stage(stage, best[1]) else "moving one"
+    return Action("move", stage, donor=best[1], reason=f"{why}; {how} from {best[1]!r} saves ~{best[0]:.0f} "
                                                          f"request-seconds of queueing over {config.horizon_s:.0f} s")
 
 

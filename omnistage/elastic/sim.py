@@ -6,7 +6,9 @@ Each stage has a service-time model calibrated from measured step times: one eng
 Requests of a modality go to the stage that serves it. Devices move between stages with the
 policy's actions: a moved device first drains (its replica takes no new requests and finishes
 what it holds), then reloads for ``reload_s``, then serves its new stage; a removed one drains
-into the free pool, from which ``add`` loads a stage. Time advances in ticks of ``dt`` seconds;
+into the free pool, from which ``add`` loads a stage. Units named "stage/group" are modality
+groups of one stage: a move between two of them changes the replica's group at once (it goes on
+with the requests it holds and takes its new group's). Time advances in ticks of ``dt`` seconds;
 the controller runs every ``interval_s``.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
+from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide, same_stage
 from omnistage.graph.schema import ElasticConfig
 
 
@@ -46,6 +48,7 @@ class Arrival:
 
 @dataclass
 class _Request:
+    stage: str
     arrival: float
     left: float  # steps to go
 
@@ -93,7 +96,7 @@ def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace:
     while now < duration:
         while arrivals and arrivals[0].time <= now:
             a = arrivals.popleft()
-            queues[a.stage].append(_Request(a.time, by_name[a.stage].steps))
+            queues[a.stage].append(_Request(a.stage, a.time, by_name[a.stage].steps))
             seen_in_window[a.stage] += 1
         for rep in replicas:
             _tick(rep, by_name, queues, latencies, done_in_window, now, dt)
@@ -128,8 +131,8 @@ def _tick(rep: _Replica, models: Mapping[str, StageModel], queues: Mapping[str, 
             req.left -= 1
         for req in [r for r in rep.active if r.left <= 0]:
             rep.active.remove(req)
-            latencies[rep.stage].append(now + dt - req.arrival)
-            done[rep.stage] += 1
+            latencies[req.stage].append(now + dt - req.arrival)
+            done[req.stage] += 1
         step = model.step_s(max(1, len(rep.active)))
 
 
@@ -157,7 +160,7 @@ def _snapshot(now: float, models: Sequence[StageModel], replicas: list[_Replica]
 def _apply(action: Action, replicas: list[_Replica], now: float, policy: ElasticConfig) -> None:
     """add: a free device loads the stage; remove and move: the stage's replica that drains
     fastest takes no new requests and, once its batch is done, goes to the pool or loads the
-    receiving stage."""
+    receiving stage; a move between groups of one stage regroups that replica at once."""
     if action.kind == "add":
         device = next(r for r in replicas if r.stage is None)
         device.stage, device.ready_at = action.stage, now + policy.reload_s
@@ -165,6 +168,9 @@ def _apply(action: Action, replicas: list[_Replica], now: float, policy: Elastic
     giver = action.donor if action.kind == "move" else action.stage
     donors = [r for r in replicas if r.stage == giver and not r.draining]
     victim = min(donors, key=lambda r: len(r.active))
+    if action.kind == "move" and same_stage(giver, action.stage):
+        victim.stage = action.stage
+        return
     victim.draining, victim.next_stage = True, action.stage if action.kind == "move" else None
 
 

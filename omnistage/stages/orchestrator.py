@@ -57,6 +57,7 @@ class _Live:
     pending: set[tuple[str, int]] = field(default_factory=set)  # (stage, replica) yet to report Done
     probing: tuple[str, str] | None = None  # (encode stage, AR stage) while a probe is out
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    group: str = "text"  # modality group: arrivals and completions count in it
 
     @property
     def replicas(self) -> list[Replica]:
@@ -187,7 +188,7 @@ class Orchestrator:
             chosen = {stage: [self._pick(stage, group)] for stage in route.stages}
             if target is not None:
                 chosen[target[0]] = self._pick_many(target[0], len(inputs["images"]), group)
-            live = _Live(handle, route, chosen, inputs, params, probing=target)
+            live = _Live(handle, route, chosen, inputs, params, probing=target, group=group)
             for stage in route.stages:
                 self.arrivals[self.unit(stage, group)] += 1
             self.requests[rid] = live
@@ -323,7 +324,7 @@ class Orchestrator:
             live.meta[msg.stage] = msg.meta
             replica = self.replicas[msg.stage][msg.replica]
             replica.inflight.discard(msg.rid)
-            self.completions[self.unit(msg.stage, replica.group)] += 1
+            self.completions[self.unit(msg.stage, live.group)] += 1  # the replica may have changed group since
             finished = not live.pending
             if finished:
                 del self.requests[msg.rid]

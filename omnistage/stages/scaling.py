@@ -5,7 +5,9 @@
   is dropped or sent twice); once it holds none it gets Shutdown, its process ends and its device
   returns to the pool, or goes to the stage waiting for it (a role switch).
 - ``move(donor, stage)`` drains the donor's least-loaded replica and starts one of ``stage`` on
-  its device.
+  its device; between two modality groups of one stage it only changes the replica's group
+  (``regroup``): the same model serves both, so nothing reloads, the requests it holds finish
+  there and new ones of its new group reach it at once.
 ``poll()`` advances drains and returns failed starts' devices; the controller calls it on its
 interval. Every action is logged with its reason.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from omnistage.connectors.messages import Shutdown
+from omnistage.elastic.policy import same_stage
 from omnistage.graph.placement import free_devices, matches
 from omnistage.stages.launcher import launch
 from omnistage.stages.worker import WorkerSpec
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class LoggedAction:
     time: float
-    kind: str  # add | drain | stopped | move | failed
+    kind: str  # add | drain | stopped | move | regroup | failed
     stage: str
     replica: int
     device: str
@@ -88,6 +91,8 @@ class Scaler:
 
     def move(self, donor: str, stage: str, reason: str = "") -> bool:
         """Drain one replica of ``donor`` and start one of ``stage`` (stages or "stage/group")."""
+        if same_stage(donor, stage):
+            return self.regroup(donor, stage, reason)
         with self.orch._lock:
             ready = [r for r in self.replicas_of(donor) if r.state == "ready"]
             others = [r for r in self.orch.replicas[donor.partition("/")[0]] if r.state == "ready"]
@@ -96,6 +101,17 @@ class Scaler:
         victim = min(ready, key=lambda r: (len(r.inflight), -r.index))
         self._record("move", victim, f"{donor} -> {stage}: {reason}")
         self.drain(victim, then=stage, reason=reason)
+        return True
+
+    def regroup(self, donor: str, unit: str, reason: str = "") -> bool:
+        """Hand the least-loaded ready replica of group ``donor`` to group ``unit`` of the same stage."""
+        with self.orch._lock:
+            ready = [r for r in self.replicas_of(donor) if r.state == "ready"]
+            if not ready:
+                return False
+            replica = min(ready, key=lambda r: (len(r.inflight), -r.index))
+            replica.group = unit.partition("/")[2]
+        self._record("regroup", replica, f"{donor} -> {unit}: {reason}")
         return True
 
     # --- progress --------------------------------------------------------------------------

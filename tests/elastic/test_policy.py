@@ -61,6 +61,17 @@ def test_a_move_must_save_more_than_it_costs():
     assert any(a and a[0].kind == "move" and a[0].donor == "chat" for a in run(lambda t: stages, range(5), config=cheap))
 
 
+def test_a_move_between_groups_of_one_stage_costs_no_reload():
+    # The overload above, against a 60 s reload: another stage's replica does not pay, a replica
+    # of the other modality group of the same stage does (it serves its new group at once).
+    expensive = replace(CONFIG, reload_s=60.0)
+    stages = {"llm/multimodal": load(rate=10.5, replicas=1, waiting=5), "tts": load(rate=10, replicas=2),
+              "llm/text": load(rate=10, replicas=2)}
+    moves = [a for acts in run(lambda t: stages, range(5), config=expensive) for a in acts]
+    assert moves and {(a.kind, a.stage, a.donor) for a in moves} == {("move", "llm/multimodal", "llm/text")}
+    assert "no reload" in moves[0].reason
+
+
 def test_a_burst_moves_nothing_but_a_lasting_shift_does():
     def rates(t, shift_at, burst=()):
         chat = 60.0 if (t >= shift_at or t in burst) else 10.0

@@ -59,3 +59,21 @@ def test_devices_go_to_the_pool_and_come_back_from_it():
     assert ("remove", "chat") in kinds and ("add", "image") in kinds
     assert kinds.index(("remove", "chat")) < kinds.index(("add", "image"))
     assert sum(len(v) for v in out.latencies.values()) == len(trace)  # every request done once
+
+
+def test_a_move_between_groups_of_one_stage_serves_at_once():
+    # One LLM stage in two modality groups; the multimodal group's load jumps at 10 s. A regroup
+    # reloads nothing, so even with a 30 s reload the moved replicas serve within seconds and the
+    # requests they held finish (in their own group).
+    text = StageModel("llm/text", base_s=0.01, per_request_s=0.001, steps=10, max_batch=8)
+    media = StageModel("llm/multimodal", base_s=0.01, per_request_s=0.002, steps=10, max_batch=8)
+    rates = [{"llm/text": 3 * text.capacity, "llm/multimodal": 0.5 * media.capacity},
+             {"llm/text": 0.5 * text.capacity, "llm/multimodal": 3 * media.capacity}]
+    trace = shifting_trace(20.0, rates, seed=2, burst_factor=1.0)
+    slow_reload = ElasticConfig(**{**POLICY.__dict__, "reload_s": 30.0})
+    out = simulate([text, media], {"llm/text": 4, "llm/multimodal": 2}, trace, 20.0, policy=slow_reload, dt=0.01)
+    moves = [(t, a) for t, a in out.actions if a.kind == "move" and a.stage == "llm/multimodal"]
+    assert moves and moves[0][0] < 14 and "no reload" in moves[0][1].reason
+    late = out.latencies["llm/multimodal"][-100:]
+    assert max(late) < 2.0  # served by the regrouped replicas long before a reload could end
+    assert len(out.latencies["llm/text"]) + len(out.latencies["llm/multimodal"]) >= len(trace) - 40

@@ -1,5 +1,5 @@
 """Modality groups of one LLM stage: text-only and multimodal requests go to their own replicas,
-and the controller can move a device between the groups."""
+and the controller moves a replica between the groups without reloading it."""
 import io
 
 import pytest
@@ -65,11 +65,22 @@ def test_requests_go_to_their_group(pipe):
     assert done["chat/multimodal"] - before["chat/multimodal"] == 1
 
 
-def test_moving_a_device_between_groups_keeps_serving(pipe):
-    scaler = pipe.orchestrator.controller.scaler
+def test_a_move_between_groups_regroups_the_replica_at_once_under_load(pipe):
+    orch = pipe.orchestrator
+    scaler = orch.controller.scaler
+    [text_replica] = scaler.replicas_of("chat/text")
+    before, processes = dict(orch.completions), len(orch.replicas["chat"])
+    held = [pipe.submit(messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=16, temperature=0)
+            for i in range(4)]
+    holding = len(text_replica.inflight)
     assert scaler.move("chat/text", "chat/multimodal", reason="test")
-    pipe.orchestrator.wait_until(lambda: sum(r.state == "ready" for r in scaler.replicas_of("chat/multimodal")) == 2,
-                                 timeout=90)
-    assert sum(r.state == "ready" for r in scaler.replicas_of("chat/multimodal")) == 2
-    assert not [r for r in scaler.replicas_of("chat/text") if r.state == "ready"]
-    assert ask(pipe, image=False).text is not None  # the empty text group falls back to the others
+    assert holding > 0
+    # No drain, no new process: the same replica now belongs to the multimodal group.
+    assert len(orch.replicas["chat"]) == processes and text_replica.state == "ready"
+    assert text_replica.group == "multimodal" and len(scaler.replicas_of("chat/multimodal")) == 2
+    assert scaler.log[-1].kind == "regroup" and "chat/text -> chat/multimodal" in scaler.log[-1].reason
+    # What it held finishes there, once each, and counts in the requests' own group.
+    assert all(h.result(120).text for h in held)
+    assert ask(pipe, image=True).text is not None and ask(pipe, image=False).text is not None  # text falls back
+    assert orch.completions["chat/text"] - before["chat/text"] == 5
+    assert orch.completions["chat/multimodal"] - before["chat/multimodal"] == 1
