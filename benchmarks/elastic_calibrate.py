@@ -6,12 +6,13 @@ warm-up), and fits the simulator's model: a request takes ``steps`` engine steps
 ``b`` requests takes ``base_s + per_request_s * b``. The fit reproduces both measurements: the
 latency of a lone request and the throughput of a full batch.
 
-    python benchmarks/elastic_calibrate.py
+    python benchmarks/elastic_calibrate.py [request type ...]
 """
 from __future__ import annotations
 
 import io
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +27,11 @@ def stage(kind: str, inputs: str, output: str, batch: int, options: str = "{}") 
 
 
 # request type: (stage, model, steps per request, max batch)
+# Text chat and image chat are the two modality groups of one Qwen2-VL stage: same model, same batch.
+LLM = stage("ar", "messages: request.messages, images: request.images", "text: response.text", 64)
 STAGES = {
-    "chat": (stage("ar", "prompt: request.prompt", "text: response.text", 64), "tiny:qwen2", 128, 64),
-    "chat_image": (stage("ar", "messages: request.messages, images: request.images", "text: response.text", 32),
-                   "tiny:qwen2-vl", 128, 32),
+    "llm/text": (LLM, "tiny:qwen2-vl", 128, 64),
+    "llm/multimodal": (LLM, "tiny:qwen2-vl", 128, 64),
     "image": (stage("diffusion", "prompt: request.prompt", "image: response.image", 32,
                     "{height: 32, width: 32, num_inference_steps: 20}"), "tiny:sd", 20, 32),
     "speech": (stage("tts", "text: request.prompt", "audio: response.audio", 16), "tiny:speecht5", 50, 16),
@@ -37,9 +39,9 @@ STAGES = {
 
 
 def request(name: str) -> dict:
-    if name == "chat":
-        return dict(prompt="tell me a story", max_tokens=128, ignore_eos=True)
-    if name == "chat_image":
+    if name == "llm/text":
+        return dict(messages=[{"role": "user", "content": "tell me a story"}], max_tokens=128, ignore_eos=True)
+    if name == "llm/multimodal":
         buf = io.BytesIO()
         Image.new("RGB", (56, 56), (200, 30, 30)).save(buf, format="PNG")
         return dict(messages=[{"role": "user", "content": [{"type": "image", "image": buf.getvalue()},
@@ -73,12 +75,12 @@ def measure(name: str) -> dict:
 
 
 def main() -> None:
-    print(f"{'request':10s} | {'alone s':>7s} | {'batch':>5s} | {'batch s':>7s} | {'steps':>5s} | "
+    print(f"{'request':14s} | {'alone s':>7s} | {'batch':>5s} | {'batch s':>7s} | {'steps':>5s} | "
           f"{'base_s':>8s} | {'per_request_s':>13s} | req/s per replica")
-    for name in STAGES:
+    for name in sys.argv[1:] or STAGES:
         r = measure(name)
         rate = r["max_batch"] / r["batch_s"]
-        print(f"{name:10s} | {r['alone_s']:7.3f} | {r['max_batch']:5d} | {r['batch_s']:7.3f} | {r['steps']:5d} | "
+        print(f"{name:14s} | {r['alone_s']:7.3f} | {r['max_batch']:5d} | {r['batch_s']:7.3f} | {r['steps']:5d} | "
               f"{r['base_s']:8.5f} | {r['per_request_s']:13.6f} | {rate:.1f}")
 
 

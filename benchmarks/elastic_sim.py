@@ -1,12 +1,13 @@
 """Elastic allocation against the best static split, simulated on clusters of 8 to 64 devices.
 
-Four request types share the devices, each served by its own unit: text chat and image chat
-(the text-only and multimodal groups of one LLM stage, as in ElasticMM), image generation and
-speech. Their service-time models are measured on real worker processes
-(``benchmarks/elastic_calibrate.py``: tiny Qwen2, Qwen2-VL, SD at 32x32 with 20 steps,
-SpeechT5). The trace rotates which type is popular: for 100 s each in turn, the popular type's
-requests need 60% of the devices' time and the other three 13% each, 70% of the cluster busy on
-average; Poisson arrivals, 3x faster for 2 s every 20 s (the rates are means, bursts included).
+Four request types share the devices, each served by its own unit: text chat and image chat (the
+text-only and multimodal groups of one LLM stage, as in ElasticMM: a device moves between them
+without reloading), image generation and speech. Their service-time models are measured on real
+worker processes (``benchmarks/elastic_calibrate.py``: tiny Qwen2-VL for both groups, SD at
+32x32 with 20 steps, SpeechT5). The trace rotates which type is popular: for 100 s each in turn,
+the popular type's requests need 60% of the devices' time and the other three 13% each, 70% of
+the cluster busy on average; Poisson arrivals, 3x faster for 2 s every 20 s (the rates are
+means, bursts included).
 The same trace runs on
   * elastic: starts from the even split; the controller (omnistage.elastic.policy, its default
     settings, a 5 s model reload) moves devices
@@ -27,11 +28,11 @@ from omnistage.elastic.sim import StageModel, best_static, shifting_trace, simul
 from omnistage.graph.schema import ElasticConfig
 
 # Measured by benchmarks/elastic_calibrate.py on this machine (one replica, one thread).
-MODELS = [StageModel("chat", base_s=0.00117, per_request_s=0.000080, steps=128, max_batch=64),
-          StageModel("chat_image", base_s=0.00125, per_request_s=0.000086, steps=128, max_batch=32),
+MODELS = [StageModel("llm/text", base_s=0.00125, per_request_s=0.000098, steps=128, max_batch=64),
+          StageModel("llm/multimodal", base_s=0.00126, per_request_s=0.000100, steps=128, max_batch=64),
           StageModel("image", base_s=0.00327, per_request_s=0.012969, steps=20, max_batch=32),
           StageModel("speech", base_s=0.00210, per_request_s=0.000300, steps=50, max_batch=16)]
-SLO = {"chat": 2.0, "chat_image": 2.0, "image": 10.5, "speech": 2.0}
+SLO = {"llm/text": 2.0, "llm/multimodal": 2.0, "image": 10.5, "speech": 2.0}
 POLICY = replace(ElasticConfig(), reload_s=5.0)
 PHASE_S, LOAD, POPULAR = 100.0, 0.7, 0.6
 
@@ -46,7 +47,7 @@ def rotating(models: list[StageModel], devices: int):
 
 def two_way(models: list[StageModel], devices: int):
     chat, image = models[0], models[2]
-    phases = [{"chat": LOAD * devices * share * chat.capacity, "image": LOAD * devices * (1 - share) * image.capacity}
+    phases = [{chat.name: LOAD * devices * share * chat.capacity, image.name: LOAD * devices * (1 - share) * image.capacity}
               for share in (0.8, 0.2, 0.5)]
     return shifting_trace(PHASE_S * len(phases), phases), PHASE_S * len(phases)
 
