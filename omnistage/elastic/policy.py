@@ -9,11 +9,12 @@ reach), the rest where they cut queueing most. A unit below its target for ``pat
 snapshots is *short* (hysteresis) and takes free devices (``add``) or devices of units above
 their own target (``move``, a role switch), as long as the move pays: the queueing it saves the
 receiver over ``horizon_s``, with the new replica serving only after ``reload_s``, must exceed
-the queueing it adds to the donor by ``min_gain`` request-seconds (``queueing``: a fluid model of
-each queue). Between two modality groups of one stage ("stage/text" and "stage/multimodal") a
-move reloads nothing (the replica only changes group), so it serves its new group at once. A unit that gave a replica up does not take one for ``cooldown_s``, and the other
-way round. A unit above its target that stayed idle with capacity to spare for a whole rate
-window returns one replica to the pool (``remove``). See docs/elastic.md.
+the queueing it adds to the donor by ``min_gain`` request-seconds (``queueing``: a fluid model
+of each queue). Between two modality groups of one stage ("stage/text" and "stage/multimodal") a
+move reloads nothing (the replica only changes group), so it serves its new group at once. A
+unit that gave a replica up does not take one for ``cooldown_s``, and the other way round. A
+unit above its target that stayed idle with capacity to spare for a whole rate window returns
+one replica to the pool (``remove``). See docs/elastic.md.
 """
 from __future__ import annotations
 
