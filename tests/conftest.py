@@ -129,32 +129,30 @@ def omni_reference():
 
     def encode(messages, clips, images, frames=None):
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        extra = {}
         if frames is not None:  # patchified as omnistage does (the reference video processor needs torchvision)
             video = prepare_video(images_processor, list(frames))
-            enc = dict(tok(text.replace("<|video_pad|>", "<|video_pad|>" * video.tokens), return_tensors="pt",
-                           add_special_tokens=False))
-            return {**enc, "thinker_pixel_values_videos": video.pixel_values,
-                    "thinker_video_grid_thw": torch.tensor([video.grid_thw]),
-                    # the reference processor's convention: frames at 2 per second
-                    "thinker_video_second_per_grid": torch.tensor([images_processor.temporal_patch_size / 2.0])}
+            text = text.replace("<|video_pad|>", "<|video_pad|>" * video.tokens)
+            extra.update(thinker_pixel_values_videos=video.pixel_values,
+                         thinker_video_grid_thw=torch.tensor([video.grid_thw]),
+                         # the reference processor's convention: frames at 2 per second
+                         thinker_video_second_per_grid=torch.tensor([images_processor.temporal_patch_size / 2.0]))
         if images:
             pixels = images_processor(images=list(images), return_tensors="pt")
             tokens = int(pixels.image_grid_thw[0].prod()) // 4  # one image: its patches after the 2x2 merge
-            enc = dict(tok(text.replace("<|image_pad|>", "<|image_pad|>" * tokens), return_tensors="pt",
-                           add_special_tokens=False))
+            text = text.replace("<|image_pad|>", "<|image_pad|>" * tokens)
             # Prefixed: the reference's generate would also hand unprefixed pixel values to the talker,
             # whose generate refuses them (transformers 5.23).
-            return {**enc, "thinker_pixel_values": pixels.pixel_values,
-                    "thinker_image_grid_thw": pixels.image_grid_thw}
-        if not clips:
-            return dict(tok(text, return_tensors="pt", add_special_tokens=False))
-        feats = extractor(list(clips), sampling_rate=16000, padding="max_length", return_attention_mask=True,
-                          return_tensors="pt")
-        for frames in feats.attention_mask.sum(-1).tolist():  # one placeholder per clip, expanded
-            tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
-            text = text.replace("<|AUDIO|>", "<|AUDIO_EXPANDED|>" * tokens, 1)
-        enc = dict(tok(text.replace("<|AUDIO_EXPANDED|>", "<|AUDIO|>"), return_tensors="pt", add_special_tokens=False))
-        return {**enc, "input_features": feats.input_features, "feature_attention_mask": feats.attention_mask}
+            extra.update(thinker_pixel_values=pixels.pixel_values, thinker_image_grid_thw=pixels.image_grid_thw)
+        if clips:
+            feats = extractor(list(clips), sampling_rate=16000, padding="max_length", return_attention_mask=True,
+                              return_tensors="pt")
+            for n in feats.attention_mask.sum(-1).tolist():  # one placeholder per clip, expanded
+                tokens = ((n - 1) // 2 + 1 - 2) // 2 + 1
+                text = text.replace("<|AUDIO|>", "<|AUDIO_EXPANDED|>" * tokens, 1)
+            text = text.replace("<|AUDIO_EXPANDED|>", "<|AUDIO|>")
+            extra.update(input_features=feats.input_features, feature_attention_mask=feats.attention_mask)
+        return {**tok(text, return_tensors="pt", add_special_tokens=False), **extra}
 
     def run(messages, text_tokens, codec_tokens, seed, clips=(), images=(), frames=None):
         enc = encode(messages, clips, images, frames)

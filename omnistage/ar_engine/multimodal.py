@@ -1,4 +1,5 @@
-"""Image inputs for Qwen2-VL-family language models inside the AR engine.
+"""Image, video (and, for Qwen2.5-Omni, audio) inputs of Qwen2-VL-family language models inside
+the AR engine.
 
 Placeholders: the chat template writes one image token per image; it is expanded to as many
 tokens as the vision tower yields for that image (grid t*h*w / merge^2). Those positions take
@@ -47,13 +48,18 @@ def expand_image_tokens(ids: list[int], image_token_id: int, counts: list[int],
     return out, starts
 
 
-def media_spans(model: Any, ids: list[int], images: list[Any],
-                videos: list[Any] = ()) -> tuple[list[int], tuple[MediaSpan, ...], torch.Tensor, int]:
+def media_spans(model: Any, ids: list[int], images: list[Any], videos: list[Any] = (),
+                audio: list[Any] = ()) -> tuple[list[int], tuple[MediaSpan, ...], torch.Tensor, int]:
     """Expand placeholders for preprocessed images and videos (``.tokens``, ``.hash``,
-    ``.grid_thw``) and compute M-RoPE positions. Returns (ids, spans, positions [3, len], delta)."""
+    ``.grid_thw``) and, for a model that hears, audio clips (``.tokens``, ``.hash``,
+    ``.features``), in the prompt's order, and compute M-RoPE positions. Returns (ids, spans,
+    positions [3, len], delta)."""
     cfg = model.config
     queues = {cfg.image_token_id: list(images), cfg.video_token_id: list(videos)}
     names = {cfg.image_token_id: "image", cfg.video_token_id: "video"}
+    if getattr(cfg, "audio_token_id", None) is not None:
+        queues[cfg.audio_token_id], names[cfg.audio_token_id] = list(audio), "audio clip"
+    given = {tok: len(items) for tok, items in queues.items()}
     out: list[int] = []
     spans = []
     for tok in ids:
@@ -61,16 +67,17 @@ def media_spans(model: Any, ids: list[int], images: list[Any],
             out.append(tok)
             continue
         if not queues[tok]:
-            given = len(images) if tok == cfg.image_token_id else len(videos)
-            raise ValueError(f"the prompt has more {names[tok]} placeholders than the {given} {names[tok]}(s) given")
+            raise ValueError(f"the prompt has more {names[tok]} placeholders than the {given[tok]} {names[tok]}(s) given")
         item = queues[tok].pop(0)
-        spans.append(MediaSpan(len(out), item.tokens, item.hash, grid_thw=item.grid_thw, source=item))
+        spans.append(MediaSpan(len(out), item.tokens, item.hash, grid_thw=getattr(item, "grid_thw", None), source=item))
         out.extend([tok] * item.tokens)
     for tok, left in queues.items():
         if left:
             raise ValueError(f"{len(left)} {names[tok]}(s) given without a placeholder in the prompt")
     seconds = torch.tensor([v.seconds_per_grid for v in videos]) if videos else None
-    positions, delta = mrope_positions(model, out, _grids(images), _grids(videos), video_seconds=seconds)
+    frames = torch.tensor([a.features.shape[1] for a in audio], dtype=torch.long) if audio else None
+    positions, delta = mrope_positions(model, out, _grids(images), _grids(videos), audio_frames=frames,
+                                       video_seconds=seconds)
     return out, tuple(spans), positions, delta
 
 

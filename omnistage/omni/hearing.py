@@ -4,8 +4,9 @@ Each clip becomes log-mel features (the checkpoint's Whisper feature extractor, 
 reference processor runs it: 16 kHz, up to 30 s), a number of LM positions (the audio tower
 halves the frames twice), a content hash (prefix caching keys those positions on it) and, when
 the positions must be computed, embeddings from the thinker's own audio tower. Placeholders:
-the chat template writes one ``<|AUDIO|>`` per clip; it is expanded to the clip's positions,
-and M-RoPE positions come from the model's ``get_rope_index`` with the clips' frame counts.
+the chat template writes one ``<|AUDIO|>`` per clip; ``ar_engine.multimodal.media_spans``
+expands it to the clip's positions, next to any images and videos of the same prompt, and
+M-RoPE positions come from the model's ``get_rope_index`` with the clips' frame counts.
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnistage.ar_engine.multimodal import mrope_positions
-from omnistage.ar_engine.sequence import MediaSpan
 
 HEARING_FAMILIES = frozenset({"qwen2_5_omni_thinker"})
 
@@ -46,27 +45,6 @@ def prepare_omni_audio(extractor: Any, clips: list[np.ndarray]) -> list[OmniAudi
         digest = hashlib.sha256(np.ascontiguousarray(clip, dtype=np.float32).tobytes()).hexdigest()
         items.append(OmniAudioItem(feats[:, :frames].clone(), output_tokens(frames), "audio:" + digest))
     return items
-
-
-def audio_spans(model: Any, ids: list[int], items: list[OmniAudioItem]) -> tuple[list[int], tuple[MediaSpan, ...],
-                                                                              torch.Tensor, int]:
-    """Expand the audio placeholders; (ids, spans, M-RoPE positions [3, len], delta)."""
-    token = model.config.audio_token_id
-    queue, out, spans = list(items), [], []
-    for tok in ids:
-        if tok != token:
-            out.append(tok)
-            continue
-        if not queue:
-            raise ValueError(f"the prompt has more audio placeholders than the {len(items)} clip(s) given")
-        item = queue.pop(0)
-        spans.append(MediaSpan(len(out), item.tokens, item.hash, source=item))
-        out.extend([token] * item.tokens)
-    if queue:
-        raise ValueError(f"{len(queue)} audio clip(s) given without a placeholder in the prompt")
-    frames = torch.tensor([it.features.shape[1] for it in items], dtype=torch.long)
-    positions, delta = mrope_positions(model, out, None, audio_frames=frames)
-    return out, tuple(spans), positions, delta
 
 
 class OmniAudioTower:

@@ -107,6 +107,26 @@ def test_input_audio_and_transcription_go_through_the_thinker(omni_server):
     assert isinstance(text.text, str)
 
 
+def test_a_picture_and_a_spoken_question_in_one_message(omni_server):
+    from PIL import Image
+    c = client(omni_server)
+    buf = io.BytesIO()
+    Image.new("RGB", (56, 56), (30, 160, 60)).save(buf, format="PNG")
+    picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}
+    sound = {"type": "input_audio", "input_audio": {"data": base64.b64encode(_wav()).decode(), "format": "wav"}}
+    question = {"type": "text", "text": "Does it sound like it looks?"}
+
+    def ask(*parts, **kwargs):
+        return c.chat.completions.create(model=MODEL, max_tokens=6, temperature=0,
+                                         messages=[{"role": "user", "content": [*parts, question]}], **kwargs)
+    both = ask(picture, sound, modalities=["text", "audio"], audio={"voice": "Chelsie", "format": "wav"})
+    # Each medium adds its own positions to the prompt.
+    assert both.usage.prompt_tokens == (ask(picture).usage.prompt_tokens + ask(sound).usage.prompt_tokens
+                                        - ask().usage.prompt_tokens)
+    spoken = both.choices[0].message.audio  # as OpenAI's: with audio out, the text is its transcript
+    assert spoken.transcript and spoken.data
+
+
 def _mp4(frames=6, width=56, height=56):
     import av
     import numpy as np

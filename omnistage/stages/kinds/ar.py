@@ -26,7 +26,7 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.models.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
-from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, audio_spans, hears, prepare_omni_audio
+from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, hears, prepare_omni_audio
 from omnistage.stages.engine import StageOutput, StageRequest
 
 
@@ -128,36 +128,27 @@ class ArStage:
 
     def engine_request(self, rid: str, inputs: dict[str, Any], sampling: SamplingParams) -> EngineRequest:
         ids = self._token_ids(inputs)
-        if inputs.get("audio") is not None:
-            return self._audio_request(rid, ids, inputs["audio"], sampling, inputs)
         images = inputs.get("images") or []
         video = inputs.get("video")
-        if not images and video is None:
+        clips = inputs.get("audio")
+        clips = [] if clips is None else clips if isinstance(clips, list) else [clips]
+        if not images and video is None and not clips:
             return EngineRequest(rid, ids, sampling)
-        if self.image_processor is None:
+        if clips and self.audio_extractor is None:
+            raise RequestRejected("this stage's model does not take audio", param="audio")
+        if (images or video is not None) and self.image_processor is None:
             raise RequestRejected("this stage's model does not take images or video",
                                   param="images" if images else "video")
         if video is not None and not takes_video(self.model):
             raise RequestRejected("this stage's model does not take video yet", param="video")
-        items = prepare_images(self.image_processor, [load_image(im, self.limits) for im in images])
+        items = prepare_images(self.image_processor, [load_image(im, self.limits) for im in images]) if images else []
         videos = [prepare_video(self.image_processor, load_video(video, self.limits))] if video is not None else []
+        heard = []
+        if clips:
+            rate = self.audio_extractor.sampling_rate
+            heard = prepare_omni_audio(self.audio_extractor, [load_audio(c, rate, self.limits) for c in clips])
         try:
-            ids, spans, positions, delta = media_spans(self.model, ids, items, videos)
-        except ValueError as exc:
-            raise RequestRejected(str(exc), param="messages") from None
-        return EngineRequest(rid, ids, sampling, spans, positions, delta)
-
-    def _audio_request(self, rid: str, ids: list[int], clips: Any, sampling: SamplingParams,
-                       inputs: dict[str, Any]) -> EngineRequest:
-        if self.audio_extractor is None:
-            raise RequestRejected("this stage's model does not take audio", param="audio")
-        if inputs.get("images") or inputs.get("video") is not None:
-            raise RequestRejected("this stage takes audio or images, not both in one request", param="messages")
-        clips = clips if isinstance(clips, list) else [clips]
-        rate = self.audio_extractor.sampling_rate
-        items = prepare_omni_audio(self.audio_extractor, [load_audio(c, rate, self.limits) for c in clips])
-        try:
-            ids, spans, positions, delta = audio_spans(self.model, ids, items)
+            ids, spans, positions, delta = media_spans(self.model, ids, items, videos, heard)
         except ValueError as exc:
             raise RequestRejected(str(exc), param="messages") from None
         return EngineRequest(rid, ids, sampling, spans, positions, delta)

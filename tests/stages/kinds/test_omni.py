@@ -103,6 +103,24 @@ def test_image_in_text_and_speech_out_equal_the_reference(tmp_path, omni_referen
     torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
 
 
+def test_image_and_audio_in_one_request_equal_the_reference(tmp_path, omni_reference):
+    """An image and a spoken question in one message: both towers, M-RoPE positions over both."""
+    from PIL import Image
+    run, tok = omni_reference
+    image = Image.new("RGB", (90, 70), (30, 30, 200))
+    t = np.arange(int(16000 * 0.9)) / 16000
+    clip = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "audio"},
+                                             {"type": "text", "text": "Does the sound match the picture?"}]}]
+    path = omni_yaml(tmp_path, talker=GREEDY_TALKER, vocoder={"chunk_codes": 0})
+    with Pipeline.from_yaml(path) as pipe:
+        result = pipe.submit(messages=messages, images=[image], audio=[{"array": clip, "sampling_rate": 16000}],
+                             max_tokens=10, temperature=0, seed=4, modalities=["text", "audio"]).result(120)
+    ref_text, _, ref_wav = run(messages, 10, 40, seed=4, clips=[clip], images=[image])
+    assert result.text == tok.decode(ref_text, skip_special_tokens=True)
+    torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
+
+
 def test_video_in_text_and_speech_out_equal_the_reference(tmp_path, omni_reference):
     """A clip of frames through the thinker's vision tower, its temporal positions spaced by the
     seconds each temporal patch spans (frames taken at 2 per second)."""

@@ -39,10 +39,12 @@ def test_encode_stages_feed_the_thinker_and_text_equals_the_reference(tmp_path, 
     seen = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
     frames = [Image.new("RGB", (56, 56), (30 * i, 90, 200 - 40 * i)) for i in range(4)]
     watched = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What is it?"}]}]
+    both = [{"role": "user", "content": [{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "Same?"}]}]
     with Pipeline.from_yaml(path) as pipe:
         by_ear = pipe.submit(messages=heard, audio=[clip], max_tokens=8, temperature=0).result(120)
         by_eye = pipe.submit(messages=seen, images=[image], max_tokens=8, temperature=0).result(120)
         by_clip = pipe.submit(messages=watched, video=frames, max_tokens=8, temperature=0).result(120)
+        by_both = pipe.submit(messages=both, images=[image], audio=[clip], max_tokens=8, temperature=0).result(120)
     assert by_ear.meta["ears"]["encoded_items"] == 1 and by_eye.meta["eyes"]["encoded_items"] == 1
     assert by_clip.meta["eyes"]["encoded_items"] == 1
     samples, _ = sf.read(io.BytesIO(clip), dtype="float32")
@@ -52,3 +54,7 @@ def test_encode_stages_feed_the_thinker_and_text_equals_the_reference(tmp_path, 
     assert by_eye.text == tok.decode(ref_seen, skip_special_tokens=True)
     ref_watched, _, _ = run(watched, 8, 2, seed=0, frames=frames)
     assert by_clip.text == tok.decode(ref_watched, skip_special_tokens=True)
+    # An image and a clip in one request: each tower's stage encodes its own item.
+    assert by_both.meta["ears"]["encoded_items"] == 1 and by_both.meta["eyes"]["encoded_items"] == 1
+    ref_both, _, _ = run(both, 8, 2, seed=0, clips=[samples], images=[image])
+    assert by_both.text == tok.decode(ref_both, skip_special_tokens=True)
