@@ -244,5 +244,8 @@ async def health(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     orchestrator = request.app.state.pipeline.orchestrator
     log = orchestrator.controller.scaler.log if orchestrator.controller is not None else None
-    body = request.app.state.metrics.render(orchestrator.replicas, dict(orchestrator.stats), log)
+    plan = orchestrator.plan
+    groups = {stage: list(plan.stages[stage].config.resources.groups) for stage in plan.order
+              if plan.stages[stage].config.resources.groups}
+    body = request.app.state.metrics.render(orchestrator.replicas, dict(orchestrator.stats), log, groups)
     return Response(body, media_type="text/plain; version=0.0.4")

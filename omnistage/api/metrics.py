@@ -31,6 +31,8 @@ class Metrics:
                            registry=self.registry)
         self.replicas = Gauge("omnistage_stage_replicas", "Replicas per stage and state", ["stage", "state"],
                               registry=self.registry)
+        self.group_replicas = Gauge("omnistage_group_replicas", "Ready replicas per modality group of a stage",
+                                    ["stage", "group"], registry=self.registry)
         self.actions = Gauge("omnistage_elastic_action", "Elastic actions taken (value: unix time), with their reason",
                              ["seq", "kind", "stage", "replica", "device", "reason"], registry=self.registry)
         self._gauges: dict[str, Gauge] = {}
@@ -49,11 +51,15 @@ class Metrics:
                 self.inter_token.observe((handle.finished_at - handle.first_at) / (chunks - 1))
 
     def render(self, replicas: dict, stats: dict[tuple[str, int], dict[str, float]],
-               actions: list | None = None) -> bytes:
+               actions: list | None = None, groups: dict[str, list[str]] | None = None) -> bytes:
+        """``groups``: each stage's modality groups (shown even while one has no replica)."""
         self.replicas.clear()
+        self.group_replicas.clear()
         for stage, reps in replicas.items():
             for state in ("starting", "ready", "draining", "stopped", "dead"):
                 self.replicas.labels(stage, state).set(sum(1 for r in reps if r.state == state))
+            for group in sorted({*(groups or {}).get(stage, ()), *(r.group for r in reps if r.group is not None)}):
+                self.group_replicas.labels(stage, group).set(sum(1 for r in reps if r.group == group and r.state == "ready"))
             for rep in reps:
                 self.inflight.labels(stage, str(rep.index)).set(len(rep.inflight))
                 self.ready.labels(stage, str(rep.index)).set(1 if rep.state == "ready" else 0)

@@ -5,6 +5,7 @@ import io
 import pytest
 from PIL import Image
 
+from omnistage.api.metrics import Metrics
 from omnistage.graph.compile import compile_graph
 from omnistage.graph.describe import describe
 from omnistage.graph.load import parse_graph
@@ -84,3 +85,6 @@ def test_a_move_between_groups_regroups_the_replica_at_once_under_load(pipe):
     assert ask(pipe, image=True).text is not None and ask(pipe, image=False).text is not None  # text falls back
     assert orch.completions["chat/text"] - before["chat/text"] == 5
     assert orch.completions["chat/multimodal"] - before["chat/multimodal"] == 1
+    text = Metrics().render(orch.replicas, dict(orch.stats), scaler.log, {"chat": ["text", "multimodal"]}).decode()
+    assert 'omnistage_group_replicas{group="multimodal",stage="chat"} 2.0' in text
+    assert 'omnistage_group_replicas{group="text",stage="chat"} 0.0' in text and 'kind="regroup"' in text
