@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import RungeKutta4ODESolver
 
-from omnistage.omni.speedups import block_masks_unexpanded, fast_resampling, speaker_encoded_once
+from omnistage.omni.speedups import block_masks_unexpanded, fast_bigvgan, speaker_encoded_once
 
 
 # Mel frames of left context BigVGAN gets before a window's new frames (its receptive field is
@@ -91,7 +91,7 @@ class Token2WavEngine:
         self.repeats = dit.config.repeats
         self.mel_dim = dit.config.mel_dim
         self.replies: dict[str, Reply] = {}
-        fast_resampling(bigvgan)
+        fast_bigvgan(bigvgan)
 
     def add(self, rid: str, voice: Voice, seed: int | None) -> None:
         generator = torch.Generator()
