@@ -5,11 +5,10 @@ Qwen2.5-Omni's token2wav solves a flow-matching ODE with a DiT (codec tokens -> 
 request's audio is made window by window as its codec tokens arrive: a window is the next
 ``chunk`` new tokens (``first_chunk`` for a reply's first window) plus up to ``left_context``
 earlier ones, and only the new tokens' samples are emitted. Windows of the same length and
-context from different requests share one ODE solve (the DiT treats batch rows independently) and
-one BigVGAN call. The most urgent window goes first: a
-reply's next audio is due when the audio it already has would finish playing (a reply with none
-yet is due when it arrived), and it takes along the most urgent windows of the same length and
-context.
+context from different requests share one ODE solve (the DiT treats batch rows independently)
+and BigVGAN's calls (``VOCODER_ROWS`` rows each). The most urgent window goes first: a reply's
+next audio is due when the audio it already has would finish playing (a reply with none yet is
+due when it arrived), and it takes along the most urgent windows of the same length and context.
 
 The noise of frame f is the same whatever the chunking: each request draws its noise frame by
 frame, in order, from its own generator. With ``chunk`` 0 a request is made in one window once
@@ -30,6 +29,9 @@ from omnistage.omni.speedups import block_masks_unexpanded, fast_bigvgan, speake
 # Mel frames of left context BigVGAN gets before a window's new frames (its receptive field is
 # about 8 frames each side; the rest of the DiT's context need not be turned into samples).
 VOCODER_CONTEXT_FRAMES = 16
+# Rows per BigVGAN call: the DiT gains from larger batches, BigVGAN's cost per frame does not
+# fall beyond a few rows and rises for large calls on a CPU (its tensors leave the caches).
+VOCODER_ROWS = 8
 
 
 @dataclass
@@ -159,7 +161,9 @@ class Token2WavEngine:
         mel = self._solve(noise, cond.unsqueeze(1).repeat(1, frames, 1), ref_mel, codes)
         skip = (batch[0].new - batch[0].start) * self.repeats  # context frames before the new ones (same in the batch)
         context = min(skip, VOCODER_CONTEXT_FRAMES)
-        wave = self.bigvgan(mel[:, :, skip - context:]).reshape(len(batch), -1).float()
+        mel = mel[:, :, skip - context:]
+        wave = torch.cat([self.bigvgan(mel[i:i + VOCODER_ROWS]) for i in range(0, len(batch), VOCODER_ROWS)])
+        wave = wave.reshape(len(batch), -1).float()
         per_frame = wave.shape[1] // (frames - skip + context)
         return list(wave[:, context * per_frame:].contiguous())
 

@@ -52,6 +52,21 @@ def test_whole_replies_equal_the_reference_and_batch_independently(token2wav):
         torch.testing.assert_close(out.samples, reference(model, voices[name], codes, 100 + i), atol=1e-5, rtol=0)
 
 
+def test_a_step_wider_than_one_bigvgan_call_keeps_every_reply_its_own_audio(token2wav):
+    from omnistage.omni.token2wav import VOCODER_ROWS
+    model, voices = token2wav
+    eng = engine(model, batch=2 * VOCODER_ROWS)
+    replies = [[(i * 11 + j * 3) % 60 for j in range(20)] for i in range(VOCODER_ROWS + 3)]
+    for i, codes in enumerate(replies):
+        eng.add(f"r{i}", voices["Ethan"], seed=i)
+        eng.feed(f"r{i}", codes, last=True)
+    audio = eng.step()  # one ODE solve over all of them, BigVGAN in two calls
+    assert len(audio) == len(replies)
+    for out in audio:
+        i = int(out.rid[1:])
+        torch.testing.assert_close(out.samples, reference(model, voices["Ethan"], replies[i], i), atol=1e-5, rtol=0)
+
+
 def test_chunks_come_as_codes_arrive_and_cover_every_code(token2wav):
     model, voices = token2wav
     eng = engine(model, chunk=6, left=6, first=3)
