@@ -164,34 +164,51 @@ def _decode_audio(data: bytes, limits: MediaLimits, param: str) -> tuple[np.ndar
     return np.asarray(samples), int(rate)
 
 
+# Frames per second a video is sampled at (the Qwen2-VL family's processors' default).
+VIDEO_SAMPLE_FPS = 2.0
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    frames: list[Image.Image]
+    fps: float  # frames per second of ``frames`` as sampled
+
+
 def load_video(src: Any, limits: MediaLimits = DEFAULT_LIMITS, param: str = "video",
-               max_frames: int | None = None) -> list[Image.Image]:
-    """Frames as RGB images: a list of images, or a video file decoded with PyAV, sampled
-    evenly down to ``max_frames``."""
+               max_frames: int | None = None, fps: float = VIDEO_SAMPLE_FPS) -> VideoClip:
+    """Frames as RGB images. A video file is decoded with PyAV and sampled at ``fps`` by its
+    own frame rate (as the reference processors sample); a list of images is taken as already
+    sampled at ``fps``. Either is thinned evenly to ``max_frames``, which lowers its rate."""
     cap = min(max_frames or limits.max_frames, limits.max_frames)
     if isinstance(src, (list, tuple)):
         if not src:
             raise MediaError("video has no frames", param=param)
         if len(src) > limits.max_frames:
             raise MediaError(f"video has {len(src)} frames; at most {limits.max_frames}", param=param, status=413)
-        frames = [load_image(f, limits, param) for f in src]
+        frames, rate = [load_image(f, limits, param) for f in src], fps
     else:
         data, mime = read_source(src, "video", limits, param)
         if mime is not None and not mime.startswith("video/"):
             raise MediaError(f"expected a video, the data URL says {mime}", param=param)
-        frames = _decode_video(data, limits, param)
+        decoded, source_fps = _decode_video(data, limits, param)
+        seconds = len(decoded) / source_fps
+        wanted = max(1, min(len(decoded), int(seconds * fps)))
+        frames = [decoded[int(i * len(decoded) / wanted)] for i in range(wanted)]
+        rate = min(fps, source_fps)
     if len(frames) > cap:
-        step = len(frames) / cap
-        frames = [frames[int(i * step)] for i in range(cap)]
-    return frames
+        rate *= cap / len(frames)
+        frames = [frames[int(i * len(frames) / cap)] for i in range(cap)]
+    return VideoClip(frames, rate)
 
 
-def _decode_video(data: bytes, limits: MediaLimits, param: str) -> list[Image.Image]:
+def _decode_video(data: bytes, limits: MediaLimits, param: str) -> tuple[list[Image.Image], float]:
+    """Every frame (up to a bound) and the stream's frame rate."""
     import av
     frames: list[Image.Image] = []
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or VIDEO_SAMPLE_FPS)
             if stream.width * stream.height > limits.max_pixels:
                 raise MediaError(f"video frames are {stream.width}x{stream.height}; too many pixels",
                                  param=param, status=413)
@@ -205,4 +222,4 @@ def _decode_video(data: bytes, limits: MediaLimits, param: str) -> list[Image.Im
         raise MediaError(f"cannot decode video: {exc}", param=param) from None
     if not frames:
         raise MediaError("video has no frames", param=param)
-    return frames
+    return frames, rate

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from omnistage.encoders.media import VIDEO_SAMPLE_FPS
 from omnistage.encoders.vision import _settings, image_grid
 
 
@@ -36,7 +37,7 @@ class VideoItem:
         return self._pixels
 
 
-VIDEO_FPS = 2.0
+VIDEO_FPS = VIDEO_SAMPLE_FPS
 
 
 def prepare_video(processor: Any, frames: list[Image.Image], fps: float = VIDEO_FPS) -> VideoItem:

@@ -97,23 +97,46 @@ def test_audio_duration_limit():
     assert info.value.status == 413
 
 
-def test_video_from_frames_and_from_an_mp4():
-    frames = [torch.full((32, 48, 3), i * 20, dtype=torch.uint8) for i in range(10)]
-    assert len(load_video(frames, max_frames=4)) == 4
+def mp4(frames, fps):
     import av
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f.numpy(), format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    decoded = load_video(buf.getvalue())
-    assert len(decoded) == 10 and decoded[0].size == (48, 32)
+    return buf.getvalue()
+
+
+def shade(image):
+    return int(np.asarray(image).mean())
+
+
+def test_video_from_frames_and_from_an_mp4():
+    frames = [torch.full((32, 48, 3), i * 20, dtype=torch.uint8) for i in range(10)]
+    given = load_video(frames)
+    assert len(given.frames) == 10 and given.fps == 2.0  # a list is taken as sampled at 2 per second
+    thinned = load_video(frames, max_frames=4)
+    assert [shade(f) for f in thinned.frames] == pytest.approx([0, 40, 100, 140], abs=3) and thinned.fps == 0.8
+    decoded = load_video(mp4(frames, fps=2))
+    assert len(decoded.frames) == 10 and decoded.frames[0].size == (48, 32) and decoded.fps == 2.0
     with pytest.raises(MediaError, match="cannot decode video"):
         load_video(b"not a video at all")
     with pytest.raises(MediaError, match="at most 2") as info:
         load_video(frames, MediaLimits(max_frames=2))
     assert info.value.status == 413
+
+
+def test_a_video_file_is_sampled_at_two_frames_per_second_by_its_own_rate():
+    # 3 s at 10 frames per second: the frames at 0, 0.5, 1.0, ... 2.5 s
+    frames = [torch.full((32, 48, 3), i * 8, dtype=torch.uint8) for i in range(30)]
+    clip = load_video(mp4(frames, fps=10))
+    assert clip.fps == 2.0 and [shade(f) for f in clip.frames] == pytest.approx([0, 40, 80, 120, 160, 200], abs=3)
+    # A slower video keeps every frame, at its own rate; a cap thins them and lowers the rate.
+    slow = load_video(mp4(frames[:6], fps=1))
+    assert len(slow.frames) == 6 and slow.fps == 1.0
+    capped = load_video(mp4(frames, fps=10), max_frames=3)
+    assert len(capped.frames) == 3 and capped.fps == 1.0

@@ -142,7 +142,10 @@ class ArStage:
         if video is not None and not takes_video(self.model):
             raise RequestRejected("this stage's model does not take video yet", param="video")
         items = prepare_images(self.image_processor, [load_image(im, self.limits) for im in images]) if images else []
-        videos = [prepare_video(self.image_processor, load_video(video, self.limits))] if video is not None else []
+        videos = []
+        if video is not None:
+            clip = load_video(video, self.limits)
+            videos = [prepare_video(self.image_processor, clip.frames, clip.fps)]
         heard = []
         if clips:
             rate = self.audio_extractor.sampling_rate

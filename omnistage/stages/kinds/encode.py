@@ -46,7 +46,8 @@ class EncodeStage:
             raise RequestRejected("images must be a non-empty list", param="images")
         items: list[Any] = prepare_images(self.preprocessor, [load_image(im, self.limits) for im in images])
         if video is not None:
-            items.append(prepare_video(self.preprocessor, load_video(video, self.limits)))
+            clip = load_video(video, self.limits)
+            items.append(prepare_video(self.preprocessor, clip.frames, clip.fps))
         return items
 
     def _audio(self, inputs: dict[str, Any]) -> list[Any]:
