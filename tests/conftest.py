@@ -127,16 +127,16 @@ def omni_reference():
         return out
     model.talker.generate = capture
 
-    def encode(messages, clips, images, frames=None):
+    def encode(messages, clips, images, frames=None, fps=2.0):
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         extra = {}
         if frames is not None:  # patchified as omnistage does (the reference video processor needs torchvision)
-            video = prepare_video(images_processor, list(frames))
+            video = prepare_video(images_processor, list(frames), fps)
             text = text.replace("<|video_pad|>", "<|video_pad|>" * video.tokens)
             extra.update(thinker_pixel_values_videos=video.pixel_values,
                          thinker_video_grid_thw=torch.tensor([video.grid_thw]),
-                         # the reference processor's convention: frames at 2 per second
-                         thinker_video_second_per_grid=torch.tensor([images_processor.temporal_patch_size / 2.0]))
+                         # as the reference processor computes it from the sampling rate
+                         thinker_video_second_per_grid=torch.tensor([images_processor.temporal_patch_size / fps]))
         if images:
             pixels = images_processor(images=list(images), return_tensors="pt")
             tokens = int(pixels.image_grid_thw[0].prod()) // 4  # one image: its patches after the 2x2 merge
@@ -154,8 +154,8 @@ def omni_reference():
             extra.update(input_features=feats.input_features, feature_attention_mask=feats.attention_mask)
         return {**tok(text, return_tensors="pt", add_special_tokens=False), **extra}
 
-    def run(messages, text_tokens, codec_tokens, seed, clips=(), images=(), frames=None):
-        enc = encode(messages, clips, images, frames)
+    def run(messages, text_tokens, codec_tokens, seed, clips=(), images=(), frames=None, fps=2.0):
+        enc = encode(messages, clips, images, frames, fps)
         torch.manual_seed(seed)
         with torch.inference_mode():
             seq, wav = model.generate(**enc, thinker_max_new_tokens=text_tokens, thinker_do_sample=False,

@@ -1,4 +1,6 @@
 """Qwen2.5-Omni as thinker -> talker -> vocoder stages, against the reference generate."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -135,6 +137,32 @@ def test_video_in_text_and_speech_out_equal_the_reference(tmp_path, omni_referen
     ref_text, _, ref_wav = run(messages, 10, 40, seed=9, frames=frames)
     assert result.text == tok.decode(ref_text, skip_special_tokens=True)
     torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
+
+
+def test_a_video_file_is_placed_in_time_by_its_own_frame_rate(tmp_path, omni_reference):
+    """An MP4 at 1 frame per second keeps every frame; its temporal patches are 2 s apart."""
+    import av
+    from PIL import Image
+
+    from omnistage.encoders.media import load_video
+    run, tok = omni_reference
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 84, 56, "yuv420p"
+        for i in range(4):
+            frame = Image.new("RGB", (84, 56), (60 * i, 200 - 40 * i, 90))
+            for packet in stream.encode(av.VideoFrame.from_image(frame)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    clip = load_video(buf.getvalue())
+    assert clip.fps == 1.0 and len(clip.frames) == 4
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    with Pipeline.from_yaml(omni_yaml(tmp_path)) as pipe:
+        result = pipe.submit(messages=messages, video=buf.getvalue(), max_tokens=10, temperature=0).result(120)
+    ref_text, _, _ = run(messages, 10, 2, seed=0, frames=clip.frames, fps=1.0)
+    assert result.text == tok.decode(ref_text, skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")
