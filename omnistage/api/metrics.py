@@ -59,7 +59,8 @@ class Metrics:
             for state in ("starting", "ready", "draining", "stopped", "dead"):
                 self.replicas.labels(stage, state).set(sum(1 for r in reps if r.state == state))
             for group in sorted({*(groups or {}).get(stage, ()), *(r.group for r in reps if r.group is not None)}):
-                self.group_replicas.labels(stage, group).set(sum(1 for r in reps if r.group == group and r.state == "ready"))
+                ready = sum(1 for r in reps if r.group == group and r.state == "ready")
+                self.group_replicas.labels(stage, group).set(ready)
             for rep in reps:
                 self.inflight.labels(stage, str(rep.index)).set(len(rep.inflight))
                 self.ready.labels(stage, str(rep.index)).set(1 if rep.state == "ready" else 0)

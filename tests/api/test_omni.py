@@ -112,7 +112,8 @@ def test_a_picture_and_a_spoken_question_in_one_message(omni_server):
     c = client(omni_server)
     buf = io.BytesIO()
     Image.new("RGB", (56, 56), (30, 160, 60)).save(buf, format="PNG")
-    picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    picture = {"type": "image_url", "image_url": {"url": url}}
     sound = {"type": "input_audio", "input_audio": {"data": base64.b64encode(_wav()).decode(), "format": "wav"}}
     question = {"type": "text", "text": "Does it sound like it looks?"}
 

@@ -21,7 +21,7 @@ from omnistage.ar_engine.multimodal import is_vision_language, media_spans, take
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video
 from omnistage.encoders.video import prepare_video
-from omnistage.encoders.vision import VisionTower, prepare_images
+from omnistage.encoders.vision import ImageItem, VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
@@ -87,9 +87,12 @@ class ArStage:
         return self.engine_request(rid, inputs, SamplingParams.from_request(params, self.options.max_tokens))
 
     def probe_prepared(self, req: EngineRequest) -> dict[str, Any]:
-        """Keep a prepared request for its Admit; say which images the prefix cache covers."""
+        """Keep a prepared request for its Admit; say which of its images (counted among images
+        only: audio clips may sit between them) the prefix cache covers."""
         self.prepared[req.rid] = req
-        return {"covered": self.engine.cached_media(req), "items": len(req.media)}
+        cached = set(self.engine.cached_media(req))
+        images = [i for i, span in enumerate(req.media) if isinstance(span.source, ImageItem)]
+        return {"covered": [k for k, i in enumerate(images) if i in cached], "items": len(images)}
 
     def probe(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         return self.probe_prepared(self.prepare(rid, inputs, params))

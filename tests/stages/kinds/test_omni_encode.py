@@ -58,3 +58,24 @@ def test_encode_stages_feed_the_thinker_and_text_equals_the_reference(tmp_path, 
     assert by_both.meta["ears"]["encoded_items"] == 1 and by_both.meta["eyes"]["encoded_items"] == 1
     ref_both, _, _ = run(both, 8, 2, seed=0, clips=[samples], images=[image])
     assert by_both.text == tok.decode(ref_both, skip_special_tokens=True)
+
+
+def test_a_cached_clip_before_an_image_does_not_pass_for_the_image(tmp_path, omni_reference):
+    """The thinker's prefix cache covers the clip of an earlier request; the image after it is
+    still new, so the vision encode stage must encode it (the probe counts images only)."""
+    run, tok = omni_reference
+    path = tmp_path / "graph.yaml"
+    path.write_text(GRAPH)
+    clip, image = _wav(), Image.new("RGB", (70, 90), (200, 60, 40))
+    # The same clip and words first (so that whole cache blocks cover the clip), then the image.
+    words = {"type": "text", "text": "Listen to this sound very carefully, then look at the picture that follows it."}
+    heard = [{"role": "user", "content": [{"type": "audio"}, words]}]
+    both = [{"role": "user", "content": [{"type": "audio"}, words, {"type": "image"},
+                                         {"type": "text", "text": "Same?"}]}]
+    with Pipeline.from_yaml(path) as pipe:
+        pipe.submit(messages=heard, audio=[clip], max_tokens=2, temperature=0).result(120)
+        mixed = pipe.submit(messages=both, audio=[clip], images=[image], max_tokens=8, temperature=0).result(120)
+    assert mixed.meta["eyes"]["encoded_items"] == 1 and mixed.meta["thinker"]["cached_tokens"] > 0
+    samples, _ = sf.read(io.BytesIO(clip), dtype="float32")
+    ref, _, _ = run(both, 8, 2, seed=0, clips=[samples], images=[image])
+    assert mixed.text == tok.decode(ref, skip_special_tokens=True)
