@@ -1,3 +1,4 @@
+import io
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,12 +128,22 @@ def omni_reference():
         return out
     model.talker.generate = capture
 
-    def encode(messages, clips, images, frames=None, fps=2.0):
+    def encode(messages, clips, images, frames=None, fps=2.0, sound=None):
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         extra = {}
         if frames is not None:  # patchified as omnistage does (the reference video processor needs torchvision)
             video = prepare_video(images_processor, list(frames), fps)
-            text = text.replace("<|video_pad|>", "<|video_pad|>" * video.tokens)
+            if sound is None:
+                text = text.replace("<|video_pad|>", "<|video_pad|>" * video.tokens)
+            else:  # the video's sound track interleaved with its frames, laid out by the reference processor
+                feats = extractor([sound], sampling_rate=16000, padding="max_length", return_attention_mask=True,
+                                  return_tensors="pt")
+                n = int(feats.attention_mask.sum())
+                layout = _sound_and_frames(video.grid_thw, ((n - 1) // 2 + 1 - 2) // 2 + 1,
+                                           images_processor.temporal_patch_size / fps)
+                text = text.replace("<|video_pad|>", layout)
+                extra.update(input_features=feats.input_features, feature_attention_mask=feats.attention_mask,
+                             use_audio_in_video=True)
             extra.update(thinker_pixel_values_videos=video.pixel_values,
                          thinker_video_grid_thw=torch.tensor([video.grid_thw]),
                          # as the reference processor computes it from the sampling rate
@@ -154,8 +165,8 @@ def omni_reference():
             extra.update(input_features=feats.input_features, feature_attention_mask=feats.attention_mask)
         return {**tok(text, return_tensors="pt", add_special_tokens=False), **extra}
 
-    def run(messages, text_tokens, codec_tokens, seed, clips=(), images=(), frames=None, fps=2.0):
-        enc = encode(messages, clips, images, frames, fps)
+    def run(messages, text_tokens, codec_tokens, seed, clips=(), images=(), frames=None, fps=2.0, sound=None):
+        enc = encode(messages, clips, images, frames, fps, sound)
         torch.manual_seed(seed)
         with torch.inference_mode():
             seq, wav = model.generate(**enc, thinker_max_new_tokens=text_tokens, thinker_do_sample=False,
@@ -165,3 +176,47 @@ def omni_reference():
         made = made[:next((i for i, c in enumerate(made) if c in (60, 62)), len(made))]
         return seq[0, enc["input_ids"].shape[1]:].tolist(), made, wav
     return run, tok
+
+
+def _sound_and_frames(grid, audio_tokens, seconds_per_grid):
+    """The reference processor's placeholder for a video with its sound track
+    (``Qwen2_5OmniProcessor.replace_video_with_audio_token``, called on the tiny tokenizer's
+    tokens: the processor itself cannot be built without torchvision)."""
+    import types
+
+    import torch
+    from transformers import Qwen2_5OmniProcessor
+    proc = types.SimpleNamespace(audio_bos_token="<|audio_bos|>", audio_eos_token="<|audio_eos|>",
+                                 video_token="<|video_pad|>", audio_token="<|AUDIO|>",
+                                 video_processor=types.SimpleNamespace(merge_size=2))
+    proc.get_chunked_index = types.MethodType(Qwen2_5OmniProcessor.get_chunked_index, proc)
+    return Qwen2_5OmniProcessor.replace_video_with_audio_token(
+        proc, {"video_grid_thw": torch.tensor([grid]), "video_second_per_grid": [seconds_per_grid]}, 0,
+        {"num_audio_tokens": torch.tensor([audio_tokens])}, 0, position_id_per_seconds=25, seconds_per_chunk=2.0)
+
+
+def mp4_with_sound(frames, seconds, fps=2, rate=16000):
+    """An MP4 of ``frames`` (PIL images) at ``fps`` with ``seconds`` of a rising 440 Hz tone (AAC)."""
+    import av
+    import numpy as np
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        video = out.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+        sound = out.add_stream("aac", rate=rate)
+        sound.layout = "mono"
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_image(frame)):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        t = np.arange(int(rate * seconds)) / rate
+        wave = (0.3 * np.sin(2 * np.pi * 440 * t) * (1 + t)).astype(np.float32)
+        for k in range(0, len(wave), 1024):
+            block = av.AudioFrame.from_ndarray(wave[None, k:k + 1024], format="fltp", layout="mono")
+            block.sample_rate = rate
+            for packet in sound.encode(block):
+                out.mux(packet)
+        for packet in sound.encode():
+            out.mux(packet)
+    return buf.getvalue()

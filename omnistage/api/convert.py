@@ -97,6 +97,10 @@ def sampling_params(body: dict[str, Any], max_key: str = "max_tokens") -> dict[s
         params["max_tokens"] = limit
     if body.get("logprobs"):
         params["logprobs"] = int(body.get("top_logprobs") or 0)
+    if body.get("use_audio_in_video") is not None:  # an extension: a video file's sound goes in with its frames
+        if not isinstance(body["use_audio_in_video"], bool):
+            raise ApiError(400, "use_audio_in_video must be true or false", "use_audio_in_video")
+        params["use_audio_in_video"] = body["use_audio_in_video"]
     return params
 
 

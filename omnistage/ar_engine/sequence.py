@@ -17,7 +17,9 @@ class Status(enum.Enum):
 
 @dataclass
 class MediaSpan:
-    """Placeholder tokens [start, start+length) that stand for one media item.
+    """Placeholder tokens [start, start+length) that stand for one media item, or for rows
+    [offset, offset+length) of its embeddings when the item is split into several spans (a
+    video's frames interleaved with its sound track).
 
     For prefix caching those positions hash with ``content_hash`` and their offset inside the
     item, so the same image in the same place reuses KV and a different image never does.
@@ -31,6 +33,7 @@ class MediaSpan:
     embeds: Any = None  # [length, hidden] tensor merged into inputs_embeds
     grid_thw: Any = None  # (t, h, w) patch grid, for M-RoPE positions
     source: Any = None  # what the runner's media encoder needs to compute ``embeds``
+    offset: int = 0  # the item's embedding row this span starts at
 
 
 class FedInputs(Protocol):
@@ -91,5 +94,5 @@ class Sequence:
         """What position ``pos`` contributes to its block's hash."""
         for span in self.media:
             if span.start <= pos < span.start + span.length:
-                return (span.content_hash, pos - span.start)
+                return (span.content_hash, span.offset + pos - span.start)
         return self.tokens[pos]

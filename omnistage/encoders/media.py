@@ -201,6 +201,32 @@ def load_video(src: Any, limits: MediaLimits = DEFAULT_LIMITS, param: str = "vid
     return VideoClip(frames, rate)
 
 
+def load_video_audio(src: Any, sampling_rate: int, limits: MediaLimits = DEFAULT_LIMITS,
+                     param: str = "video") -> np.ndarray | None:
+    """A video file's sound track as mono float32 samples at ``sampling_rate``; None for frames
+    given as a list or a file without sound."""
+    if isinstance(src, (list, tuple)):
+        return None
+    import av
+    data, _ = read_source(src, "video", limits, param)
+    chunks = []
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.audio:
+                return None
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
+            for frame in container.decode(container.streams.audio[0]):
+                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise MediaError(f"cannot decode the video's sound: {exc}", param=param) from None
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if samples.size / sampling_rate > limits.max_audio_seconds:
+        raise MediaError(f"the video's sound is {samples.size / sampling_rate:.0f} s long; at most "
+                         f"{limits.max_audio_seconds:.0f} s", param=param, status=413)
+    return samples if samples.size else None
+
+
 def _decode_video(data: bytes, limits: MediaLimits, param: str) -> tuple[list[Image.Image], float]:
     """Every frame (up to a bound) and the stream's frame rate."""
     import av

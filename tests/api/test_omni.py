@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.api.conftest import Server
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mp4_with_sound
 
 MODEL = "omni"
 
@@ -156,6 +156,22 @@ def test_a_video_clip_goes_through_the_thinker_and_is_answered_in_speech(omni_se
     # 6 frames of 56x56: 3 temporal patches of 2x2 merged tokens, between vision start and end
     assert watched.usage.prompt_tokens == plain.usage.prompt_tokens + 3 * 4 + 2
     assert watched.choices[0].message.audio is not None and watched.choices[0].message.audio.data
+
+
+def test_a_video_with_its_sound_track(omni_server):
+    from PIL import Image
+    c = client(omni_server)
+    frames = [Image.new("RGB", (56, 56), (30 * i, 90, 200)) for i in range(4)]
+    url = "data:video/mp4;base64," + base64.b64encode(mp4_with_sound(frames, seconds=2.0)).decode()
+    question = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                             {"type": "text", "text": "What do you hear?"}]}]
+    silent = c.chat.completions.create(model=MODEL, max_tokens=4, temperature=0, messages=question)
+    heard = c.chat.completions.create(model=MODEL, max_tokens=4, temperature=0, messages=question,
+                                      extra_body={"use_audio_in_video": True})
+    # 2 s of sound: 50 audio positions, between audio start and end
+    assert heard.usage.prompt_tokens - silent.usage.prompt_tokens in range(50, 56)
+    with pytest.raises(openai.BadRequestError, match="use_audio_in_video must be true or false"):
+        c.chat.completions.create(model=MODEL, max_tokens=4, messages=question, extra_body={"use_audio_in_video": "yes"})
 
 
 def test_the_omni_client_example_saves_a_spoken_reply(omni_server, tmp_path):

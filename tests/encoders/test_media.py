@@ -140,3 +140,18 @@ def test_a_video_file_is_sampled_at_two_frames_per_second_by_its_own_rate():
     assert len(slow.frames) == 6 and slow.fps == 1.0
     capped = load_video(mp4(frames, fps=10), max_frames=3)
     assert len(capped.frames) == 3 and capped.fps == 1.0
+
+
+def test_a_video_files_sound_track():
+    from PIL import Image
+
+    from omnistage.encoders.media import load_video_audio
+    from tests.conftest import mp4_with_sound
+    frames = [Image.new("RGB", (48, 32), (20 * i, 0, 0)) for i in range(4)]
+    sound = load_video_audio(mp4_with_sound(frames, seconds=2.0, rate=22050), 16000)
+    assert sound.dtype == np.float32 and 2.0 <= len(sound) / 16000 < 2.2 and 0.2 < np.abs(sound).max() < 1.0
+    assert load_video_audio(mp4([torch.zeros(32, 48, 3, dtype=torch.uint8)] * 4, fps=2), 16000) is None  # silent
+    assert load_video_audio(frames, 16000) is None  # frames have no sound
+    with pytest.raises(MediaError, match="at most 1 s") as info:
+        load_video_audio(mp4_with_sound(frames, seconds=2.0), 16000, MediaLimits(max_audio_seconds=1))
+    assert info.value.status == 413

@@ -19,7 +19,7 @@ from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine, T
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.multimodal import is_vision_language, media_spans, takes_video
 from omnistage.ar_engine.sampling import SamplingParams
-from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video
+from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video, load_video_audio
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import ImageItem, VisionTower, prepare_images
 from omnistage.errors import RequestRejected
@@ -84,7 +84,8 @@ class ArStage:
     def prepare(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> EngineRequest:
         """Decode, preprocess and tokenize a request. Touches no engine state, so a worker may
         run it off its main loop."""
-        return self.engine_request(rid, inputs, SamplingParams.from_request(params, self.options.max_tokens))
+        return self.engine_request(rid, inputs, SamplingParams.from_request(params, self.options.max_tokens),
+                                   bool(params.get("use_audio_in_video")))
 
     def probe_prepared(self, req: EngineRequest) -> dict[str, Any]:
         """Keep a prepared request for its Admit; say which of its images (counted among images
@@ -109,7 +110,8 @@ class ArStage:
         req = self.prepared.pop(request.rid, None)
         if req is None:
             sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
-            req = self.engine_request(request.rid, request.inputs, sampling)
+            req = self.engine_request(request.rid, request.inputs, sampling,
+                                      bool(request.params.get("use_audio_in_video")))
         self._attach_embeddings(req, (request.inputs.get("image_embeds") or []) + (request.inputs.get("audio_embeds") or []))
         # Every position's states only for a request whose states someone takes; the others
         # keep none and may start from the prefix cache.
@@ -118,18 +120,22 @@ class ArStage:
 
     def _encode_media(self, spans: list[Any]) -> list[Any]:
         """Embeddings of media spans the engine must compute: audio by the audio tower, images
-        and video by the vision tower, each in one forward, in the spans' order."""
-        heard = [i for i, s in enumerate(spans) if isinstance(s.source, OmniAudioItem)]
-        seen = [i for i, s in enumerate(spans) if not isinstance(s.source, OmniAudioItem)]
-        out: list[Any] = [None] * len(spans)
+        and video by the vision tower, each in one forward, each item once (spans of one split
+        item take their rows of it), in the spans' order."""
+        items = list({id(s.source): s.source for s in spans}.values())
+        heard = [it for it in items if isinstance(it, OmniAudioItem)]
+        seen = [it for it in items if not isinstance(it, OmniAudioItem)]
+        done: dict[int, Any] = {}
         for group, tower in ((heard, self.ears), (seen, self.tower)):
             if group:
                 assert tower is not None
-                for i, embeds in zip(group, tower.encode([spans[i].source for i in group])):
-                    out[i] = embeds
-        return out
+                done.update(zip(map(id, group), tower.encode(group)))
+        return [done[id(s.source)][s.offset:s.offset + s.length] for s in spans]
 
-    def engine_request(self, rid: str, inputs: dict[str, Any], sampling: SamplingParams) -> EngineRequest:
+    def engine_request(self, rid: str, inputs: dict[str, Any], sampling: SamplingParams,
+                       audio_in_video: bool = False) -> EngineRequest:
+        """The request's token ids and media spans; ``audio_in_video``: a video file's sound track
+        goes in with its frames (Qwen2.5-Omni)."""
         ids = self._token_ids(inputs)
         images = inputs.get("images") or []
         video = inputs.get("video")
@@ -145,26 +151,34 @@ class ArStage:
         if video is not None and not takes_video(self.model):
             raise RequestRejected("this stage's model does not take video yet", param="video")
         items = prepare_images(self.image_processor, [load_image(im, self.limits) for im in images]) if images else []
-        videos = []
+        videos, sound = [], None
         if video is not None:
             clip = load_video(video, self.limits)
             videos = [prepare_video(self.image_processor, clip.frames, clip.fps)]
+            sound = self._video_sound(video) if audio_in_video else None
         heard = []
         if clips:
             rate = self.audio_extractor.sampling_rate
             heard = prepare_omni_audio(self.audio_extractor, [load_audio(c, rate, self.limits) for c in clips])
         try:
-            ids, spans, positions, delta = media_spans(self.model, ids, items, videos, heard)
+            ids, spans, positions, delta = media_spans(self.model, ids, items, videos, heard, sound)
         except ValueError as exc:
             raise RequestRejected(str(exc), param="messages") from None
         return EngineRequest(rid, ids, sampling, spans, positions, delta)
+
+    def _video_sound(self, video: Any) -> OmniAudioItem | None:
+        if self.audio_extractor is None:
+            raise RequestRejected("use_audio_in_video needs a model that hears", param="use_audio_in_video")
+        rate = self.audio_extractor.sampling_rate
+        samples = load_video_audio(video, rate, self.limits)
+        return None if samples is None else prepare_omni_audio(self.audio_extractor, [samples])[0]
 
     @staticmethod
     def _attach_embeddings(req: EngineRequest, embeddings: list[dict[str, Any]]) -> None:
         by_hash = {e["hash"]: e["embeds"] for e in embeddings}
         for span in req.media:
             if span.embeds is None and span.content_hash in by_hash:
-                span.embeds = by_hash[span.content_hash]
+                span.embeds = by_hash[span.content_hash][span.offset:span.offset + span.length]
 
     def _token_ids(self, inputs: dict[str, Any]) -> list[int]:
         if inputs.get("messages") is not None:

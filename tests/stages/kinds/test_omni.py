@@ -13,7 +13,7 @@ from omnistage.stages.engine import StageRequest
 from omnistage.stages.handle import ChunkEvent, DoneEvent
 from omnistage.stages.kinds.ar import build as build_ar
 from omnistage.stages.kinds.omni import build_talker
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mp4_with_sound
 
 QUESTION = [{"role": "user", "content": "Tell me a story about a cat"}]
 
@@ -163,6 +163,30 @@ def test_a_video_file_is_placed_in_time_by_its_own_frame_rate(tmp_path, omni_ref
         result = pipe.submit(messages=messages, video=buf.getvalue(), max_tokens=10, temperature=0).result(120)
     ref_text, _, _ = run(messages, 10, 2, seed=0, frames=clip.frames, fps=1.0)
     assert result.text == tok.decode(ref_text, skip_special_tokens=True)
+
+
+def test_a_video_with_its_sound_track_equals_the_reference(tmp_path, omni_reference):
+    """use_audio_in_video: the file's sound interleaved with its frames in 2-s chunks, as the
+    reference processor lays them out; text and speech out equal the reference's."""
+    from PIL import Image
+
+    from omnistage.encoders.media import load_video, load_video_audio
+    run, tok = omni_reference
+    frames = [Image.new("RGB", (84, 56), (40 * i, 200 - 30 * i, 90)) for i in range(10)]  # 5 s at 2 per second
+    data = mp4_with_sound(frames, seconds=5.0)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What do you see and hear?"}]}]
+    path = omni_yaml(tmp_path, talker=GREEDY_TALKER, vocoder={"chunk_codes": 0})
+    with Pipeline.from_yaml(path) as pipe:
+        result = pipe.submit(messages=messages, video=data, use_audio_in_video=True, max_tokens=10, temperature=0,
+                             seed=6, modalities=["text", "audio"]).result(120)
+        silent = pipe.submit(messages=messages, video=data, max_tokens=10, temperature=0).result(120)
+    clip = load_video(data)
+    ref_text, _, ref_wav = run(messages, 10, 40, seed=6, frames=clip.frames, fps=clip.fps,
+                               sound=load_video_audio(data, 16000))
+    assert result.text == tok.decode(ref_text, skip_special_tokens=True)
+    torch.testing.assert_close(result.outputs["audio"], ref_wav, atol=1e-5, rtol=0)
+    # The sound track's positions come on top of the frames' (and the bracketing audio tokens).
+    assert result.usage["prompt_tokens"] > silent.usage["prompt_tokens"] + 100
 
 
 @pytest.fixture(scope="module")
