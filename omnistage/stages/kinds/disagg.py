@@ -83,9 +83,10 @@ class DecodeStage(ArStage):
 def _span_to_wire(span: MediaSpan) -> dict[str, Any]:
     # Embeddings may be absent (the prefix cache covered the image); then the patches travel, so
     # that the decode stage can encode the image itself should it ever recompute those positions.
-    pixels = span.source.pixel_values if span.embeds is None and span.source is not None else None
+    pixels = getattr(span.source, "pixel_values", None) if span.embeds is None else None
     return {"start": span.start, "length": span.length, "hash": span.content_hash, "embeds": span.embeds,
-            "grid": list(span.grid_thw) if span.grid_thw is not None else None, "pixels": pixels}
+            "grid": list(span.grid_thw) if span.grid_thw is not None else None, "pixels": pixels,
+            "offset": span.offset}
 
 
 def _span_from_wire(data: dict[str, Any]) -> MediaSpan:
@@ -93,7 +94,7 @@ def _span_from_wire(data: dict[str, Any]) -> MediaSpan:
     source = None
     if data["pixels"] is not None:
         source = ImageItem(None, grid, data["length"], data["hash"], _pixels=data["pixels"])
-    return MediaSpan(data["start"], data["length"], data["hash"], data["embeds"], grid, source)
+    return MediaSpan(data["start"], data["length"], data["hash"], data["embeds"], grid, source, data["offset"])
 
 
 def build_prefill(stage: StagePlan, device: str) -> ArStage:
