@@ -98,8 +98,7 @@ SECONDS_PER_CHUNK = 2.0
 def _interleave(cfg: Any, video: Any, sound: Any, out: list[int], spans: list[MediaSpan]) -> None:
     """A video with its sound track, laid out as the reference processor does: audio-start, then
     per 2-s chunk the video's tokens of that chunk and the audio's, then audio-end."""
-    t, h, w = video.grid_thw
-    per_patch = video.tokens // t
+    per_patch = video.tokens // video.grid_thw[0]  # tokens per temporal patch
     video_times = [k // per_patch * video.seconds_per_grid * POSITIONS_PER_SECOND for k in range(video.tokens)]
     per_chunk = int(POSITIONS_PER_SECOND * SECONDS_PER_CHUNK)
     pieces = (_chunks(video_times, per_chunk), _chunks(list(range(sound.tokens)), per_chunk))
