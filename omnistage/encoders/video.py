@@ -37,10 +37,7 @@ class VideoItem:
         return self._pixels
 
 
-VIDEO_FPS = VIDEO_SAMPLE_FPS
-
-
-def prepare_video(processor: Any, frames: list[Image.Image], fps: float = VIDEO_FPS) -> VideoItem:
+def prepare_video(processor: Any, frames: list[Image.Image], fps: float = VIDEO_SAMPLE_FPS) -> VideoItem:
     """Frames (resized to the first frame's size, padded to whole temporal patches) as one item."""
     size = frames[0].size
     frames = [f if f.size == size else f.resize(size, Image.BICUBIC) for f in frames]

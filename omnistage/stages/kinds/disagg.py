@@ -83,17 +83,19 @@ class DecodeStage(ArStage):
 def _span_to_wire(span: MediaSpan) -> dict[str, Any]:
     # Embeddings may be absent (the prefix cache covered the image); then the patches travel, so
     # that the decode stage can encode the image itself should it ever recompute those positions.
+    # A span that is one part of a split item (a video interleaved with its sound) takes rows
+    # [offset, offset + length) of the whole item's ``tokens``.
     pixels = getattr(span.source, "pixel_values", None) if span.embeds is None else None
     return {"start": span.start, "length": span.length, "hash": span.content_hash, "embeds": span.embeds,
             "grid": list(span.grid_thw) if span.grid_thw is not None else None, "pixels": pixels,
-            "offset": span.offset}
+            "offset": span.offset, "tokens": getattr(span.source, "tokens", span.length)}
 
 
 def _span_from_wire(data: dict[str, Any]) -> MediaSpan:
     grid = tuple(data["grid"]) if data["grid"] is not None else None
     source = None
     if data["pixels"] is not None:
-        source = ImageItem(None, grid, data["length"], data["hash"], _pixels=data["pixels"])
+        source = ImageItem(None, grid, data["tokens"], data["hash"], _pixels=data["pixels"])
     return MediaSpan(data["start"], data["length"], data["hash"], data["embeds"], grid, source, data["offset"])
 
 

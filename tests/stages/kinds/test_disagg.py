@@ -9,7 +9,7 @@ from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.graph.compile import compile_file
 from omnistage.stages.engine import StageRequest
 from omnistage.stages.kinds.ar import ArStage, build_stage
-from omnistage.stages.kinds.disagg import DecodeStage, PrefillStage
+from omnistage.stages.kinds.disagg import DecodeStage, PrefillStage, _span_from_wire, _span_to_wire
 from tests.conftest import ROOT
 
 
@@ -88,3 +88,13 @@ def test_disaggregated_qwen2_vl_with_an_image(tmp_path):
     handoff = through_wire(drain(prefill)["v"]["ports"]["kv"], tmp_path)
     decode.add(StageRequest("v", {"kv": handoff}, params))
     assert drain(decode)["v"]["tokens"] == drain(colocated)["v"]["tokens"]
+
+
+def test_a_part_of_a_split_item_crosses_the_wire_with_its_rows():
+    from omnistage.ar_engine.sequence import MediaSpan
+    from omnistage.encoders.video import VideoItem
+    video = VideoItem([], (3, 4, 4), 12, "v", _pixels=torch.ones(48, 8))
+    part = MediaSpan(40, 4, "v", grid_thw=(3, 4, 4), source=video, offset=8)  # rows 8..11 of 12
+    back = _span_from_wire(_span_to_wire(part))
+    assert (back.start, back.length, back.offset, back.content_hash) == (40, 4, 8, "v")
+    assert back.source.tokens == 12 and torch.equal(back.source.pixel_values, video.pixel_values)
