@@ -32,7 +32,7 @@ import yaml
 
 from omnistage import Pipeline
 from omnistage.models.tiny import ensure_tiny
-from omnistage.stages.handle import ChunkEvent
+from omnistage.stages.runtime.handle import ChunkEvent
 
 TEXT_TOKENS = 40
 CODEC_TOKENS = 400

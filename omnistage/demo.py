@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omnistage.graph.compile import compile_file
 from omnistage.graph.plan import GraphPlan
-from omnistage.models.loading import TINY_PREFIX
+from omnistage.checkpoints.loading import TINY_PREFIX
 
 
 def prepare_models(plan: GraphPlan) -> None:

@@ -15,8 +15,8 @@ from PIL import Image
 
 from omnistage.graph.compile import compile_file
 from omnistage.graph.plan import GraphPlan
-from omnistage.stages.handle import ChunkEvent, RequestHandle, Result
-from omnistage.stages.orchestrator import Orchestrator
+from omnistage.stages.runtime.handle import ChunkEvent, RequestHandle, Result
+from omnistage.stages.runtime.orchestrator import Orchestrator
 
 _INPUT_FIELDS = ("prompt", "messages", "images", "audio", "video")
 

@@ -25,7 +25,7 @@ from omnistage.api.metrics import Metrics
 from omnistage.api.request import abort_on_failure, check_model, read_json
 from omnistage.errors import OmnistageError
 from omnistage.pipeline import Pipeline
-from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
+from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 
 MAX_BODY = 64 << 20
 

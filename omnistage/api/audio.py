@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.request import abort_on_failure, check_model, number, read_body
-from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent
+from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent
 
 PCM_RATE = 24000
 MEDIA = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}

@@ -5,7 +5,7 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from omnistage.stages.handle import RequestHandle
+from omnistage.stages.runtime.handle import RequestHandle
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from omnistage.api.errors import ApiError
 from omnistage.errors import OmnistageError
-from omnistage.stages.handle import RequestHandle
+from omnistage.stages.runtime.handle import RequestHandle
 
 
 async def read_json(request: Request) -> dict[str, Any]:

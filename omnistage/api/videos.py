@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from omnistage.api.errors import ApiError
 from omnistage.api.images import generation_params
 from omnistage.api.request import check_model, number, read_body
-from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
+from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 
 MAX_JOBS = 256
 

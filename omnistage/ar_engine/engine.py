@@ -17,8 +17,8 @@ from omnistage.ar_engine.block_manager import BlockManager
 from omnistage.ar_engine.detokenize import IncrementalDetokenizer
 from omnistage.ar_engine.runner import ModelRunner, kv_shape, text_config
 from omnistage.ar_engine.sampling import Sampled, SamplingParams, sample_batch
-from omnistage.ar_engine.scheduler import Scheduler, SchedulerConfig, StepPlan
-from omnistage.ar_engine.sequence import MediaSpan, Sequence
+from omnistage.ar_engine.scheduler import Scheduler, SchedulerConfig
+from omnistage.ar_engine.sequence import MediaSpan, Sequence, StepPlan
 from omnistage.errors import RequestRejected
 
 

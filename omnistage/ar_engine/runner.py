@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import torch
 
 from omnistage.ar_engine.attention import AttentionMetadata, PrefillSpan
-from omnistage.ar_engine.scheduler import StepPlan
+from omnistage.ar_engine.sequence import StepPlan
 
 
 class StepResult(NamedTuple):

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from omnistage.ar_engine.block_manager import BlockManager
-from omnistage.ar_engine.sequence import Sequence, Status
+from omnistage.ar_engine.sequence import Chunk, Sequence, Status, StepPlan
 
 
 @dataclass(frozen=True)
@@ -23,26 +22,6 @@ class SchedulerConfig:
     max_tokens_per_step: int = 2048
     chunked_prefill: bool = True
     short_prompt_tokens: int = 64  # waiting prompts this short are admitted before running prefills
-
-
-class Chunk(NamedTuple):
-    seq: Sequence
-    start: int  # first position computed in this step
-    length: int
-
-    @property
-    def samples(self) -> bool:
-        """Whether this chunk reaches the sequence's last token, so a new token is sampled."""
-        return self.start + self.length == len(self.seq)
-
-
-class StepPlan(NamedTuple):
-    chunks: list[Chunk]
-    preempted: list[Sequence]
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(c.length for c in self.chunks)
 
 
 class Scheduler:

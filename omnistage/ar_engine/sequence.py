@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from omnistage.ar_engine.sampling import SamplingParams
 
@@ -96,3 +96,27 @@ class Sequence:
             if span.start <= pos < span.start + span.length:
                 return (span.content_hash, span.offset + pos - span.start)
         return self.tokens[pos]
+
+
+class Chunk(NamedTuple):
+    """Positions [start, start+length) of one sequence, computed in one step."""
+
+    seq: Sequence
+    start: int  # first position computed in this step
+    length: int
+
+    @property
+    def samples(self) -> bool:
+        """Whether this chunk reaches the sequence's last token, so a new token is sampled."""
+        return self.start + self.length == len(self.seq)
+
+
+class StepPlan(NamedTuple):
+    """One step's work, as the scheduler chose it; the runner computes it."""
+
+    chunks: list[Chunk]
+    preempted: list[Sequence]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.length for c in self.chunks)

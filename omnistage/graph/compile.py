@@ -13,7 +13,7 @@ from omnistage.graph.load import load_graph
 from omnistage.graph.placement import place
 from omnistage.graph.plan import REQUEST, Edge, GraphPlan, Route, StagePlan
 from omnistage.graph.ports import REQUEST_FIELDS, RESPONSE_MODALITIES, compatible
-from omnistage.graph.resolve import resolve_model_path
+from omnistage.checkpoints.resolve import resolve_model_path
 from omnistage.graph.schema import GraphConfig, StageConfig
 from omnistage.graph.strict import suggest
 

@@ -8,7 +8,7 @@ from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.graph.kinds import ArOptions
 from omnistage.models.tiny import ensure_tiny
-from omnistage.stages.engine import StageRequest
+from omnistage.stages.worker.stage import StageRequest
 from omnistage.stages.kinds.ar import ArStage, load_model
 
 NEW = 24

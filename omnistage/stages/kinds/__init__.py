@@ -1,1 +1,1 @@
-"""Engines behind the built-in stage kinds (declared in ``omnistage.graph.kinds``)."""
+"""Adapters from each built-in stage kind (declared in ``omnistage.graph.kinds``) to its engine."""

@@ -25,9 +25,9 @@ from omnistage.encoders.vision import ImageItem, VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.models.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
+from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
 from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, hears, prepare_omni_audio
-from omnistage.stages.engine import StageOutput, StageRequest
+from omnistage.stages.worker.stage import StageOutput, StageRequest
 
 
 def load_model(path: str, dtype: torch.dtype, device: str) -> Any:

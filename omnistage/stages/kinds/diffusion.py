@@ -21,8 +21,8 @@ from omnistage.diffusion.text import PromptCache, PromptEncoder, TextEncodeEngin
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import DiffusionOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.models.loading import checkpoint_dir, torch_dtype
-from omnistage.stages.engine import StageOutput, StageRequest
+from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
+from omnistage.stages.worker.stage import StageOutput, StageRequest
 
 
 def load_family(stage: StagePlan, device: str, roles: set[str]) -> Family:

@@ -13,7 +13,7 @@ from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.ar_engine.sequence import MediaSpan
 from omnistage.encoders.vision import ImageItem
 from omnistage.graph.plan import StagePlan
-from omnistage.stages.engine import StageOutput, StageRequest
+from omnistage.stages.worker.stage import StageOutput, StageRequest
 from omnistage.stages.kinds.ar import ArStage, build_stage, to_stage_output
 
 

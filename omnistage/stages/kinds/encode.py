@@ -20,9 +20,9 @@ from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import EncodeOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.models.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
+from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
 from omnistage.omni.hearing import OmniAudioTower, prepare_omni_audio
-from omnistage.stages.engine import StageOutput, StageRequest
+from omnistage.stages.worker.stage import StageOutput, StageRequest
 
 
 class EncodeStage:

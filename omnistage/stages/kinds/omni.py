@@ -19,12 +19,12 @@ from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import TalkerOptions, VocoderOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.models.loading import checkpoint_dir, torch_dtype
+from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
 from omnistage.omni.assets import embedding_rows, load_speakers, thinker_dir
 from omnistage.omni.params import check_voice
 from omnistage.omni.reply import ThinkerReply
 from omnistage.omni.token2wav import OdeSettings, Token2WavEngine, Voice
-from omnistage.stages.engine import StageOutput, StageRequest
+from omnistage.stages.worker.stage import StageOutput, StageRequest
 
 
 class TalkerStage:

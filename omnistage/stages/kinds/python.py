@@ -14,7 +14,7 @@ from typing import Any
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import PythonOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.stages.engine import StageOutput, StageRequest
+from omnistage.stages.worker.stage import StageOutput, StageRequest
 
 
 def load_callable(spec: str) -> Callable[..., Any]:

@@ -18,11 +18,11 @@ from omnistage.encoders.media import MediaLimits, load_audio
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import TranscribeOptions, TtsOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.models.loading import checkpoint_dir, torch_dtype
+from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
 from omnistage.speech.asr import Clip, TranscribeEngine, split_windows
 from omnistage.speech.params import check_speech
 from omnistage.speech.tts import SpeechJob, TtsEngine
-from omnistage.stages.engine import StageOutput, StageRequest
+from omnistage.stages.worker.stage import StageOutput, StageRequest
 
 
 class TtsStage:

@@ -3,7 +3,7 @@ import pytest
 
 from omnistage.errors import RequestRejected
 from omnistage.graph.compile import compile_file
-from omnistage.stages.engine import StageRequest
+from omnistage.stages.worker.stage import StageRequest
 from omnistage.stages.kinds.ar import build
 
 PROMPTS = ["Hello there", "Tell me a story about a cat who learned to sing and dance all night long",

@@ -9,7 +9,7 @@ from PIL import Image
 from omnistage.diffusion.output import to_uint8
 from omnistage.errors import RequestRejected
 from omnistage.pipeline import Pipeline
-from omnistage.stages.handle import ChunkEvent
+from omnistage.stages.runtime.handle import ChunkEvent
 from tests.conftest import ROOT
 
 TOL = 1e-4

@@ -7,7 +7,7 @@ from omnistage.connectors.messages import Data
 from omnistage.connectors.shm import ShmRing
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.graph.compile import compile_file
-from omnistage.stages.engine import StageRequest
+from omnistage.stages.worker.stage import StageRequest
 from omnistage.stages.kinds.ar import ArStage, build_stage
 from omnistage.stages.kinds.disagg import DecodeStage, PrefillStage, _span_from_wire, _span_to_wire
 from tests.conftest import ROOT

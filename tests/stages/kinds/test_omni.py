@@ -9,8 +9,8 @@ import yaml
 from omnistage.errors import RequestRejected
 from omnistage.graph.compile import compile_file
 from omnistage.pipeline import Pipeline
-from omnistage.stages.engine import StageRequest
-from omnistage.stages.handle import ChunkEvent, DoneEvent
+from omnistage.stages.worker.stage import StageRequest
+from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent
 from omnistage.stages.kinds.ar import build as build_ar
 from omnistage.stages.kinds.omni import build_talker
 from tests.conftest import ROOT, mp4_with_sound

@@ -1,6 +1,6 @@
 import pytest
 
-from omnistage.stages.engine import StageRequest
+from omnistage.stages.worker.stage import StageRequest
 from omnistage.stages.kinds.python import PythonEngine, load_callable
 
 

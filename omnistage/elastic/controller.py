@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
 from omnistage.graph.schema import ElasticConfig
-from omnistage.stages.scaling import Scaler
+from omnistage.elastic.scaler import Scaler
 
 if TYPE_CHECKING:
-    from omnistage.stages.orchestrator import Orchestrator
+    from omnistage.stages.runtime.orchestrator import Orchestrator
 
 SERVICE_RATE_PRIOR = 1.0  # requests/s per replica until measured
 SMOOTHING = 0.5

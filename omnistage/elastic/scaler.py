@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 from omnistage.connectors.messages import Shutdown
 from omnistage.elastic.policy import same_stage
 from omnistage.graph.placement import free_devices, matches
-from omnistage.stages.launcher import launch
-from omnistage.stages.worker import WorkerSpec
+from omnistage.stages.runtime.launcher import launch
+from omnistage.stages.worker.loop import WorkerSpec
 
 if TYPE_CHECKING:
-    from omnistage.stages.orchestrator import Orchestrator, Replica
+    from omnistage.stages.runtime.orchestrator import Orchestrator, Replica
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Scaler:
     def add(self, unit: str, device: str | None = None, reason: str = "") -> Replica | None:
         """Start a replica of ``unit`` (a stage or "stage/group") on ``device`` (default: a free
         pool device that fits)."""
-        from omnistage.stages.orchestrator import Replica
+        from omnistage.stages.runtime.orchestrator import Replica
         stage, _, group = unit.partition("/")
         wanted = self.orch.plan.stages[stage].config.resources.device
         with self._lock:

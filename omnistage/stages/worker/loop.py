@@ -27,8 +27,8 @@ from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.errors import RequestRejected
 from omnistage.graph.plan import GraphPlan
-from omnistage.stages.engine import StageEngine, StageOutput, StageRequest, concat
-from omnistage.stages.gather import Gather
+from omnistage.stages.worker.stage import StageEngine, StageOutput, StageRequest, concat
+from omnistage.stages.worker.gather import Gather
 
 _POLL_MS = 50
 STATS_PERIOD_S = 0.5

@@ -5,7 +5,7 @@ import multiprocessing as mp
 import threading
 from typing import Protocol
 
-from omnistage.stages.worker import WorkerSpec, worker_main
+from omnistage.stages.worker.loop import WorkerSpec, worker_main
 
 
 class ReplicaRuntime(Protocol):

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from omnistage.errors import OmnistageError, RequestFailed
-from omnistage.stages.engine import concat
+from omnistage.stages.worker.stage import concat
 
 
 @dataclass(frozen=True)

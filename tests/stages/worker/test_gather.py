@@ -1,6 +1,6 @@
 """A worker's input bookkeeping with streamed inputs (no I/O)."""
 from omnistage.connectors.messages import Admit, Data, Part
-from omnistage.stages.gather import Gather
+from omnistage.stages.worker.gather import Gather
 
 
 def admit(rid="r", expect=("states", "prompt"), streams=("states",)):

@@ -7,7 +7,7 @@ from omnistage.connectors.messages import Abort, Admit, Chunk, Chunks, Data, Des
 from omnistage.graph.compile import compile_graph
 from omnistage.graph.load import parse_graph
 from omnistage.stages.kinds.python import PythonEngine
-from omnistage.stages.worker import StageWorker, WorkerSpec
+from omnistage.stages.worker.loop import StageWorker, WorkerSpec
 
 GRAPH = """
 name: fan-in

@@ -26,10 +26,10 @@ from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder, unsendable
 from omnistage.errors import (Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError)
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
-from omnistage.stages.admission import admission_messages, probe_target, resolve_params, split, without_stage
-from omnistage.stages.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
-from omnistage.stages.launcher import ReplicaRuntime, launch
-from omnistage.stages.worker import WorkerSpec
+from omnistage.stages.runtime.admission import admission_messages, probe_target, resolve_params, split, without_stage
+from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
+from omnistage.stages.runtime.launcher import ReplicaRuntime, launch
+from omnistage.stages.worker.loop import WorkerSpec
 
 MONITOR_PERIOD_S = 0.1
 
@@ -113,7 +113,7 @@ class Orchestrator:
         monitor.start()
         self._threads.append(monitor)
         if self.plan.config.elastic is not None:
-            from omnistage.stages.controller import Controller
+            from omnistage.elastic.controller import Controller
             self.controller = Controller(self, self.plan.config.elastic)
             self.controller.start()
 

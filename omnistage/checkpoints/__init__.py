@@ -1,0 +1,2 @@
+"""Checkpoints: resolving `tiny:` names, local directories and hub ids, and deciding how to load
+them."""
