@@ -59,12 +59,13 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from omnistage.checkpoints import resolve_model
     from omnistage.graph.compile import compile_file
     from omnistage.graph.describe import describe
     status = 0
     for path in args.graph:
         try:
-            print(describe(compile_file(path)))
+            print(describe(compile_file(path, resolve_model)))
         except GraphConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = 1
@@ -92,9 +93,10 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from omnistage.api.app import create_app
+    from omnistage.checkpoints import resolve_model
+    from omnistage.checkpoints.prepare import prepare_models
     from omnistage.graph.compile import compile_file
-    from omnistage.demo import prepare_models
-    prepare_models(compile_file(args.graph))  # fail fast on a bad graph; build tiny models visibly
+    prepare_models(compile_file(args.graph, resolve_model))  # fail fast on a bad graph; build tiny models visibly
     app = create_app(args.graph, api_key=args.api_key, media_dir=args.media_dir)
     uvicorn.run(app, host=args.host, port=args.port,
                 log_level=args.log_level)

@@ -2,7 +2,7 @@
 
 The server is a real ``omnistage serve`` process on a free loopback port; the client is the
 example script using the official ``openai`` package. Tiny models are built first, with a
-progress line per model, so the first run on a fresh machine shows what it is waiting for.
+progress line per model (``checkpoints.prepare``).
 """
 from __future__ import annotations
 
@@ -17,24 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from omnistage.checkpoints import resolve_model
+from omnistage.checkpoints.prepare import prepare_models
 from omnistage.graph.compile import compile_file
-from omnistage.graph.plan import GraphPlan
-from omnistage.checkpoints.loading import TINY_PREFIX
-
-
-def prepare_models(plan: GraphPlan) -> None:
-    """Build the graph's tiny checkpoints that are not cached yet, reporting each."""
-    from omnistage.models.tiny import cache_root, ensure_tiny, is_built
-    names = sorted({m.path[len(TINY_PREFIX):] for m in plan.config.models.values() if m.path.startswith(TINY_PREFIX)})
-    missing = [n for n in names if not is_built(n)]
-    if not missing:
-        return
-    print(f"building {len(missing)} tiny model(s) into {cache_root()} (once)", flush=True)
-    for i, name in enumerate(missing, 1):
-        started = time.perf_counter()
-        print(f"  [{i}/{len(missing)}] {name} ...", end="", flush=True)
-        ensure_tiny(name)
-        print(f" done in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def _free_port() -> int:
@@ -64,7 +49,7 @@ def run_demo(graph: Path, client: Path, out: Path, timeout: float = 600) -> int:
     import importlib.util
     if importlib.util.find_spec("openai") is None:
         raise ModuleNotFoundError("the demo's client uses the openai package: pip install openai")
-    prepare_models(compile_file(graph))
+    prepare_models(compile_file(graph, resolve_model))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"starting omnistage serve {graph.name} on {url}", flush=True)

@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from omnistage.checkpoints import resolve_model
+from omnistage.elastic.controller import Controller
 from omnistage.graph.compile import compile_file
 from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.handle import ChunkEvent, RequestHandle, Result
@@ -23,14 +25,20 @@ _INPUT_FIELDS = ("prompt", "messages", "images", "audio", "video")
 
 class Pipeline:
     def __init__(self, plan: GraphPlan, in_process: bool = False) -> None:
-        """Start every stage replica; returns once all are ready (raises StageStartError)."""
+        """Start every stage replica; returns once all are ready (raises StageStartError). A graph
+        with an ``elastic`` section also gets its controller (``enabled: false``: only the scaler's
+        actions, driven by hand)."""
         self.plan = plan
         self.orchestrator = Orchestrator(plan, in_process=in_process)
         self.orchestrator.start()
+        self.controller: Controller | None = None
+        if plan.config.elastic is not None:
+            self.controller = Controller(self.orchestrator, plan.config.elastic)
+            self.controller.start()
 
     @classmethod
     def from_yaml(cls, path: str | Path, in_process: bool = False) -> Pipeline:
-        return cls(compile_file(path), in_process=in_process)
+        return cls(compile_file(path, resolve_model), in_process=in_process)
 
     def submit(self, *, modalities: list[str] | None = None, loop: asyncio.AbstractEventLoop | None = None,
                **kwargs: Any) -> RequestHandle:
@@ -74,6 +82,8 @@ class Pipeline:
                 self.orchestrator.abort(handle.rid)
 
     def close(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
         self.orchestrator.close()
 
     def __enter__(self) -> Pipeline:

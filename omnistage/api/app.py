@@ -54,6 +54,7 @@ def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MA
         Route("/v1/videos/{video_id}", videos.delete, methods=["DELETE"]),
         Route("/v1/videos/{video_id}/content", videos.content, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/live", live, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ], lifespan=lifespan)
     app.state.api_key = api_key
@@ -235,17 +236,26 @@ async def models(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    replicas = request.app.state.pipeline.orchestrator.replicas
-    states = {f"{s}[{r.index}]": r.state for s, reps in replicas.items() for r in reps}
-    ok = all(state == "ready" for state in states.values())
-    return JSONResponse({"status": "ok" if ok else "degraded", "replicas": states}, status_code=200 if ok else 503)
+    """Readiness: 200 when every stage has a ready replica; else 503 with the reason per stage."""
+    table = request.app.state.pipeline.orchestrator.table
+    reasons = table.readiness()
+    replicas = {r.name: r.state.value for r in table.all()}
+    waiting = {stage: why for stage, why in reasons.items() if why is not None}
+    body = {"status": "degraded" if waiting else "ok", "stages": {s: why or "ready" for s, why in reasons.items()},
+            "replicas": replicas}
+    return JSONResponse(body, status_code=503 if waiting else 200)
+
+
+async def live(request: Request) -> Response:
+    """Liveness: the API process answers (whatever the stages are doing)."""
+    return JSONResponse({"status": "ok"})
 
 
 async def metrics(request: Request) -> Response:
-    orchestrator = request.app.state.pipeline.orchestrator
-    log = orchestrator.controller.scaler.log if orchestrator.controller is not None else None
-    plan = orchestrator.plan
+    pipeline = request.app.state.pipeline
+    log = pipeline.controller.scaler.log if pipeline.controller is not None else None
+    plan = pipeline.plan
     groups = {stage: list(plan.stages[stage].config.resources.groups) for stage in plan.order
               if plan.stages[stage].config.resources.groups}
-    body = request.app.state.metrics.render(orchestrator.replicas, dict(orchestrator.stats), log, groups)
+    body = request.app.state.metrics.render(pipeline.orchestrator.table.all(), log, groups)
     return Response(body, media_type="text/plain; version=0.0.4")

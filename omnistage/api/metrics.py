@@ -6,6 +6,7 @@ import re
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from omnistage.stages.runtime.handle import RequestHandle
+from omnistage.stages.runtime.replicas import Replica, ReplicaState
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -50,23 +51,31 @@ class Metrics:
             if handle.first_at is not None and chunks > 1:
                 self.inter_token.observe((handle.finished_at - handle.first_at) / (chunks - 1))
 
-    def render(self, replicas: dict, stats: dict[tuple[str, int], dict[str, float]],
-               actions: list | None = None, groups: dict[str, list[str]] | None = None) -> bytes:
-        """``groups``: each stage's modality groups (shown even while one has no replica)."""
+    def render(self, replicas: list[Replica], actions: list | None = None,
+               groups: dict[str, list[str]] | None = None) -> bytes:
+        """``replicas``: the replica table's; ``groups``: each stage's modality groups (shown even
+        while one has no replica)."""
         self.replicas.clear()
         self.group_replicas.clear()
-        for stage, reps in replicas.items():
-            for state in ("starting", "ready", "draining", "stopped", "dead"):
-                self.replicas.labels(stage, state).set(sum(1 for r in reps if r.state == state))
+        self.inflight.clear()
+        self.ready.clear()
+        for gauge in self._gauges.values():
+            gauge.clear()  # replicas that left the table leave the metrics too
+        by_stage: dict[str, list[Replica]] = {}
+        for rep in replicas:
+            by_stage.setdefault(rep.stage, []).append(rep)
+        for stage in sorted({*by_stage, *(groups or {})}):
+            reps = by_stage.get(stage, [])
+            for state in ReplicaState:
+                self.replicas.labels(stage, state.value).set(sum(1 for r in reps if r.state is state))
             for group in sorted({*(groups or {}).get(stage, ()), *(r.group for r in reps if r.group is not None)}):
-                ready = sum(1 for r in reps if r.group == group and r.state == "ready")
+                ready = sum(1 for r in reps if r.group == group and r.state is ReplicaState.READY)
                 self.group_replicas.labels(stage, group).set(ready)
             for rep in reps:
                 self.inflight.labels(stage, str(rep.index)).set(len(rep.inflight))
-                self.ready.labels(stage, str(rep.index)).set(1 if rep.state == "ready" else 0)
-        for (stage, replica), values in stats.items():
-            for name, value in values.items():
-                self._stage_gauge(name).labels(stage, str(replica)).set(value)
+                self.ready.labels(stage, str(rep.index)).set(1 if rep.state is ReplicaState.READY else 0)
+                for name, value in rep.stats.items():
+                    self._stage_gauge(name).labels(stage, str(rep.index)).set(value)
         for seq, a in enumerate(actions or []):
             if seq >= self._shown:  # every action, once, with its reason
                 self.actions.labels(str(seq), a.kind, a.stage, str(a.replica), a.device, a.reason[:200]).set(a.time)

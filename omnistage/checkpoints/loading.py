@@ -1,23 +1,24 @@
-"""Where a stage's checkpoint comes from: generated tiny models or a directory / hub id."""
+"""Where a worker loads a stage's checkpoint from, in what dtype, and where its preprocessors are."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
+from omnistage.checkpoints.refs import parse_tiny
 from omnistage.models.tiny import ensure_tiny
 
-TINY_PREFIX = "tiny:"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def checkpoint_dir(path: str) -> str:
-    """``tiny:<name>[/<sub-model dir>]`` -> its generated directory; anything else as it is."""
-    if path.startswith(TINY_PREFIX):
-        name, _, sub = path[len(TINY_PREFIX):].partition("/")
-        root = ensure_tiny(name)
-        return str(root / sub) if sub else str(root)
-    return path
+def checkpoint_dir(ref: str) -> str:
+    """A resolved reference (see ``refs.resolve_model``) -> what ``from_pretrained`` takes: a tiny
+    checkpoint's directory (built on first use), else the directory or hub id as it is."""
+    tiny = parse_tiny(ref)
+    if tiny is None:
+        return ref
+    root = ensure_tiny(tiny.name)
+    return str(root / tiny.sub) if tiny.sub else str(root)
 
 
 def torch_dtype(name: str, device: str) -> torch.dtype:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
-from omnistage.graph.schema import ElasticConfig
 from omnistage.elastic.scaler import Scaler
-
-if TYPE_CHECKING:
-    from omnistage.stages.runtime.orchestrator import Orchestrator
+from omnistage.graph.schema import ElasticConfig
+from omnistage.stages.runtime.orchestrator import Orchestrator
+from omnistage.stages.runtime.replicas import ReplicaState
 
 SERVICE_RATE_PRIOR = 1.0  # requests/s per replica until measured
 SMOOTHING = 0.5
@@ -40,7 +38,8 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     def _run(self) -> None:
         while not self._stop.wait(self.elastic.interval_s):
@@ -60,14 +59,12 @@ class Controller:
         span = max(now - then, 1e-3)
         loads = {}
         for stage, group, lo, hi in self.units():
-            unit = self.orch.unit(stage, group)
-            with self.orch._lock:
-                reps = self.scaler.replicas_of(unit)
-                ready = [r for r in reps if r.state == "ready"]
-                counted = len(ready) + sum(1 for r in reps if r.state == "starting")
-            stats = [self.orch.stats.get((stage, r.index), {}) for r in ready]
-            waiting = sum(s.get("waiting", 0.0) for s in stats)
-            running = sum(s.get("running", 0.0) for s in stats)
+            unit = self.orch.plan.unit(stage, group)
+            reps = self.scaler.replicas_of(unit)
+            ready = [r for r in reps if r.state is ReplicaState.READY]
+            counted = len(ready) + sum(1 for r in reps if r.state is ReplicaState.STARTING)
+            waiting = sum(r.stats.get("waiting", 0.0) for r in ready)
+            running = sum(r.stats.get("running", 0.0) for r in ready)
             done = self.orch.completions[unit] - completions[unit]
             if ready:
                 measured = done / span / len(ready)
@@ -93,8 +90,4 @@ class Controller:
         elif action.kind == "move" and action.donor is not None:
             self.scaler.move(action.donor, action.stage, reason=action.reason)
         elif action.kind == "remove":
-            with self.orch._lock:
-                ready = [r for r in self.scaler.replicas_of(action.stage) if r.state == "ready"]
-                stage_ready = [r for r in self.orch.replicas[action.stage.partition("/")[0]] if r.state == "ready"]
-            if ready and len(stage_ready) > 1:
-                self.scaler.drain(min(ready, key=lambda r: len(r.inflight)), reason=action.reason)
+            self.scaler.remove(action.stage, reason=action.reason)

@@ -1,31 +1,29 @@
-"""Runtime replica actions on a running orchestrator: start, drain and stop, switch roles.
+"""Runtime replica actions on a running graph: start, drain and stop, switch roles.
 
-- ``add(stage, device)`` launches a replica; routing uses it once it reports Ready.
+- ``add(unit, device)`` launches a replica; routing uses it once it reports Ready.
 - ``drain(replica)`` stops routing new requests to it; the requests it holds finish there (none
-  is dropped or sent twice); once it holds none it gets Shutdown, its process ends and its device
-  returns to the pool, or goes to the stage waiting for it (a role switch).
-- ``move(donor, stage)`` drains the donor's least-loaded replica and starts one of ``stage`` on
-  its device; between two modality groups of one stage it only changes the replica's group
+  is dropped or sent twice); once it holds none it is stopped and leaves the replica table, and
+  its device returns to the pool, or goes to the stage waiting for it (a role switch).
+- ``move(donor, unit)`` drains the donor's least-loaded replica and starts one of ``unit`` on its
+  device; between two modality groups of one stage it only changes the replica's group
   (``regroup``): the same model serves both, so nothing reloads, the requests it holds finish
   there and new ones of its new group reach it at once.
-``poll()`` advances drains and returns failed starts' devices; the controller calls it on its
-interval. Every action is logged with its reason.
+``poll()`` advances drains and reclaims failed starts' devices; the controller calls it on its
+interval. Every action is logged with its reason. Units are stages or "stage/group".
+
+The scaler acts only through the replica table's methods and the orchestrator's
+``start_replica`` / ``stop_replica``.
 """
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from omnistage.connectors.messages import Shutdown
 from omnistage.elastic.policy import same_stage
 from omnistage.graph.placement import free_devices, matches
-from omnistage.stages.runtime.launcher import launch
-from omnistage.stages.worker.loop import WorkerSpec
-
-if TYPE_CHECKING:
-    from omnistage.stages.runtime.orchestrator import Orchestrator, Replica
+from omnistage.stages.runtime.orchestrator import Orchestrator
+from omnistage.stages.runtime.replicas import Replica, ReplicaState
 
 
 @dataclass(frozen=True)
@@ -41,22 +39,21 @@ class LoggedAction:
 class Scaler:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orch = orchestrator
+        self.table = orchestrator.table
         self.free: list[str] = free_devices(orchestrator.plan.config, orchestrator.plan.placement)
         self.log: list[LoggedAction] = []
-        self._handoff: dict[tuple[str, int], str] = {}  # draining replica -> stage that gets its device
-        self._starting: set[tuple[str, int]] = set()
-        self._lock = threading.Lock()
+        self._handoff: dict[Replica, str] = {}  # draining replica -> unit that gets its device
+        self._starting: set[Replica] = set()  # replicas this scaler launched, until Ready or dead
+        self._lock = threading.Lock()  # guards ``free``
 
-    # --- actions ---------------------------------------------------------------------------
-    def replicas_of(self, unit: str) -> list[Replica]:
+    def replicas_of(self, unit: str, state: ReplicaState | None = None) -> list[Replica]:
         """The replicas of a stage, or of one modality group of it ("stage/group")."""
         stage, _, group = unit.partition("/")
-        return [r for r in self.orch.replicas[stage] if not group or r.group == group]
+        return self.table.of(stage, group or None, state)
 
+    # --- actions ---------------------------------------------------------------------------
     def add(self, unit: str, device: str | None = None, reason: str = "") -> Replica | None:
-        """Start a replica of ``unit`` (a stage or "stage/group") on ``device`` (default: a free
-        pool device that fits)."""
-        from omnistage.stages.runtime.orchestrator import Replica
+        """Start a replica of ``unit`` on ``device`` (default: a free pool device that fits)."""
         stage, _, group = unit.partition("/")
         wanted = self.orch.plan.stages[stage].config.resources.device
         with self._lock:
@@ -68,87 +65,81 @@ class Scaler:
                 self.free.remove(device)
         elastic = self.orch.plan.config.elastic
         threads = elastic.threads if elastic is not None and device == "cpu" else 1
-        with self.orch._lock:
-            index = len(self.orch.replicas[stage])
-            spec = WorkerSpec(self.orch.plan, stage, index, device, threads, self.orch.session, self.orch.run_dir,
-                              self.orch._sink.address, self.orch.in_process)
-            replica = Replica(stage, index, launch(spec), device=device, group=group or None)
-            self.orch.replicas[stage].append(replica)
-        self._starting.add((stage, index))
+        replica = self.orch.start_replica(stage, device, threads, group or None)
+        self._starting.add(replica)
         self._record("add", replica, reason)
         return replica
 
     def drain(self, replica: Replica, then: str | None = None, reason: str = "") -> None:
         """Route nothing new to ``replica``; stop it once empty; its device then goes to ``then``."""
-        with self.orch._lock:
-            if replica.state != "ready":
-                return
-            replica.state = "draining"
+        if replica.state is not ReplicaState.READY:
+            return
+        self.table.set_state(replica, ReplicaState.DRAINING)
         if then is not None:
-            self._handoff[(replica.stage, replica.index)] = then
+            self._handoff[replica] = then
         self._record("drain", replica, reason)
         self.poll()
 
-    def move(self, donor: str, stage: str, reason: str = "") -> bool:
-        """Drain one replica of ``donor`` and start one of ``stage`` (stages or "stage/group")."""
-        if same_stage(donor, stage):
-            return self.regroup(donor, stage, reason)
-        with self.orch._lock:
-            ready = [r for r in self.replicas_of(donor) if r.state == "ready"]
-            others = [r for r in self.orch.replicas[donor.partition("/")[0]] if r.state == "ready"]
-        if not ready or len(others) <= 1:
+    def move(self, donor: str, unit: str, reason: str = "") -> bool:
+        """Drain one replica of ``donor`` and start one of ``unit``."""
+        if same_stage(donor, unit):
+            return self.regroup(donor, unit, reason)
+        ready = self.replicas_of(donor, ReplicaState.READY)
+        if not ready or self.table.ready_count(donor.partition("/")[0]) <= 1:
             return False  # never drain a stage's last ready replica
-        victim = min(ready, key=lambda r: (len(r.inflight), -r.index))
-        self._record("move", victim, f"{donor} -> {stage}: {reason}")
-        self.drain(victim, then=stage, reason=reason)
+        victim = _least_loaded(ready)
+        self._record("move", victim, f"{donor} -> {unit}: {reason}")
+        self.drain(victim, then=unit, reason=reason)
         return True
 
     def regroup(self, donor: str, unit: str, reason: str = "") -> bool:
         """Hand the least-loaded ready replica of group ``donor`` to group ``unit`` of the same stage."""
-        with self.orch._lock:
-            ready = [r for r in self.replicas_of(donor) if r.state == "ready"]
-            if not ready:
-                return False
-            replica = min(ready, key=lambda r: (len(r.inflight), -r.index))
-            replica.group = unit.partition("/")[2]
+        ready = self.replicas_of(donor, ReplicaState.READY)
+        if not ready:
+            return False
+        replica = _least_loaded(ready)
+        self.table.set_group(replica, unit.partition("/")[2])
         self._record("regroup", replica, f"{donor} -> {unit}: {reason}")
+        return True
+
+    def remove(self, unit: str, reason: str = "") -> bool:
+        """Drain the least-loaded ready replica of ``unit``, unless it is its stage's last."""
+        ready = self.replicas_of(unit, ReplicaState.READY)
+        if not ready or self.table.ready_count(unit.partition("/")[0]) <= 1:
+            return False
+        self.drain(_least_loaded(ready), reason=reason)
         return True
 
     # --- progress --------------------------------------------------------------------------
     def poll(self) -> None:
         """Stop drained replicas (handing their devices on); reclaim devices of failed starts."""
-        with self.orch._lock:
-            drained = [r for reps in self.orch.replicas.values() for r in reps
-                       if r.state == "draining" and not r.inflight]
-            for replica in drained:
-                replica.state = "stopped"
-            for reps in self.orch.replicas.values():
-                for r in reps:  # a start that crashed before it could say so
-                    if r.state == "starting" and (r.stage, r.index) in self._starting and not r.runtime.is_alive():
-                        r.state, r.error = "dead", r.error or "exited during start-up"
-            failed = [r for reps in self.orch.replicas.values() for r in reps
-                      if (r.stage, r.index) in self._starting and r.state in ("ready", "dead")]
-        for replica in drained:
-            self.orch._out.put((replica.address, Shutdown()))
-            threading.Thread(target=replica.runtime.stop, args=(30,), daemon=True).start()
+        for replica in self.table.drained():
+            self.orch.stop_replica(replica)
             self._record("stopped", replica, "drained")
             self._release(replica)
-        for replica in failed:
-            self._starting.discard((replica.stage, replica.index))
-            if replica.state == "dead":
+        for replica in list(self._starting):
+            if replica.state is ReplicaState.STARTING and not replica.runtime.is_alive():
+                self.table.set_state(replica, ReplicaState.DEAD, error=replica.error or "exited during start-up")
+            if replica.state is ReplicaState.STARTING:
+                continue
+            self._starting.discard(replica)
+            if replica.state is ReplicaState.DEAD:  # a failed start: the log keeps why, the table forgets it
                 self._record("failed", replica, replica.error.strip().splitlines()[-1] if replica.error else "")
+                self.table.remove(replica)
                 self._release(replica)
-        if drained or failed:
-            with self.orch._lock:  # states and devices changed: wake Orchestrator.wait_until
-                self.orch._lock.notify_all()
 
     def _release(self, replica: Replica) -> None:
-        heir = self._handoff.pop((replica.stage, replica.index), None)  # a stage or "stage/group"
+        heir = self._handoff.pop(replica, None)
         if heir is not None:
-            self.add(heir, replica.device, reason=f"role switch from {replica.stage}[{replica.index}]")
+            self.add(heir, replica.device, reason=f"role switch from {replica.name}")
         else:
             with self._lock:
                 self.free.append(replica.device)
 
     def _record(self, kind: str, replica: Replica, reason: str) -> None:
         self.log.append(LoggedAction(time.time(), kind, replica.stage, replica.index, replica.device, reason))
+
+
+def _least_loaded(replicas: list[Replica]) -> Replica:
+    """The replica holding the fewest requests (the newest of equals: it has warmed up least)."""
+    return min(replicas, key=lambda r: (len(r.inflight), -r.index))

@@ -1,31 +1,46 @@
-"""GraphConfig -> GraphPlan: ports and edges checked, cycles rejected, routes precomputed."""
+"""GraphConfig -> GraphPlan: ports and edges checked, cycles rejected, routes precomputed.
+
+Model references (``models.<name>.path``) are resolved by the ``ModelResolver`` the caller hands
+in (``omnistage.checkpoints.resolve_model``): the graph knows nothing about checkpoints.
+"""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from omnistage.graph.strict import frozen_dict
 
 from omnistage.errors import ConfigIssue, GraphConfigError
 from omnistage.graph.kinds import registry
-from omnistage.graph.load import load_graph
+from omnistage.graph.load import parse_graph, read_graph, source_lines, with_lines
 from omnistage.graph.placement import place
 from omnistage.graph.plan import REQUEST, Edge, GraphPlan, Route, StagePlan
 from omnistage.graph.ports import REQUEST_FIELDS, RESPONSE_MODALITIES, compatible
-from omnistage.checkpoints.resolve import resolve_model_path
 from omnistage.graph.schema import GraphConfig, StageConfig
-from omnistage.graph.strict import suggest
+from omnistage.graph.strict import frozen_dict, suggest
+
+# (reference as written, the graph file's directory) -> what a worker loads; raises ValueError(why not)
+ModelResolver = Callable[[str, Path], str]
 
 
-def compile_file(path: str | Path) -> GraphPlan:
+def compile_file(path: str | Path, models: ModelResolver) -> GraphPlan:
     path = Path(path)
-    return compile_graph(load_graph(path), base_dir=path.parent, source=str(path))
+    return compile_text(read_graph(path), models, base_dir=path.parent, source=str(path))
 
 
-def compile_graph(config: GraphConfig, base_dir: Path | None = None, source: str = "") -> GraphPlan:
+def compile_text(text: str, models: ModelResolver, base_dir: Path | None = None, source: str = "<string>") -> GraphPlan:
+    """Parse and compile a graph's YAML; every error names its YAML path and line."""
+    config = parse_graph(text, source)
+    try:
+        return compile_graph(config, models, base_dir, source)
+    except GraphConfigError as exc:
+        raise GraphConfigError(with_lines(exc.issues, source_lines(text)), source) from None
+
+
+def compile_graph(config: GraphConfig, models: ModelResolver, base_dir: Path | None = None,
+                  source: str = "") -> GraphPlan:
     issues: list[ConfigIssue] = []
-    stages = {name: _stage_plan(name, st, config, base_dir or Path.cwd(), issues)
+    stages = {name: _stage_plan(name, st, config, base_dir or Path.cwd(), models, issues)
               for name, st in config.stages.items()}
     stages = {k: v for k, v in stages.items() if v is not None}
     if not issues:
@@ -47,7 +62,7 @@ def compile_graph(config: GraphConfig, base_dir: Path | None = None, source: str
                      frozen_dict(routes), placement)
 
 
-def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
+def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path, models: ModelResolver,
                 issues: list[ConfigIssue]) -> StagePlan | None:
     path = f"stages.{name}"
     spec = registry()[st.kind]
@@ -58,7 +73,11 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
             issues.append(ConfigIssue(f"{path}.model", f"unknown model {st.model!r}{suggest(st.model, config.models)}; "
                                                        f"models: {', '.join(config.models) or 'none declared'}"))
             return None
-        model_path = resolve_model_path(model.path, base_dir, f"models.{st.model}.path", issues)
+        try:
+            model_path = models(model.path, base_dir)
+        except ValueError as exc:
+            issues.append(ConfigIssue(f"models.{st.model}.path", str(exc)))
+            return None
         dtype = model.dtype
     elif spec.needs_model:
         issues.append(ConfigIssue(f"{path}.model", f"stage kind {st.kind!r} needs a model"))

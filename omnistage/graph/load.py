@@ -14,30 +14,38 @@ from omnistage.graph.schema import GraphConfig
 from omnistage.graph.strict import Parser, frozen_dict, suggest
 
 
-def load_graph(path: str | Path) -> GraphConfig:
-    """Read and validate a graph file. Raises GraphConfigError naming every problem."""
-    path = Path(path)
+def read_graph(path: str | Path) -> str:
+    """A graph file's text. Raises GraphConfigError when it cannot be read."""
     try:
-        text = path.read_text()
+        return Path(path).read_text()
     except OSError as exc:
         raise GraphConfigError([ConfigIssue("", f"cannot read graph file: {exc.strerror}")], str(path)) from None
-    return parse_graph(text, source=str(path))
+
+
+def load_graph(path: str | Path) -> GraphConfig:
+    """Read and validate a graph file. Raises GraphConfigError naming every problem."""
+    return parse_graph(read_graph(path), source=str(path))
 
 
 def parse_graph(text: str, source: str = "<string>") -> GraphConfig:
     try:
         data = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
+        lines = source_lines(text)
     except yaml.YAMLError as exc:
         raise GraphConfigError([ConfigIssue("", f"not valid YAML: {exc}")], source) from None
     parser = Parser()
     config = parser.parse_dataclass(GraphConfig, data, "")
     if parser.issues:
-        raise GraphConfigError(_with_lines(parser.issues, lines), source)
+        raise GraphConfigError(with_lines(parser.issues, lines), source)
     config = _parse_options(config, parser)
     if parser.issues:
-        raise GraphConfigError(_with_lines(parser.issues, lines), source)
+        raise GraphConfigError(with_lines(parser.issues, lines), source)
     return config
+
+
+def source_lines(text: str) -> dict[str, int]:
+    """Each YAML path of a (valid YAML) text -> its 1-based line."""
+    return _key_lines(yaml.compose(text))
 
 
 def _parse_options(config: GraphConfig, parser: Parser) -> GraphConfig:
@@ -70,7 +78,8 @@ def _key_lines(node: Any, path: str = "", out: dict[str, int] | None = None) -> 
     return out
 
 
-def _with_lines(issues: list[ConfigIssue], lines: Mapping[str, int]) -> list[ConfigIssue]:
+def with_lines(issues: list[ConfigIssue], lines: Mapping[str, int]) -> list[ConfigIssue]:
+    """The issues, each prefixed with the line of its YAML path (or of the nearest enclosing key)."""
     out = []
     for issue in issues:
         probe = issue.path

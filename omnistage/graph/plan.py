@@ -117,5 +117,13 @@ class GraphPlan:
                 param="modalities")
         return route
 
+    def unit(self, stage: str, group: str | None) -> str:
+        """What the elastic controller sizes: a stage, or one modality group of it ("stage/group")."""
+        return f"{stage}/{group}" if group is not None and self.stages[stage].config.resources.groups else stage
+
+    def units(self) -> list[str]:
+        return [self.unit(stage, group) for stage in self.order
+                for group in self.stages[stage].config.resources.group_ranges()]
+
     def reachable_modalities(self, fields: frozenset[str]) -> frozenset[str]:
         return frozenset(m for (f, ms) in self.routes if f == fields for m in ms)

@@ -1,0 +1,1 @@
+"""The tiny-model generator: seeded random-weight checkpoints of real architectures (`omnistage tiny-models`)."""

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from omnistage.graph.strict import frozen_dict
+from types import MappingProxyType
 
-TINY_MODELS: Mapping[str, str] = frozen_dict({
+TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "qwen2": "Qwen2ForCausalLM, 2 layers, BPE tokenizer with a chat template",
     "llama": "LlamaForCausalLM, 2 layers, BPE tokenizer with a chat template",
     "qwen2-vl": "Qwen2VLForConditionalGeneration with its PIL image processor",

@@ -16,7 +16,8 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(graph, **kwargs), host="127.0.0.1", port=self.port, log_level="warning")
+        self.app = create_app(graph, **kwargs)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -29,6 +30,10 @@ class Server:
             started.wait(0.1)
         assert self.server.started, "server did not start"
         return self
+
+    @property
+    def pipeline(self):
+        return self.app.state.pipeline
 
     def __exit__(self, *exc):
         self.server.should_exit = True

@@ -82,6 +82,8 @@ def test_api_key_is_required(chat_server):
 def test_health_and_metrics(chat_server):
     health = httpx.get(f"{chat_server.url}/health").json()
     assert health["status"] == "ok" and health["replicas"] == {"llm[0]": "ready"}
+    assert health["stages"] == {"llm": "ready"}
+    assert httpx.get(f"{chat_server.url}/live").json() == {"status": "ok"}
     client(chat_server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "m"}],
                                                 max_tokens=3)
     text = httpx.get(f"{chat_server.url}/metrics").text

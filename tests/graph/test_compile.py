@@ -2,37 +2,38 @@ from pathlib import Path
 
 import pytest
 
+from omnistage.checkpoints import resolve_model
 from omnistage.errors import GraphConfigError, RequestRejected
-from omnistage.graph.compile import compile_file, compile_graph
-from omnistage.graph.load import parse_graph
+from omnistage.graph.compile import compile_file, compile_text
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
+# file -> (YAML path, words in the message, the line the error points at)
 BROKEN = {
-    "bad_key.yaml": ("stages.llm.batchng", 'did you mean "batching"'),
-    "cycle.yaml": ("stages.", "cycle: a -> b -> a"),
-    "unknown_port.yaml": ("stages.post.inputs.text", "no output port 'txt' (did you mean \"text\"?)"),
-    "unknown_kind.yaml": ("stages.llm.kind", "unknown stage kind 'autoregressive'"),
-    "missing_model_path.yaml": ("models.lm.path", "model directory './no/such/checkpoint' not found"),
-    "not_streamed.yaml": ("stages.talker.inputs.states", "takes a stream; fake.states is not streamed"),
+    "bad_key.yaml": ("stages.llm.batchng", 'did you mean "batching"', 10),
+    "cycle.yaml": ("stages.a.inputs", "cycle: a -> b -> a", 5),
+    "unknown_port.yaml": ("stages.post.inputs.text", "no output port 'txt' (did you mean \"text\"?)", 11),
+    "unknown_kind.yaml": ("stages.llm.kind", "unknown stage kind 'autoregressive'", 6),
+    "missing_model_path.yaml": ("models.lm.path", "model directory './no/such/checkpoint' not found", 3),
+    "not_streamed.yaml": ("stages.talker.inputs.states", "takes a stream; fake.states is not streamed", 13),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
-def test_each_broken_graph_gives_one_clear_error(name):
+def test_each_broken_graph_gives_one_clear_error_at_its_line(name):
     with pytest.raises(GraphConfigError) as info:
-        compile_file(HERE / "broken" / name)
-    path, words = BROKEN[name]
+        compile_file(HERE / "broken" / name, resolve_model)
+    path, words, line = BROKEN[name]
     assert len(info.value.issues) == 1, info.value.issues
     issue = info.value.issues[0]
-    assert issue.path.startswith(path)
-    assert words in issue.message
+    assert issue.path == path
+    assert issue.message.startswith(f"line {line}: ") and words in issue.message
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_compile(path):
-    plan = compile_file(path)
+    plan = compile_file(path, resolve_model)
     assert plan.order and plan.routes
 
 
@@ -55,7 +56,7 @@ stages:
 
 
 def test_routes_visit_only_what_the_request_needs():
-    plan = compile_graph(parse_graph(SPEECH))
+    plan = compile_text(SPEECH, resolve_model)
     assert plan.route_for({"messages"}).stages == ("llm",)
     assert plan.route_for({"messages"}, {"audio"}).stages == ("llm", "tts")
     both = plan.route_for({"prompt"}, {"text", "audio"})
@@ -65,7 +66,7 @@ def test_routes_visit_only_what_the_request_needs():
 
 
 def test_route_errors_say_what_the_graph_offers():
-    plan = compile_graph(parse_graph(SPEECH))
+    plan = compile_text(SPEECH, resolve_model)
     with pytest.raises(RequestRejected, match="does not accept images"):
         plan.route_for({"messages", "images"})
     with pytest.raises(RequestRejected, match="offers: audio, text") as info:
@@ -76,15 +77,15 @@ def test_route_errors_say_what_the_graph_offers():
 def test_type_mismatch_and_dangling_stage_are_rejected():
     text = SPEECH.replace("outputs: {audio: response.audio}", "outputs: {audio: response.text}")
     with pytest.raises(GraphConfigError, match="carries audio, response.text needs text"):
-        compile_graph(parse_graph(text))
+        compile_text(text, resolve_model)
     dangling = SPEECH.replace("    outputs: {audio: response.audio}\n", "")
-    with pytest.raises(GraphConfigError, match="stages.tts: its outputs go nowhere"):
-        compile_graph(parse_graph(dangling))
+    with pytest.raises(GraphConfigError, match="stages.tts: line 11: its outputs go nowhere"):
+        compile_text(dangling, resolve_model)
 
 
 def test_placement_shares_cores_and_plan_pickles():
     import pickle
-    plan = compile_graph(parse_graph(SPEECH.replace("kind: ar\n", "kind: ar\n    resources: {replicas: 2, threads: 3}\n")))
+    plan = compile_text(SPEECH.replace("kind: ar\n", "kind: ar\n    resources: {replicas: 2, threads: 3}\n"), resolve_model)
     assert [s.threads for s in plan.placement["llm"]] == [3, 3]
     assert len(plan.placement["tts"]) == 1
     again = pickle.loads(pickle.dumps(plan))
@@ -92,16 +93,16 @@ def test_placement_shares_cores_and_plan_pickles():
 
 
 def test_used_outputs_name_what_a_stage_must_produce():
-    split = compile_file(ROOT / "examples" / "text_to_image_split.yaml")
+    split = compile_file(ROOT / "examples" / "text_to_image_split.yaml", resolve_model)
     assert split.stages["text"].used_outputs == {"embeds"}
     assert split.stages["denoise"].used_outputs == {"latents", "progress"}
     assert split.stages["decode"].used_outputs == {"image"}
-    fused = compile_file(ROOT / "examples" / "text_to_image.yaml")
+    fused = compile_file(ROOT / "examples" / "text_to_image.yaml", resolve_model)
     assert fused.stages["generate"].used_outputs == {"image", "progress"}
     assert fused.route_for(frozenset({"prompt"}), frozenset({"image"})).stages == ("generate",)
 
 
 def test_streamed_hand_offs_are_marked_on_their_edges():
-    plan = compile_file(ROOT / "examples" / "omni.yaml")
+    plan = compile_file(ROOT / "examples" / "omni.yaml", resolve_model)
     streamed = {str(e) for e in plan.edges if e.stream}
     assert streamed == {"thinker.states -> talker.states", "talker.codes -> vocoder.codes"}

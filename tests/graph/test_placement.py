@@ -2,9 +2,9 @@ import re
 
 import pytest
 
+from omnistage.checkpoints import resolve_model
 from omnistage.errors import GraphConfigError
-from omnistage.graph.compile import compile_graph
-from omnistage.graph.load import parse_graph
+from omnistage.graph.compile import compile_text
 from omnistage.graph.placement import free_devices
 
 BASE = """
@@ -24,7 +24,7 @@ elastic:
 
 
 def plan(resources, devices="[cpu, cpu, cpu]"):
-    return compile_graph(parse_graph(BASE.replace("RESOURCES", resources).replace("DEVICES", devices)))
+    return compile_text(BASE.replace("RESOURCES", resources).replace("DEVICES", devices), resolve_model)
 
 
 def test_replica_ranges_take_pool_devices_and_leave_the_rest_free():

@@ -12,33 +12,34 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
 from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine, TokenOutput
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.multimodal import is_vision_language, media_spans, takes_video
 from omnistage.ar_engine.sampling import SamplingParams
+from omnistage.checkpoints.inspect import language_model_class, read_config
+from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
 from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video, load_video_audio
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import ImageItem, VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
 from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, hears, prepare_omni_audio
 from omnistage.stages.worker.stage import StageOutput, StageRequest
 
 
 def load_model(path: str, dtype: torch.dtype, device: str) -> Any:
-    """A transformers model wired to the paged attention (causal LM or Qwen2-VL family)."""
-    try:
+    """A transformers model wired to the paged attention: a causal LM, or a vision-language model
+    (or Omni thinker) whose language model pages its KV while its vision and audio towers keep
+    sdpa; which one, its config says."""
+    config = read_config(path)
+    if language_model_class(config, path) == "causal_lm":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
-    except ValueError:
-        # Vision-language (and omni thinkers): only the language model pages its KV; the vision
-        # and audio towers keep sdpa.
-        from transformers import AutoConfig, AutoModelForImageTextToText
-        towers = {key: "sdpa" for key in AutoConfig.from_pretrained(path).sub_configs if key != "text_config"}
+    else:
+        towers = {key: "sdpa" for key in config.sub_configs if key != "text_config"}
         impl = {**towers, "text_config": ATTN_IMPLEMENTATION, "": ATTN_IMPLEMENTATION}
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=impl)
     return model.to(device).eval()

@@ -1,17 +1,17 @@
-"""Starts stage replicas: spawned processes, or threads for the in-process twin."""
+"""Starts stage replicas on this host: spawned processes, or threads for the in-process twin.
+
+A launcher is the seam between the replica table and wherever replicas run: ``start`` lists a
+replica in the table and starts its worker; the worker reports Ready (or StartFailed) to the
+orchestrator's sink on its own.
+"""
 from __future__ import annotations
 
 import multiprocessing as mp
 import threading
-from typing import Protocol
 
+from omnistage.graph.plan import GraphPlan
+from omnistage.stages.runtime.replicas import Replica, ReplicaRuntime, ReplicaTable
 from omnistage.stages.worker.loop import WorkerSpec, worker_main
-
-
-class ReplicaRuntime(Protocol):
-    def is_alive(self) -> bool: ...
-    def stop(self, timeout: float) -> None: ...
-    def kill(self) -> None: ...
 
 
 class ProcessReplica:
@@ -60,5 +60,15 @@ class ThreadReplica:
         raise NotImplementedError("a thread replica cannot be killed; use mode='process'")
 
 
-def launch(spec: WorkerSpec) -> ReplicaRuntime:
-    return ThreadReplica(spec) if spec.in_process else ProcessReplica(spec)
+class LocalLauncher:
+    """Replicas as processes (or threads) of this host, talking to the sink at ``sink``."""
+
+    def __init__(self, plan: GraphPlan, session: str, run_dir: str, sink: str, in_process: bool = False) -> None:
+        self.plan, self.session, self.run_dir, self.sink, self.in_process = plan, session, run_dir, sink, in_process
+
+    def start(self, table: ReplicaTable, stage: str, device: str, threads: int, group: str | None = None) -> Replica:
+        def launch(index: int) -> ReplicaRuntime:
+            spec = WorkerSpec(self.plan, stage, index, device, threads, self.session, self.run_dir, self.sink,
+                              self.in_process)
+            return ThreadReplica(spec) if self.in_process else ProcessReplica(spec)
+        return table.add(stage, launch, device, group)

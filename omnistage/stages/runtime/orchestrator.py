@@ -1,9 +1,10 @@
 """Admission, routing and result collection for a running graph.
 
-The orchestrator owns the live replica table, sends each admitted request's route to the
-stages it visits, feeds the entry stages, and turns what comes back to its sink into the
-request's events. Stage-to-stage data never passes through here. A replica whose process dies
-fails its in-flight requests with StageDeadError within one monitor period.
+The orchestrator starts the graph's replicas through its launcher, picks replicas from the
+replica table for each admitted request, sends each one its part of the route, feeds the entry
+stages, and turns what comes back to its sink into the request's events. Stage-to-stage data
+never passes through here. A replica whose process dies fails its in-flight requests with
+StageDeadError within one monitor period.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,27 +25,15 @@ from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, P
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
 from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder, unsendable
-from omnistage.errors import (Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError)
+from omnistage.errors import Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
 from omnistage.stages.runtime.admission import admission_messages, probe_target, resolve_params, split, without_stage
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
-from omnistage.stages.runtime.launcher import ReplicaRuntime, launch
-from omnistage.stages.worker.loop import WorkerSpec
+from omnistage.stages.runtime.launcher import LocalLauncher
+from omnistage.stages.runtime.replicas import Replica, ReplicaState, ReplicaTable
 
 MONITOR_PERIOD_S = 0.1
-
-
-@dataclass
-class Replica:
-    stage: str
-    index: int
-    runtime: ReplicaRuntime
-    address: str = ""
-    state: str = "starting"  # starting -> ready [-> draining] -> stopped | dead
-    error: str = ""
-    inflight: set[str] = field(default_factory=set)
-    device: str = "cpu"
-    group: str | None = None
+SHUTDOWN_WAIT_S = 30
 
 
 @dataclass
@@ -67,7 +56,6 @@ class _Live:
 class Orchestrator:
     def __init__(self, plan: GraphPlan, in_process: bool = False) -> None:
         self.plan = plan
-        self.in_process = in_process
         self.session = uuid.uuid4().hex[:10]
         self.run_dir = tempfile.mkdtemp(prefix=f"omnistage-{self.session}-")
         transport = plan.config.transport
@@ -79,52 +67,54 @@ class Orchestrator:
         threshold = transport.shm_threshold_kb << 10
         self._mail = Mailer(self._ctx, lambda: Encoder(self._ring, threshold), transport.high_water_mark)
         self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()  # guards ``requests`` and the counters
         self._stopping = threading.Event()
-        self.replicas: dict[str, list[Replica]] = {name: [] for name in plan.order}
+        self.table = ReplicaTable(plan.order)
+        self.launcher = LocalLauncher(plan, self.session, self.run_dir, self._sink.address, in_process)
         self.requests: dict[str, _Live] = {}
-        self.stats: dict[tuple[str, int], dict[str, float]] = {}  # latest Stats per replica
         self.infos: dict[str, dict[str, Any]] = {}  # stage -> the model facts its replicas reported
-        # Requests admitted to and completed by each stage (read by the elastic controller).
-        units = [self.unit(st, g) for st in plan.order for g in plan.stages[st].config.resources.group_ranges()]
-        self.arrivals: dict[str, int] = dict.fromkeys(units, 0)
-        self.completions: dict[str, int] = dict.fromkeys(units, 0)
-        self.controller: Any = None
+        # Requests admitted to and completed by each elastic unit (read by the elastic controller).
+        self.arrivals: dict[str, int] = dict.fromkeys(plan.units(), 0)
+        self.completions: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         for target in (self._receive, self._send):
-            thread = threading.Thread(target=target, name=f"orchestrator{target.__name__}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(target)
         for stage in self.plan.order:
             for slot in self.plan.placement[stage]:
-                spec = WorkerSpec(self.plan, stage, slot.index, slot.device, slot.threads, self.session,
-                                  self.run_dir, self._sink.address, self.in_process)
-                self.replicas[stage].append(Replica(stage, slot.index, launch(spec), device=slot.device,
-                                                    group=slot.group))
+                self.start_replica(stage, slot.device, slot.threads, slot.group)
         try:
             self._wait_ready(self.plan.config.transport.startup_timeout_s)
         except BaseException:
             self.close()
             raise
-        monitor = threading.Thread(target=self._monitor, name="orchestrator-monitor", daemon=True)
-        monitor.start()
-        self._threads.append(monitor)
-        if self.plan.config.elastic is not None:
-            from omnistage.elastic.controller import Controller
-            self.controller = Controller(self, self.plan.config.elastic)
-            self.controller.start()
+        self._spawn(self._monitor)
+
+    def _spawn(self, target: Any) -> None:
+        thread = threading.Thread(target=target, name=f"orchestrator{target.__name__}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def start_replica(self, stage: str, device: str, threads: int, group: str | None = None) -> Replica:
+        """Launch a replica; it takes requests once it reports Ready."""
+        return self.launcher.start(self.table, stage, device, threads, group)
+
+    def stop_replica(self, replica: Replica) -> None:
+        """Tell a replica to exit, take it out of the table and reap its process in the background."""
+        if replica.address and replica.state in (ReplicaState.READY, ReplicaState.DRAINING):
+            self._out.put((replica.address, Shutdown()))
+        self.table.remove(replica)
+        threading.Thread(target=replica.runtime.stop, args=(SHUTDOWN_WAIT_S,), daemon=True).start()
 
     def _wait_ready(self, timeout: float) -> None:
         def settled() -> bool:
-            return all(r.state != "starting" or not r.runtime.is_alive() for r in self._all())
-        with self._lock:
-            if not self._lock.wait_for(settled, timeout):
-                late = [f"{r.stage}[{r.index}]" for r in self._all() if r.state == "starting"]
-                raise StageStartError(f"stages not ready after {timeout:.0f} s: {', '.join(late)}")
-        broken = [r for r in self._all() if r.state != "ready"]
+            return all(r.state is not ReplicaState.STARTING or not r.runtime.is_alive() for r in self.table.all())
+        if not self.table.wait_until(settled, timeout):
+            late = [r.name for r in self.table.all() if r.state is ReplicaState.STARTING]
+            raise StageStartError(f"stages not ready after {timeout:.0f} s: {', '.join(late)}")
+        broken = [r for r in self.table.all() if r.state is not ReplicaState.READY]
         if broken:
             details = "\n".join(f"stage {r.stage!r} replica {r.index}: {r.error or 'exited during start-up'}"
                                 for r in broken)
@@ -135,15 +125,14 @@ class Orchestrator:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        if self.controller is not None:
-            self.controller.stop()
-        for replica in self._all():
-            if replica.address and replica.state in ("ready", "draining"):
+        replicas = self.table.all()
+        for replica in replicas:
+            if replica.address and replica.state in (ReplicaState.READY, ReplicaState.DRAINING):
                 self._out.put((replica.address, Shutdown()))
         self._out.put(None)
-        for replica in self._all():
+        for replica in replicas:
             replica.runtime.stop(timeout=10)
-            replica.state = "stopped"
+            self.table.remove(replica)
         with self._lock:
             live = list(self.requests)
         for rid in live:
@@ -158,19 +147,10 @@ class Orchestrator:
         remove_segments(self.session)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Block until ``predicate()`` (read under the replica-table lock) holds, or time out.
-        Woken whenever a replica changes state."""
-        with self._lock:
-            return self._lock.wait_for(predicate, timeout)
-
-    def _all(self) -> list[Replica]:
-        return [r for reps in self.replicas.values() for r in reps]
-
     # --- requests -------------------------------------------------------------------------
     def submit(self, inputs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
                modalities: set[str] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
-        """Admit a request; raises RequestRejected (bad route) or Overloaded (no capacity)."""
+        """Admit a request; raises RequestRejected (bad route or parameter) or Overloaded (no capacity)."""
         if self._stopping.is_set():
             raise Overloaded("the pipeline is shutting down", status=503)
         inputs = {k: v for k, v in inputs.items() if v is not None}
@@ -184,16 +164,12 @@ class Orchestrator:
         handle = RequestHandle(rid, loop, params)
         target = probe_target(self.plan, route, inputs)
         group = request_group(inputs)
+        chosen = self._pick(rid, route, target, len(inputs.get("images") or ()), group)
+        live = _Live(handle, route, chosen, inputs, params, probing=target, group=group)
         with self._lock:
-            chosen = {stage: [self._pick(stage, group)] for stage in route.stages}
-            if target is not None:
-                chosen[target[0]] = self._pick_many(target[0], len(inputs["images"]), group)
-            live = _Live(handle, route, chosen, inputs, params, probing=target, group=group)
             for stage in route.stages:
-                self.arrivals[self.unit(stage, group)] += 1
+                self.arrivals[self.plan.unit(stage, group)] += 1
             self.requests[rid] = live
-            for replica in live.replicas:
-                replica.inflight.add(rid)
         if target is None:
             self._launch(rid, live, route)
         else:  # unified prefix cache: ask the AR stage what it already holds before encoding
@@ -202,9 +178,25 @@ class Orchestrator:
             self._out.put((chosen[ar][0].address, Probe(rid, fields, live.params, self._sink.address)))
         return handle
 
+    def _pick(self, rid: str, route: Route, target: tuple[str, str] | None, images: int,
+              group: str) -> dict[str, list[Replica]]:
+        """A replica of every stage on the route (several encoders when the images may be split
+        across them); none is held if any stage has no capacity."""
+        chosen: dict[str, list[Replica]] = {}
+        try:
+            for stage in route.stages:
+                at_most = images if target is not None and stage == target[0] else 1
+                depth = self.plan.stages[stage].config.batching.queue_depth
+                chosen[stage] = self.table.pick(stage, rid, depth, at_most, group)
+        except Overloaded:
+            self.table.release(rid, [r for reps in chosen.values() for r in reps])
+            raise
+        return chosen
+
     def _launch(self, rid: str, live: _Live, route: Route, have_inputs: str | None = None,
                 image_groups: dict[str, list[list[int]]] | None = None) -> None:
         """Send the request's Admits and inputs; replicas not on ``route`` are let go."""
+        let_go: list[Replica] = []
         with self._lock:
             for stage in list(live.chosen):
                 if stage not in route.stages:
@@ -213,11 +205,11 @@ class Orchestrator:
                     keep = live.chosen[stage][:len(image_groups[stage])]
                 else:
                     keep = live.chosen[stage]
-                for replica in live.chosen[stage][len(keep):]:
-                    replica.inflight.discard(rid)
+                let_go += live.chosen[stage][len(keep):]
                 live.chosen[stage] = keep
             live.route = route
             live.pending = {(r.stage, r.index) for r in live.replicas}
+        self.table.release(rid, let_go)
         for address, msg in admission_messages(rid, route, live.chosen, live.inputs, live.params, self._sink.address,
                                                have_inputs, image_groups):
             self._out.put((address, msg))
@@ -238,25 +230,6 @@ class Orchestrator:
             groups = split(uncovered, len(live.chosen[encode]))
             self._launch(msg.rid, live, live.route, have_inputs=ar, image_groups={encode: groups})
 
-    def unit(self, stage: str, group: str | None) -> str:
-        """What the elastic controller sizes: a stage, or one modality group of it."""
-        return f"{stage}/{group}" if group is not None and self.plan.stages[stage].config.resources.groups else stage
-
-    def _pick(self, stage: str, group: str | None = None) -> Replica:
-        return self._pick_many(stage, 1, group)[0]
-
-    def _pick_many(self, stage: str, at_most: int, group: str | None = None) -> list[Replica]:
-        """Up to ``at_most`` ready replicas of ``stage``, least loaded first (at least one): of the
-        request's modality group when the stage has groups and that group has a ready replica."""
-        ready = [r for r in self.replicas[stage] if r.state == "ready"]
-        ready = [r for r in ready if r.group == group] or ready
-        live = sorted(ready, key=lambda r: len(r.inflight))
-        if not live:
-            raise Overloaded(f"stage {stage!r} has no live replica", status=503)
-        if len(live[0].inflight) >= self.plan.stages[stage].config.batching.queue_depth:
-            raise Overloaded(f"stage {stage!r} is at capacity; retry later")
-        return live[:max(1, at_most)]
-
     def abort(self, rid: str) -> None:
         """Stop a request in every stage (e.g. its client went away). No further events."""
         live = self._release(rid, notify_stages=True)
@@ -272,13 +245,12 @@ class Orchestrator:
         """Forget a running request; with ``notify_stages`` tell its live replicas to drop it."""
         with self._lock:
             live = self.requests.pop(rid, None)
-            if live is None:
-                return None
-            for replica in live.replicas:
-                replica.inflight.discard(rid)
+        if live is None:
+            return None
+        self.table.release(rid, live.replicas)
         if notify_stages:
             for replica in live.replicas:
-                if replica.state == "ready":
+                if replica.state is ReplicaState.READY:
                     self._out.put((replica.address, Abort(rid)))
         return live
 
@@ -290,16 +262,7 @@ class Orchestrator:
                 self._on_message(msg)
 
     def _on_message(self, msg: Any) -> None:
-        if isinstance(msg, (Ready, StartFailed)):
-            with self._lock:
-                replica = self.replicas[msg.stage][msg.replica]
-                if isinstance(msg, Ready):
-                    replica.address, replica.state = msg.address, "ready"
-                    self.infos[msg.stage] = msg.info
-                else:
-                    replica.error, replica.state = msg.error, "dead"
-                self._lock.notify_all()
-        elif isinstance(msg, Chunks):
+        if isinstance(msg, Chunks):
             for chunk in msg.items:
                 live = self.requests.get(chunk.rid)
                 if live is not None:
@@ -310,10 +273,22 @@ class Orchestrator:
             self._fail(msg.rid, _error(msg.error, msg.status, msg.stage, msg.param))
         elif isinstance(msg, ProbeResult):
             self._on_probe(msg)
-        elif isinstance(msg, Stats):
-            self.stats[(msg.stage, msg.replica)] = msg.values
+        elif isinstance(msg, (Ready, StartFailed, Stats)):
+            self._on_replica_message(msg)
         else:
             raise TypeError(f"orchestrator got unexpected message {type(msg).__name__}")
+
+    def _on_replica_message(self, msg: Ready | StartFailed | Stats) -> None:
+        replica = self.table.get(msg.stage, msg.replica)
+        if replica is None:
+            return  # it left the table meanwhile
+        if isinstance(msg, Ready):
+            self.infos[msg.stage] = msg.info
+            self.table.set_state(replica, ReplicaState.READY, address=msg.address)
+        elif isinstance(msg, StartFailed):
+            self.table.set_state(replica, ReplicaState.DEAD, error=msg.error)
+        else:
+            replica.stats = msg.values
 
     def _on_done(self, msg: Done) -> None:
         with self._lock:
@@ -322,12 +297,11 @@ class Orchestrator:
                 return
             live.pending.discard((msg.stage, msg.replica))
             live.meta[msg.stage] = msg.meta
-            replica = self.replicas[msg.stage][msg.replica]
-            replica.inflight.discard(msg.rid)
-            self.completions[self.unit(msg.stage, live.group)] += 1  # the replica may have changed group since
+            self.completions[self.plan.unit(msg.stage, live.group)] += 1  # the replica may have changed group since
             finished = not live.pending
             if finished:
                 del self.requests[msg.rid]
+        self.table.release(msg.rid, [r for r in live.chosen.get(msg.stage, ()) if r.index == msg.replica])
         if finished:
             live.handle.push(DoneEvent(live.meta))
 
@@ -338,17 +312,15 @@ class Orchestrator:
 
     def _monitor(self) -> None:
         while not self._stopping.wait(MONITOR_PERIOD_S):
-            for replica in self._all():
-                if replica.state in ("ready", "draining") and not replica.runtime.is_alive() \
+            for replica in self.table.all():
+                if replica.state in (ReplicaState.READY, ReplicaState.DRAINING) and not replica.runtime.is_alive() \
                         and not self._stopping.is_set():
                     self._on_replica_death(replica)
 
     def _on_replica_death(self, replica: Replica) -> None:
-        with self._lock:
-            replica.state = "dead"
-            victims = list(replica.inflight)
+        self.table.set_state(replica, ReplicaState.DEAD, error="its process exited")
         self._mail.drop(replica.address)  # what is queued for it can never be delivered
-        for rid in victims:
+        for rid in self.table.held(replica):
             self._fail(rid, StageDeadError(f"stage {replica.stage!r} replica {replica.index} died "
                                            f"while serving the request", stage=replica.stage))
 

@@ -1,10 +1,11 @@
 """The ar engine in-process (no sockets): batched greedy equals HF generate one at a time."""
 import pytest
 
+from omnistage.checkpoints import resolve_model
 from omnistage.errors import RequestRejected
 from omnistage.graph.compile import compile_file
-from omnistage.stages.worker.stage import StageRequest
 from omnistage.stages.kinds.ar import build
+from omnistage.stages.worker.stage import StageRequest
 
 PROMPTS = ["Hello there", "Tell me a story about a cat who learned to sing and dance all night long",
            "Colors", "What is the weather like today? It is sunny and warm."]
@@ -13,7 +14,7 @@ PROMPTS = ["Hello there", "Tell me a story about a cat who learned to sing and d
 @pytest.fixture(scope="module")
 def engine(qwen2_dir):
     from tests.conftest import ROOT
-    plan = compile_file(ROOT / "examples" / "text_chat.yaml")
+    plan = compile_file(ROOT / "examples" / "text_chat.yaml", resolve_model)
     return build(plan.stages["llm"], "cpu")
 
 

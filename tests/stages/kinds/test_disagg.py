@@ -3,19 +3,20 @@ import pytest
 import torch
 from PIL import Image
 
+from omnistage.checkpoints import resolve_model
 from omnistage.connectors.messages import Data
 from omnistage.connectors.shm import ShmRing
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.graph.compile import compile_file
-from omnistage.stages.worker.stage import StageRequest
 from omnistage.stages.kinds.ar import ArStage, build_stage
 from omnistage.stages.kinds.disagg import DecodeStage, PrefillStage, _span_from_wire, _span_to_wire
+from omnistage.stages.worker.stage import StageRequest
 from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
 def stages():
-    plan = compile_file(ROOT / "examples" / "text_chat_pd.yaml")
+    plan = compile_file(ROOT / "examples" / "text_chat_pd.yaml", resolve_model)
     prefill = build_stage(PrefillStage, plan.stages["prefill"], "cpu")
     decode = build_stage(DecodeStage, plan.stages["decode"], "cpu")
     colocated = build_stage(ArStage, plan.stages["decode"], "cpu")
@@ -70,12 +71,11 @@ def test_disaggregated_tokens_equal_colocated(stages, tmp_path):
 
 
 def test_disaggregated_qwen2_vl_with_an_image(tmp_path):
-    from omnistage.graph.compile import compile_graph
-    from omnistage.graph.load import parse_graph
+    from omnistage.graph.compile import compile_text
     text = (ROOT / "examples" / "text_chat_pd.yaml").read_text().replace("tiny:qwen2", "tiny:qwen2-vl")
     text = text.replace("inputs: {messages: request.messages, prompt: request.prompt}",
                         "inputs: {messages: request.messages, images: request.images}")
-    plan = compile_graph(parse_graph(text), base_dir=ROOT / "examples")
+    plan = compile_text(text, resolve_model, base_dir=ROOT / "examples")
     prefill = build_stage(PrefillStage, plan.stages["prefill"], "cpu")
     decode = build_stage(DecodeStage, plan.stages["decode"], "cpu")
     colocated = build_stage(ArStage, plan.stages["decode"], "cpu")

@@ -6,13 +6,14 @@ import pytest
 import torch
 import yaml
 
+from omnistage.checkpoints import resolve_model
 from omnistage.errors import RequestRejected
 from omnistage.graph.compile import compile_file
 from omnistage.pipeline import Pipeline
-from omnistage.stages.worker.stage import StageRequest
-from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent
 from omnistage.stages.kinds.ar import build as build_ar
 from omnistage.stages.kinds.omni import build_talker
+from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent
+from omnistage.stages.worker.stage import StageRequest
 from tests.conftest import ROOT, mp4_with_sound
 
 QUESTION = [{"role": "user", "content": "Tell me a story about a cat"}]
@@ -35,7 +36,7 @@ GREEDY_TALKER = {"temperature": 0, "max_tokens": 40, "reference_unpadded": True}
 
 def test_talker_codes_equal_the_reference_while_fed_token_by_token(tmp_path, omni_reference):
     run, _ = omni_reference
-    plan = compile_file(omni_yaml(tmp_path, talker=GREEDY_TALKER))
+    plan = compile_file(omni_yaml(tmp_path, talker=GREEDY_TALKER), resolve_model)
     thinker, talker = build_ar(plan.stages["thinker"], "cpu"), build_talker(plan.stages["talker"], "cpu")
     thinker.add(StageRequest("r", {"messages": QUESTION}, {"max_tokens": 12, "temperature": 0}))
     text, codes, talker_ran_early = [], [], False

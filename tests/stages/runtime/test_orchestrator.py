@@ -77,7 +77,7 @@ def test_in_process_twin_gives_the_same_text(hf_greedy):
 def test_killed_worker_fails_its_requests_and_shutdown_cleans_up():
     pipe = Pipeline.from_yaml(ROOT / "examples" / "text_chat.yaml")
     orch = pipe.orchestrator
-    llm = orch.replicas["llm"][0]
+    llm = orch.table.of("llm")[0]
     handles = [pipe.submit(prompt=p, temperature=0, max_tokens=100_000, ignore_eos=True) for p in PROMPTS[:3]]
     events = handles[0].events(timeout=60)
     next(events)  # the first text chunk: the request is mid-generation
@@ -90,7 +90,8 @@ def test_killed_worker_fails_its_requests_and_shutdown_cleans_up():
     with pytest.raises(RequestRejected, match="no live replica") as info:
         pipe.submit(prompt="x")
     assert info.value.status == 503
-    pids = [r.runtime.pid for r in orch._all()]
+    assert orch.table.readiness()["llm"] == "no ready replica (llm[0] died: its process exited)"
+    pids = [r.runtime.pid for r in orch.table.all()]
     pipe.close()
     assert not any(_alive(pid) for pid in pids)
     assert not list(Path("/dev/shm").glob(f"omnistage-{orch.session}-*"))
@@ -125,7 +126,7 @@ import sys
 from omnistage import Pipeline
 if __name__ == "__main__":
     pipe = Pipeline.from_yaml(sys.argv[1])
-    print(" ".join(str(r.runtime.pid) for r in pipe.orchestrator._all()), flush=True)
+    print(" ".join(str(r.runtime.pid) for r in pipe.orchestrator.table.all()), flush=True)
     sys.stdin.read()
 """
 
@@ -166,12 +167,12 @@ def test_prefill_and_decode_as_separate_workers_equal_hf_generate(hf_greedy):
 
 
 def test_undecodable_image_is_a_400_and_the_stage_lives_on():
-    from omnistage.graph.compile import compile_graph
-    from omnistage.graph.load import parse_graph
+    from omnistage.checkpoints import resolve_model
+    from omnistage.graph.compile import compile_text
     text = (ROOT / "examples" / "text_chat.yaml").read_text().replace("tiny:qwen2", "tiny:qwen2-vl")
     text = text.replace("inputs: {messages: request.messages, prompt: request.prompt}",
                         "inputs: {messages: request.messages, images: request.images}")
-    with Pipeline(compile_graph(parse_graph(text), base_dir=ROOT / "examples")) as pipe:
+    with Pipeline(compile_text(text, resolve_model, base_dir=ROOT / "examples")) as pipe:
         image_msg = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what?"}]}]
         with pytest.raises(RequestRejected, match="cannot decode image") as info:
             pipe.generate(messages=image_msg, images=[b"not an image"], temperature=0, max_tokens=4)

@@ -3,9 +3,9 @@ import queue
 
 import pytest
 
+from omnistage.checkpoints import resolve_model
 from omnistage.connectors.messages import Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed
-from omnistage.graph.compile import compile_graph
-from omnistage.graph.load import parse_graph
+from omnistage.graph.compile import compile_text
 from omnistage.stages.kinds.python import PythonEngine
 from omnistage.stages.worker.loop import StageWorker, WorkerSpec
 
@@ -32,7 +32,7 @@ def wrong_ports(a, b):
 
 @pytest.fixture
 def worker():
-    plan = compile_graph(parse_graph(GRAPH))
+    plan = compile_text(GRAPH, resolve_model)
     spec = WorkerSpec(plan, "join", 0, "cpu", 1, "s", "/tmp", "sink")
     return StageWorker(spec, PythonEngine(join, ("out",), 4), inbox=None, mail=None)
 

@@ -6,10 +6,11 @@ import pytest
 from PIL import Image
 
 from omnistage.api.metrics import Metrics
-from omnistage.graph.compile import compile_graph
+from omnistage.checkpoints import resolve_model
+from omnistage.graph.compile import compile_text
 from omnistage.graph.describe import describe
-from omnistage.graph.load import parse_graph
 from omnistage.pipeline import Pipeline
+from omnistage.stages.runtime.replicas import ReplicaState
 
 GRAPH = """
 name: vl-groups
@@ -47,12 +48,12 @@ def ask(pipe, image: bool):
 
 @pytest.fixture(scope="module")
 def pipe():
-    with Pipeline(compile_graph(parse_graph(GRAPH))) as p:
+    with Pipeline(compile_text(GRAPH, resolve_model)) as p:
         yield p
 
 
 def test_validate_shows_the_groups():
-    text = describe(compile_graph(parse_graph(GRAPH)))
+    text = describe(compile_text(GRAPH, resolve_model))
     assert "chat[0] on cpu (1 thread(s), text group)" in text and "chat[1] on cpu (1 thread(s), multimodal group)" in text
     assert "chat/multimodal: 1..2 replicas" in text
 
@@ -68,16 +69,16 @@ def test_requests_go_to_their_group(pipe):
 
 def test_a_move_between_groups_regroups_the_replica_at_once_under_load(pipe):
     orch = pipe.orchestrator
-    scaler = orch.controller.scaler
+    scaler = pipe.controller.scaler
     [text_replica] = scaler.replicas_of("chat/text")
-    before, processes = dict(orch.completions), len(orch.replicas["chat"])
+    before, processes = dict(orch.completions), len(orch.table.of("chat"))
     held = [pipe.submit(messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=16, temperature=0)
             for i in range(4)]
     holding = len(text_replica.inflight)
     assert scaler.move("chat/text", "chat/multimodal", reason="test")
     assert holding > 0
     # No drain, no new process: the same replica now belongs to the multimodal group.
-    assert len(orch.replicas["chat"]) == processes and text_replica.state == "ready"
+    assert len(orch.table.of("chat")) == processes and text_replica.state is ReplicaState.READY
     assert text_replica.group == "multimodal" and len(scaler.replicas_of("chat/multimodal")) == 2
     assert scaler.log[-1].kind == "regroup" and "chat/text -> chat/multimodal" in scaler.log[-1].reason
     # What it held finishes there, once each, and counts in the requests' own group.
@@ -85,6 +86,6 @@ def test_a_move_between_groups_regroups_the_replica_at_once_under_load(pipe):
     assert ask(pipe, image=True).text is not None and ask(pipe, image=False).text is not None  # text falls back
     assert orch.completions["chat/text"] - before["chat/text"] == 5
     assert orch.completions["chat/multimodal"] - before["chat/multimodal"] == 1
-    text = Metrics().render(orch.replicas, dict(orch.stats), scaler.log, {"chat": ["text", "multimodal"]}).decode()
+    text = Metrics().render(orch.table.all(), scaler.log, {"chat": ["text", "multimodal"]}).decode()
     assert 'omnistage_group_replicas{group="multimodal",stage="chat"} 2.0' in text
     assert 'omnistage_group_replicas{group="text",stage="chat"} 0.0' in text and 'kind="regroup"' in text

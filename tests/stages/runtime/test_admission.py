@@ -96,9 +96,9 @@ def test_bad_media_fails_alone_and_the_workers_keep_serving(epd, reference):
 def test_two_stage_graph_and_split_encoding_across_replicas(reference):
     text_yaml = (ROOT / "examples" / "vl_chat.yaml").read_text().replace(
         "    batching: {max_batch: 16}\n", "    batching: {max_batch: 16}\n    resources: {replicas: 2}\n", 1)
-    from omnistage.graph.compile import compile_graph
-    from omnistage.graph.load import parse_graph
-    with Pipeline(compile_graph(parse_graph(text_yaml), base_dir=ROOT / "examples")) as pipe:
+    from omnistage.checkpoints import resolve_model
+    from omnistage.graph.compile import compile_text
+    with Pipeline(compile_text(text_yaml, resolve_model, base_dir=ROOT / "examples")) as pipe:
         content = [IMAGE, text("one"), IMAGE, text("two"), IMAGE, text("three")]
         images = [picture(30, 56, 56), picture(31, 84, 56), picture(32, 56, 112)]
         result = ask(pipe, content, images).result(60)
