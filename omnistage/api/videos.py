@@ -57,7 +57,7 @@ class VideoJob:
             if isinstance(event, ChunkEvent) and event.modality == "progress":
                 step = event.value[-1]
                 self.status = "in_progress"
-                self.progress = min(99, int(100 * step["step"] / max(1, step["steps"])))
+                self.progress = min(99, int(100 * step.step / max(1, step.steps)))
             elif isinstance(event, ChunkEvent) and event.modality == "video":
                 self.content = event.value["data"]
             elif isinstance(event, DoneEvent):

@@ -1,13 +1,113 @@
-"""Every message that crosses a process boundary. Encoding lives in ``wire.py``.
+"""Every message that crosses a process boundary, and every typed payload a port carries from
+one stage to another. Encoding lives in ``wire.py``.
 
-Values on ports (``Data.value``, ``Chunk.value``) may be any msgpack-able structure holding
-``torch.Tensor`` and ``bytes`` leaves; those travel out of band (zmq frames or shared memory).
+Values on ports (``Data.value``, ``Part.value``, ``Chunk.value``) are plain data (str, numbers,
+lists, dicts, bytes, tensors: user ports, text, images) or one of the payload structs below (or
+a list of one of them). ``payload`` names the struct type (0: plain data); the wire sets it when
+it encodes and converts the value back to that type when it decodes, so a receiver gets the same
+typed value its sender made. Tensors anywhere travel out of band (zmq frames or shared memory).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
+import torch
+
+
+# --- payloads: what typed ports carry ------------------------------------------------------
+class MediaEmbedding(msgspec.Struct, array_like=True):
+    """One media item's embeddings from an ``encode`` stage (port type ``media_embeds``: a list of
+    these, in the request's item order); an AR stage matches them to its placeholders by hash."""
+
+    hash: str  # content hash of the item (see encoders.media)
+    embeds: torch.Tensor  # [tokens, hidden]
+    grid: list[int] = []  # (t, h, w) patch grid of images and video; empty for audio
+
+
+class WireSpan(msgspec.Struct, array_like=True):
+    """A media span of a prefilled prompt (ar_engine.sequence.MediaSpan) as it crosses to decode.
+
+    ``embeds`` may be absent (the prefix cache covered the item); then ``pixels`` travel, so that
+    the decode stage can encode the item itself should it ever recompute those positions. A span
+    that is one part of a split item (a video interleaved with its sound) covers rows
+    [offset, offset + length) of the whole item's ``tokens``."""
+
+    start: int
+    length: int
+    hash: str
+    embeds: torch.Tensor | None
+    grid: list[int] | None
+    pixels: torch.Tensor | None
+    offset: int
+    tokens: int
+
+
+class KvHandoff(msgspec.Struct, array_like=True):
+    """A ``prefill`` stage's result for its ``decode`` stage (port type ``kv``)."""
+
+    prompt: list[int]
+    first: int  # the first generated token
+    kv: torch.Tensor | None  # [layers, 2, prompt_len, kv_heads, head_dim]; None when the request ended at ``first``
+    finish_reason: str | None
+    text: str  # ``first`` detokenized
+    rng: torch.Tensor | None  # the request's sampling generator state, so seeded sampling continues exactly
+    media: list[WireSpan]
+    mrope_positions: torch.Tensor | None  # [3, prompt_len] for M-RoPE models
+    mrope_delta: int
+
+
+class ThinkerStates(msgspec.Struct, array_like=True):
+    """What a talker conditions on, streamed per generated token (port type ``thinker_states``):
+    the thinker's last-layer hidden states and input embeddings of the positions it computed;
+    the first delta also carries the prompt."""
+
+    tokens: list[int]
+    hidden: torch.Tensor | None  # [positions, hidden]
+    embeds: torch.Tensor | None  # [positions, hidden]
+    prompt: list[int] | None = None
+    mrope: torch.Tensor | None = None  # [3, prompt_len]
+    mrope_delta: int = 0
+
+
+class PromptEmbeds(msgspec.Struct, array_like=True):
+    """A ``text_encode`` stage's result for its ``diffusion`` stage (port type ``prompt_embeds``):
+    the prompt's embeddings by name (``embeds``, ``pooled``, ...), and the negative prompt's when
+    the request uses classifier-free guidance."""
+
+    cond: dict[str, torch.Tensor]
+    uncond: dict[str, torch.Tensor] | None
+
+
+class Progress(msgspec.Struct, array_like=True):
+    """Denoising progress of one request (the diffusion kind's streamed ``progress`` port)."""
+
+    step: int
+    steps: int
+
+
+# The position in this tuple (plus one) is a value's payload code: append only, never reorder.
+PAYLOAD_TYPES: tuple[type, ...] = (MediaEmbedding, KvHandoff, ThinkerStates, PromptEmbeds, Progress)
+_PAYLOAD_CODE = {t: i + 1 for i, t in enumerate(PAYLOAD_TYPES)}
+_LIST = 1 << 7  # a list of the payload type
+
+
+def payload_code(value: Any) -> int:
+    """0 for plain data; else the code of the payload struct ``value`` is, or a list of."""
+    code = _PAYLOAD_CODE.get(type(value))
+    if code is not None:
+        return code
+    if isinstance(value, list) and value and (code := _PAYLOAD_CODE.get(type(value[0]))) is not None:
+        if any(type(v) is not type(value[0]) for v in value):
+            raise TypeError(f"a list mixing {type(value[0]).__name__} with other types cannot be sent")
+        return code | _LIST
+    return 0
+
+
+def payload_type(code: int) -> Any:
+    """The type a payload code stands for."""
+    item = PAYLOAD_TYPES[(code & ~_LIST) - 1]
+    return list[item] if code & _LIST else item
 
 
 class Dest(msgspec.Struct, frozen=True, array_like=True):
@@ -55,6 +155,7 @@ class Data(msgspec.Struct, array_like=True):
     rid: str
     port: str
     value: Any
+    payload: int = 0  # set by the wire (see payload_code)
 
 
 class Part(msgspec.Struct, array_like=True):
@@ -65,6 +166,7 @@ class Part(msgspec.Struct, array_like=True):
     port: str
     value: Any
     last: bool = False
+    payload: int = 0  # set by the wire (see payload_code)
 
 
 class Chunk(msgspec.Struct, array_like=True):
@@ -73,6 +175,7 @@ class Chunk(msgspec.Struct, array_like=True):
     rid: str
     modality: str
     value: Any
+    payload: int = 0  # set by the wire (see payload_code)
 
 
 class Chunks(msgspec.Struct, array_like=True):

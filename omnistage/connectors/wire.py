@@ -1,5 +1,8 @@
 """The one wire format: ``[type byte, msgpack body, *out-of-band buffers]``. No pickle.
 
+Port values that are payload structs (``messages.PAYLOAD_TYPES``) are tagged with their type's
+code on the way out and converted back to that type (fields checked) on the way in.
+
 Tensors inside a message become msgpack extension values that point at a buffer: either a following zmq frame (sent with ``copy=False``) or a slot of the sender's
 shared-memory ring (same host only). Receivers rebuild tensors over the received frame
 without copying; shared-memory slots are copied out and released at once. ``bytes`` values
@@ -15,7 +18,7 @@ import msgspec
 import numpy as np
 import torch
 
-from omnistage.connectors.messages import MESSAGE_TYPES, Message
+from omnistage.connectors.messages import MESSAGE_TYPES, Chunk, Chunks, Data, Message, Part, payload_code, payload_type
 from omnistage.connectors.shm import ShmReaders, ShmRing
 
 _TYPE_ID = {t: i for i, t in enumerate(MESSAGE_TYPES)}
@@ -62,6 +65,8 @@ class Encoder:
         self._header = msgspec.msgpack.Encoder()
 
     def encode(self, msg: Message) -> list[Any]:
+        for item in _values(msg):
+            item.payload = payload_code(item.value)
         self._frames = []
         body = self._body.encode(msg)
         frames, self._frames = self._frames, []
@@ -108,9 +113,13 @@ class Decoder:
             raise ValueError(f"unknown message type {type_id}")
         self._frames = frames
         try:
-            return self._bodies[type_id].decode(frames[1])
+            msg = self._bodies[type_id].decode(frames[1])
         finally:
             self._frames = ()
+        for item in _values(msg):
+            if item.payload:
+                item.value = msgspec.convert(item.value, payload_type(item.payload), dec_hook=_tensor_field)
+        return msg
 
     def _ext(self, code: int, data: memoryview) -> Any:
         head = self._header.decode(data)
@@ -128,6 +137,20 @@ class Decoder:
 
     def close(self) -> None:
         self._readers.close()
+
+
+def _values(msg: Message) -> list[Data | Part | Chunk]:
+    """The messages in ``msg`` that carry a port value."""
+    if isinstance(msg, (Data, Part, Chunk)):
+        return [msg]
+    return msg.items if isinstance(msg, Chunks) else []
+
+
+def _tensor_field(tp: Any, obj: Any) -> Any:
+    """A payload's tensor field holds the tensor the wire rebuilt; anything else there is refused."""
+    if tp is torch.Tensor and isinstance(obj, torch.Tensor):
+        return obj
+    raise TypeError(f"expected {getattr(tp, '__name__', tp)}, got {type(obj).__name__}")
 
 
 def _buffer(frame: Any) -> Any:

@@ -43,7 +43,7 @@ def prepare_video(processor: Any, frames: list[Image.Image], fps: float = VIDEO_
     frames = [f if f.size == size else f.resize(size, Image.BICUBIC) for f in frames]
     tps = processor.temporal_patch_size
     frames = frames + [frames[-1]] * (-len(frames) % tps)
-    _, gh, gw = image_grid(processor, *size)
+    _, gh, gw = image_grid(processor, *size, param="video")
     grid = (len(frames) // tps, gh, gw)
     h = hashlib.blake2b(digest_size=16)
     h.update(_settings(processor))

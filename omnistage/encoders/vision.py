@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+from omnistage.encoders.media import MediaError
+
 
 @dataclass
 class ImageItem:
@@ -46,10 +48,15 @@ def _settings(processor: Any) -> bytes:
     return cached
 
 
-def image_grid(processor: Any, width: int, height: int) -> tuple[int, int, int]:
+def image_grid(processor: Any, width: int, height: int, param: str = "images") -> tuple[int, int, int]:
+    """The patch grid of an image of this size after the model's resize. Raises MediaError for a
+    size the model cannot take (an extreme aspect ratio)."""
     patch, merge = processor.patch_size, processor.merge_size
-    h, w = smart_resize(height, width, factor=patch * merge, min_pixels=processor.size["shortest_edge"],
-                        max_pixels=processor.size["longest_edge"])
+    try:
+        h, w = smart_resize(height, width, factor=patch * merge, min_pixels=processor.size["shortest_edge"],
+                            max_pixels=processor.size["longest_edge"])
+    except ValueError as exc:
+        raise MediaError(f"an image of {width}x{height} cannot be taken by this model: {exc}", param=param) from None
     return (1, h // patch, w // patch)
 
 

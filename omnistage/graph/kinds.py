@@ -27,7 +27,7 @@ class PortSpec:
 @dataclass(frozen=True)
 class KindSpec:
     name: str
-    engine: str  # "module:factory"; called as factory(stage_plan, runtime)
+    factory: str  # "module:function", called in a worker as function(stage_plan, device) -> Stage
     options: type
     inputs: tuple[PortSpec, ...] = ()
     outputs: tuple[PortSpec, ...] = ()
@@ -40,6 +40,9 @@ class KindSpec:
     # "module:function" run at submit as function(options, info, params) -> resolved params, where
     # ``info`` is what the stage reported when it started (see connectors.messages.Ready).
     check_params: str = ""
+    # Its stages keep a prefix cache that can be asked which images it holds before they are
+    # encoded (they are ``ProbingStage``s; see stages.runtime.admission).
+    probes: bool = False
 
     def ports(self, options: Any, wired_inputs: Mapping[str, str]) -> tuple[tuple[PortSpec, ...], tuple[PortSpec, ...]]:
         if self.dynamic_ports is not None:
@@ -277,27 +280,29 @@ def registry() -> Mapping[str, KindSpec]:
 
 register_kind(KindSpec(
     name="ar",
-    engine="omnistage.stages.kinds.ar:build",
+    factory="omnistage.stages.kinds.ar:build",
     options=ArOptions,
     inputs=_AR_INPUTS,
     outputs=_AR_OUTPUTS + (_AR_STATES,),
     needs_model=True,
     any_of=(("prompt", "messages"),),
+    probes=True,
     description="autoregressive generation with a causal LM",
 ))
 register_kind(KindSpec(
     name="prefill",
-    engine="omnistage.stages.kinds.disagg:build_prefill",
+    factory="omnistage.stages.kinds.disagg:build_prefill",
     options=ArOptions,
     inputs=_AR_INPUTS,
     outputs=(PortSpec("kv", "kv"),),
     needs_model=True,
     any_of=(("prompt", "messages"),),
+    probes=True,
     description="computes a prompt's KV cache and first token, for a decode stage",
 ))
 register_kind(KindSpec(
     name="decode",
-    engine="omnistage.stages.kinds.disagg:build_decode",
+    factory="omnistage.stages.kinds.disagg:build_decode",
     options=ArOptions,
     inputs=(PortSpec("kv", "kv", required=True),),
     outputs=_AR_OUTPUTS,
@@ -306,7 +311,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="encode",
-    engine="omnistage.stages.kinds.encode:build",
+    factory="omnistage.stages.kinds.encode:build",
     options=EncodeOptions,
     inputs=(PortSpec("images", "image"), PortSpec("video", "video"), PortSpec("audio", "audio")),
     outputs=(PortSpec("embeddings", "media_embeds"),),
@@ -316,7 +321,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="text_encode",
-    engine="omnistage.stages.kinds.diffusion:build_text_encode",
+    factory="omnistage.stages.kinds.diffusion:build_text_encode",
     options=DiffusionOptions,
     inputs=(PortSpec("prompt", "text", required=True),),
     outputs=(PortSpec("embeds", "prompt_embeds"),),
@@ -325,7 +330,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="diffusion",
-    engine="omnistage.stages.kinds.diffusion:build_diffusion",
+    factory="omnistage.stages.kinds.diffusion:build_diffusion",
     options=DiffusionOptions,
     inputs=(PortSpec("prompt", "text"), PortSpec("embeds", "prompt_embeds")),
     outputs=(PortSpec("latents", "latents"), PortSpec("image", "image"), PortSpec("video", "video"),
@@ -337,7 +342,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="vae_decode",
-    engine="omnistage.stages.kinds.diffusion:build_vae_decode",
+    factory="omnistage.stages.kinds.diffusion:build_vae_decode",
     options=DiffusionOptions,
     inputs=(PortSpec("latents", "latents", required=True),),
     outputs=(PortSpec("image", "image"), PortSpec("video", "video")),
@@ -346,7 +351,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="tts",
-    engine="omnistage.stages.kinds.speech:build_tts",
+    factory="omnistage.stages.kinds.speech:build_tts",
     options=TtsOptions,
     inputs=(PortSpec("text", "text", required=True),),
     outputs=(PortSpec("audio", "audio", streaming=True),),
@@ -356,7 +361,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="transcribe",
-    engine="omnistage.stages.kinds.speech:build_transcribe",
+    factory="omnistage.stages.kinds.speech:build_transcribe",
     options=TranscribeOptions,
     inputs=(PortSpec("audio", "audio", required=True),),
     outputs=(PortSpec("text", "text"),),
@@ -365,7 +370,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="talker",
-    engine="omnistage.stages.kinds.omni:build_talker",
+    factory="omnistage.stages.kinds.omni:build_talker",
     options=TalkerOptions,
     inputs=(PortSpec("states", "thinker_states", required=True, streaming=True),),
     outputs=(PortSpec("codes", "codec", streaming=True),),
@@ -375,7 +380,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="vocoder",
-    engine="omnistage.stages.kinds.omni:build_vocoder",
+    factory="omnistage.stages.kinds.omni:build_vocoder",
     options=VocoderOptions,
     inputs=(PortSpec("codes", "codec", required=True, streaming=True),),
     outputs=(PortSpec("audio", "audio", streaming=True),),
@@ -385,7 +390,7 @@ register_kind(KindSpec(
 ))
 register_kind(KindSpec(
     name="python",
-    engine="omnistage.stages.kinds.python:build",
+    factory="omnistage.stages.kinds.python:build",
     options=PythonOptions,
     dynamic_ports=_python_ports,
     description="calls a user function once per request",

@@ -19,11 +19,23 @@ stage's ``reference_unpadded`` option).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 UNBOUNDED = 1 << 30
+
+
+class StatesDelta(Protocol):
+    """One delta of a thinker's streamed states (``connectors.messages.ThinkerStates`` on the wire):
+    rows [positions, hidden] of last-layer hidden states and input embeddings; the first delta
+    also carries the prompt (ids, M-RoPE positions and offset)."""
+
+    hidden: torch.Tensor | None
+    embeds: torch.Tensor | None
+    prompt: list[int] | None
+    mrope: torch.Tensor | None
+    mrope_delta: int
 
 
 class ThinkerReply:
@@ -39,14 +51,14 @@ class ThinkerReply:
         self.ended = False
 
     # --- fed by the thinker ----------------------------------------------------------------
-    def push(self, state: dict[str, Any]) -> None:
-        embeds, hidden = state.get("embeds"), state.get("hidden")
+    def push(self, state: StatesDelta) -> None:
+        embeds, hidden = state.embeds, state.hidden
         if embeds is None or hidden is None:
             raise ValueError("thinker states without hidden states and input embeddings: the thinker stage "
                              "must set options.hidden_states: all")
-        if "prompt" in state:
-            self.prompt = list(state["prompt"])
-            self.mrope, self.mrope_delta = state.get("mrope"), int(state.get("mrope_delta", 0))
+        if state.prompt is not None:
+            self.prompt = list(state.prompt)
+            self.mrope, self.mrope_delta = state.mrope, state.mrope_delta
             if len(self.states) + embeds.shape[0] < len(self.prompt):
                 raise ValueError(f"the thinker sent {embeds.shape[0]} prompt states for {len(self.prompt)} prompt "
                                  "tokens: it must compute every prompt position (hidden_states: all)")

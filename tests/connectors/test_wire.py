@@ -2,8 +2,9 @@ import msgspec
 import pytest
 import torch
 
-from omnistage.connectors.messages import (MESSAGE_TYPES, Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed, Part,
-                                           Probe, ProbeResult, Ready, Shutdown, StartFailed, Stats)
+from omnistage.connectors.messages import (MESSAGE_TYPES, PAYLOAD_TYPES, Abort, Admit, Chunk, Chunks, Data, Dest, Done,
+                                           Failed, KvHandoff, MediaEmbedding, Part, Probe, ProbeResult, Progress,
+                                           PromptEmbeds, Ready, Shutdown, StartFailed, Stats, ThinkerStates, WireSpan)
 from omnistage.connectors.shm import ShmRing
 from omnistage.connectors.wire import Decoder, Encoder
 
@@ -39,6 +40,47 @@ def test_round_trip(msg):
     back = Decoder().decode(frames)
     assert type(back) is type(msg)
     assert _plain(back) == _plain(msg)
+
+
+PAYLOADS = [
+    MediaEmbedding("abc", torch.randn(4, 8), [1, 2, 2]),
+    [MediaEmbedding("a", torch.ones(1, 2)), MediaEmbedding("b", torch.zeros(2, 2), [1, 2, 4])],
+    KvHandoff([1, 2, 3], 7, torch.randn(2, 2, 3, 1, 4), None, "x", torch.zeros(5, dtype=torch.uint8),
+              [WireSpan(0, 2, "h", None, [1, 2, 2], torch.ones(4, 3), 0, 2)], torch.arange(9).reshape(3, 3), -2),
+    KvHandoff([1], 2, None, "stop", "", None, [], None, 0),
+    ThinkerStates([5], torch.ones(2, 4), torch.zeros(2, 4), [1, 2], torch.zeros(3, 2, dtype=torch.long), 1),
+    ThinkerStates([6], torch.ones(1, 4), torch.zeros(1, 4)),
+    PromptEmbeds({"embeds": torch.ones(1, 3, 4), "pooled": torch.ones(1, 4)}, None),
+    [Progress(1, 20), Progress(2, 20)],
+]
+
+
+def test_every_payload_type_has_a_sample():
+    kinds = {type(v[0] if isinstance(v, list) else v) for v in PAYLOADS}
+    assert kinds == set(PAYLOAD_TYPES)
+
+
+@pytest.mark.parametrize("value", PAYLOADS, ids=lambda v: type(v[0] if isinstance(v, list) else v).__name__)
+def test_payloads_come_back_as_their_own_types(value):
+    for msg in (Data("r1", "port", value), Part("r1", "port", value),
+                Chunks([Chunk("r1", "image", value), Chunk("r2", "text", "plain text stays plain")])):
+        back = Decoder().decode(Encoder().encode(msg))
+        got = back.items[0].value if isinstance(back, Chunks) else back.value
+        want = value
+        assert type(got) is type(want)
+        if isinstance(want, list):
+            assert [type(g) for g in got] == [type(w) for w in want]
+        assert _plain(got) == _plain(want)
+        if isinstance(back, Chunks):
+            assert back.items[1].value == "plain text stays plain" and back.items[1].payload == 0
+
+
+def test_a_payload_whose_fields_do_not_fit_its_type_is_refused():
+    body = msgspec.msgpack.encode(Data("r1", "kv", ["hash", "not a tensor", []], payload=1))
+    with pytest.raises(msgspec.ValidationError, match="expected Tensor"):
+        Decoder().decode([bytes((MESSAGE_TYPES.index(Data),)), body])
+    with pytest.raises(TypeError, match="mixing"):
+        Encoder().encode(Data("r1", "x", [Progress(1, 2), {"step": 2}]))
 
 
 def _plain(value):

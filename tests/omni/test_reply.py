@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from omnistage.connectors.messages import ThinkerStates
 from omnistage.omni.reply import UNBOUNDED, ThinkerReply
 
 H = 4
@@ -14,11 +15,8 @@ def reply(codec_start=True):
 
 
 def state(rows, first=None, prompt=None):
-    out = {"tokens": [0], "hidden": torch.full((rows, H), 1.0) * torch.arange(first, first + rows)[:, None],
-           "embeds": torch.full((rows, H), 0.5)}
-    if prompt is not None:
-        out["prompt"] = prompt
-    return out
+    return ThinkerStates([0], torch.full((rows, H), 1.0) * torch.arange(first, first + rows)[:, None],
+                         torch.full((rows, H), 0.5), prompt)
 
 
 def test_rows_follow_the_reference_layout_while_the_thinker_streams():
@@ -54,4 +52,4 @@ def test_a_thinker_that_skipped_prompt_positions_is_refused():
     with pytest.raises(ValueError, match="hidden_states: all"):
         r.push(state(1, 0, prompt=[5, 6, 7]))
     with pytest.raises(ValueError, match="hidden_states: all"):
-        r.push({"tokens": [1], "hidden": None, "embeds": None})
+        r.push(ThinkerStates([1], None, None))

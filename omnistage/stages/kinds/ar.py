@@ -9,6 +9,7 @@ computed by the model's own towers in this stage.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from omnistage.ar_engine.multimodal import is_vision_language, media_spans, take
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.checkpoints.inspect import language_model_class, read_config
 from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
+from omnistage.connectors.messages import MediaEmbedding, ThinkerStates
 from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video, load_video_audio
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import ImageItem, VisionTower, prepare_images
@@ -28,7 +30,7 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import ArOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, hears, prepare_omni_audio
-from omnistage.stages.worker.stage import StageOutput, StageRequest
+from omnistage.stages.worker.stage import ProbingStage, StageOutput, StageRequest
 
 
 def load_model(path: str, dtype: torch.dtype, device: str) -> Any:
@@ -54,7 +56,7 @@ def engine_config(options: ArOptions, max_seqs: int, input_embeds: bool = False)
                         input_embeds=input_embeds)
 
 
-class ArStage:
+class ArStage(ProbingStage):
     def __init__(self, model: Any, tokenizer: Any, options: ArOptions, max_seqs: int,
                  image_processor: Any = None, device: str = "cpu", limits: MediaLimits | None = None,
                  states: bool = False, audio_extractor: Any = None) -> None:
@@ -82,21 +84,21 @@ class ArStage:
         self.prompts: dict[str, EngineRequest] = {}  # of those, until their first states went out
 
     # --- requests --------------------------------------------------------------------------
-    def prepare(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> EngineRequest:
+    def prepare(self, rid: str, inputs: dict[str, Any], params: Mapping[str, Any]) -> EngineRequest:
         """Decode, preprocess and tokenize a request. Touches no engine state, so a worker may
         run it off its main loop."""
         return self.engine_request(rid, inputs, SamplingParams.from_request(params, self.options.max_tokens),
                                    bool(params.get("use_audio_in_video")))
 
-    def probe_prepared(self, req: EngineRequest) -> dict[str, Any]:
+    def probe_prepared(self, req: EngineRequest) -> list[int]:
         """Keep a prepared request for its Admit; say which of its images (counted among images
         only: audio clips may sit between them) the prefix cache covers."""
         self.prepared[req.rid] = req
         cached = set(self.engine.cached_media(req))
         images = [i for i, span in enumerate(req.media) if isinstance(span.source, ImageItem)]
-        return {"covered": [k for k, i in enumerate(images) if i in cached], "items": len(images)}
+        return [k for k, i in enumerate(images) if i in cached]
 
-    def probe(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    def probe(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> list[int]:
         return self.probe_prepared(self.prepare(rid, inputs, params))
 
     def add(self, request: StageRequest) -> None:
@@ -175,8 +177,8 @@ class ArStage:
         return None if samples is None else prepare_omni_audio(self.audio_extractor, [samples])[0]
 
     @staticmethod
-    def _attach_embeddings(req: EngineRequest, embeddings: list[dict[str, Any]]) -> None:
-        by_hash = {e["hash"]: e["embeds"] for e in embeddings}
+    def _attach_embeddings(req: EngineRequest, embeddings: list[MediaEmbedding]) -> None:
+        by_hash = {e.hash: e.embeds for e in embeddings}
         for span in req.media:
             if span.embeds is None and span.content_hash in by_hash:
                 span.embeds = by_hash[span.content_hash][span.offset:span.offset + span.length]
@@ -206,13 +208,13 @@ class ArStage:
                     self.talking.discard(out.rid)
         return outputs
 
-    def _states(self, out: TokenOutput) -> dict[str, Any]:
+    def _states(self, out: TokenOutput) -> ThinkerStates:
         """This token's states for a talker; the first also carries the prompt (ids, positions)."""
-        states: dict[str, Any] = {"tokens": out.tokens, "hidden": out.hidden, "embeds": out.embeds}
         req = self.prompts.pop(out.rid, None)
-        if req is not None:
-            states.update(prompt=list(req.prompt), mrope=req.mrope_positions, mrope_delta=int(req.mrope_delta))
-        return states
+        if req is None:
+            return ThinkerStates(out.tokens, out.hidden, out.embeds)
+        return ThinkerStates(out.tokens, out.hidden, out.embeds, list(req.prompt), req.mrope_positions,
+                             int(req.mrope_delta))
 
     def abort(self, rid: str) -> None:
         self.prepared.pop(rid, None)

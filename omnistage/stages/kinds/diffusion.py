@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from omnistage.connectors.messages import Progress, PromptEmbeds
 from omnistage.diffusion.engine import DiffusionEngine, decode_batched
 from omnistage.diffusion.families import Family, family_class
 from omnistage.diffusion.output import encode_image, encode_video
@@ -22,7 +23,7 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import DiffusionOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
-from omnistage.stages.worker.stage import StageOutput, StageRequest
+from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
 
 
 def load_family(stage: StagePlan, device: str, roles: set[str]) -> Family:
@@ -53,7 +54,7 @@ def encode_output(family: Family, pixels: Any, p: GenerationParams) -> dict[str,
     return encode_image(pixels, p.output_format)
 
 
-class DiffusionStage:
+class DiffusionStage(Stage):
     def __init__(self, family: Family, options: DiffusionOptions, max_batch: int, used: frozenset[str]) -> None:
         self.family = family
         self.options = options
@@ -74,7 +75,7 @@ class DiffusionStage:
         p = parse_params(self._info, request.params)
         embeds = request.inputs.get("embeds")
         if embeds is not None:
-            self.engine.add(request.rid, p, embeds=(embeds["cond"], embeds["uncond"]))
+            self.engine.add(request.rid, p, embeds=(embeds.cond, embeds.uncond))
         elif self.engine.text is None:
             raise RequestRejected("this diffusion stage has no text encoder; wire a text_encode stage's embeds",
                                   param="prompt")
@@ -84,7 +85,7 @@ class DiffusionStage:
 
     def step(self) -> list[StageOutput]:
         finished = self.engine.step()
-        outs = [StageOutput(rid, ports={"progress": [{"step": done, "steps": total}]})
+        outs = [StageOutput(rid, ports={"progress": [Progress(done, total)]})
                 for rid, (done, total) in self.engine.progress().items() if self.progress]
         if not finished:
             return outs
@@ -97,7 +98,7 @@ class DiffusionStage:
             values = [{"latents": f.latents} for f in finished]
         for f, value in zip(finished, values):
             # The last progress chunk goes out before the result.
-            ports = {"progress": [{"step": f.steps, "steps": f.steps}]} if self.progress else {}
+            ports = {"progress": [Progress(f.steps, f.steps)]} if self.progress else {}
             outs.append(StageOutput(f.rid, ports={**ports, **value}, finished=True, meta={"steps": f.steps}))
         return outs
 
@@ -116,7 +117,7 @@ class DiffusionStage:
         return stats
 
 
-class TextEncodeStage:
+class TextEncodeStage(Stage):
     def __init__(self, family: Family, options: DiffusionOptions, max_batch: int) -> None:
         self._info = stage_info(family, options)
         encoder = PromptEncoder(family.encode_text, PromptCache(options.prompt_cache_mb << 20), max_batch)
@@ -131,7 +132,7 @@ class TextEncodeStage:
         self.engine.add(TextJob(request.rid, prompt, p.negative_prompt if p.cfg else None))
 
     def step(self) -> list[StageOutput]:
-        return [StageOutput(rid, ports={"embeds": {"cond": cond, "uncond": uncond}}, finished=True)
+        return [StageOutput(rid, ports={"embeds": PromptEmbeds(cond, uncond)}, finished=True)
                 for rid, cond, uncond in self.engine.step()]
 
     def abort(self, rid: str) -> None:
@@ -145,7 +146,7 @@ class TextEncodeStage:
                 "prompt_cache_hit_rate": self.engine.encoder.cache.hit_rate()}
 
 
-class VaeDecodeStage:
+class VaeDecodeStage(Stage):
     def __init__(self, family: Family, options: DiffusionOptions, max_batch: int) -> None:
         self.family = family
         self.options = options

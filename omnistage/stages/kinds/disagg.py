@@ -11,6 +11,7 @@ from typing import Any
 from omnistage.ar_engine.engine import EngineRequest, Prefilled
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.ar_engine.sequence import MediaSpan
+from omnistage.connectors.messages import KvHandoff, WireSpan
 from omnistage.encoders.vision import ImageItem
 from omnistage.graph.plan import StagePlan
 from omnistage.stages.worker.stage import StageOutput, StageRequest
@@ -33,11 +34,9 @@ class PrefillStage(ArStage):
         for out in self.engine.step():
             req = self.pending.pop(out.rid)
             kv = None if out.finished else self.engine.export_kv(out.rid)
-            handoff = {"prompt": req.prompt, "first": out.tokens[0], "kv": kv, "finish_reason": out.finish_reason,
-                       "text": out.text,
-                       "rng": req.sampling.generator.get_state() if req.sampling.generator is not None else None,
-                       "media": [_span_to_wire(s) for s in req.media], "mrope_positions": req.mrope_positions,
-                       "mrope_delta": req.mrope_delta}
+            rng = req.sampling.generator.get_state() if req.sampling.generator is not None else None
+            handoff = KvHandoff(list(req.prompt), out.tokens[0], kv, out.finish_reason, out.text, rng,
+                                [_span_to_wire(s) for s in req.media], req.mrope_positions, int(req.mrope_delta))
             # Usage (prompt and completion tokens) is reported once, by the decode stage.
             outs.append(StageOutput(out.rid, ports={"kv": handoff}, finished=True,
                                     meta={"prefill_cached_tokens": out.cached_tokens}))
@@ -54,19 +53,18 @@ class DecodeStage(ArStage):
         self.finished_early: list[StageOutput] = []
 
     def add(self, request: StageRequest) -> None:
-        handoff = request.inputs["kv"]
+        handoff: KvHandoff = request.inputs["kv"]
         sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
-        if handoff["rng"] is not None:
-            sampling.rng().set_state(handoff["rng"])
-        if handoff["kv"] is None:  # the request ended with its first token
+        if handoff.rng is not None:
+            sampling.rng().set_state(handoff.rng)
+        if handoff.kv is None:  # the request ended with its first token
             self.finished_early.append(StageOutput(
-                request.rid, ports={"text": handoff["text"], "tokens": [handoff["first"]]}, finished=True,
-                meta={"finish_reason": handoff["finish_reason"], "completion_tokens": 1}))
+                request.rid, ports={"text": handoff.text, "tokens": [handoff.first]}, finished=True,
+                meta={"finish_reason": handoff.finish_reason, "completion_tokens": 1}))
             return
-        req = EngineRequest(request.rid, handoff["prompt"], sampling,
-                            tuple(_span_from_wire(s) for s in handoff["media"]), handoff["mrope_positions"],
-                            handoff["mrope_delta"])
-        self.engine.add_prefilled(Prefilled(req, handoff["first"], handoff["kv"]))
+        req = EngineRequest(request.rid, handoff.prompt, sampling, tuple(_span_from_wire(s) for s in handoff.media),
+                            handoff.mrope_positions, handoff.mrope_delta)
+        self.engine.add_prefilled(Prefilled(req, handoff.first, handoff.kv))
 
     def step(self) -> list[StageOutput]:
         early, self.finished_early = self.finished_early, []
@@ -80,23 +78,19 @@ class DecodeStage(ArStage):
         return bool(self.finished_early) or self.engine.has_work()
 
 
-def _span_to_wire(span: MediaSpan) -> dict[str, Any]:
-    # Embeddings may be absent (the prefix cache covered the image); then the patches travel, so
-    # that the decode stage can encode the image itself should it ever recompute those positions.
-    # A span that is one part of a split item (a video interleaved with its sound) takes rows
-    # [offset, offset + length) of the whole item's ``tokens``.
+def _span_to_wire(span: MediaSpan) -> WireSpan:
     pixels = getattr(span.source, "pixel_values", None) if span.embeds is None else None
-    return {"start": span.start, "length": span.length, "hash": span.content_hash, "embeds": span.embeds,
-            "grid": list(span.grid_thw) if span.grid_thw is not None else None, "pixels": pixels,
-            "offset": span.offset, "tokens": getattr(span.source, "tokens", span.length)}
+    return WireSpan(span.start, span.length, span.content_hash, span.embeds,
+                    list(span.grid_thw) if span.grid_thw is not None else None, pixels, span.offset,
+                    getattr(span.source, "tokens", span.length))
 
 
-def _span_from_wire(data: dict[str, Any]) -> MediaSpan:
-    grid = tuple(data["grid"]) if data["grid"] is not None else None
+def _span_from_wire(wire: WireSpan) -> MediaSpan:
+    grid = tuple(wire.grid) if wire.grid is not None else None
     source = None
-    if data["pixels"] is not None:
-        source = ImageItem(None, grid, data["tokens"], data["hash"], _pixels=data["pixels"])
-    return MediaSpan(data["start"], data["length"], data["hash"], data["embeds"], grid, source, data["offset"])
+    if wire.pixels is not None:
+        source = ImageItem(None, grid, wire.tokens, wire.hash, _pixels=wire.pixels)
+    return MediaSpan(wire.start, wire.length, wire.hash, wire.embeds, grid, source, wire.offset)
 
 
 def build_prefill(stage: StagePlan, device: str) -> ArStage:

@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor
 
+from omnistage.connectors.messages import MediaEmbedding
 from omnistage.encoders.audio import AudioTower, prepare_audio
 from omnistage.encoders.cache import EncoderCache
 from omnistage.encoders.engine import EncodeEngine
@@ -22,10 +23,10 @@ from omnistage.graph.kinds import EncodeOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
 from omnistage.omni.hearing import OmniAudioTower, prepare_omni_audio
-from omnistage.stages.worker.stage import StageOutput, StageRequest
+from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
 
 
-class EncodeStage:
+class EncodeStage(Stage):
     def __init__(self, tower: Any, preprocessor: Any, options: EncodeOptions, max_items: int, modality: str) -> None:
         self.preprocessor = preprocessor
         self.modality = modality  # "vision", "audio" (Whisper) or "omni-audio" (a Qwen2.5-Omni thinker's)
@@ -62,8 +63,7 @@ class EncodeStage:
     def step(self) -> list[StageOutput]:
         outs = []
         for rid, items, embeds in self.engine.step():
-            value = [{"hash": it.hash, "embeds": e, "grid": list(getattr(it, "grid_thw", ()))}
-                     for it, e in zip(items, embeds)]
+            value = [MediaEmbedding(it.hash, e, list(getattr(it, "grid_thw", ()))) for it, e in zip(items, embeds)]
             outs.append(StageOutput(rid, ports={"embeddings": value}, finished=True,
                                     meta={"encoded_items": len(items)}))
         return outs

@@ -24,10 +24,10 @@ from omnistage.omni.assets import embedding_rows, load_speakers, thinker_dir
 from omnistage.omni.params import check_voice
 from omnistage.omni.reply import ThinkerReply
 from omnistage.omni.token2wav import OdeSettings, Token2WavEngine, Voice
-from omnistage.stages.worker.stage import StageOutput, StageRequest
+from omnistage.stages.worker.stage import StageOutput, StageRequest, StreamingInputStage
 
 
-class TalkerStage:
+class TalkerStage(StreamingInputStage):
     def __init__(self, model: Any, options: TalkerOptions, text_bos: dict[str, torch.Tensor],
                  text_eos: torch.Tensor, text_pad: torch.Tensor, max_seqs: int, device: str) -> None:
         cfg = model.config
@@ -120,7 +120,7 @@ class TalkerStage:
         return {**self.engine.stats(), "waiting_for_thinker": float(len(self.sampling))}
 
 
-class VocoderStage:
+class VocoderStage(StreamingInputStage):
     def __init__(self, model: Any, speakers: dict[str, dict[str, Any]], options: VocoderOptions, max_batch: int) -> None:
         self.options = options
         self.voices = {name: Voice(s["cond"].float(), s["ref_mel"].float()) for name, s in speakers.items()}

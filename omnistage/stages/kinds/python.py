@@ -14,7 +14,7 @@ from typing import Any
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import PythonOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.stages.worker.stage import StageOutput, StageRequest
+from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
 
 
 def load_callable(spec: str) -> Callable[..., Any]:
@@ -27,7 +27,7 @@ def load_callable(spec: str) -> Callable[..., Any]:
     return obj
 
 
-class PythonEngine:
+class PythonStage(Stage):
     def __init__(self, fn: Callable[..., Any], outputs: tuple[str, ...], max_batch: int) -> None:
         self._fn = fn
         self._outputs = outputs
@@ -58,7 +58,9 @@ class PythonEngine:
             result = {self._outputs[0]: result}
         if not isinstance(result, dict) or set(result) != set(self._outputs):
             got = sorted(result) if isinstance(result, dict) else type(result).__name__
-            raise TypeError(f"{self._fn.__qualname__} must return a dict with keys {list(self._outputs)}, got {got}")
+            # The function broke its declared contract for this request: fail it, not the stage.
+            return StageOutput(req.rid, finished=True, error=f"{self._fn.__qualname__} must return a dict with keys "
+                                                              f"{list(self._outputs)}, got {got}")
         return StageOutput(req.rid, ports=result, finished=True)
 
     def abort(self, rid: str) -> None:
@@ -71,6 +73,6 @@ class PythonEngine:
         return {"waiting": float(len(self._queue))}
 
 
-def build(stage: StagePlan, device: str) -> PythonEngine:
+def build(stage: StagePlan, device: str) -> PythonStage:
     options: PythonOptions = stage.options
-    return PythonEngine(load_callable(options.function), tuple(options.outputs), stage.config.batching.max_batch)
+    return PythonStage(load_callable(options.function), tuple(options.outputs), stage.config.batching.max_batch)

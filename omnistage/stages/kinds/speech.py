@@ -22,10 +22,10 @@ from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
 from omnistage.speech.asr import Clip, TranscribeEngine, split_windows
 from omnistage.speech.params import check_speech
 from omnistage.speech.tts import SpeechJob, TtsEngine
-from omnistage.stages.worker.stage import StageOutput, StageRequest
+from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
 
 
-class TtsStage:
+class TtsStage(Stage):
     def __init__(self, model: Any, tokenizer: Any, vocoder: Any, voices: dict[str, torch.Tensor],
                  options: TtsOptions, max_batch: int) -> None:
         self.model, self.tokenizer, self.vocoder, self.voices = model, tokenizer, vocoder, voices
@@ -76,7 +76,7 @@ class TtsStage:
         return {"waiting": float(len(self.engine.waiting)), "running": float(len(self.engine.speaking))}
 
 
-class TranscribeStage:
+class TranscribeStage(Stage):
     def __init__(self, model: Any, features: Any, tokenizer: Any, options: TranscribeOptions, max_batch: int) -> None:
         self.model, self.features, self.tokenizer, self.options = model, features, tokenizer, options
         self.limits = MediaLimits(max_bytes=options.max_audio_bytes, max_audio_seconds=options.max_audio_seconds)

@@ -14,9 +14,6 @@ from typing import Any, Protocol
 from omnistage.connectors.messages import Admit, Data, Dest
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
 
-PROBING_KINDS = frozenset({"ar", "prefill"})
-
-
 class Target(Protocol):
     address: str
 
@@ -29,7 +26,7 @@ def probe_target(plan: GraphPlan, route: Route, inputs: Mapping[str, Any]) -> tu
     for edge in route.edges:
         src = plan.stages.get(edge.src_stage)
         dst = plan.stages[edge.dst_stage]
-        if (src is not None and src.kind.name == "encode" and dst.kind.name in PROBING_KINDS
+        if (src is not None and src.kind.name == "encode" and dst.kind.probes
                 and edge.dst_port == "image_embeds" and dst.options.prefix_caching):
             return edge.src_stage, edge.dst_stage
     return None

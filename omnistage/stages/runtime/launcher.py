@@ -11,7 +11,8 @@ import threading
 
 from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.replicas import Replica, ReplicaRuntime, ReplicaTable
-from omnistage.stages.worker.loop import WorkerSpec, worker_main
+from omnistage.stages.worker.main import worker_main
+from omnistage.stages.worker.spec import WorkerSpec
 
 
 class ProcessReplica:

@@ -1,41 +1,38 @@
-"""A stage replica: gathers each request's inputs, runs the engine, forwards outputs.
+"""A stage replica's loop: gathers each request's inputs, runs the stage, forwards outputs.
 
 Three threads. The reader turns inbox messages into a queue; the sender drains a queue into
-sockets; the main loop below touches only queues and the engine. The same class runs in a
+sockets; the main loop below touches only queues and the stage. The same class runs in a
 spawned process (production) or in a thread (the in-process twin used for debugging).
+
+Errors (see ``stage.Stage``): a request the client got wrong fails alone with its 4xx; an
+unexpected exception while one request is taken in fails that request alone with a 500, is
+logged with its traceback and counted (``internal_errors``); an exception from ``step`` fails
+everything this replica holds and ends it.
 """
 from __future__ import annotations
 
-import importlib
+import logging
 import os
 import queue
-import signal
 import threading
 import time
-import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import zmq
-
 from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Part, Probe, ProbeResult,
-                                           Ready, Shutdown, StartFailed, Stats)
-from omnistage.connectors.shm import ShmRing, segment_name
-from omnistage.connectors.transport import Inbox, Mailer, bind_address
-from omnistage.connectors.wire import Decoder, Encoder
+                                           Shutdown, Stats)
+from omnistage.connectors.transport import Inbox, Mailer
 from omnistage.errors import RequestRejected
-from omnistage.graph.plan import GraphPlan
-from omnistage.stages.worker.stage import StageEngine, StageOutput, StageRequest, concat
 from omnistage.stages.worker.gather import Gather
+from omnistage.stages.worker.spec import WorkerSpec
+from omnistage.stages.worker.stage import ProbingStage, Stage, StageOutput, StageRequest, StreamingInputStage, concat
 
 _POLL_MS = 50
 STATS_PERIOD_S = 0.5
-# Raised by tokenizers, chat templates and media processors on input they cannot take. They fail
-# that request only (it has not touched the engine's state yet); anything else is a bug and
-# crashes the worker loudly.
-REQUEST_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
+log = logging.getLogger("omnistage.worker")
 
 
 @dataclass(frozen=True)
@@ -46,76 +43,10 @@ class _Prepared:
     future: Future[Any]
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    plan: GraphPlan
-    stage: str
-    replica: int
-    device: str
-    threads: int
-    session: str
-    run_dir: str
-    sink: str
-    in_process: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.stage}-{self.replica}"
-
-
-def build_engine(spec: WorkerSpec) -> StageEngine:
-    stage = spec.plan.stages[spec.stage]
-    module, _, attr = stage.kind.engine.partition(":")
-    return getattr(importlib.import_module(module), attr)(stage, spec.device)
-
-
-def quiet_loading() -> None:
-    """No per-worker "Loading weights" progress bars: N workers would interleave them on one
-    terminal. Load errors still surface (StartFailed carries the traceback)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-
-def worker_main(spec: WorkerSpec) -> None:
-    """Entry point of a replica (process target or thread target)."""
-    if not spec.in_process:
-        # The parent owns shutdown: Ctrl-C reaches the whole process group, but only the parent
-        # should act on it (it sends Shutdown to every worker).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        quiet_loading()
-        if spec.device == "cpu":
-            import torch
-            torch.set_num_threads(spec.threads)
-    transport = spec.plan.config.transport
-    ctx = zmq.Context()
-    ring = ShmRing(segment_name(spec.session, spec.name), transport.shm_slots,
-                   transport.shm_slot_mb << 20) if transport.shm else None
-    threshold = transport.shm_threshold_kb << 10
-    mail = Mailer(ctx, lambda: Encoder(ring, threshold), transport.high_water_mark)
-    try:
-        try:
-            engine = build_engine(spec)
-            inbox = Inbox(ctx, bind_address(transport.protocol, transport.host, spec.run_dir, spec.name),
-                          Decoder(), transport.high_water_mark)
-        except Exception:  # noqa: BLE001 - any load failure is reported to the orchestrator, then re-raised
-            mail.put(spec.sink, StartFailed(spec.stage, spec.replica, traceback.format_exc()))
-            raise
-        info = engine.info() if hasattr(engine, "info") else {}
-        mail.put(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address, info))
-        StageWorker(spec, engine, inbox, mail).run()
-    finally:
-        mail.close()
-        if ring is not None:
-            ring.close()
-        ctx.term()
-
-
 class StageWorker:
-    def __init__(self, spec: WorkerSpec, engine: StageEngine, inbox: Inbox, mail: Mailer) -> None:
+    def __init__(self, spec: WorkerSpec, stage: Stage, inbox: Inbox, mail: Mailer) -> None:
         self.spec = spec
-        self.engine = engine
+        self.stage = stage
         self.streaming = {p.name for p in spec.plan.stages[spec.stage].outputs if p.streaming}
         self._inbox, self._mail = inbox, mail
         self._in: queue.Queue[Any] = queue.Queue()
@@ -128,6 +59,7 @@ class StageWorker:
         self._step_ema = 0.0
         self._started: dict[str, float] = {}  # requests started here that have not output yet
         self._first_output_ema = 0.0  # seconds from a request's start here to its first output
+        self.internal_errors = 0  # requests failed by an unexpected exception while taken in
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -136,8 +68,8 @@ class StageWorker:
         reader.start()
         sender.start()
         try:
-            while self._handle_messages(block=not self.engine.has_work()):
-                if self.engine.has_work():
+            while self._handle_messages(block=not self.stage.has_work()):
+                if self.stage.has_work():
                     self._emit(self._step())
                 self._report()
         finally:
@@ -154,19 +86,19 @@ class StageWorker:
         if now - self._reported < STATS_PERIOD_S:
             return
         self._reported = now
-        values = dict(getattr(self.engine, "stats", dict)())
+        values = dict(self.stage.stats())
         values.update(step_seconds=self._step_ema, admitted=float(len(self.requests.admitted)),
-                      first_output_seconds=self._first_output_ema)
+                      first_output_seconds=self._first_output_ema, internal_errors=float(self.internal_errors))
         self._out.put((self.spec.sink, Stats(self.spec.stage, self.spec.replica, values)))
 
     def _step(self) -> list[StageOutput]:
         start = time.perf_counter()
         try:
-            outputs = self.engine.step()
+            outputs = self.stage.step()
             self._step_ema = 0.9 * self._step_ema + 0.1 * (time.perf_counter() - start)
             return outputs
         except Exception as exc:
-            # A broken engine is a crashed stage: fail what it holds, then die loudly.
+            # A broken step is a crashed stage: fail what it holds, then die loudly.
             for rid in list(self.requests.admitted):
                 self._fail(rid, f"stage {self.spec.stage!r} crashed: {type(exc).__name__}: {exc}")
             self._out.put(None)
@@ -201,28 +133,70 @@ class StageWorker:
         elif isinstance(msg, _Prepared):
             self._probed(msg)
         elif isinstance(msg, Abort):
-            self.engine.abort(msg.rid)
+            self.stage.abort(msg.rid)
             self._forget(msg.rid)
         else:
             raise TypeError(f"stage worker got unexpected message {type(msg).__name__}")
 
+    # --- taking requests in -----------------------------------------------------------------
     def _start(self, rid: str) -> None:
         inputs, open_ports = self.requests.take(rid)
         self._started[rid] = time.perf_counter()
         admit = self.requests.admitted[rid]
-        try:
-            self.engine.add(StageRequest(rid, inputs, admit.params, open_ports, frozenset(admit.routes)))
-        except RequestRejected as exc:
-            self._fail(rid, str(exc), exc.status, exc.param)
-        except REQUEST_INPUT_ERRORS as exc:  # what malformed input raises in tokenizers and processors
-            self._fail(rid, f"stage {self.spec.stage!r} could not take the request: {type(exc).__name__}: {exc}")
+        request = StageRequest(rid, inputs, admit.params, open_ports, frozenset(admit.routes))
+        self._taking_in(rid, "take the request", lambda: self.stage.add(request))
 
     def _feed(self, part: Part) -> None:
         """A further delta of a started request's streamed input."""
+        assert isinstance(self.stage, StreamingInputStage), "build_stage checks that streamed inputs are fed"
+        feed = self.stage.feed
+        self._taking_in(part.rid, "take a streamed input",
+                        lambda: feed(part.rid, part.port, [] if part.last else [part.value], part.last))
+
+    def _taking_in(self, rid: str, what: str, call: Callable[[], None]) -> None:
+        """Run ``call`` for one request; its failure fails that request only (see module docstring)."""
         try:
-            self.engine.feed(part.rid, part.port, [] if part.last else [part.value], part.last)  # type: ignore[attr-defined]
+            call()
         except RequestRejected as exc:
-            self._fail(part.rid, str(exc), exc.status, exc.param)
+            self._fail(rid, str(exc), exc.status, exc.param)
+        except Exception as exc:  # noqa: BLE001 - one request's unexpected failure must not end the replica
+            self._internal_error(rid, what, exc)
+
+    def _internal_error(self, rid: str, what: str, exc: Exception) -> None:
+        self.internal_errors += 1
+        log.error("stage %r could not %s %s", self.spec.stage, what, rid, exc_info=exc)
+        self._fail(rid, f"internal error: stage {self.spec.stage!r} could not {what}: {type(exc).__name__}: {exc}")
+
+    def _probe(self, msg: Probe) -> None:
+        """Let the stage prepare the request now, off this loop (decoding and preprocessing media
+        must not stall the steps of other requests); the result comes back as _Prepared."""
+        if not isinstance(self.stage, ProbingStage):
+            raise TypeError(f"stage {self.spec.stage!r} was probed but is not a ProbingStage")
+        self.requests.provide(msg.rid, msg.inputs)
+        future = self._pool.submit(self.stage.prepare, msg.rid, msg.inputs, msg.params)
+        future.add_done_callback(lambda f: self._in.put(_Prepared(msg, f)))
+
+    def _probed(self, done: _Prepared) -> None:
+        msg = done.probe
+        if msg.rid in self.requests.gone:
+            return  # aborted while it was being prepared
+        assert isinstance(self.stage, ProbingStage)
+        try:
+            covered = self.stage.probe_prepared(done.future.result())
+        except RequestRejected as exc:
+            self._probe_failed(msg, str(exc), exc.status)
+            return
+        except Exception as exc:  # noqa: BLE001 - one request's unexpected failure must not end the replica
+            self.internal_errors += 1
+            log.error("stage %r could not prepare %s", self.spec.stage, msg.rid, exc_info=exc)
+            self._probe_failed(msg, f"internal error: stage {self.spec.stage!r} could not prepare the request: "
+                                    f"{type(exc).__name__}: {exc}", 500)
+            return
+        self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, covered)))
+
+    def _probe_failed(self, msg: Probe, error: str, status: int) -> None:
+        self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, [], error, status)))
+        self._forget(msg.rid)
 
     # --- outputs --------------------------------------------------------------------------
     def _emit(self, outputs: list[StageOutput]) -> None:
@@ -238,20 +212,9 @@ class StageWorker:
             started = self._started.pop(out.rid, None)
             if started is not None:
                 self._first_output_ema = 0.9 * self._first_output_ema + 0.1 * (now - started)
-            if out.error is not None:
-                finished.append((admit, out))
-                continue
-            for port, value in out.ports.items():
-                for dest in admit.routes.get(port, ()):
-                    if dest.to_response:
-                        chunks.setdefault(admit.sink, []).append(Chunk(out.rid, dest.port, value))
-                    elif dest.stream:
-                        self._out.put((dest.address, Part(out.rid, dest.port, value)))
-                    elif port in self.streaming:
-                        self.held[out.rid][port] = concat(self.held[out.rid].get(port), value)
-                    else:
-                        self.held[out.rid][port] = value
-            if out.finished:
+            if out.error is None:
+                self._route(admit, out, chunks)
+            if out.finished or out.error is not None:
                 finished.append((admit, out))
         for sink, items in chunks.items():
             self._out.put((sink, Chunks(items)))
@@ -260,6 +223,20 @@ class StageWorker:
                 self._fail(out.rid, out.error, out.status)
             else:
                 self._finish(admit, out)
+
+    def _route(self, admit: Admit, out: StageOutput, chunks: dict[str, list[Chunk]]) -> None:
+        """Each port's value to where the request's route sends it: the response (a chunk), a
+        streamed input downstream (a Part now), or held until the request finishes here."""
+        for port, value in out.ports.items():
+            for dest in admit.routes.get(port, ()):
+                if dest.to_response:
+                    chunks.setdefault(admit.sink, []).append(Chunk(out.rid, dest.port, value))
+                elif dest.stream:
+                    self._out.put((dest.address, Part(out.rid, dest.port, value)))
+                elif port in self.streaming:
+                    self.held[out.rid][port] = concat(self.held[out.rid].get(port), value)
+                else:
+                    self.held[out.rid][port] = value
 
     def _finish(self, admit: Admit, out: StageOutput) -> None:
         held = self.held.pop(admit.rid, {})
@@ -278,37 +255,8 @@ class StageWorker:
         admit = self.requests.admitted.get(rid)
         if admit is not None:
             self._out.put((admit.sink, Failed(rid, self.spec.stage, self.spec.replica, error, status, param)))
-        self.engine.abort(rid)
+        self.stage.abort(rid)
         self._forget(rid)
-
-    def _probe(self, msg: Probe) -> None:
-        """Let the engine prepare the request now, off this loop (decoding and preprocessing
-        media must not stall the steps of other requests); the result comes back as _Prepared."""
-        prepare = getattr(self.engine, "prepare", None)
-        if prepare is None:
-            raise TypeError(f"stage {self.spec.stage!r} cannot be probed")
-        self.requests.provide(msg.rid, msg.inputs)
-        future = self._pool.submit(prepare, msg.rid, msg.inputs, msg.params)
-        future.add_done_callback(lambda f: self._in.put(_Prepared(msg, f)))
-
-    def _probed(self, done: _Prepared) -> None:
-        msg = done.probe
-        if msg.rid in self.requests.gone:
-            return  # aborted while it was being prepared
-        try:
-            found = self.engine.probe_prepared(done.future.result())
-        except RequestRejected as exc:
-            self._probe_failed(msg, str(exc), exc.status)
-            return
-        except REQUEST_INPUT_ERRORS as exc:
-            self._probe_failed(msg, f"stage {self.spec.stage!r} could not prepare the request: "
-                                    f"{type(exc).__name__}: {exc}", 500)
-            return
-        self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, found["covered"])))
-
-    def _probe_failed(self, msg: Probe, error: str, status: int) -> None:
-        self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, [], error, status)))
-        self._forget(msg.rid)
 
     def _forget(self, rid: str) -> None:
         self._started.pop(rid, None)

@@ -36,7 +36,7 @@ def test_fused_stage_images_equal_diffusers(t2i, diffusers_reference):
 def test_png_holds_the_same_image_and_progress_streams_first(t2i):
     events = list(t2i.submit(prompt="a cat", seed=5, num_inference_steps=3).events(120))
     chunks = [e for e in events if isinstance(e, ChunkEvent)]
-    assert [c.value[0]["step"] for c in chunks if c.modality == "progress"] == [1, 2, 3]
+    assert [c.value[0].step for c in chunks if c.modality == "progress"] == [1, 2, 3]
     assert chunks[-1].modality == "image"  # after every progress chunk
     png = chunks[-1].value
     raw = t2i.generate(prompt="a cat", seed=5, num_inference_steps=3, output_format="raw").outputs["image"]["data"]

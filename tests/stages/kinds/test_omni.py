@@ -44,8 +44,8 @@ def test_talker_codes_equal_the_reference_while_fed_token_by_token(tmp_path, omn
         for out in thinker.step():
             text += out.ports["tokens"]
             states = out.ports["states"]
-            if "r" in talker.replies or "prompt" in states:
-                if "prompt" in states:
+            if "r" in talker.replies or states.prompt is not None:
+                if states.prompt is not None:
                     talker.add(StageRequest("r", {"states": [states]}, {}, frozenset({"states"})))
                 else:
                     talker.feed("r", "states", [states], False)

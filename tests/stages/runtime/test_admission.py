@@ -149,4 +149,4 @@ def test_audio_embeddings_equal_the_whisper_encoder():
         features = extractor(samples, sampling_rate=16000, return_tensors="pt")["input_features"]
         with torch.inference_mode():
             want = model.get_encoder()(features).last_hidden_state[0]
-        torch.testing.assert_close(got["embeds"], want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got.embeds, want, rtol=1e-4, atol=1e-4)

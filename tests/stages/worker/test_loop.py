@@ -1,4 +1,4 @@
-"""The worker's gather/forward logic, driven in-process with a python engine (no sockets)."""
+"""The worker's gather/forward logic, driven in-process with a python stage (no sockets)."""
 import queue
 
 import pytest
@@ -6,8 +6,10 @@ import pytest
 from omnistage.checkpoints import resolve_model
 from omnistage.connectors.messages import Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed
 from omnistage.graph.compile import compile_text
-from omnistage.stages.kinds.python import PythonEngine
-from omnistage.stages.worker.loop import StageWorker, WorkerSpec
+from omnistage.errors import RequestRejected
+from omnistage.stages.kinds.python import PythonStage
+from omnistage.stages.worker.loop import StageWorker
+from omnistage.stages.worker.spec import WorkerSpec
 
 GRAPH = """
 name: fan-in
@@ -16,7 +18,7 @@ stages:
     kind: python
     inputs: {a: request.prompt, b: request.messages}
     outputs: {out: response.text}
-    options: {function: "tests.stages.test_worker:join", outputs: {out: text}}
+    options: {function: "tests.stages.worker.test_loop:join", outputs: {out: text}}
 """
 
 
@@ -34,7 +36,7 @@ def wrong_ports(a, b):
 def worker():
     plan = compile_text(GRAPH, resolve_model)
     spec = WorkerSpec(plan, "join", 0, "cpu", 1, "s", "/tmp", "sink")
-    return StageWorker(spec, PythonEngine(join, ("out",), 4), inbox=None, mail=None)
+    return StageWorker(spec, PythonStage(join, ("out",), 4), inbox=None, mail=None)
 
 
 def _admit(rid, routes=None):
@@ -53,7 +55,7 @@ def _sent(worker):
 def test_waits_for_every_port_even_when_data_beats_the_admit(worker):
     worker._apply(Data("r", "a", "x"))  # before the Admit: held, not lost
     worker._apply(_admit("r"))
-    assert not worker.engine.has_work()
+    assert not worker.stage.has_work()
     worker._apply(Data("r", "b", "y"))
     worker._emit(worker._step())
     (sink1, chunks), (sink2, done) = _sent(worker)
@@ -81,15 +83,55 @@ def test_failures_and_aborts(worker):
     worker._apply(Data("gone", "a", "x"))
     worker._apply(Abort("gone"))
     worker._apply(Data("gone", "b", "late"))  # arrives after the abort: dropped, not kept
-    assert not worker.engine.has_work() and "gone" not in worker.requests.admitted
+    assert not worker.stage.has_work() and "gone" not in worker.requests.admitted
     assert "gone" not in worker.requests.early
 
 
 def test_engine_that_omits_a_routed_port_fails_the_request(worker):
-    worker.engine = PythonEngine(lambda a, b: {"out": a}, ("out",), 4)
+    worker.stage = PythonStage(lambda a, b: {"out": a}, ("out",), 4)
     worker._apply(_admit("r", {"out": [Dest("next", "text")], "missing": [Dest("next", "x")]}))
     worker._apply(Data("r", "a", "1"))
     worker._apply(Data("r", "b", "2"))
     worker._emit(worker._step())
     [(_, failed)] = _sent(worker)
     assert "without a value for port 'missing'" in failed.error
+
+
+class Picky(PythonStage):
+    """A stage whose ``add`` fails on some input: as the client's fault, or with a bug."""
+
+    def add(self, request):
+        if request.inputs["a"] == "client":
+            raise RequestRejected("a must not be 'client'", param="a")
+        if request.inputs["a"] == "bug":
+            raise KeyError("a key the stage forgot")
+        super().add(request)
+
+
+def test_an_unexpected_error_taking_one_request_in_fails_it_alone_as_internal(worker, caplog):
+    worker.stage = Picky(join, ("out",), 4)
+    for rid in ("client", "bug", "fine"):
+        worker._apply(_admit(rid))
+        worker._apply(Data(rid, "a", rid))
+        worker._apply(Data(rid, "b", "y"))
+    worker._emit(worker._step())
+    (_, client), (_, bug), (_, chunks), (_, done) = _sent(worker)
+    assert (client.status, client.param, client.error) == (400, "a", "a must not be 'client'")
+    assert bug.status == 500 and bug.error.startswith("internal error: stage 'join' could not take the request: KeyError")
+    assert chunks == Chunks([Chunk("fine", "text", "fine+y")]) and done.rid == "fine"  # the others are served
+    assert worker.internal_errors == 1 and "KeyError" in caplog.text  # logged with its traceback
+    assert not worker.requests.admitted
+
+
+def test_a_step_that_raises_fails_everything_held_and_ends_the_replica(worker):
+    class Broken(PythonStage):
+        def step(self):
+            raise RuntimeError("broken invariant")
+    worker.stage = Broken(join, ("out",), 4)
+    worker._apply(_admit("r"))
+    worker._apply(Data("r", "a", "1"))
+    worker._apply(Data("r", "b", "2"))
+    with pytest.raises(RuntimeError, match="broken invariant"):
+        worker._step()
+    (_, failed), stop = _sent(worker)
+    assert isinstance(failed, Failed) and "crashed: RuntimeError: broken invariant" in failed.error and stop is None

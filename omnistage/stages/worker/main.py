@@ -1,0 +1,80 @@
+"""A stage replica's entry point: set up the process, build the kind's stage, report Ready (or
+StartFailed with the traceback), then run the worker loop until Shutdown."""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import traceback
+
+import torch
+import zmq
+
+from omnistage.connectors.messages import Ready, StartFailed
+from omnistage.connectors.shm import ShmRing, segment_name
+from omnistage.connectors.transport import Inbox, Mailer, bind_address
+from omnistage.connectors.wire import Decoder, Encoder
+from omnistage.graph.plan import GraphPlan
+from omnistage.stages.worker.loop import StageWorker
+from omnistage.stages.worker.spec import WorkerSpec
+from omnistage.stages.worker.stage import ProbingStage, Stage, StreamingInputStage
+
+
+def build_stage(plan: GraphPlan, name: str, device: str) -> Stage:
+    """The stage of ``name``'s kind, loaded on ``device``; checked to have the capabilities its
+    kind declares (a kind whose stages are probed must probe; a streamed input must be fed)."""
+    stage = plan.stages[name]
+    module, _, attr = stage.kind.factory.partition(":")
+    built = getattr(importlib.import_module(module), attr)(stage, device)
+    if not isinstance(built, Stage):
+        raise TypeError(f"{stage.kind.factory} built a {type(built).__name__}, not a Stage")
+    if stage.kind.probes and not isinstance(built, ProbingStage):
+        raise TypeError(f"kind {stage.kind.name!r} is probed for its prefix cache, but {type(built).__name__} "
+                        "is not a ProbingStage")
+    if any(p.streaming for p in stage.inputs) and not isinstance(built, StreamingInputStage):
+        raise TypeError(f"kind {stage.kind.name!r} has a streamed input, but {type(built).__name__} is not a "
+                        "StreamingInputStage")
+    return built
+
+
+def quiet_loading() -> None:
+    """No per-worker "Loading weights" progress bars: N workers would interleave them on one
+    terminal. Load errors still surface (StartFailed carries the traceback)."""
+    # Imported here, in the worker, so that the API process (which imports this module to
+    # launch workers) does not pay for importing diffusers.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point of a replica (process target or thread target)."""
+    if not spec.in_process:
+        # The parent owns shutdown: Ctrl-C reaches the whole process group, but only the parent
+        # should act on it (it sends Shutdown to every worker).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        quiet_loading()
+        if spec.device == "cpu":
+            torch.set_num_threads(spec.threads)
+    transport = spec.plan.config.transport
+    ctx = zmq.Context()
+    ring = ShmRing(segment_name(spec.session, spec.name), transport.shm_slots,
+                   transport.shm_slot_mb << 20) if transport.shm else None
+    threshold = transport.shm_threshold_kb << 10
+    mail = Mailer(ctx, lambda: Encoder(ring, threshold), transport.high_water_mark)
+    try:
+        try:
+            stage = build_stage(spec.plan, spec.stage, spec.device)
+            inbox = Inbox(ctx, bind_address(transport.protocol, transport.host, spec.run_dir, spec.name),
+                          Decoder(), transport.high_water_mark)
+        except Exception:  # noqa: BLE001 - any load failure is reported to the orchestrator, then re-raised
+            mail.put(spec.sink, StartFailed(spec.stage, spec.replica, traceback.format_exc()))
+            raise
+        mail.put(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address, stage.info()))
+        StageWorker(spec, stage, inbox, mail).run()
+    finally:
+        mail.close()
+        if ring is not None:
+            ring.close()
+        ctx.term()

@@ -1,0 +1,24 @@
+"""What a launcher tells a new stage replica: which stage of which plan it is, where it runs and
+where it reports."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnistage.graph.plan import GraphPlan
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    plan: GraphPlan
+    stage: str
+    replica: int
+    device: str
+    threads: int
+    session: str
+    run_dir: str
+    sink: str
+    in_process: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}-{self.replica}"
