@@ -19,10 +19,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from omnistage.api import audio, images, videos
-from omnistage.api.convert import chat_inputs, choices_count, sampling_params
+from omnistage.api.convert import chat_inputs, choices_count, sampling_params, stream_settings
 from omnistage.api.errors import ApiError, error_response, from_exception
 from omnistage.api.metrics import Metrics
-from omnistage.api.request import abort_on_failure, check_model, read_json
+from omnistage.api.request import abort_on_failure, check_model, choice_params, read_json
 from omnistage.errors import OmnistageError
 from omnistage.pipeline import Pipeline
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
@@ -83,7 +83,7 @@ def _submit(request: Request, inputs: dict[str, Any], params: dict[str, Any], n:
     loop = asyncio.get_running_loop()
     handles = []
     for i in range(n):
-        choice = dict(params, seed=params["seed"] + i) if "seed" in params and n > 1 else params
+        choice = choice_params(params, i)
         handles.append(pipe.submit(loop=loop, modalities=modalities, **inputs, **choice))
     return handles
 
@@ -107,18 +107,19 @@ async def _generate(request: Request, chat: bool) -> Response:
             raise ApiError(400, "prompt must be a non-empty string", "prompt")
         inputs = {"prompt": prompt}
     modalities = body.get("modalities")
-    if body.get("logprobs"):
-        modalities = sorted(set(modalities or ["text"]) | {"logprobs"})
     if modalities is not None and (not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities)):
         raise ApiError(400, 'modalities must be a list such as ["text", "audio"]', "modalities")
+    params = sampling_params(body, chat)
+    if params.get("logprobs") is not None:
+        modalities = sorted(set(modalities or ["text"]) | {"logprobs"})
     if modalities is not None:  # a route the graph lacks is the first thing to report
         request.app.state.pipeline.plan.route_for(frozenset(inputs), frozenset(modalities))
     spoken = audio.chat_audio(body) if chat else None
-    params = sampling_params(body) | (spoken[0] if spoken else {})
+    params |= spoken[0] if spoken else {}
+    stream, include_usage = stream_settings(body)
     handles = _submit(request, inputs, params, choices_count(body), modalities)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-    if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if stream:
         return await _stream(request, handles, rid, model, chat, include_usage, spoken is not None)
     return await _complete(request, handles, rid, model, chat, spoken[1] if spoken else None)
 

@@ -23,7 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from omnistage.api.errors import ApiError, from_exception
-from omnistage.api.request import abort_on_failure, check_model, number, read_body
+from omnistage.api.fields import SPEECH as SPEECH_FIELDS
+from omnistage.api.fields import TRANSCRIPTIONS
+from omnistage.api.request import abort_on_failure, check_model, read_body
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent
 
 PCM_RATE = 24000
@@ -80,10 +82,7 @@ def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[s
     fmt = body.get("response_format") or "wav"
     if fmt not in MEDIA:
         raise ApiError(400, f"response_format must be one of {', '.join(MEDIA)}, got {fmt!r}", "response_format")
-    params = {k: body[k] for k in ("voice", "speed") if body.get(k) is not None}
-    if "speed" in params:
-        params["speed"] = number(body, "speed", float)
-    return text, params, fmt
+    return text, SPEECH_FIELDS.params(body), fmt
 
 
 def sample_rate(request: Request) -> int:
@@ -151,9 +150,7 @@ async def transcriptions(request: Request) -> Response:
     fmt = body.get("response_format") or "json"
     if fmt not in ("json", "text", "verbose_json"):
         raise ApiError(400, f"response_format must be json, text or verbose_json, got {fmt!r}", "response_format")
-    params: dict[str, Any] = {}
-    if body.get("max_tokens") is not None:
-        params["max_tokens"] = number(body, "max_tokens")
+    params = TRANSCRIPTIONS.params(body)
     inputs = _transcription_inputs(request, await upload.read())
     handle = request.app.state.pipeline.submit(**inputs, modalities=["text"], loop=asyncio.get_running_loop(),
                                                **params)

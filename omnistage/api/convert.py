@@ -5,13 +5,8 @@ import base64
 from typing import Any
 
 from omnistage.api.errors import ApiError
+from omnistage.api.fields import CHAT, COMPLETIONS
 from omnistage.encoders.media import MediaLimits, read_source
-
-# OpenAI parameter -> engine parameter
-_PARAMS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
-           "top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-           "ignore_eos": "ignore_eos"}
-
 
 def chat_inputs(body: dict[str, Any], media_dir: str | None = None) -> dict[str, Any]:
     """Messages in the chat template's shape, with media pulled out into images/audio/video.
@@ -90,18 +85,42 @@ def _audio(value: Any, where: str) -> bytes:
         raise ApiError(400, "input_audio data is not valid base64", f"{where}.input_audio.data") from None
 
 
-def sampling_params(body: dict[str, Any], max_key: str = "max_tokens") -> dict[str, Any]:
-    params = {ours: body[theirs] for theirs, ours in _PARAMS.items() if body.get(theirs) is not None}
-    limit = body.get("max_completion_tokens", body.get(max_key))
+def sampling_params(body: dict[str, Any], chat: bool = True) -> dict[str, Any]:
+    """The request's parameters: every field that is not the endpoint's own (temperature, seed,
+    stop, the extensions top_k, min_p, repetition_penalty, ignore_eos, use_audio_in_video, ...),
+    checked by the graph's stages at submit, plus ``max_tokens`` and ``logprobs`` in the
+    engine's terms."""
+    params = (CHAT if chat else COMPLETIONS).params(body)
+    limit = body.get("max_completion_tokens", body.get("max_tokens")) if chat else body.get("max_tokens")
     if limit is not None:
         params["max_tokens"] = limit
-    if body.get("logprobs"):
-        params["logprobs"] = int(body.get("top_logprobs") or 0)
-    if body.get("use_audio_in_video") is not None:  # an extension: a video file's sound goes in with its frames
-        if not isinstance(body["use_audio_in_video"], bool):
-            raise ApiError(400, "use_audio_in_video must be true or false", "use_audio_in_video")
-        params["use_audio_in_video"] = body["use_audio_in_video"]
+    if not chat:  # the legacy API's logprobs is the number of alternatives
+        if body.get("logprobs") is not None:
+            params["logprobs"] = body["logprobs"]
+        return params
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, f"logprobs must be true or false, got {wanted!r}", "logprobs")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
+        raise ApiError(400, f"top_logprobs must be an integer between 0 and 20, got {top!r}", "top_logprobs")
+    if top is not None and not wanted:
+        raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+    if wanted:
+        params["logprobs"] = top or 0
     return params
+
+
+def stream_settings(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, include_usage), checked."""
+    stream, options = body.get("stream"), body.get("stream_options")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, f"stream must be true or false, got {stream!r}", "stream")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "stream_options must be an object such as {\"include_usage\": true}", "stream_options")
+    usage = (options or {}).get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise ApiError(400, "stream_options.include_usage must be true or false", "stream_options.include_usage")
+    return bool(stream), bool(usage)
 
 
 def choices_count(body: dict[str, Any]) -> int:

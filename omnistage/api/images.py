@@ -1,7 +1,8 @@
 """``POST /v1/images/generations`` in the shape of OpenAI's images API.
 
 Extensions beyond OpenAI's fields: ``negative_prompt``, ``num_inference_steps``,
-``guidance_scale``, ``seed`` (image i of ``n`` uses ``seed + i``) and ``scheduler``.
+``guidance_scale``, ``seed`` (image i of ``n`` uses ``seed + i``) and ``scheduler``; any other
+field the diffusion stage does not read is refused (see ``fields``).
 """
 from __future__ import annotations
 
@@ -15,13 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from omnistage.api.errors import ApiError
-from omnistage.api.request import abort_on_failure, check_model, number, read_json
+from omnistage.api.fields import IMAGES, Fields
+from omnistage.api.request import abort_on_failure, check_model, choice_params, read_json
 
 MAX_IMAGES = 10
-# Request fields passed to the diffusion stage as they are.
-EXTENSIONS = ("negative_prompt", "num_inference_steps", "guidance_scale", "seed", "scheduler")
-NUMERIC: dict[str, type] = {"num_inference_steps": int, "guidance_scale": float, "seed": int, "num_frames": int,
-                             "fps": int}
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
@@ -35,14 +33,14 @@ def parse_size(value: Any, param: str = "size") -> dict[str, int]:
     return {"width": int(match.group(1)), "height": int(match.group(2))}
 
 
-def generation_params(body: dict[str, Any]) -> dict[str, Any]:
+def generation_params(body: dict[str, Any], fields: Fields = IMAGES) -> dict[str, Any]:
+    """The prompt checked; the request's parameters: the extensions (negative_prompt,
+    num_inference_steps, guidance_scale, seed, scheduler, ...) as the diffusion stage takes them,
+    and ``size`` as width and height."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "prompt must be a non-empty string", "prompt")
-    params: dict[str, Any] = {k: body[k] for k in EXTENSIONS if body.get(k) is not None}
-    for key, kind in NUMERIC.items():  # form fields arrive as strings
-        if key in params:
-            params[key] = number(body, key, kind)
+    params = fields.params(body)
     params.update(parse_size(body.get("size")))
     return params
 
@@ -68,7 +66,7 @@ async def generations(request: Request) -> Response:
     pipe, loop = request.app.state.pipeline, asyncio.get_running_loop()
     handles = []
     for i in range(_count(body)):
-        seeded = dict(params, seed=params["seed"] + i) if "seed" in params else params
+        seeded = choice_params(params, i)
         handles.append(pipe.submit(prompt=body["prompt"], modalities=["image"], loop=loop, output_format=fmt,
                                    **seeded))
     results = await abort_on_failure(request, handles)

@@ -31,9 +31,13 @@ async def read_json(request: Request) -> dict[str, Any]:
     return data
 
 
+class FormBody(dict):  # type: ignore[type-arg]
+    """A form's fields (multipart or urlencoded): every value a string or an ``UploadFile``."""
+
+
 async def read_body(request: Request) -> dict[str, Any]:
-    """JSON, or a form (the openai client uploads videos and audio as multipart forms):
-    fields as strings, files as ``UploadFile``."""
+    """JSON, or a form (the openai client uploads videos and audio as multipart forms) as a
+    ``FormBody``: fields as strings, files as ``UploadFile``."""
     kind = request.headers.get("content-type", "")
     if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         return await read_json(request)
@@ -44,7 +48,7 @@ async def read_body(request: Request) -> dict[str, Any]:
         form = await request.form(max_part_size=limit)
     except MultiPartException as exc:
         raise ApiError(400, f"malformed multipart body: {exc}") from None
-    return dict(form.items())
+    return FormBody(form.items())
 
 
 def number(body: dict[str, Any], key: str, kind: type = int) -> Any:
@@ -56,6 +60,15 @@ def number(body: dict[str, Any], key: str, kind: type = int) -> Any:
         return kind(value)
     except ValueError:
         raise ApiError(400, f"{key} must be a number, got {value!r}", key) from None
+
+
+def choice_params(params: dict[str, Any], i: int) -> dict[str, Any]:
+    """The parameters of choice ``i`` of ``n``: an integer seed becomes ``seed + i`` (anything else
+    is left for the stages' check to refuse)."""
+    seed = params.get("seed")
+    if i == 0 or not isinstance(seed, int) or isinstance(seed, bool):
+        return params
+    return dict(params, seed=seed + i)
 
 
 def check_model(request: Request, body: dict[str, Any], required: bool = True) -> str:

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from omnistage.api.errors import ApiError
+from omnistage.api.fields import VIDEOS
 from omnistage.api.images import generation_params
 from omnistage.api.request import check_model, number, read_body
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
@@ -107,10 +108,7 @@ async def create(request: Request) -> Response:
     body = await read_body(request)
     model = check_model(request, body, required=False)
     pipe = request.app.state.pipeline
-    params = generation_params(body)
-    for key in ("num_frames", "fps"):
-        if body.get(key) is not None:
-            params[key] = number(body, key)
+    params = generation_params(body, VIDEOS)
     video_stage = next((s for s in pipe.plan.stages.values() if "video" in s.response.values()), None)
     params.update(_frames(body, pipe.orchestrator.infos.get(video_stage.name, {}) if video_stage else {}))
     handle = pipe.submit(prompt=body["prompt"], modalities=["video", "progress"] if _has_progress(pipe) else ["video"],

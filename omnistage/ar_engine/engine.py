@@ -1,6 +1,6 @@
 """The AR engine: schedule, run, sample, update, emit.
 
-    engine = LLMEngine(model, tokenizer, EngineConfig())
+    engine = LLMEngine(model, tokenizer, EngineConfig(), max_seqs=64)
     engine.add(EngineRequest("r1", prompt_ids, SamplingParams(max_tokens=16, temperature=0)))
     while engine.has_work():
         for out in engine.step(): ...
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -17,25 +17,10 @@ from omnistage.ar_engine.block_manager import BlockManager
 from omnistage.ar_engine.detokenize import IncrementalDetokenizer
 from omnistage.ar_engine.runner import ModelRunner, kv_shape, text_config
 from omnistage.ar_engine.sampling import Sampled, SamplingParams, sample_batch
-from omnistage.ar_engine.scheduler import Scheduler, SchedulerConfig
+from omnistage.ar_engine.config import EngineConfig
+from omnistage.ar_engine.scheduler import Scheduler
 from omnistage.ar_engine.sequence import MediaSpan, Sequence, StepPlan
 from omnistage.errors import RequestRejected
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    block_size: int = 16
-    num_blocks: int | None = None  # None: as many as ``kv_cache_mb`` holds
-    kv_cache_mb: int = 256
-    max_seqs: int = 64
-    max_tokens_per_step: int = 2048
-    chunked_prefill: bool = True
-    short_prompt_tokens: int = 64
-    prefix_caching: bool = True
-    # "generated": the last-layer state that produced each new token; "all": every position.
-    hidden_states: Literal["none", "generated", "all"] = "none"
-    # With hidden_states "all": also each position's input embedding (what a talker conditions on).
-    input_embeds: bool = False
 
 
 @dataclass
@@ -90,16 +75,17 @@ class _State:
 
 
 class LLMEngine:
-    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, backend: Any = None,
-                 media_encoder: Any = None, eos_ids: frozenset[int] | None = None) -> None:
-        """``tokenizer`` None: no text (a model over codec tokens); ``eos_ids`` overrides the
-        model's end-of-sequence ids."""
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, max_seqs: int = 64, backend: Any = None,
+                 media_encoder: Any = None, eos_ids: frozenset[int] | None = None, input_embeds: bool = False) -> None:
+        """``max_seqs``: sequences per step; ``tokenizer`` None: no text (a model over codec
+        tokens); ``eos_ids`` overrides the model's end-of-sequence ids; ``input_embeds`` (with
+        hidden_states "all"): also keep each position's input embedding (what a talker needs)."""
         self.config = config
+        self.input_embeds = input_embeds
         self.tokenizer = tokenizer
         num_blocks = config.num_blocks or self._blocks_for(model, config)
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
-        self.scheduler = Scheduler(SchedulerConfig(config.max_seqs, config.max_tokens_per_step,
-                                                   config.chunked_prefill, config.short_prompt_tokens), self.blocks)
+        self.scheduler = Scheduler(config, max_seqs, self.blocks)
         self.runner = ModelRunner(model, num_blocks, config.block_size, backend=backend, media_encoder=media_encoder)
         self.eos_ids = _eos_ids(model, tokenizer) if eos_ids is None else eos_ids
         self.max_model_len = min(getattr(text_config(model.config), "max_position_embeddings", 1 << 30),
@@ -213,7 +199,7 @@ class LLMEngine:
                 # Positions already kept (recomputed after a preemption) are not kept again.
                 lo, hi = offset + max(0, state.kept - chunk.start), offset + chunk.length
                 state.hidden.append(result.hidden[lo:hi])
-                if self.config.input_embeds:
+                if self.input_embeds:
                     state.embeds.append(result.embeds[lo:hi])
                 state.kept = max(state.kept, chunk.start + chunk.length)
             elif mode == "generated" and chunk.samples:

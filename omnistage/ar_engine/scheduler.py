@@ -10,23 +10,16 @@ to the front of the queue to be recomputed (its generated tokens are kept, never
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-
 from omnistage.ar_engine.block_manager import BlockManager
+from omnistage.ar_engine.config import EngineConfig
 from omnistage.ar_engine.sequence import Chunk, Sequence, Status, StepPlan
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_seqs: int = 64
-    max_tokens_per_step: int = 2048
-    chunked_prefill: bool = True
-    short_prompt_tokens: int = 64  # waiting prompts this short are admitted before running prefills
-
-
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, blocks: BlockManager) -> None:
+    def __init__(self, config: EngineConfig, max_seqs: int, blocks: BlockManager) -> None:
+        """Reads the config's step budget, chunked prefill and short-prompt settings."""
         self.config = config
+        self.max_seqs = max_seqs
         self.blocks = blocks
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -84,7 +77,7 @@ class Scheduler:
         """Admit waiting sequences (only those whose whole prompt fits the fast lane, when
         ``short_only``) while blocks, sequence slots and budget allow; none after a preemption."""
         for seq in list(self.waiting):
-            if plan.preempted or not budget or len(self.running) >= self.config.max_seqs:
+            if plan.preempted or not budget or len(self.running) >= self.max_seqs:
                 break
             if seq.remaining() <= 0:
                 continue  # its inputs have not come yet

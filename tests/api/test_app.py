@@ -73,6 +73,40 @@ def test_errors_have_openai_shape_and_the_server_keeps_serving(chat_server, payl
     assert client(chat_server).models.list().data
 
 
+@pytest.mark.parametrize("extra, param, words", [
+    ({"max_token": 5}, "max_token", "unknown parameter 'max_token'; did you mean 'max_tokens'?"),
+    ({"temprature": 0.5}, "temprature", "did you mean 'temperature'?"),
+    ({"voice": "alloy"}, "voice", "unknown parameter 'voice'"),
+    ({"temperature": 2.5}, "temperature", "temperature must be between 0 and 2, got 2.5"),
+    ({"top_k": -1}, "top_k", "top_k must be >= 0"),
+    ({"seed": 2 ** 70}, "seed", "seed must be >= 0 and < "),
+    ({"stop": 5}, "stop", "stop must be a string or a list of strings"),
+    ({"ignore_eos": "yes"}, "ignore_eos", "ignore_eos must be true or false"),
+    ({"top_logprobs": "abc"}, "top_logprobs", "top_logprobs must be an integer"),
+    ({"stream": "yes"}, "stream", "stream must be true or false"),
+    ({"stream_options": "x"}, "stream_options", "stream_options must be an object"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools is not supported"),
+    ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty is not supported"),
+])
+def test_unknown_and_out_of_range_parameters_are_refused_by_name(chat_server, extra, param, words):
+    c = client(chat_server)
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                  extra_body=extra)
+    assert err.value.body["param"] == param and words in err.value.body["message"]
+
+
+def test_what_clients_send_by_default_is_accepted(chat_server):
+    done = client(chat_server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, user="u1", store=False,
+        metadata={"k": "v"}, presence_penalty=0, frequency_penalty=0.0, tools=[], extra_body={"top_k": 5})
+    assert done.usage.completion_tokens >= 1
+    text = client(chat_server).completions.create(model=MODEL, prompt="x", max_tokens=2, echo=False, best_of=1)
+    assert text.usage.completion_tokens >= 1
+    with pytest.raises(openai.BadRequestError, match="unknown parameter 'max_token'"):
+        client(chat_server).completions.create(model=MODEL, prompt="x", extra_body={"max_token": 2})
+
+
 def test_api_key_is_required(chat_server):
     with pytest.raises(openai.AuthenticationError):
         client(chat_server, key="wrong").models.list()

@@ -70,6 +70,8 @@ def test_speech_flac_and_speed(default_server):
 @pytest.mark.parametrize("body, param", [
     ({"input": "hi", "voice": "bob"}, "voice"), ({"input": "hi", "speed": 9}, "speed"),
     ({"input": ""}, "input"), ({"input": "hi", "response_format": "mp3"}, "response_format"),
+    ({"input": "hi", "vioce": "echo"}, "vioce"), ({"input": "hi", "speed": "fast"}, "speed"),
+    ({"input": "hi", "instructions": "whisper it"}, "instructions"), ({"input": "hi", "seed": 3}, "seed"),
 ])
 def test_bad_speech_requests(default_server, body, param):
     r = httpx.post(f"{default_server.url}/v1/audio/speech", json=body)

@@ -45,6 +45,10 @@ def test_jpeg_and_default_size(default_server):
     (dict(extra_body={"guidance_scale": -1}), "guidance_scale"),
     (dict(extra_body={"scheduler": "nope"}), "scheduler"),
     (dict(model="dall-e-3"), "model"),
+    (dict(extra_body={"num_inference_step": 3}), "num_inference_step"),
+    (dict(extra_body={"max_tokens": 3}), "max_tokens"),
+    (dict(extra_body={"seed": "7"}), "seed"),
+    (dict(style="vivid"), "style"),
 ])
 def test_bad_requests_get_openai_errors(default_server, kwargs, param):
     args = {"prompt": "a cat", **kwargs}

@@ -65,6 +65,8 @@ def test_progress_is_reported_and_delete_cancels(default_server):
 @pytest.mark.parametrize("body, param", [
     ({"prompt": "x", "size": "30x32"}, "width"), ({"prompt": "x", "seconds": "soon"}, "seconds"),
     ({"prompt": "x", "num_frames": 8}, "num_frames"), ({}, "prompt"),
+    ({"prompt": "x", "num_frame": 9}, "num_frame"), ({"prompt": "x", "fps": 0}, "fps"),
+    ({"prompt": "x", "guidance_scale": 500}, "guidance_scale"), ({"prompt": "x", "input_reference": "img"}, "input_reference"),
 ])
 def test_bad_video_requests(default_server, body, param):
     r = httpx.post(f"{default_server.url}/v1/videos", json=body)

@@ -6,7 +6,7 @@ from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 
 from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine
 from omnistage.ar_engine.sampling import SamplingParams
-from omnistage.graph.kinds import ArOptions
+from omnistage.graph.options import ArOptions
 from omnistage.models.tiny import ensure_tiny
 from omnistage.stages.worker.stage import StageRequest
 from omnistage.stages.kinds.ar import ArStage, load_model

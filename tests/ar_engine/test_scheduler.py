@@ -3,7 +3,8 @@ import zlib
 
 from omnistage.ar_engine.block_manager import BlockManager
 from omnistage.ar_engine.sampling import SamplingParams
-from omnistage.ar_engine.scheduler import Scheduler, SchedulerConfig
+from omnistage.ar_engine.config import EngineConfig
+from omnistage.ar_engine.scheduler import Scheduler
 from omnistage.ar_engine.sequence import Sequence, Status
 
 
@@ -46,7 +47,7 @@ def expected(seq):
 
 def test_chunked_prefill_under_a_token_budget_mixed_with_decodes():
     blocks = BlockManager(64, 4)
-    sched = Scheduler(SchedulerConfig(max_seqs=8, max_tokens_per_step=8), blocks)
+    sched = Scheduler(EngineConfig(max_tokens_per_step=8), 8, blocks)
     seqs = [make("a", 3, max_tokens=4), make("b", 10), make("c", 6)]
     plans = drive(sched, seqs)
     first, second = plans[0], plans[1]
@@ -60,7 +61,7 @@ def test_chunked_prefill_under_a_token_budget_mixed_with_decodes():
 
 
 def test_short_prompts_are_not_stuck_behind_long_prefills():
-    sched = Scheduler(SchedulerConfig(max_tokens_per_step=64, short_prompt_tokens=16), BlockManager(256, 4))
+    sched = Scheduler(EngineConfig(max_tokens_per_step=64, short_prompt_tokens=16), 64, BlockManager(256, 4))
     longs = [make(f"long{i}", 200) for i in range(3)]
     for seq in longs:
         sched.add(seq)
@@ -74,14 +75,14 @@ def test_short_prompts_are_not_stuck_behind_long_prefills():
 
 
 def test_max_seqs_limits_running_sequences():
-    sched = Scheduler(SchedulerConfig(max_seqs=2, max_tokens_per_step=100), BlockManager(64, 4))
+    sched = Scheduler(EngineConfig(max_tokens_per_step=100), 2, BlockManager(64, 4))
     plans = drive(sched, [make(f"r{i}", 4) for i in range(5)])
     assert max(len({c.seq.rid for c in p.chunks}) for p in plans) == 2
 
 
 def test_preemption_by_recompute_loses_and_duplicates_nothing():
     blocks = BlockManager(10, 4)  # 40 slots for 6 requests that need up to 14 tokens each
-    sched = Scheduler(SchedulerConfig(max_seqs=6, max_tokens_per_step=32), blocks)
+    sched = Scheduler(EngineConfig(max_tokens_per_step=32), 6, blocks)
     seqs = [make(f"r{i}", 6 + i, max_tokens=8) for i in range(6)]
     plans = drive(sched, seqs)
     assert sum(len(p.preempted) for p in plans) > 0
@@ -93,7 +94,7 @@ def test_preemption_by_recompute_loses_and_duplicates_nothing():
 
 def test_prefix_cache_hit_skips_computed_blocks():
     blocks = BlockManager(32, 4)
-    sched = Scheduler(SchedulerConfig(max_tokens_per_step=64), blocks)
+    sched = Scheduler(EngineConfig(max_tokens_per_step=64), 64, blocks)
     shared = list(range(100, 112))
     first = make("first", 14, prefix=shared)
     drive(sched, [first])
@@ -106,7 +107,7 @@ def test_prefix_cache_hit_skips_computed_blocks():
 
 def test_abort_frees_blocks_and_forgets():
     blocks = BlockManager(16, 4)
-    sched = Scheduler(SchedulerConfig(), blocks)
+    sched = Scheduler(EngineConfig(), 64, blocks)
     a, b = make("a", 9), make("b", 5)
     sched.add(a)
     sched.add(b)

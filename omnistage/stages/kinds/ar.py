@@ -16,7 +16,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
-from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine, TokenOutput
+from omnistage.ar_engine.engine import EngineRequest, LLMEngine, TokenOutput
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.multimodal import is_vision_language, media_spans, takes_video
 from omnistage.ar_engine.sampling import SamplingParams
@@ -27,7 +27,7 @@ from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_v
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import ImageItem, VisionTower, prepare_images
 from omnistage.errors import RequestRejected
-from omnistage.graph.kinds import ArOptions
+from omnistage.graph.options import ArOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, hears, prepare_omni_audio
 from omnistage.stages.worker.stage import ProbingStage, StageOutput, StageRequest
@@ -45,15 +45,6 @@ def load_model(path: str, dtype: torch.dtype, device: str) -> Any:
         impl = {**towers, "text_config": ATTN_IMPLEMENTATION, "": ATTN_IMPLEMENTATION}
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=impl)
     return model.to(device).eval()
-
-
-def engine_config(options: ArOptions, max_seqs: int, input_embeds: bool = False) -> EngineConfig:
-    return EngineConfig(block_size=options.block_size, num_blocks=options.num_blocks,
-                        kv_cache_mb=options.kv_cache_mb, max_seqs=max_seqs,
-                        max_tokens_per_step=options.max_tokens_per_step, chunked_prefill=options.chunked_prefill,
-                        short_prompt_tokens=options.short_prompt_tokens,
-                        prefix_caching=options.prefix_caching, hidden_states=options.hidden_states,
-                        input_embeds=input_embeds)
 
 
 class ArStage(ProbingStage):
@@ -76,8 +67,8 @@ class ArStage(ProbingStage):
         self.audio_extractor = audio_extractor
         self.ears = OmniAudioTower(model) if audio_extractor is not None else None
         encoder = self._encode_media if self.tower or self.ears else None
-        self.engine = LLMEngine(model, tokenizer, engine_config(options, max_seqs, input_embeds=states),
-                                backend=backend_for(device), media_encoder=encoder)
+        self.engine = LLMEngine(model, tokenizer, options, max_seqs, backend=backend_for(device), media_encoder=encoder,
+                                input_embeds=states)
         self.prepared: dict[str, EngineRequest] = {}  # probed requests waiting for their Admit
         self.states = states
         self.talking: set[str] = set()  # requests whose states a talker takes

@@ -20,7 +20,7 @@ from omnistage.diffusion.params import GenerationParams, check_prompt, parse_par
 from omnistage.diffusion.schedulers import SchedulerFactory, scheduler_names
 from omnistage.diffusion.text import PromptCache, PromptEncoder, TextEncodeEngine, TextJob
 from omnistage.errors import RequestRejected
-from omnistage.graph.kinds import DiffusionOptions
+from omnistage.graph.options import DiffusionOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
 from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest

@@ -19,7 +19,7 @@ from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_v
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
-from omnistage.graph.kinds import EncodeOptions
+from omnistage.graph.options import EncodeOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
 from omnistage.omni.hearing import OmniAudioTower, prepare_omni_audio

@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
-from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine
+from omnistage.ar_engine.config import EngineConfig
+from omnistage.ar_engine.engine import EngineRequest, LLMEngine
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.errors import RequestRejected
-from omnistage.graph.kinds import TalkerOptions, VocoderOptions
+from omnistage.graph.options import TalkerOptions, VocoderOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
 from omnistage.omni.assets import embedding_rows, load_speakers, thinker_dir
@@ -41,9 +42,11 @@ class TalkerStage(StreamingInputStage):
         self.stop_ids = frozenset((cfg.tts_codec_end_token_id, cfg.tts_codec_pad_token_id) if stops is None else stops)
         self.media_ids = frozenset(getattr(cfg, k) for k in ("image_token_index", "video_token_index",
                                                              "audio_token_index") if getattr(cfg, k, None) is not None)
-        config = EngineConfig(block_size=options.block_size, kv_cache_mb=options.kv_cache_mb, max_seqs=max_seqs,
+        # Prefix caching off: the talker's prompt positions are all the same mask token (what differs
+        # is fed from outside), so their hashes would match across requests that share nothing.
+        config = EngineConfig(block_size=options.block_size, kv_cache_mb=options.kv_cache_mb,
                               max_tokens_per_step=options.max_tokens_per_step, prefix_caching=False)
-        self.engine = LLMEngine(model, None, config, backend=backend_for(device), eos_ids=self.stop_ids)
+        self.engine = LLMEngine(model, None, config, max_seqs, backend=backend_for(device), eos_ids=self.stop_ids)
         self.replies: dict[str, ThinkerReply] = {}
         self.sampling: dict[str, SamplingParams] = {}  # waiting for the thinker's prompt
         self.silent: list[str] = []  # requests whose thinker said nothing to speak

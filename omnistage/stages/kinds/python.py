@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from omnistage.errors import RequestRejected
-from omnistage.graph.kinds import PythonOptions
+from omnistage.graph.options import PythonOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
 

@@ -16,7 +16,7 @@ import torch
 
 from omnistage.encoders.media import MediaLimits, load_audio
 from omnistage.errors import RequestRejected
-from omnistage.graph.kinds import TranscribeOptions, TtsOptions
+from omnistage.graph.options import TranscribeOptions, TtsOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
 from omnistage.speech.asr import Clip, TranscribeEngine, split_windows

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from omnistage.connectors.messages import Admit, Data, Dest
+from omnistage.graph.params import check_request
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
 
 class Target(Protocol):
@@ -90,12 +91,17 @@ def _dests(route: Route, stage: str, chosen: Mapping[str, Sequence[Target]], sin
 
 def resolve_params(plan: GraphPlan, route: Route, infos: Mapping[str, Mapping[str, Any]],
                    params: Mapping[str, Any]) -> dict[str, Any]:
-    """Run the submit-time checks of the route's stage kinds (``KindSpec.check_params``).
+    """Check a request's parameters before anything is sent to a stage, and resolve them.
 
-    Each check validates ``params`` against the facts its stage reported when it started and may
-    fill in resolved values (defaults, a drawn seed), so every stage sees the same ones. Raises
-    RequestRejected before anything is sent to a stage.
+    Every parameter must be one a stage on the route reads, of its type and in its range
+    (``graph.params``). Then the route's kinds' submit-time checks (``KindSpec.check_params``)
+    validate what depends on the loaded model, against the facts each stage reported when it
+    started, and may fill in resolved values (defaults, a drawn seed) so that every stage sees
+    the same ones. Raises RequestRejected.
     """
+    readers = {name: plan.stages[name].kind.params_for(plan.stages[name].options) for name in route.stages}
+    elsewhere = {spec.name for stage in plan.stages.values() for spec in stage.kind.params_for(stage.options)}
+    check_request(params, readers, elsewhere)
     resolved = dict(params)
     for name in route.stages:
         stage = plan.stages[name]

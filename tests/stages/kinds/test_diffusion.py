@@ -47,6 +47,8 @@ def test_png_holds_the_same_image_and_progress_streams_first(t2i):
     ({"height": 36}, "height"), ({"num_inference_steps": 0}, "num_inference_steps"),
     ({"num_inference_steps": 10000}, "num_inference_steps"), ({"guidance_scale": -2}, "guidance_scale"),
     ({"scheduler": "nope"}, "scheduler"), ({"num_frames": 9}, "num_frames"),
+    ({"num_inference_step": 3}, "num_inference_step"), ({"temperature": 0}, "temperature"),
+    ({"height": "64"}, "height"), ({"seed": -5}, "seed"),
 ])
 def test_bad_parameters_are_refused_at_submit(t2i, params, param):
     with pytest.raises(RequestRejected) as err:

@@ -65,6 +65,14 @@ def test_bad_requests_get_clear_errors_and_the_graph_keeps_serving(chat):
     with pytest.raises(RequestRejected, match="temperature must be between 0 and 2") as info:
         chat.generate(messages=_msgs("hi"), temperature=5)
     assert info.value.status == 400
+    with pytest.raises(RequestRejected, match="unknown parameter 'max_token'; did you mean 'max_tokens'?") as info:
+        chat.submit(messages=_msgs("hi"), max_token=5)
+    assert (info.value.status, info.value.param) == (400, "max_token")
+    for bad in ({"seed": 2 ** 70}, {"stop": 5}, {"logprobs": "abc"}, {"voice": "alloy"}):
+        with pytest.raises(RequestRejected) as info:
+            chat.submit(messages=_msgs("hi"), **bad)
+        assert (info.value.status, info.value.param) == (400, next(iter(bad)))
+    assert not chat.orchestrator.requests  # refused before anything was sent to a stage
     assert chat.generate(prompt="still here", temperature=0, max_tokens=4).usage["completion_tokens"] >= 1
 
 

@@ -1,0 +1,106 @@
+"""The import graph: no circle, and every import goes the way the layers allow.
+
+Run it alone with ``./dev test tests/test_layers.py``. Every import counts, at module level or
+inside a function: an import hidden in a function is still a dependency.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "omnistage"
+ENGINES = ("omnistage.ar_engine", "omnistage.diffusion", "omnistage.encoders", "omnistage.omni", "omnistage.speech")
+# Each part of omnistage, and the parts it may import (besides itself). Engines are libraries:
+# they import nothing of ours but errors. The graph is pure data; it may read an engine's pure
+# config module (the options a kind takes are the engine's settings), nothing else of it.
+ALLOWED: dict[str, set[str]] = {
+    "omnistage.errors": set(),
+    "omnistage.examples_lib": set(),
+    "omnistage.models": set(),
+    **{engine: {"omnistage.errors"} for engine in ENGINES},
+    "omnistage.connectors": {"omnistage.errors"},
+    "omnistage.graph": {"omnistage.errors", "omnistage.ar_engine.config"},
+    "omnistage.checkpoints": {"omnistage.errors", "omnistage.graph", "omnistage.models"},
+    "omnistage.stages.worker": {"omnistage.errors", "omnistage.graph", "omnistage.connectors"},
+    "omnistage.stages.kinds": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.checkpoints",
+                               "omnistage.stages.worker", *ENGINES},
+    "omnistage.stages.runtime": {"omnistage.errors", "omnistage.graph", "omnistage.connectors",
+                                 "omnistage.stages.worker"},
+    "omnistage.stages": set(),  # the package's own __init__
+    "omnistage.elastic": {"omnistage.errors", "omnistage.graph", "omnistage.stages.runtime"},
+    "omnistage.pipeline": {"omnistage.errors", "omnistage.graph", "omnistage.checkpoints", "omnistage.elastic",
+                           "omnistage.stages.runtime"},
+    "omnistage.api": {"omnistage.errors", "omnistage.pipeline", "omnistage.stages.runtime", "omnistage.encoders"},
+    "omnistage.demo": {"omnistage.checkpoints", "omnistage.graph"},
+    "omnistage.cli": {"omnistage.errors", "omnistage.models", "omnistage.checkpoints", "omnistage.graph",
+                      "omnistage.pipeline", "omnistage.api", "omnistage.demo"},
+    "omnistage": {"omnistage.pipeline"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The omnistage modules ``path`` imports (``from a import b`` counts as ``a.b`` when that is a module)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("omnistage")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("omnistage"):
+            subs = {f"{node.module}.{a.name}" for a in node.names} & known
+            out |= subs or {node.module}
+    return out
+
+
+def part(module: str) -> str:
+    """The longest key of ALLOWED that ``module`` belongs to."""
+    return max((k for k in ALLOWED if module == k or module.startswith(k + ".")), key=len)
+
+
+def allowed(src: str, dst: str) -> bool:
+    own = part(src)
+    return part(dst) == own or any(dst == a or dst.startswith(a + ".") for a in ALLOWED[own])
+
+
+def test_every_import_goes_the_way_the_layers_allow():
+    mods = modules()
+    bad = sorted(f"{src} imports {dst}" for src, path in mods.items() for dst in imports(path, set(mods))
+                 if not allowed(src, dst))
+    assert not bad, "\n".join(bad)
+
+
+def test_there_is_no_import_circle():
+    mods = modules()
+    graph = {name: imports(path, set(mods)) & set(mods) for name, path in mods.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> list[str] | None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep] if dep in stack else [node, dep]
+            if dep not in state and (cycle := visit(dep, stack + [dep])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (cycle := visit(name, [name])):
+            raise AssertionError("import circle: " + " -> ".join(cycle))
+
+
+def test_the_checker_sees_an_import_inside_a_function(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from omnistage.stages.runtime.orchestrator import Orchestrator\n")
+    assert imports(path, set(modules())) == {"omnistage.stages.runtime.orchestrator"}
+    assert not allowed("omnistage.ar_engine.engine", "omnistage.stages.runtime.orchestrator")
+    assert allowed("omnistage.elastic.scaler", "omnistage.stages.runtime.orchestrator")
