@@ -40,6 +40,8 @@ def compile_text(text: str, models: ModelResolver, base_dir: Path | None = None,
 def compile_graph(config: GraphConfig, models: ModelResolver, base_dir: Path | None = None,
                   source: str = "") -> GraphPlan:
     issues: list[ConfigIssue] = []
+    if not config.stages:
+        issues.append(ConfigIssue("stages", "a graph needs at least one stage"))
     stages = {name: _stage_plan(name, st, config, base_dir or Path.cwd(), models, issues)
               for name, st in config.stages.items()}
     stages = {k: v for k, v in stages.items() if v is not None}

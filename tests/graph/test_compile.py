@@ -106,3 +106,17 @@ def test_streamed_hand_offs_are_marked_on_their_edges():
     plan = compile_file(ROOT / "examples" / "omni.yaml", resolve_model)
     streamed = {str(e) for e in plan.edges if e.stream}
     assert streamed == {"thinker.states -> talker.states", "talker.codes -> vocoder.codes"}
+
+
+def test_a_graph_without_stages_is_refused():
+    with pytest.raises(GraphConfigError, match="stages: line 2: a graph needs at least one stage"):
+        compile_text("name: x\nstages: {}\n", resolve_model)
+
+
+def test_compiling_a_graph_imports_no_torch():
+    import subprocess
+    import sys
+    code = ("import sys; from omnistage.checkpoints import resolve_model; from omnistage.graph.compile import compile_file; "
+            "compile_file('examples/omni.yaml', resolve_model); assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
