@@ -72,7 +72,7 @@ def run(name: str, chat: int, image: int, elastic: bool, arrivals: list[tuple[fl
                 continue
             h.result(600)
             lat.append((kind, h.finished_at - (start + at)))
-        actions = len([a for a in pipe.orchestrator.controller.scaler.log if a.kind == "move"])
+        actions = len([a for a in pipe.controller.scaler.log if a.kind == "move"])
     good = sum(1 for kind, s in lat if s <= SLO[kind])
     ordered = sorted(s for _, s in lat)
     return {"name": name, "goodput": good / span, "p99": ordered[int(0.99 * (len(ordered) - 1))],
