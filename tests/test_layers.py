@@ -98,6 +98,22 @@ def test_there_is_no_import_circle():
             raise AssertionError("import circle: " + " -> ".join(cycle))
 
 
+def test_what_the_api_process_loads_by_name_from_the_registry_is_torch_free():
+    """Submit-time checks are named by import path in the kind registry (not seen as imports
+    above) and run in the API process: they must stay pure Python."""
+    import subprocess
+    import sys
+    from omnistage.graph.kinds import registry
+    checks = sorted({k.check_params.partition(":")[0] for k in registry().values() if k.check_params})
+    assert checks
+    code = f"import importlib, sys; [importlib.import_module(m) for m in {checks!r}]; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    known = set(modules())
+    for module in checks:
+        assert imports(PACKAGE.parent / (module.replace(".", "/") + ".py"), known) <= {"omnistage.errors"}, module
+
+
 def test_the_checker_sees_an_import_inside_a_function(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("def f():\n    from omnistage.stages.runtime.orchestrator import Orchestrator\n")

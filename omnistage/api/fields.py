@@ -36,7 +36,7 @@ class Fields:
             if name in body and not any(body[name] == ok and type(body[name]) is type(ok) for ok in harmless):
                 raise ApiError(400, f"{name} is not supported by this server", name, "unsupported_parameter")
         skip = self.own | self.metadata | set(self.unsupported)
-        params = {k: v for k, v in body.items() if k not in skip}
+        params = {k: v for k, v in body.items() if k not in skip and v is not None}  # null: not given
         if isinstance(body, FormBody):  # (a JSON body's types are the client's: "7" stays a string)
             for name, kind in self.numeric.items():
                 if name in params:

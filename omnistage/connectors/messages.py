@@ -93,14 +93,13 @@ _LIST = 1 << 7  # a list of the payload type
 
 
 def payload_code(value: Any) -> int:
-    """0 for plain data; else the code of the payload struct ``value`` is, or a list of."""
+    """0 for plain data (a list mixing types included); else the code of the payload struct
+    ``value`` is, or a list of."""
     code = _PAYLOAD_CODE.get(type(value))
     if code is not None:
         return code
     if isinstance(value, list) and value and (code := _PAYLOAD_CODE.get(type(value[0]))) is not None:
-        if any(type(v) is not type(value[0]) for v in value):
-            raise TypeError(f"a list mixing {type(value[0]).__name__} with other types cannot be sent")
-        return code | _LIST
+        return code | _LIST if all(type(v) is type(value[0]) for v in value) else 0
     return 0
 
 

@@ -11,6 +11,7 @@ as tensors.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from omnistage.connectors.messages import MESSAGE_TYPES, Chunk, Chunks, Data, Message, Part, payload_code, payload_type
 from omnistage.connectors.shm import ShmReaders, ShmRing
 
+log = logging.getLogger("omnistage.wire")
 _TYPE_ID = {t: i for i, t in enumerate(MESSAGE_TYPES)}
 _EXT_TENSOR, _EXT_SHM_TENSOR = 1, 2
 
@@ -118,7 +120,7 @@ class Decoder:
             self._frames = ()
         for item in _values(msg):
             if item.payload:
-                item.value = msgspec.convert(item.value, payload_type(item.payload), dec_hook=_tensor_field)
+                item.value = _typed(item)
         return msg
 
     def _ext(self, code: int, data: memoryview) -> Any:
@@ -144,6 +146,17 @@ def _values(msg: Message) -> list[Data | Part | Chunk]:
     if isinstance(msg, (Data, Part, Chunk)):
         return [msg]
     return msg.items if isinstance(msg, Chunks) else []
+
+
+def _typed(item: Data | Part | Chunk) -> Any:
+    """The item's value as its payload type. One that does not fit (a sender's bug) stays plain
+    data, logged: the stage that takes it fails that request, and this thread lives on."""
+    try:
+        return msgspec.convert(item.value, payload_type(item.payload), dec_hook=_tensor_field)
+    except (msgspec.ValidationError, IndexError) as exc:
+        log.error("request %s: a %s value does not fit payload type %d: %s", item.rid, type(item).__name__,
+                  item.payload, exc)
+        return item.value
 
 
 def _tensor_field(tp: Any, obj: Any) -> Any:

@@ -72,9 +72,8 @@ class Scaler:
 
     def drain(self, replica: Replica, then: str | None = None, reason: str = "") -> None:
         """Route nothing new to ``replica``; stop it once empty; its device then goes to ``then``."""
-        if replica.state is not ReplicaState.READY:
+        if not self.table.transition(replica, ReplicaState.READY, ReplicaState.DRAINING):
             return
-        self.table.set_state(replica, ReplicaState.DRAINING)
         if then is not None:
             self._handoff[replica] = then
         self._record("drain", replica, reason)
@@ -112,20 +111,22 @@ class Scaler:
 
     # --- progress --------------------------------------------------------------------------
     def poll(self) -> None:
-        """Stop drained replicas (handing their devices on); reclaim devices of failed starts."""
-        for replica in self.table.drained():
+        """Stop drained replicas (handing their devices on); reclaim devices of failed starts.
+        Safe to call from several threads: each replica is handled by the one that takes it."""
+        for replica in self.table.take_drained():
             self.orch.stop_replica(replica)
             self._record("stopped", replica, "drained")
             self._release(replica)
         for replica in list(self._starting):
-            if replica.state is ReplicaState.STARTING and not replica.runtime.is_alive():
+            if not replica.runtime.is_alive() and self.table.transition(replica, ReplicaState.STARTING,
+                                                                        ReplicaState.DEAD):
                 self.table.set_state(replica, ReplicaState.DEAD, error=replica.error or "exited during start-up")
             if replica.state is ReplicaState.STARTING:
                 continue
             self._starting.discard(replica)
-            if replica.state is ReplicaState.DEAD:  # a failed start: the log keeps why, the table forgets it
+            # A failed start: the log keeps why, the table forgets it (only whoever removes it reclaims its device).
+            if replica.state is ReplicaState.DEAD and self.table.remove(replica):
                 self._record("failed", replica, replica.error.strip().splitlines()[-1] if replica.error else "")
-                self.table.remove(replica)
                 self._release(replica)
 
     def _release(self, replica: Replica) -> None:

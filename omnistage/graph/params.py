@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -62,14 +63,16 @@ class ParamSpec:
     def _check_range(self, value: float) -> None:
         bounds = [(bound, op) for bound, op in ((self.ge, ">="), (self.gt, ">"), (self.le, "<="), (self.lt, "<"))
                   if bound is not None]
-        tests = {">=": value.__ge__, ">": value.__gt__, "<=": value.__le__, "<": value.__lt__}
-        if all(tests[op](bound) is True for bound, op in bounds):
+        if all(_COMPARE[op](value, bound) for bound, op in bounds):
             return
         if self.ge is not None and self.le is not None:
             limits = f"between {_number(self.ge)} and {_number(self.le)}"
         else:
             limits = " and ".join(f"{op} {_number(bound)}" for bound, op in bounds)
         raise RequestRejected(f"{self.name} must be {limits}, got {value!r}", param=self.name)
+
+
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
 def _number(bound: float) -> str:
@@ -100,6 +103,7 @@ def check_request(params: Mapping[str, Any], readers: Mapping[str, Iterable[Para
     its parameters). ``elsewhere``: parameters only stages off this route read. Raises
     RequestRejected naming the first bad parameter."""
     specs: dict[str, list[ParamSpec]] = {}
+    params = {name: value for name, value in params.items() if value is not None}  # None: not given
     for stage_params in readers.values():
         for spec in stage_params:
             specs.setdefault(spec.name, []).append(spec)

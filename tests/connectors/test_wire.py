@@ -75,12 +75,13 @@ def test_payloads_come_back_as_their_own_types(value):
             assert back.items[1].value == "plain text stays plain" and back.items[1].payload == 0
 
 
-def test_a_payload_whose_fields_do_not_fit_its_type_is_refused():
+def test_a_payload_that_does_not_fit_its_type_arrives_plain_and_is_logged(caplog):
+    """(A sender's bug: the receiving stage fails that request; the receiving thread lives on.)"""
     body = msgspec.msgpack.encode(Data("r1", "kv", ["hash", "not a tensor", []], payload=1))
-    with pytest.raises(msgspec.ValidationError, match="expected Tensor"):
-        Decoder().decode([bytes((MESSAGE_TYPES.index(Data),)), body])
-    with pytest.raises(TypeError, match="mixing"):
-        Encoder().encode(Data("r1", "x", [Progress(1, 2), {"step": 2}]))
+    back = Decoder().decode([bytes((MESSAGE_TYPES.index(Data),)), body])
+    assert back.value == ["hash", "not a tensor", []] and "expected Tensor" in caplog.text and "r1" in caplog.text
+    mixed = Decoder().decode(Encoder().encode(Data("r1", "x", [Progress(1, 2), {"step": 2}])))
+    assert mixed.payload == 0 and mixed.value == [[1, 2], {"step": 2}]
 
 
 def _plain(value):

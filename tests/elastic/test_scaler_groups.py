@@ -59,10 +59,15 @@ def test_validate_shows_the_groups():
 
 
 def test_requests_go_to_their_group(pipe):
-    done = pipe.orchestrator.completions
+    table, done = pipe.orchestrator.table, pipe.orchestrator.completions
     before = dict(done)
-    ask(pipe, image=False)
-    ask(pipe, image=True)
+    for image in (False, True):
+        content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": "hi"}]
+        handle = pipe.submit(messages=[{"role": "user", "content": content}], images=[png()] if image else None,
+                             max_tokens=32, ignore_eos=True, temperature=0)
+        holders = [r.group for r in table.of("chat") if handle.rid in r.inflight]  # picked at submit
+        assert holders == ["multimodal" if image else "text"]
+        assert handle.result(120).usage["completion_tokens"] == 32
     assert done["chat/text"] - before["chat/text"] == 1
     assert done["chat/multimodal"] - before["chat/multimodal"] == 1
 

@@ -86,3 +86,11 @@ def test_a_python_stage_takes_the_parameters_its_options_declare(tmp_path):
     assert resolve_params(plan, route, {}, {"loudness": 3}) == {"loudness": 3}
     with pytest.raises(RequestRejected, match="loudness must be an integer"):
         resolve_params(plan, route, {}, {"loudness": "3"})
+
+
+def test_whole_numbers_pass_for_a_number_and_none_means_not_given():
+    from omnistage.graph.params import SPEECH
+    check_request({"speed": 2, "voice": None}, {"speak": SPEECH})
+    check_request({"speed": 0.25}, {"speak": SPEECH})
+    rejected({"speed": 5}, {"speak": SPEECH})
+    check_request({"temperature": None, "flavour": None}, {"llm": SAMPLING})  # null fields are absent ones

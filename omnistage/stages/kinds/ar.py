@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
@@ -88,9 +89,6 @@ class ArStage(ProbingStage):
         cached = set(self.engine.cached_media(req))
         images = [i for i, span in enumerate(req.media) if isinstance(span.source, ImageItem)]
         return [k for k, i in enumerate(images) if i in cached]
-
-    def probe(self, rid: str, inputs: dict[str, Any], params: dict[str, Any]) -> list[int]:
-        return self.probe_prepared(self.prepare(rid, inputs, params))
 
     def add(self, request: StageRequest) -> None:
         req = self.take_request(request)
@@ -181,7 +179,7 @@ class ArStage(ProbingStage):
                 raise RequestRejected("messages must be a non-empty list", param="messages")
             try:
                 text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, TemplateError) as exc:  # what a template raises on messages it refuses
                 raise RequestRejected(f"messages do not fit the model's chat template: {exc}", param="messages") from None
             return list(self.tok(text, add_special_tokens=False)["input_ids"])
         prompt = inputs.get("prompt")

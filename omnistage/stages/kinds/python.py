@@ -51,7 +51,7 @@ class PythonStage(Stage):
         try:
             result = self._fn(**kwargs)
         except RequestRejected as exc:
-            return StageOutput(req.rid, finished=True, error=str(exc), status=exc.status)
+            return StageOutput(req.rid, finished=True, error=str(exc), status=exc.status, param=exc.param)
         except Exception as exc:  # noqa: BLE001 - user code: its failure fails this request only
             return StageOutput(req.rid, finished=True, error=f"{type(exc).__name__}: {exc}")
         if len(self._outputs) == 1 and not (isinstance(result, dict) and set(result) == set(self._outputs)):

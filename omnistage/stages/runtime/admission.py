@@ -102,7 +102,7 @@ def resolve_params(plan: GraphPlan, route: Route, infos: Mapping[str, Mapping[st
     readers = {name: plan.stages[name].kind.params_for(plan.stages[name].options) for name in route.stages}
     elsewhere = {spec.name for stage in plan.stages.values() for spec in stage.kind.params_for(stage.options)}
     check_request(params, readers, elsewhere)
-    resolved = dict(params)
+    resolved = {name: value for name, value in params.items() if value is not None}  # None: not given
     for name in route.stages:
         stage = plan.stages[name]
         if stage.kind.check_params:

@@ -58,7 +58,7 @@ class ThreadReplica:
         self.thread.join(timeout)
 
     def kill(self) -> None:
-        raise NotImplementedError("a thread replica cannot be killed; use mode='process'")
+        raise NotImplementedError("a thread replica cannot be killed; run the pipeline with in_process=False")
 
 
 class LocalLauncher:

@@ -102,7 +102,8 @@ class Orchestrator:
         return self.launcher.start(self.table, stage, device, threads, group)
 
     def stop_replica(self, replica: Replica) -> None:
-        """Tell a replica to exit, take it out of the table and reap its process in the background."""
+        """Tell a replica to exit, take it out of the table (if still there) and reap its process
+        in the background."""
         if replica.address and replica.state in (ReplicaState.READY, ReplicaState.DRAINING):
             self._out.put((replica.address, Shutdown()))
         self.table.remove(replica)
@@ -164,12 +165,26 @@ class Orchestrator:
         handle = RequestHandle(rid, loop, params)
         target = probe_target(self.plan, route, inputs)
         group = request_group(inputs)
-        chosen = self._pick(rid, route, target, len(inputs.get("images") or ()), group)
-        live = _Live(handle, route, chosen, inputs, params, probing=target, group=group)
+        live = _Live(handle, route, {}, inputs, params, probing=target, group=group)
+        # Listed before its replicas are picked: a replica that dies once it holds the request
+        # finds it and fails it (it never waits on a dead replica).
         with self._lock:
-            for stage in route.stages:
-                self.arrivals[self.plan.unit(stage, group)] += 1
             self.requests[rid] = live
+        try:
+            chosen = self._pick(rid, route, target, len(inputs.get("images") or ()), group)
+        except Overloaded:
+            with self._lock:
+                self.requests.pop(rid, None)
+            raise
+        with self._lock:
+            admitted = self.requests.get(rid) is live
+            if admitted:
+                live.chosen = chosen
+                for stage in route.stages:
+                    self.arrivals[self.plan.unit(stage, group)] += 1
+        if not admitted:  # failed while its replicas were picked (one died): the handle has the error
+            self.table.release(rid, [r for reps in chosen.values() for r in reps])
+            return handle
         if target is None:
             self._launch(rid, live, route)
         else:  # unified prefix cache: ask the AR stage what it already holds before encoding
@@ -291,6 +306,9 @@ class Orchestrator:
             replica.stats = msg.values
 
     def _on_done(self, msg: Done) -> None:
+        replica = self.table.get(msg.stage, msg.replica)
+        if replica is not None:  # (also for a request forgotten here meanwhile: the replica no longer holds it)
+            self.table.release(msg.rid, [replica])
         with self._lock:
             live = self.requests.get(msg.rid)
             if live is None:
@@ -301,7 +319,6 @@ class Orchestrator:
             finished = not live.pending
             if finished:
                 del self.requests[msg.rid]
-        self.table.release(msg.rid, [r for r in live.chosen.get(msg.stage, ()) if r.index == msg.replica])
         if finished:
             live.handle.push(DoneEvent(live.meta))
 

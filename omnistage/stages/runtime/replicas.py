@@ -34,6 +34,19 @@ class ReplicaRuntime(Protocol):
     def kill(self) -> None: ...
 
 
+class Launching:
+    """The runtime of a replica listed but not started yet (see ``ReplicaTable.add``)."""
+
+    def is_alive(self) -> bool:
+        return True
+
+    def stop(self, timeout: float) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
 @dataclass(eq=False)
 class Replica:
     stage: str
@@ -87,16 +100,23 @@ class ReplicaTable:
     # --- changes ------------------------------------------------------------------------------
     def add(self, stage: str, launch: Callable[[int], ReplicaRuntime], device: str = "cpu",
             group: str | None = None) -> Replica:
-        """Launch a replica of ``stage`` and list it as starting. ``launch(index)`` runs under the
-        table's lock (so the replica is listed before it can report Ready): it must only start
-        the replica, never wait for it."""
+        """List a replica of ``stage`` as starting, then launch it (``launch(index)``, outside the
+        lock) and keep its runtime. It is listed first so that its Ready finds it; a launch that
+        raises leaves it dead, with the error."""
         with self._cond:
             index = self._next[stage]
             self._next[stage] += 1
-            replica = Replica(stage, index, launch(index), device, group)
+            replica = Replica(stage, index, Launching(), device, group)
             self._replicas[stage].append(replica)
             self._cond.notify_all()
-            return replica
+        try:
+            runtime = launch(index)
+        except Exception as exc:
+            self.set_state(replica, ReplicaState.DEAD, error=f"could not be launched: {type(exc).__name__}: {exc}")
+            raise
+        with self._cond:
+            replica.runtime = runtime
+        return replica
 
     def set_state(self, replica: Replica, state: ReplicaState, *, address: str | None = None,
                   error: str | None = None) -> None:
@@ -108,16 +128,29 @@ class ReplicaTable:
                 replica.error = error
             self._cond.notify_all()
 
+    def transition(self, replica: Replica, before: ReplicaState, after: ReplicaState) -> bool:
+        """Move ``replica`` from ``before`` to ``after``; False (and no change) if it was not in
+        ``before`` (it died meanwhile, say)."""
+        with self._cond:
+            if replica.state is not before:
+                return False
+            replica.state = after
+            self._cond.notify_all()
+            return True
+
     def set_group(self, replica: Replica, group: str | None) -> None:
         with self._cond:
             replica.group = group
             self._cond.notify_all()
 
-    def remove(self, replica: Replica) -> None:
+    def remove(self, replica: Replica) -> bool:
+        """Take ``replica`` out of the table; False when it was not in it (already removed)."""
         with self._cond:
-            if replica in self._replicas[replica.stage]:
+            listed = replica in self._replicas[replica.stage]
+            if listed:
                 self._replicas[replica.stage].remove(replica)
-            self._cond.notify_all()
+                self._cond.notify_all()
+            return listed
 
     def pick(self, stage: str, rid: str, queue_depth: int, at_most: int = 1, group: str | None = None) -> list[Replica]:
         """Up to ``at_most`` ready replicas of ``stage``, least loaded first (at least one), of the
@@ -149,11 +182,17 @@ class ReplicaTable:
         with self._cond:
             return list(replica.inflight)
 
-    def drained(self) -> list[Replica]:
-        """Draining replicas that hold nothing any more (ready to stop)."""
+    def take_drained(self) -> list[Replica]:
+        """Draining replicas that hold nothing any more, taken out of the table (each is returned
+        to exactly one caller, which stops it)."""
         with self._cond:
-            return [r for reps in self._replicas.values() for r in reps
-                    if r.state is ReplicaState.DRAINING and not r.inflight]
+            drained = [r for reps in self._replicas.values() for r in reps
+                       if r.state is ReplicaState.DRAINING and not r.inflight]
+            for replica in drained:
+                self._replicas[replica.stage].remove(replica)
+            if drained:
+                self._cond.notify_all()
+            return drained
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Block until ``predicate()`` (evaluated under the table's lock) holds, or time out."""

@@ -68,7 +68,7 @@ class Gather:
 
     def take(self, rid: str) -> tuple[dict[str, Any], frozenset[str]]:
         """The inputs of a ready request and its streamed ports still open (it stays admitted
-        until forgotten; later parts of open streams go straight to the engine)."""
+        until forgotten; later parts of open streams go straight to the stage's ``feed``)."""
         self.parts.pop(rid, None)
         self.started.add(rid)
         closed = self.closed.pop(rid, set())

@@ -220,7 +220,7 @@ class StageWorker:
             self._out.put((sink, Chunks(items)))
         for admit, out in finished:
             if out.error is not None:
-                self._fail(out.rid, out.error, out.status)
+                self._fail(out.rid, out.error, out.status, out.param)
             else:
                 self._finish(admit, out)
 

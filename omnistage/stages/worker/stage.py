@@ -43,7 +43,8 @@ class StageRequest:
 class StageOutput:
     """Values for output ports. Streaming ports carry deltas; others their whole value once.
 
-    ``finished`` ends the request in this stage; ``error`` fails it (with ``status``).
+    ``finished`` ends the request in this stage; ``error`` fails it (with ``status``, and the
+    request ``param`` at fault for a 4xx).
     """
 
     rid: str
@@ -52,6 +53,7 @@ class StageOutput:
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     status: int = 500
+    param: str | None = None
 
 
 class Stage(abc.ABC):

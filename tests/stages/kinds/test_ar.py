@@ -1,4 +1,4 @@
-"""The ar engine in-process (no sockets): batched greedy equals HF generate one at a time."""
+"""The ar stage in-process (no sockets): batched greedy equals HF generate one at a time."""
 import pytest
 
 from omnistage.checkpoints import resolve_model
@@ -12,16 +12,16 @@ PROMPTS = ["Hello there", "Tell me a story about a cat who learned to sing and d
 
 
 @pytest.fixture(scope="module")
-def engine(qwen2_dir):
+def stage(qwen2_dir):
     from tests.conftest import ROOT
     plan = compile_file(ROOT / "examples" / "text_chat.yaml", resolve_model)
     return build(plan.stages["llm"], "cpu")
 
 
-def _drain(engine):
+def _drain(stage):
     text, tokens, meta = {}, {}, {}
-    while engine.has_work():
-        for out in engine.step():
+    while stage.has_work():
+        for out in stage.step():
             text[out.rid] = text.get(out.rid, "") + out.ports["text"]
             tokens.setdefault(out.rid, []).extend(out.ports["tokens"])
             if out.finished:
@@ -29,11 +29,11 @@ def _drain(engine):
     return text, tokens, meta
 
 
-def test_batched_greedy_equals_hf_generate(engine, hf_greedy):
+def test_batched_greedy_equals_hf_generate(stage, hf_greedy):
     for i, p in enumerate(PROMPTS):
-        engine.add(StageRequest(f"r{i}", {"messages": [{"role": "user", "content": p}]},
+        stage.add(StageRequest(f"r{i}", {"messages": [{"role": "user", "content": p}]},
                                 {"temperature": 0, "max_tokens": 20}))
-    text, tokens, meta = _drain(engine)
+    text, tokens, meta = _drain(stage)
     for i, p in enumerate(PROMPTS):
         want_tokens, want_text = hf_greedy(messages=[{"role": "user", "content": p}], max_tokens=20)
         eos_trimmed = tokens[f"r{i}"][:len(want_tokens)]
@@ -42,35 +42,35 @@ def test_batched_greedy_equals_hf_generate(engine, hf_greedy):
         assert meta[f"r{i}"]["completion_tokens"] == len(want_tokens)
 
 
-def test_prompt_input_and_stop_strings(engine, hf_greedy):
+def test_prompt_input_and_stop_strings(stage, hf_greedy):
     _, want_text = hf_greedy(prompt="The quick brown fox", max_tokens=12)
-    engine.add(StageRequest("p", {"prompt": "The quick brown fox"}, {"temperature": 0, "max_tokens": 12}))
-    text, _, _ = _drain(engine)
+    stage.add(StageRequest("p", {"prompt": "The quick brown fox"}, {"temperature": 0, "max_tokens": 12}))
+    text, _, _ = _drain(stage)
     assert text["p"] == want_text
     stop = want_text[3:5]
-    engine.add(StageRequest("s", {"prompt": "The quick brown fox"},
+    stage.add(StageRequest("s", {"prompt": "The quick brown fox"},
                             {"temperature": 0, "max_tokens": 12, "stop": [stop]}))
-    text, _, meta = _drain(engine)
+    text, _, meta = _drain(stage)
     assert text["s"] == want_text[:want_text.find(stop)]
     assert meta["s"]["finish_reason"] == "stop"
 
 
-def test_seeded_sampling_is_reproducible_and_abort_forgets(engine):
+def test_seeded_sampling_is_reproducible_and_abort_forgets(stage):
     params = {"temperature": 1.0, "top_p": 0.9, "seed": 7, "max_tokens": 10, "ignore_eos": True}
-    engine.add(StageRequest("a", {"prompt": "Hello"}, params))
-    alone, _, _ = _drain(engine)
-    engine.add(StageRequest("b", {"prompt": "Hello"}, params))
-    engine.add(StageRequest("c", {"prompt": "Numbers"}, dict(params, seed=8)))
-    engine.add(StageRequest("gone", {"prompt": "Hello"}, params))
-    engine.abort("gone")
-    batched, tokens, meta = _drain(engine)
+    stage.add(StageRequest("a", {"prompt": "Hello"}, params))
+    alone, _, _ = _drain(stage)
+    stage.add(StageRequest("b", {"prompt": "Hello"}, params))
+    stage.add(StageRequest("c", {"prompt": "Numbers"}, dict(params, seed=8)))
+    stage.add(StageRequest("gone", {"prompt": "Hello"}, params))
+    stage.abort("gone")
+    batched, tokens, meta = _drain(stage)
     assert batched["b"] == alone["a"]
     assert len(tokens["b"]) == 10 and "gone" not in batched
 
 
 @pytest.mark.parametrize("params,param", [({"temperature": -1}, "temperature"), ({"max_tokens": 0}, "max_tokens"),
                                           ({"top_p": 0}, "top_p"), ({"stop": [""]}, "stop")])
-def test_bad_parameters_are_rejected(engine, params, param):
+def test_bad_parameters_are_rejected(stage, params, param):
     with pytest.raises(RequestRejected) as info:
-        engine.add(StageRequest("x", {"prompt": "hi"}, params))
+        stage.add(StageRequest("x", {"prompt": "hi"}, params))
     assert info.value.param == param and info.value.status == 400

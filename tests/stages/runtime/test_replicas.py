@@ -71,9 +71,36 @@ def test_a_draining_replica_is_never_picked_and_is_drained_once_empty():
     table.set_state(rep, ReplicaState.DRAINING)
     with pytest.raises(Overloaded):
         table.pick("chat", "r2", queue_depth=8)
-    assert table.drained() == []
+    assert table.take_drained() == []
     table.release("r1", [rep])
-    assert table.drained() == [rep]
+    assert table.take_drained() == [rep] and table.of("chat") == []  # taken out: only one caller stops it
+    assert table.take_drained() == [] and not table.remove(rep)
+
+
+def test_a_transition_happens_only_from_the_state_expected():
+    table, reps = table_with("chat")
+    rep = reps["chat"]
+    table.set_state(rep, ReplicaState.DEAD, error="gone")
+    assert not table.transition(rep, ReplicaState.READY, ReplicaState.DRAINING)  # a drain never revives the dead
+    assert rep.state is ReplicaState.DEAD
+
+
+def test_a_replica_is_listed_before_it_is_launched_and_a_failed_launch_leaves_it_dead():
+    table = ReplicaTable(["chat"])
+    seen = []
+
+    def launch(index):
+        seen.append([r.index for r in table.of("chat")])
+        return FakeRuntime()
+    replica = table.add("chat", launch)
+    assert seen == [[0]] and isinstance(replica.runtime, FakeRuntime)
+
+    def broken(index):
+        raise OSError("no such device")
+    with pytest.raises(OSError):
+        table.add("chat", broken)
+    assert table.of("chat")[-1].state is ReplicaState.DEAD
+    assert table.readiness()["chat"] == "loading"
 
 
 def test_readiness_says_why_per_stage():

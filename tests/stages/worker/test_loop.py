@@ -87,7 +87,7 @@ def test_failures_and_aborts(worker):
     assert "gone" not in worker.requests.early
 
 
-def test_engine_that_omits_a_routed_port_fails_the_request(worker):
+def test_a_stage_that_omits_a_routed_port_fails_the_request(worker):
     worker.stage = PythonStage(lambda a, b: {"out": a}, ("out",), 4)
     worker._apply(_admit("r", {"out": [Dest("next", "text")], "missing": [Dest("next", "x")]}))
     worker._apply(Data("r", "a", "1"))

@@ -40,3 +40,7 @@ def test_a_stage_without_a_capability_its_kind_declares_is_refused():
         build_stage(with_kind(plan, probes=True), "shout", "cpu")
     with pytest.raises(TypeError, match="built a str, not a Stage"):
         build_stage(with_kind(plan, factory="tests.stages.worker.test_main:not_a_stage"), "shout", "cpu")
+    stage = plan.stages["shout"]
+    streamed = dataclasses.replace(stage, inputs=tuple(dataclasses.replace(p, streaming=True) for p in stage.inputs))
+    with pytest.raises(TypeError, match="has a streamed input, but PythonStage is not a StreamingInputStage"):
+        build_stage(dataclasses.replace(plan, stages=frozen_dict({"shout": streamed})), "shout", "cpu")
