@@ -103,7 +103,7 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
         else:
             response[port] = modality
     return StagePlan(name, spec, st, st.options, model_path, dtype, inputs, outputs, tuple(in_edges),
-                     frozen_dict(response))
+                     frozen_dict(response), params=spec.params_for(st.options))
 
 
 def _check_edges(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> None:

@@ -22,11 +22,6 @@ def read_graph(path: str | Path) -> str:
         raise GraphConfigError([ConfigIssue("", f"cannot read graph file: {exc.strerror}")], str(path)) from None
 
 
-def load_graph(path: str | Path) -> GraphConfig:
-    """Read and validate a graph file. Raises GraphConfigError naming every problem."""
-    return parse_graph(read_graph(path), source=str(path))
-
-
 def parse_graph(text: str, source: str = "<string>") -> GraphConfig:
     try:
         data = yaml.safe_load(text)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from omnistage.errors import RequestRejected
 from omnistage.graph.kinds import KindSpec, PortSpec
+from omnistage.graph.params import ParamSpec
 from omnistage.graph.schema import GraphConfig, StageConfig
 
 REQUEST = "request"
@@ -52,6 +54,8 @@ class StagePlan:
     response: Mapping[str, str]
     # Output ports something consumes (a later stage or the response); set once edges are known.
     used_outputs: frozenset[str] = frozenset()
+    # The request parameters this stage reads (its kind's, or for a python stage its options').
+    params: tuple[ParamSpec, ...] = ()
 
     def output(self, port: str) -> PortSpec:
         return next(p for p in self.outputs if p.name == port)
@@ -83,6 +87,11 @@ class GraphPlan:
     edges: tuple[Edge, ...]
     routes: Mapping[tuple[frozenset[str], frozenset[str]], Route]
     placement: Mapping[str, tuple[ReplicaSlot, ...]]
+
+    @cached_property
+    def param_names(self) -> frozenset[str]:
+        """Every request parameter some stage of the graph reads (checked on every submit: kept)."""
+        return frozenset(p.name for st in self.stages.values() for p in st.params)
 
     @property
     def request_fields(self) -> frozenset[str]:

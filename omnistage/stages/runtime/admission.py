@@ -99,9 +99,7 @@ def resolve_params(plan: GraphPlan, route: Route, infos: Mapping[str, Mapping[st
     started, and may fill in resolved values (defaults, a drawn seed) so that every stage sees
     the same ones. Raises RequestRejected.
     """
-    readers = {name: plan.stages[name].kind.params_for(plan.stages[name].options) for name in route.stages}
-    elsewhere = {spec.name for stage in plan.stages.values() for spec in stage.kind.params_for(stage.options)}
-    check_request(params, readers, elsewhere)
+    check_request(params, {name: plan.stages[name].params for name in route.stages}, plan.param_names)
     resolved = {name: value for name, value in params.items() if value is not None}  # None: not given
     for name in route.stages:
         stage = plan.stages[name]

@@ -104,10 +104,13 @@ class Orchestrator:
     def stop_replica(self, replica: Replica) -> None:
         """Tell a replica to exit, take it out of the table (if still there) and reap its process
         in the background."""
-        if replica.address and replica.state in (ReplicaState.READY, ReplicaState.DRAINING):
-            self._out.put((replica.address, Shutdown()))
+        self._tell_to_exit(replica)
         self.table.remove(replica)
         threading.Thread(target=replica.runtime.stop, args=(SHUTDOWN_WAIT_S,), daemon=True).start()
+
+    def _tell_to_exit(self, replica: Replica) -> None:
+        if replica.address and replica.state in (ReplicaState.READY, ReplicaState.DRAINING):
+            self._out.put((replica.address, Shutdown()))
 
     def _wait_ready(self, timeout: float) -> None:
         def settled() -> bool:
@@ -128,8 +131,7 @@ class Orchestrator:
         self._stopping.set()
         replicas = self.table.all()
         for replica in replicas:
-            if replica.address and replica.state in (ReplicaState.READY, ReplicaState.DRAINING):
-                self._out.put((replica.address, Shutdown()))
+            self._tell_to_exit(replica)
         self._out.put(None)
         for replica in replicas:
             replica.runtime.stop(timeout=10)

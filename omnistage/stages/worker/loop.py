@@ -160,12 +160,13 @@ class StageWorker:
         except RequestRejected as exc:
             self._fail(rid, str(exc), exc.status, exc.param)
         except Exception as exc:  # noqa: BLE001 - one request's unexpected failure must not end the replica
-            self._internal_error(rid, what, exc)
+            self._fail(rid, self._internal_error(rid, what, exc))
 
-    def _internal_error(self, rid: str, what: str, exc: Exception) -> None:
+    def _internal_error(self, rid: str, what: str, exc: Exception) -> str:
+        """Count and log (with its traceback) a request's unexpected failure; the error to send."""
         self.internal_errors += 1
         log.error("stage %r could not %s %s", self.spec.stage, what, rid, exc_info=exc)
-        self._fail(rid, f"internal error: stage {self.spec.stage!r} could not {what}: {type(exc).__name__}: {exc}")
+        return f"internal error: stage {self.spec.stage!r} could not {what}: {type(exc).__name__}: {exc}"
 
     def _probe(self, msg: Probe) -> None:
         """Let the stage prepare the request now, off this loop (decoding and preprocessing media
@@ -187,10 +188,7 @@ class StageWorker:
             self._probe_failed(msg, str(exc), exc.status)
             return
         except Exception as exc:  # noqa: BLE001 - one request's unexpected failure must not end the replica
-            self.internal_errors += 1
-            log.error("stage %r could not prepare %s", self.spec.stage, msg.rid, exc_info=exc)
-            self._probe_failed(msg, f"internal error: stage {self.spec.stage!r} could not prepare the request: "
-                                    f"{type(exc).__name__}: {exc}", 500)
+            self._probe_failed(msg, self._internal_error(msg.rid, "prepare the request", exc), 500)
             return
         self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, covered)))
 
