@@ -15,6 +15,7 @@ DEFAULT_GRAPH = Path(__file__).resolve().parent / "graphs" / "default.yaml"  # s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="omnistage", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"omnistage {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny-models", help="write tiny random-weight checkpoints of real architectures")
     tiny.add_argument("dir", type=Path)
@@ -37,18 +38,32 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--media-dir", default=None,
                        help="let chat messages name local image/video files under this directory")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="json: one JSON object per log line (request ids included)")
+    serve.add_argument("--shutdown-timeout", type=float, default=10.0,
+                       help="on SIGTERM/Ctrl-C, seconds open requests get to finish before they are aborted")
     demo = sub.add_parser("demo", help="run the default graph on the tiny models with a few sample requests")
     demo.add_argument("--graph", type=Path, default=DEFAULT_GRAPH)
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="where the client saves what it gets")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # Ctrl-C after a clean shutdown (the server re-raises the signal)
+        return 130
     except GraphConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OmnistageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("omnistage")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _tiny_models(args: argparse.Namespace) -> int:
@@ -97,9 +112,11 @@ def _serve(args: argparse.Namespace) -> int:
     from omnistage.checkpoints.prepare import prepare_models
     from omnistage.graph.compile import compile_file
     prepare_models(compile_file(args.graph, resolve_model))  # fail fast on a bad graph; build tiny models visibly
+    from omnistage.logs import setup_logging
+    setup_logging(args.log_level, args.log_format)
     app = create_app(args.graph, api_key=args.api_key, media_dir=args.media_dir)
-    uvicorn.run(app, host=args.host, port=args.port,
-                log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False,
+                timeout_graceful_shutdown=args.shutdown_timeout)
     return 0
 
 

@@ -18,12 +18,13 @@ ENGINES = ("omnistage.ar_engine", "omnistage.diffusion", "omnistage.encoders", "
 ALLOWED: dict[str, set[str]] = {
     "omnistage.errors": set(),
     "omnistage.examples_lib": set(),
+    "omnistage.logs": set(),
     "omnistage.models": set(),
     **{engine: {"omnistage.errors"} for engine in ENGINES},
     "omnistage.connectors": {"omnistage.errors"},
     "omnistage.graph": {"omnistage.errors", "omnistage.ar_engine.config"},
     "omnistage.checkpoints": {"omnistage.errors", "omnistage.graph", "omnistage.models"},
-    "omnistage.stages.worker": {"omnistage.errors", "omnistage.graph", "omnistage.connectors"},
+    "omnistage.stages.worker": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.logs"},
     "omnistage.stages.kinds": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.checkpoints",
                                "omnistage.stages.worker", *ENGINES},
     "omnistage.stages.runtime": {"omnistage.errors", "omnistage.graph", "omnistage.connectors",
@@ -35,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "omnistage.api": {"omnistage.errors", "omnistage.pipeline", "omnistage.stages.runtime", "omnistage.encoders"},
     "omnistage.demo": {"omnistage.checkpoints", "omnistage.graph"},
     "omnistage.cli": {"omnistage.errors", "omnistage.models", "omnistage.checkpoints", "omnistage.graph",
-                      "omnistage.pipeline", "omnistage.api", "omnistage.demo"},
+                      "omnistage.pipeline", "omnistage.api", "omnistage.demo", "omnistage.logs", "omnistage.bench"},
     "omnistage": {"omnistage.pipeline"},
 }
 

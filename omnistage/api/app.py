@@ -13,14 +13,15 @@ from typing import Any
 
 import torch
 from starlette.applications import Starlette
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from omnistage.api import audio, images, videos
 from omnistage.api.convert import chat_inputs, choices_count, sampling_params, stream_settings
-from omnistage.api.errors import ApiError, error_response, from_exception
+from omnistage.api.errors import ApiError, from_exception, handle
+from omnistage.api.guard import Guard
 from omnistage.api.metrics import Metrics
 from omnistage.api.request import abort_on_failure, check_model, choice_params, read_json
 from omnistage.errors import OmnistageError
@@ -36,6 +37,7 @@ def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MA
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.pipeline = await asyncio.to_thread(Pipeline.from_yaml, graph)
+        app.state.metrics.model = app.state.pipeline.plan.name
         try:
             yield
         finally:
@@ -56,25 +58,13 @@ def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MA
         Route("/health", health, methods=["GET"]),
         Route("/live", live, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-    ], lifespan=lifespan)
-    app.state.api_key = api_key
+    ], lifespan=lifespan, exception_handlers={HTTPException: handle, ApiError: handle, OmnistageError: handle})
     app.state.max_body = max_body
     app.state.media_dir = media_dir
     app.state.metrics = Metrics()
     app.state.videos = videos.VideoJobs()
-    app.add_middleware(BaseHTTPMiddleware, dispatch=_guard)
+    app.add_middleware(Guard, metrics=app.state.metrics, api_key=api_key)
     return app
-
-
-async def _guard(request: Request, call_next: Any) -> Response:
-    """API key on /v1 routes, and errors in OpenAI's shape."""
-    key = request.app.state.api_key
-    if key and request.url.path.startswith("/v1") and request.headers.get("authorization") != f"Bearer {key}":
-        return error_response(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
-    try:
-        return await call_next(request)
-    except (ApiError, OmnistageError) as exc:
-        return from_exception(exc)
 
 
 def _submit(request: Request, inputs: dict[str, Any], params: dict[str, Any], n: int,
@@ -129,7 +119,7 @@ async def _complete(request: Request, handles: list[RequestHandle], rid: str, mo
     results = await abort_on_failure(request, handles)
     choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for i, (handle, result) in enumerate(zip(handles, results)):
-        request.app.state.metrics.observe(handle, result.usage["completion_tokens"], audio.sample_rate(request))
+        request.app.state.metrics.observe(handle, result.meta, audio.sample_rate(request))
         text = result.text or ""
         body = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
         if audio_format is not None:  # as OpenAI: the text is the audio's transcript
@@ -141,7 +131,6 @@ async def _complete(request: Request, handles: list[RequestHandle], rid: str, mo
         usage["prompt_tokens"] = result.usage["prompt_tokens"]
         usage["completion_tokens"] += result.usage["completion_tokens"]
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    request.app.state.metrics.requests.labels("chat" if chat else "completions", "200").inc()
     return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
                          "created": int(time.time()), "model": model, "choices": choices, "usage": usage})
 
@@ -172,7 +161,7 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
         return f"data: {json.dumps(payload)}\n\n"
 
     async def events() -> AsyncIterator[str]:
-        pending, item, counts = len(handles), first, [0] * len(handles)
+        pending, item = len(handles), first
         resamplers = [audio.Resampler(audio.sample_rate(request)) for _ in handles]
         audio_ids = ["audio_" + uuid.uuid4().hex for _ in handles]
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -187,7 +176,6 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                     yield chunk([{"index": i, "delta": {"audio": {"id": audio_ids[i], "data": data}},
                                   "finish_reason": None}])
                 elif isinstance(event, ChunkEvent) and event.modality == "text":
-                    counts[i] += 1
                     delta = {"content": event.value} if chat else {"text": event.value}
                     if spoken:  # as OpenAI: with audio, text deltas are the audio's transcript
                         delta = {"audio": {"id": audio_ids[i], "transcript": event.value}}
@@ -203,7 +191,7 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                     reasons = [m["finish_reason"] for m in event.meta.values() if "finish_reason" in m]
                     done = {"index": i, "finish_reason": reasons[-1] if reasons else "stop"}
                     yield chunk([{**done, "delta": {}} if chat else {**done, "text": ""}])
-                    request.app.state.metrics.observe(handles[i], counts[i], audio.sample_rate(request))
+                    request.app.state.metrics.observe(handles[i], event.meta, audio.sample_rate(request))
                     usage["prompt_tokens"] = sum(m.get("prompt_tokens", 0) for m in event.meta.values())
                     usage["completion_tokens"] += sum(m.get("completion_tokens", 0) for m in event.meta.values())
                     pending -= 1
@@ -226,7 +214,6 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                 if not h.closed:
                     request.app.state.pipeline.orchestrator.abort(h.rid)
 
-    request.app.state.metrics.requests.labels("chat" if chat else "completions", "200").inc()
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
@@ -238,8 +225,11 @@ async def models(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     """Readiness: 200 when every stage has a ready replica; else 503 with the reason per stage."""
-    table = request.app.state.pipeline.orchestrator.table
+    orchestrator = request.app.state.pipeline.orchestrator
+    table = orchestrator.table
     reasons = table.readiness()
+    if orchestrator.broken:
+        reasons["api"] = orchestrator.broken
     replicas = {r.name: r.state.value for r in table.all()}
     waiting = {stage: why for stage, why in reasons.items() if why is not None}
     body = {"status": "degraded" if waiting else "ok", "stages": {s: why or "ready" for s, why in reasons.items()},
@@ -258,5 +248,6 @@ async def metrics(request: Request) -> Response:
     plan = pipeline.plan
     groups = {stage: list(plan.stages[stage].config.resources.groups) for stage in plan.order
               if plan.stages[stage].config.resources.groups}
+    request.app.state.metrics.restarted(pipeline.orchestrator.supervisor.log)
     body = request.app.state.metrics.render(pipeline.orchestrator.table.all(), log, groups)
     return Response(body, media_type="text/plain; version=0.0.4")

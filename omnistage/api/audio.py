@@ -125,12 +125,11 @@ async def speech(request: Request) -> Response:
                 event = await anext(events)
             if fmt == "flac":
                 yield _flac(torch.cat(collected), rate)
-            request.app.state.metrics.observe(handle, 0, rate)
+            request.app.state.metrics.observe(handle, event.meta if isinstance(event, DoneEvent) else None, rate)
         finally:  # a client that goes away stops the request in every stage
             if not finished:
                 request.app.state.pipeline.orchestrator.abort(handle.rid)
 
-    request.app.state.metrics.requests.labels("speech", "200").inc()
     return StreamingResponse(body_bytes(), media_type=MEDIA[fmt])
 
 
@@ -155,7 +154,7 @@ async def transcriptions(request: Request) -> Response:
     handle = request.app.state.pipeline.submit(**inputs, modalities=["text"], loop=asyncio.get_running_loop(),
                                                **params)
     (result,) = await abort_on_failure(request, [handle])
-    request.app.state.metrics.requests.labels("transcriptions", "200").inc()
+    request.app.state.metrics.observe(handle, result.meta)
     text = result.text or ""
     if fmt == "text":
         return PlainTextResponse(text)

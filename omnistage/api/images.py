@@ -70,8 +70,9 @@ async def generations(request: Request) -> Response:
         handles.append(pipe.submit(prompt=body["prompt"], modalities=["image"], loop=loop, output_format=fmt,
                                    **seeded))
     results = await abort_on_failure(request, handles)
+    for handle, result in zip(handles, results):
+        request.app.state.metrics.observe(handle, result.meta)
     images = [r.outputs["image"] for r in results]
-    request.app.state.metrics.requests.labels("images", "200").inc()
     return JSONResponse({
         "created": int(time.time()), "output_format": fmt, "size": f"{images[0]['width']}x{images[0]['height']}",
         "data": [{"b64_json": base64.b64encode(im["data"]).decode(), "revised_prompt": None} for im in images],

@@ -8,27 +8,36 @@ from typing import Any
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from omnistage.api.errors import ApiError
+from omnistage.api.errors import ApiError, ClientGone
 from omnistage.errors import OmnistageError
 from omnistage.stages.runtime.handle import RequestHandle
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    limit = request.app.state.max_body
-    if int(request.headers.get("content-length") or 0) > limit:
-        raise ApiError(413, f"request body is larger than {limit} bytes")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"request body is larger than {limit} bytes")
+    body = await read_limited(request)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
     return data
+
+
+async def read_limited(request: Request) -> bytes:
+    """The whole body, refused with 413 as soon as it passes the server's limit (chunked bodies too)."""
+    limit = request.app.state.max_body
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class FormBody(dict):  # type: ignore[type-arg]
@@ -85,10 +94,25 @@ def check_model(request: Request, body: dict[str, Any], required: bool = True) -
 
 
 async def abort_on_failure(request: Request, handles: list[RequestHandle]) -> list[Any]:
-    """Every handle's result; if one fails or the client goes away, stop them all in every stage."""
+    """Every handle's result; if one fails or the client goes away (ClientGone), stop them all in
+    every stage."""
+    results = asyncio.ensure_future(asyncio.gather(*(h.aresult() for h in handles)))
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        return await asyncio.gather(*(h.aresult() for h in handles))
-    except (OmnistageError, asyncio.CancelledError):
+        await asyncio.wait({results, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not results.done():
+            raise ClientGone()
+        return results.result()
+    except (OmnistageError, ApiError, asyncio.CancelledError):
         for h in handles:
             request.app.state.pipeline.orchestrator.abort(h.rid)
         raise
+    finally:
+        gone.cancel()
+        results.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (its body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -118,7 +118,6 @@ async def create(request: Request) -> Response:
     job = VideoJob("video_" + uuid.uuid4().hex, model, body["prompt"], handle,
                    size=f"{resolved.get('width')}x{resolved.get('height')}", seconds=f"{frames / fps:g}")
     request.app.state.videos.add(job)
-    request.app.state.metrics.requests.labels("videos", "200").inc()
     return JSONResponse(job.view())
 
 

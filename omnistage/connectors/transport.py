@@ -6,16 +6,20 @@ backpressure travels upstream.
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import zmq
 
 from omnistage.connectors.messages import Message
 from omnistage.connectors.wire import Decoder, Encoder
+
+log = logging.getLogger("omnistage.transport")
 
 
 def bind_address(protocol: str, host: str, run_dir: str, name: str) -> str:
@@ -83,9 +87,15 @@ class Mailer:
     ``put`` never blocks: a destination whose high-water mark is reached (a slow or stuck
     stage) holds up only its own queue, not messages to everyone else. Messages to one
     destination keep their order.
+
+    A message that cannot be encoded is handed to ``on_unsent`` (which fails its request) and
+    the thread goes on; a thread whose socket fails hands over everything queued behind it and
+    ends, and the next ``put`` to that destination starts a fresh one.
     """
 
-    def __init__(self, ctx: zmq.Context, make_encoder: Callable[[], Encoder], hwm: int = 1000) -> None:
+    def __init__(self, ctx: zmq.Context, make_encoder: Callable[[], Encoder], hwm: int = 1000,
+                 on_unsent: Callable[[Message, BaseException], None] | None = None) -> None:
+        self.on_unsent = on_unsent or _log_unsent
         self._ctx = ctx
         self._make_encoder = make_encoder
         self._hwm = hwm
@@ -137,14 +147,31 @@ class Mailer:
         sock.connect(address)
         try:
             while (msg := q.get()) is not None and msg is not _DROP:
-                frames = encoder.encode(msg)
+                try:
+                    frames = encoder.encode(msg)
+                except _ENCODE_ERRORS as exc:  # that message's request fails; the thread goes on
+                    self.on_unsent(msg, exc)
+                    continue
                 while not self._send(sock, frames):
                     if self._closing.is_set() or address in self._dropped:
                         return  # the peer is gone or we are shutting down: stop waiting on it
         except zmq.ContextTerminated:
             return
+        except zmq.ZMQError as exc:
+            self._abandon(address, q, exc)
         finally:
             sock.close(linger=0 if address in self._dropped else 2000)
+
+    def _abandon(self, address: str, q: queue.SimpleQueue[Any], exc: BaseException) -> None:
+        """This destination's thread cannot go on: its queue's messages fail, a later put starts anew."""
+        log.error("sending to %s failed: %s", address, exc)
+        with self._lock:
+            if self._queues.get(address) is q:
+                del self._queues[address]
+        while not q.empty():
+            msg = q.get()
+            if msg is not None and msg is not _DROP:
+                self.on_unsent(msg, exc)
 
     @staticmethod
     def _send(sock: Any, frames: list[Any]) -> bool:
@@ -158,3 +185,9 @@ class Mailer:
 
 _RETRY_MS = 200
 _DROP = object()
+_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
+
+
+def _log_unsent(msg: Message, exc: BaseException) -> None:
+    log.error("could not send a %s (request %s): %s: %s", type(msg).__name__, getattr(msg, "rid", "-"),
+              type(exc).__name__, exc)

@@ -31,21 +31,42 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.int32, torch.int64, torch.bool, torch.complex64, torch.complex128)}
 
 
-def unsendable(value: Any, where: str) -> str | None:
-    """Where in ``value`` something is that the wire cannot carry (None when it all can)."""
-    if value is None or isinstance(value, (str, bytes, bytearray, bool, int, float)):
+INT_RANGE = (-(1 << 63), 1 << 64)  # msgpack integers: int64 or uint64
+MAX_DEPTH = 64  # nesting of lists and dicts a message may carry
+
+
+def unsendable(value: Any, where: str, depth: int = 0) -> str | None:
+    """What in ``value`` the wire cannot carry, as "where: why" (None when it all can): objects of
+    other types, integers beyond 64 bits, strings that are not valid Unicode (a lone surrogate),
+    nesting deeper than MAX_DEPTH."""
+    if value is None or isinstance(value, (bytes, bytearray, bool, float)):
         return None
+    if isinstance(value, int):
+        return None if INT_RANGE[0] <= value < INT_RANGE[1] else f"{where}: integer out of the 64-bit range"
+    if isinstance(value, str):
+        return None if _encodes(value) else f"{where}: not valid Unicode text (it holds a lone surrogate)"
     if isinstance(value, torch.Tensor):
-        return None if str(value.dtype).removeprefix("torch.") in _DTYPES else where
+        return None if str(value.dtype).removeprefix("torch.") in _DTYPES else f"{where}: a {value.dtype} tensor"
     if isinstance(value, np.ndarray):
-        return None if value.dtype.kind in "biufc" else where
+        return None if value.dtype.kind in "biufc" else f"{where}: an array of {value.dtype}"
+    if depth >= MAX_DEPTH:
+        return f"{where}: nested more than {MAX_DEPTH} levels deep"
     if isinstance(value, dict):
-        bad = (unsendable(v, f"{where}.{k}") if isinstance(k, str) else where for k, v in value.items())
+        bad = (unsendable(v, f"{where}.{k}", depth + 1) if isinstance(k, str) and _encodes(k)
+               else f"{where}: a key that is not valid text" for k, v in value.items())
     elif isinstance(value, (list, tuple)):
-        bad = (unsendable(v, f"{where}[{i}]") for i, v in enumerate(value))
+        bad = (unsendable(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
     else:
-        return where
+        return f"{where}: a {type(value).__name__}"
     return next((b for b in bad if b is not None), None)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 class TensorHeader(msgspec.Struct, array_like=True):

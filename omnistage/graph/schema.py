@@ -171,10 +171,30 @@ class TransportConfig:
 
 
 @dataclass(frozen=True)
+class SupervisorConfig:
+    """Replicas that die are started again: the first at once, each further one within
+    ``window_s`` after ``backoff_s`` doubling up to ``max_backoff_s``; after ``max_restarts`` in
+    ``window_s`` the stage waits until the window has room (a crash loop does not spin)."""
+
+    enabled: bool = True
+    max_restarts: int = 5
+    window_s: float = 60.0
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_restarts", "window_s"):
+            _positive(name, getattr(self, name))
+        for name in ("backoff_s", "max_backoff_s"):
+            _positive(name, getattr(self, name), allow_zero=True)
+
+
+@dataclass(frozen=True)
 class GraphConfig:
     name: str
     stages: Mapping[str, StageConfig]
     models: Mapping[str, ModelConfig] = field(default_factory=frozen_dict)
     transport: TransportConfig = field(default_factory=TransportConfig)
     elastic: ElasticConfig | None = None
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     description: str = ""

@@ -154,4 +154,29 @@ def test_numpy_arrays_travel_as_tensors_and_unsendable_values_are_found():
     got = dec.decode(enc.encode(Data("r", "audio", {"array": np.arange(4, dtype=np.float32)})))
     assert torch.equal(got.value["array"], torch.arange(4, dtype=torch.float32))
     assert unsendable({"a": [1, "x", np.zeros(2), torch.ones(1)]}, "audio") is None
-    assert unsendable({"a": [1, object()]}, "audio") == "audio.a[1]"
+    assert unsendable({"a": [1, object()]}, "audio") == "audio.a[1]: a object"
+
+
+@pytest.mark.parametrize("value, why", [
+    (1 << 64, "p: integer out of the 64-bit range"),
+    (-(1 << 63) - 1, "p: integer out of the 64-bit range"),
+    ({"k": ["x\ud800y"]}, "p.k[0]: not valid Unicode text (it holds a lone surrogate)"),
+    ({"\udfff": 1}, "p: a key that is not valid text"),
+])
+def test_values_the_encoder_would_refuse_are_found_first(value, why):
+    """Each value unsendable() lets through must encode: the ones it names are exactly those the
+    encoder would fail on."""
+    from omnistage.connectors.wire import unsendable
+    assert unsendable(value, "p") == why
+    with pytest.raises((OverflowError, UnicodeEncodeError, TypeError, ValueError)):
+        Encoder().encode(Data("r", "p", value))
+    assert unsendable((1 << 64) - 1, "p") is None and unsendable(-(1 << 63), "p") is None
+    Encoder().encode(Data("r", "p", [(1 << 64) - 1, -(1 << 63)]))
+
+
+def test_deep_nesting_is_named_before_it_reaches_the_encoder():
+    from omnistage.connectors.wire import MAX_DEPTH, unsendable
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    assert unsendable(deep, "p") == "p" + "[0]" * MAX_DEPTH + f": nested more than {MAX_DEPTH} levels deep"

@@ -74,6 +74,7 @@ class RequestHandle:
         self.first_audio_at: float | None = None  # first audio packet
         self.audio_samples = 0
         self.finished_at: float | None = None
+        self.token_times: list[float] = []  # arrival of each text chunk (inter-token latency)
 
     def push(self, event: Event) -> None:
         if self.closed:
@@ -81,6 +82,8 @@ class RequestHandle:
         now = time.perf_counter()
         if self.first_at is None and isinstance(event, ChunkEvent):
             self.first_at = now
+        if isinstance(event, ChunkEvent) and event.modality == "text":
+            self.token_times.append(now)
         if isinstance(event, ChunkEvent) and event.modality == "audio":
             self.first_audio_at = self.first_audio_at or now
             self.audio_samples += event.value.numel() if isinstance(event.value, torch.Tensor) else 0
@@ -91,6 +94,10 @@ class RequestHandle:
             self._loop.call_soon_threadsafe(self._async.put_nowait, event)
         else:
             self._sync.put(event)
+
+    def token_gaps(self) -> list[float]:
+        """Seconds between consecutive text chunks."""
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         while True:

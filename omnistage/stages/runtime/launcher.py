@@ -7,6 +7,7 @@ orchestrator's sink on its own.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import threading
 
 from omnistage.graph.plan import GraphPlan
@@ -41,6 +42,17 @@ class ProcessReplica:
         self.process.kill()
         self.process.join(5)
 
+    def exit_reason(self) -> str:
+        code = self.process.exitcode
+        if code is None:
+            return "running"
+        if code >= 0:
+            return f"exit code {code}"
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+
 
 class ThreadReplica:
     """The in-process twin: same worker code, run in a thread. Cannot be killed, only stopped."""
@@ -60,6 +72,9 @@ class ThreadReplica:
     def kill(self) -> None:
         raise NotImplementedError("a thread replica cannot be killed; run the pipeline with in_process=False")
 
+    def exit_reason(self) -> str:
+        return "running" if self.thread.is_alive() else "its thread ended"
+
 
 class LocalLauncher:
     """Replicas as processes (or threads) of this host, talking to the sink at ``sink``."""
@@ -72,4 +87,4 @@ class LocalLauncher:
             spec = WorkerSpec(self.plan, stage, index, device, threads, self.session, self.run_dir, self.sink,
                               self.in_process)
             return ThreadReplica(spec) if self.in_process else ProcessReplica(spec)
-        return table.add(stage, launch, device, group)
+        return table.add(stage, launch, device, group, threads)

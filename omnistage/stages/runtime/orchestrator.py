@@ -9,10 +9,12 @@ StageDeadError within one monitor period.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,9 +33,12 @@ from omnistage.stages.runtime.admission import admission_messages, probe_target,
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 from omnistage.stages.runtime.launcher import LocalLauncher
 from omnistage.stages.runtime.replicas import Replica, ReplicaState, ReplicaTable
+from omnistage.stages.runtime.supervisor import Supervisor
 
 MONITOR_PERIOD_S = 0.1
-SHUTDOWN_WAIT_S = 30
+log = logging.getLogger("omnistage.orchestrator")
+SHUTDOWN_WAIT_S = 30  # a replica stopped while running (drained): its Shutdown is behind its work
+CLOSE_WAIT_S = 10  # closing the pipeline: every replica's clean exit, together; then terminate, kill
 
 
 @dataclass
@@ -65,18 +70,22 @@ class Orchestrator:
         self._sink = Inbox(self._ctx, bind_address(transport.protocol, transport.host, self.run_dir, "sink"),
                            Decoder(), transport.high_water_mark)
         threshold = transport.shm_threshold_kb << 10
-        self._mail = Mailer(self._ctx, lambda: Encoder(self._ring, threshold), transport.high_water_mark)
+        self._mail = Mailer(self._ctx, lambda: Encoder(self._ring, threshold), transport.high_water_mark,
+                            on_unsent=self._unsent)
         self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()  # guards ``requests`` and the counters
         self._stopping = threading.Event()
         self.table = ReplicaTable(plan.order)
         self.launcher = LocalLauncher(plan, self.session, self.run_dir, self._sink.address, in_process)
+        self.supervisor = Supervisor(self.table, self.start_replica, plan.config.supervisor)
         self.requests: dict[str, _Live] = {}
         self.infos: dict[str, dict[str, Any]] = {}  # stage -> the model facts its replicas reported
         # Requests admitted to and completed by each elastic unit (read by the elastic controller).
         self.arrivals: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self.completions: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self._threads: list[threading.Thread] = []
+        self.broken = ""  # why the orchestrator cannot serve (one of its threads died), or ""
+        self.internal_errors = 0  # messages from workers this process failed to handle
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,7 +102,20 @@ class Orchestrator:
         self._spawn(self._monitor)
 
     def _spawn(self, target: Any) -> None:
-        thread = threading.Thread(target=target, name=f"orchestrator{target.__name__}", daemon=True)
+        """Run ``target`` in a thread that, should it ever die, says so: the orchestrator is then
+        broken (``/health`` 503 with the reason, new requests 503) and what it holds fails."""
+        def supervised() -> None:
+            try:
+                target()
+            except BaseException as exc:
+                log.critical("orchestrator thread %s died", target.__name__, exc_info=exc)
+                self.broken = f"the orchestrator's {target.__name__.strip('_')} thread died: {type(exc).__name__}: {exc}"
+                with self._lock:
+                    live = list(self.requests)
+                for rid in live:
+                    self._fail(rid, RequestFailed(self.broken), notify_stages=False)
+                raise
+        thread = threading.Thread(target=supervised, name=f"orchestrator{target.__name__}", daemon=True)
         thread.start()
         self._threads.append(thread)
 
@@ -133,8 +155,9 @@ class Orchestrator:
         for replica in replicas:
             self._tell_to_exit(replica)
         self._out.put(None)
+        deadline = time.monotonic() + CLOSE_WAIT_S  # one deadline for all: closing is bounded
         for replica in replicas:
-            replica.runtime.stop(timeout=10)
+            replica.runtime.stop(timeout=max(0.0, deadline - time.monotonic()))
             self.table.remove(replica)
         with self._lock:
             live = list(self.requests)
@@ -156,13 +179,13 @@ class Orchestrator:
         """Admit a request; raises RequestRejected (bad route or parameter) or Overloaded (no capacity)."""
         if self._stopping.is_set():
             raise Overloaded("the pipeline is shutting down", status=503)
+        if self.broken:
+            raise Overloaded(self.broken, status=503)
         inputs = {k: v for k, v in inputs.items() if v is not None}
-        for name, value in inputs.items():
-            if (bad := unsendable(value, name)) is not None:
-                raise RequestRejected(f"{bad} cannot be sent to a stage: use str, bytes, numbers, lists, dicts, "
-                                      "tensors or numeric arrays", param=name)
+        _check_sendable(inputs)
         route = self.plan.route_for(frozenset(inputs), None if modalities is None else frozenset(modalities))
         params = resolve_params(self.plan, route, self.infos, params or {})
+        _check_sendable(params)
         rid = uuid.uuid4().hex
         handle = RequestHandle(rid, loop, params)
         target = probe_target(self.plan, route, inputs)
@@ -274,9 +297,24 @@ class Orchestrator:
     # --- threads --------------------------------------------------------------------------
     def _receive(self) -> None:
         while not self._stopping.is_set():
-            msg = self._sink.recv(timeout_ms=50)
-            if msg is not None:
-                self._on_message(msg)
+            try:
+                msg = self._sink.recv(timeout_ms=50)
+                if msg is not None:
+                    self._on_message(msg)
+            except zmq.ContextTerminated:
+                return
+            except Exception:  # noqa: BLE001 - one bad message must not stop every request's results
+                self.internal_errors += 1
+                log.exception("could not handle a message from a stage worker")
+
+    def _unsent(self, msg: Any, exc: BaseException) -> None:
+        """A message the wire could not encode (submit checks what it can): its request fails alone."""
+        self.internal_errors += 1
+        rid = getattr(msg, "rid", None)
+        log.error("request %s: could not send %s to a stage: %s: %s", rid, type(msg).__name__, type(exc).__name__, exc)
+        if rid is not None:
+            self._fail(rid, RequestFailed(f"internal error: the request could not be sent to a stage: "
+                                          f"{type(exc).__name__}: {exc}"))
 
     def _on_message(self, msg: Any) -> None:
         if isinstance(msg, Chunks):
@@ -335,13 +373,28 @@ class Orchestrator:
                 if replica.state in (ReplicaState.READY, ReplicaState.DRAINING) and not replica.runtime.is_alive() \
                         and not self._stopping.is_set():
                     self._on_replica_death(replica)
+            if not self._stopping.is_set():
+                self.supervisor.poll()
 
     def _on_replica_death(self, replica: Replica) -> None:
-        self.table.set_state(replica, ReplicaState.DEAD, error="its process exited")
+        """Fail what it held; a serving replica goes to the supervisor, a draining one has simply
+        finished draining (the scaler stops it and reclaims its device)."""
+        serving = self.table.transition(replica, ReplicaState.READY, ReplicaState.DEAD)
+        self.table.set_state(replica, replica.state, error=f"its process exited ({replica.runtime.exit_reason()})")
         self._mail.drop(replica.address)  # what is queued for it can never be delivered
         for rid in self.table.held(replica):
             self._fail(rid, StageDeadError(f"stage {replica.stage!r} replica {replica.index} died "
                                            f"while serving the request", stage=replica.stage))
+        if serving:
+            self.supervisor.replace(replica)
+
+
+def _check_sendable(values: Mapping[str, Any]) -> None:
+    """Refuse here what the wire could not encode: never let it reach a sending thread."""
+    for name, value in values.items():
+        if (bad := unsendable(value, name)) is not None:
+            raise RequestRejected(f"{bad} cannot be sent to a stage: use valid text, bytes, 64-bit numbers, "
+                                  "lists, dicts, tensors or numeric arrays", param=name)
 
 
 def request_group(inputs: Mapping[str, Any]) -> str:

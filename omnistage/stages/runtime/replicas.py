@@ -32,6 +32,7 @@ class ReplicaRuntime(Protocol):
     def is_alive(self) -> bool: ...
     def stop(self, timeout: float) -> None: ...
     def kill(self) -> None: ...
+    def exit_reason(self) -> str: ...
 
 
 class Launching:
@@ -46,6 +47,9 @@ class Launching:
     def kill(self) -> None:
         pass
 
+    def exit_reason(self) -> str:
+        return "not started"
+
 
 @dataclass(eq=False)
 class Replica:
@@ -54,6 +58,7 @@ class Replica:
     runtime: ReplicaRuntime
     device: str = "cpu"
     group: str | None = None  # a modality group of its stage (see ResourcesConfig.groups)
+    threads: int = 1  # CPU threads it was started with
     address: str = ""  # its inbox, once Ready
     state: ReplicaState = ReplicaState.STARTING
     error: str = ""  # why it is dead
@@ -99,14 +104,14 @@ class ReplicaTable:
 
     # --- changes ------------------------------------------------------------------------------
     def add(self, stage: str, launch: Callable[[int], ReplicaRuntime], device: str = "cpu",
-            group: str | None = None) -> Replica:
+            group: str | None = None, threads: int = 1) -> Replica:
         """List a replica of ``stage`` as starting, then launch it (``launch(index)``, outside the
         lock) and keep its runtime. It is listed first so that its Ready finds it; a launch that
         raises leaves it dead, with the error."""
         with self._cond:
             index = self._next[stage]
             self._next[stage] += 1
-            replica = Replica(stage, index, Launching(), device, group)
+            replica = Replica(stage, index, Launching(), device, group, threads)
             self._replicas[stage].append(replica)
             self._cond.notify_all()
         try:

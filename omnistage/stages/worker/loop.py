@@ -35,6 +35,23 @@ STATS_PERIOD_S = 0.5
 log = logging.getLogger("omnistage.worker")
 
 
+class WorkerCrashed(RuntimeError):
+    """The replica cannot go on; raised out of its loop so that its process ends."""
+
+
+@dataclass(frozen=True)
+class _Unsent:
+    """A message of ``rid`` that could not be encoded (from a sending thread)."""
+
+    rid: str
+    error: str
+
+
+@dataclass(frozen=True)
+class _IoDied:
+    error: str
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """A probe whose request was prepared off the main loop (success or error in ``future``)."""
@@ -58,13 +75,18 @@ class StageWorker:
         self._reported = 0.0
         self._step_ema = 0.0
         self._started: dict[str, float] = {}  # requests started here that have not output yet
+        self._arrived: dict[str, float] = {}  # when each request's Admit arrived here
         self._first_output_ema = 0.0  # seconds from a request's start here to its first output
         self.internal_errors = 0  # requests failed by an unexpected exception while taken in
+        if mail is not None:  # (tests drive the loop without transport)
+            mail.on_unsent = self._unsent
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
-        reader = threading.Thread(target=self._read, name=f"{self.spec.name}-reader", daemon=True)
-        sender = threading.Thread(target=self._send, name=f"{self.spec.name}-sender", daemon=True)
+        reader = threading.Thread(target=self._supervised, args=(self._read,), name=f"{self.spec.name}-reader",
+                                  daemon=True)
+        sender = threading.Thread(target=self._supervised, args=(self._send,), name=f"{self.spec.name}-sender",
+                                  daemon=True)
         reader.start()
         sender.start()
         try:
@@ -98,11 +120,14 @@ class StageWorker:
             self._step_ema = 0.9 * self._step_ema + 0.1 * (time.perf_counter() - start)
             return outputs
         except Exception as exc:
-            # A broken step is a crashed stage: fail what it holds, then die loudly.
-            for rid in list(self.requests.admitted):
-                self._fail(rid, f"stage {self.spec.stage!r} crashed: {type(exc).__name__}: {exc}")
-            self._out.put(None)
+            self._crash(f"{type(exc).__name__}: {exc}")
             raise
+
+    def _crash(self, why: str) -> None:
+        """A broken step (or I/O thread) is a crashed stage: fail what it holds, then die loudly."""
+        for rid in list(self.requests.admitted):
+            self._fail(rid, f"stage {self.spec.stage!r} crashed: {why}")
+        self._out.put(None)
 
     def _handle_messages(self, block: bool) -> bool:
         """Apply queued messages; False once Shutdown arrives."""
@@ -121,6 +146,7 @@ class StageWorker:
 
     def _apply(self, msg: Any) -> None:
         if isinstance(msg, Admit):
+            self._arrived[msg.rid] = time.perf_counter()
             if self.requests.admit(msg):
                 self._start(msg.rid)
         elif isinstance(msg, Part) and msg.rid in self.requests.started:
@@ -135,6 +161,12 @@ class StageWorker:
         elif isinstance(msg, Abort):
             self.stage.abort(msg.rid)
             self._forget(msg.rid)
+        elif isinstance(msg, _Unsent):
+            if msg.rid in self.requests.admitted:
+                self._fail(msg.rid, msg.error)
+        elif isinstance(msg, _IoDied):
+            self._crash(msg.error)
+            raise WorkerCrashed(msg.error)
         else:
             raise TypeError(f"stage worker got unexpected message {type(msg).__name__}")
 
@@ -246,7 +278,8 @@ class StageWorker:
         for port, dest in onward:
             message = Part(admit.rid, dest.port, None, last=True) if dest.stream else Data(admit.rid, dest.port, held[port])
             self._out.put((dest.address, message))
-        self._out.put((admit.sink, Done(admit.rid, self.spec.stage, self.spec.replica, out.meta)))
+        meta = dict(out.meta, stage_seconds=time.perf_counter() - self._arrived.get(admit.rid, time.perf_counter()))
+        self._out.put((admit.sink, Done(admit.rid, self.spec.stage, self.spec.replica, meta)))
         self._forget(admit.rid)
 
     def _fail(self, rid: str, error: str, status: int = 500, param: str | None = None) -> None:
@@ -258,10 +291,31 @@ class StageWorker:
 
     def _forget(self, rid: str) -> None:
         self._started.pop(rid, None)
+        self._arrived.pop(rid, None)
         self.requests.forget(rid)
         self.held.pop(rid, None)
 
     # --- I/O threads ----------------------------------------------------------------------
+    def _supervised(self, target: Callable[[], None]) -> None:
+        """An I/O thread that dies takes the replica with it (its requests fail, the supervisor
+        starts another): a replica that can no longer read or send must not look alive."""
+        try:
+            target()
+        except BaseException as exc:
+            log.critical("stage %r: I/O thread %s died", self.spec.stage, target.__name__, exc_info=exc)
+            self._in.put(_IoDied(f"{target.__name__.strip('_')} thread died: {type(exc).__name__}: {exc}"))
+
+    def _unsent(self, msg: Any, exc: BaseException) -> None:
+        """A message the wire could not encode: its request fails (a Failed that cannot be sent is
+        only logged, or this would loop)."""
+        rid = getattr(msg, "rid", None)
+        self.internal_errors += 1
+        log.error("stage %r: could not send %s for request %s: %s: %s", self.spec.stage, type(msg).__name__, rid,
+                  type(exc).__name__, exc)
+        if rid is not None and not isinstance(msg, Failed):
+            self._in.put(_Unsent(rid, f"internal error: stage {self.spec.stage!r} could not send its output: "
+                                      f"{type(exc).__name__}: {exc}"))
+
     def _read(self) -> None:
         parent = os.getppid()
         while not self._stop.is_set():

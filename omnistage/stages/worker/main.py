@@ -15,6 +15,7 @@ from omnistage.connectors.shm import ShmRing, segment_name
 from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.graph.plan import GraphPlan
+from omnistage.logs import setup_worker_logging
 from omnistage.stages.worker.loop import StageWorker
 from omnistage.stages.worker.spec import WorkerSpec
 from omnistage.stages.worker.stage import ProbingStage, Stage, StreamingInputStage
@@ -54,6 +55,7 @@ def worker_main(spec: WorkerSpec) -> None:
         # The parent owns shutdown: Ctrl-C reaches the whole process group, but only the parent
         # should act on it (it sends Shutdown to every worker).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        setup_worker_logging()
         quiet_loading()
         if spec.device == "cpu":
             torch.set_num_threads(spec.threads)
