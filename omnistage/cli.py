@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="json: one JSON object per log line (request ids included)")
     serve.add_argument("--shutdown-timeout", type=float, default=10.0,
                        help="on SIGTERM/Ctrl-C, seconds open requests get to finish before they are aborted")
+    bench = sub.add_parser("bench", help="load a running server and print latency percentiles (TTFT, ITL, ...)")
+    from omnistage.bench.cli import add_arguments
+    add_arguments(bench)
     demo = sub.add_parser("demo", help="run the default graph on the tiny models with a few sample requests")
     demo.add_argument("--graph", type=Path, default=DEFAULT_GRAPH)
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="where the client saves what it gets")
@@ -130,7 +133,13 @@ def _jsonable(outputs: dict) -> dict:
     return {k: v if isinstance(v, (str, int, float, list, dict)) else repr(v) for k, v in outputs.items()}
 
 
-COMMANDS = {"tiny-models": _tiny_models, "validate": _validate, "run": _run, "demo": _demo, "serve": _serve}
+def _bench(args: argparse.Namespace) -> int:
+    from omnistage.bench.cli import run
+    return run(args)
+
+
+COMMANDS = {"tiny-models": _tiny_models, "validate": _validate, "run": _run, "demo": _demo, "serve": _serve,
+            "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())

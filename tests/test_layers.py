@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "omnistage.errors": set(),
     "omnistage.examples_lib": set(),
     "omnistage.logs": set(),
+    "omnistage.bench": set(),
     "omnistage.models": set(),
     **{engine: {"omnistage.errors"} for engine in ENGINES},
     "omnistage.connectors": {"omnistage.errors"},

@@ -20,7 +20,8 @@ from starlette.routing import Route
 
 from omnistage.api import audio, images, videos
 from omnistage.api.convert import chat_inputs, choices_count, sampling_params, stream_settings
-from omnistage.api.errors import ApiError, from_exception, handle
+from omnistage.api.errors import ApiError, from_exception
+from omnistage.api.errors import handle as handle_error
 from omnistage.api.guard import Guard
 from omnistage.api.metrics import Metrics
 from omnistage.api.request import abort_on_failure, check_model, choice_params, read_json
@@ -58,7 +59,8 @@ def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MA
         Route("/health", health, methods=["GET"]),
         Route("/live", live, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-    ], lifespan=lifespan, exception_handlers={HTTPException: handle, ApiError: handle, OmnistageError: handle})
+    ], lifespan=lifespan,
+        exception_handlers={HTTPException: handle_error, ApiError: handle_error, OmnistageError: handle_error})
     app.state.max_body = max_body
     app.state.media_dir = media_dir
     app.state.metrics = Metrics()

@@ -9,6 +9,7 @@ open. Every response is counted by endpoint and status.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -54,6 +55,10 @@ class Guard:
                                                                "...)", code="invalid_api_key"))
             else:
                 await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # The server's graceful shutdown ran out of time and cancels what is left: the request's
+            # stages were told to stop (handlers abort on the way out); nothing else to say.
+            log.warning("request %s: cancelled by the server's shutdown", rid)
         except Exception:
             log.exception("request %s: unexpected error in %s %s", rid, scope["method"], scope["path"])
             if status == 0:  # nothing sent yet: a proper answer, and the connection stays usable

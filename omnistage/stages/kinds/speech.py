@@ -58,8 +58,16 @@ class TtsStage(Stage):
         with torch.inference_mode():
             frames, lengths = self.model.generate(ids, attention_mask=torch.ones_like(ids), speaker_embeddings=voices,
                                                   threshold=self.options.threshold,
-                                                  maxlenratio=self.options.maxlenratio, return_output_lengths=True)
+                                                  maxlenratio=self._maxlenratio(ids.shape[1]),
+                                                  return_output_lengths=True)
         return [f[:n] for f, n in zip(frames, lengths)]
+
+    def _maxlenratio(self, length: int) -> float:
+        """The option, lowered where the decoder would otherwise run past its position table (a long
+        input would crash the step, and with it every request of this replica)."""
+        config = self.model.config
+        fits = (config.max_speech_positions - 2) * config.reduction_factor / length
+        return min(self.options.maxlenratio, fits)
 
     def step(self) -> list[StageOutput]:
         return [StageOutput(c.rid, ports={"audio": c.samples}, finished=c.last,

@@ -52,9 +52,13 @@ class Supervisor:
             return
         now = self._clock()
         with self._lock:
+            self._starting.discard(dead)
+            if any(r is dead for _, r in self._due):
+                return  # (a replacement that died before the supervisor saw it Ready is reported twice)
             when = self._next_time(dead.stage, now)
             self._due.append((when, dead))
-        cause = dead.error.strip().splitlines()[-1] if dead.error.strip() else "its process exited"
+        error = dead.error.rsplit("; restarting", 1)[0].strip()
+        cause = error.splitlines()[-1] if error else "its process exited"
         wait = f"in {when - now:.1f} s" if when > now else "now"
         self.table.set_state(dead, ReplicaState.DEAD, error=f"{cause}; restarting {wait}")
         log.warning("stage %r replica %d died (%s); restarting %s", dead.stage, dead.index, cause, wait)
@@ -72,14 +76,16 @@ class Supervisor:
     def poll(self) -> None:
         """Run every monitor period: replacements that failed to start are scheduled again; restarts
         whose time has come are launched."""
-        for replica in list(self._starting):
+        with self._lock:
+            starting = list(self._starting)
+        for replica in starting:
             if replica.state is ReplicaState.STARTING and not replica.runtime.is_alive():
                 self.table.transition(replica, ReplicaState.STARTING, ReplicaState.DEAD)
-            if replica.state is ReplicaState.STARTING:
-                continue
-            self._starting.discard(replica)
             if replica.state is ReplicaState.DEAD:
                 self.replace(replica)
+            elif replica.state is not ReplicaState.STARTING:
+                with self._lock:
+                    self._starting.discard(replica)
         now = self._clock()
         with self._lock:
             due = [r for when, r in self._due if when <= now]
@@ -92,7 +98,7 @@ class Supervisor:
     def _restart(self, dead: Replica) -> None:
         if self.table.get(dead.stage, dead.index) is not dead:
             return  # someone else took it out of the table (the pipeline is closing)
-        reason = dead.error.rsplit("; restarting", 1)[0]
+        reason = dead.error.rsplit("; restarting", 1)[0].strip()
         try:
             new = self._start(dead.stage, dead.device, dead.threads, dead.group)
         except Exception as exc:  # noqa: BLE001 - a launch that fails is retried with back-off, like a crash
@@ -100,7 +106,8 @@ class Supervisor:
             self.replace(dead)
             return
         self.table.remove(dead)
-        self._starting.add(new)
+        with self._lock:
+            self._starting.add(new)
         self.log.append(Restart(time.time(), dead.stage, dead.index, new.index, reason))
         log.warning("stage %r: replica %d started in place of replica %d (%s)", dead.stage, new.index, dead.index,
                     reason)

@@ -20,6 +20,9 @@ class FakeRuntime:
     def kill(self):
         self.alive = False
 
+    def exit_reason(self):
+        return "running" if self.alive else "killed by SIGKILL"
+
 
 def table_with(*stages):
     table = ReplicaTable(stages)
