@@ -4,7 +4,8 @@ Workload: N prompts of mixed length, each generating exactly M new tokens (greed
 ignored on every side so all do the same work), all arriving at once.
   * omnistage: the text_chat graph served by a real stage worker (paged KV, continuous batching)
   * HF one-at-a-time: model.generate per request, in arrival order (what a user does without us)
-  * HF static batches of 8: left-padded model.generate over consecutive groups of 8
+  * HF static batches: left-padded model.generate over consecutive groups of MAX_BATCH (the
+    stage's max_batch), so both sides may batch as many requests
 Latency is from arrival (t=0) to the request's last token. Then prefix caching: time to first
 token of a request whose long prefix is cached, against one whose prefix is new.
 Run for the tiny checkpoint and a ~100M-parameter Qwen2 config (random weights, same tokenizer).
@@ -27,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2
 from omnistage import Pipeline
 from omnistage.models.tiny import cache_root, ensure_tiny
 
+MAX_BATCH = 64  # the stage's max_batch, and the static baseline's batch
 GRAPH = """
 name: bench-ar
 models:
@@ -37,7 +39,7 @@ stages:
     model: lm
     inputs: {{prompt: request.prompt}}
     outputs: {{text: response.text}}
-    batching: {{max_batch: 64}}
+    batching: {{max_batch: {max_batch}}}
     options: {{max_tokens_per_step: 2048, kv_cache_mb: 1024}}
 """
 
@@ -76,7 +78,7 @@ def summarize(name: str, latencies: list[float], total_s: float, tokens: int) ->
 def run_omnistage(path: Path, prompts: list[str], new: int, warmup: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "graph.yaml"
-        graph.write_text(GRAPH.format(path=path))
+        graph.write_text(GRAPH.format(path=path, max_batch=MAX_BATCH))
         with Pipeline.from_yaml(graph) as pipe:
             params = dict(temperature=0, max_tokens=new, ignore_eos=True)
             # Warm-up with other prompts: the measured ones must not hit the prefix cache.
@@ -153,7 +155,7 @@ def main() -> None:
     for name, path, n, new in models:
         prompts, warmup = workload(n, seed=0), workload(8, seed=1)
         ours = run_omnistage(path, prompts, new, warmup)
-        rows = [ours, run_hf(path, prompts, new, 1, warmup), run_hf(path, prompts, new, 8, warmup)]
+        rows = [ours, run_hf(path, prompts, new, 1, warmup), run_hf(path, prompts, new, min(MAX_BATCH, n), warmup)]
         table(f"{name}: {n} prompts of 8-256 words, {new} new tokens each", rows)
         print(f"prefix cache TTFT (512-word shared prefix): cached {ours['ttft_cached'] * 1000:.1f} ms, "
               f"fresh {ours['ttft_fresh'] * 1000:.1f} ms")

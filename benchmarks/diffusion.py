@@ -6,7 +6,8 @@ drawn from {10, 20, 30, 40} (mixed), at one resolution.
     join and leave between denoising steps), PNG-encoded results
   * diffusers one-at-a-time: ``pipe(prompt, ...)`` per request in arrival order (what a user
     does without us)
-  * diffusers static batch: up to 8 waiting requests per call; one call takes one step count,
+  * diffusers static batch: up to the stage's max_batch waiting requests per call (both sides may
+    batch as many); one call takes one step count,
     so each call batches the waiting requests that share the oldest one's step count (the best a
     user can do with the pipeline's own batching)
 Two arrival patterns: a burst (all at t=0) and staggered arrivals (a fixed gap). Latency runs
@@ -46,7 +47,6 @@ stages:
 """
 STEPS = (10, 20, 30, 40)
 GUIDANCE = 7.5
-STATIC_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def table(title: str, rows: list[dict]) -> None:
 def scenario(path: Path, pipe: DiffusionPipeline, size: int, n: int, gap: float, batch: int) -> list[dict]:
     reqs, warm = workload(n, gap), workload(2, 0.0, seed=1)
     return [run_omnistage(path, size, reqs, warm, batch), run_diffusers(pipe, size, reqs, warm, 1),
-            run_diffusers(pipe, size, reqs, warm, STATIC_BATCH)]
+            run_diffusers(pipe, size, reqs, warm, batch)]
 
 
 def main() -> None:

@@ -9,8 +9,9 @@ guidance 0.5).
   * omnistage: ``examples/omni.yaml`` in real worker processes; C clients each send their next
     request when the previous one finished (closed loop), for C in 1, 8, 32
   * HF reference: ``generate`` called one request at a time, in the order they arrive. Its
-    service times are measured once; at concurrency C, C closed-loop clients queue for it (FIFO),
-    which is what C users of one such server see
+    service times are measured; the rows at concurrency C > 1 are modelled, not measured: C
+    closed-loop clients queueing (FIFO) for one server with those service times, which is what
+    C users of one such server see (labelled "queued (modelled)")
 TTFP: time to the first audio packet (for the reference, its whole answer: it returns audio only
 at the end). RTF: latency over seconds of audio, per request. Warm-up requests run first on both
 sides and are not counted.
@@ -124,7 +125,8 @@ def reference_run(times: list[dict], concurrency: int) -> dict:
         done = max(arrival, free_at) + t["service"]
         free_at = clients[c] = done
         results.append({"ttfp": done - arrival, "e2e": done - arrival, "audio_s": t["audio_s"]})
-    return summarize("HF generate, one at a time", concurrency, results, free_at)
+    name = "HF generate" if concurrency == 1 else "HF generate, queued (modelled)"
+    return summarize(name, concurrency, results, free_at)
 
 
 def summarize(name: str, concurrency: int, results: list[dict], total: float) -> dict:

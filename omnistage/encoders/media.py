@@ -144,8 +144,8 @@ def load_audio(src: Any, sampling_rate: int, limits: MediaLimits = DEFAULT_LIMIT
         raise MediaError(f"audio is {samples.size / rate:.0f} s long; at most {limits.max_audio_seconds:.0f} s",
                          param=param, status=413)
     if rate != sampling_rate:
-        import torchaudio.functional as AF
-        samples = AF.resample(torch.from_numpy(samples), rate, sampling_rate).numpy()
+        import soxr
+        samples = soxr.resample(samples.astype(np.float32, copy=False), rate, sampling_rate)
     return samples.astype(np.float32, copy=False)
 
 

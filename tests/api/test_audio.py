@@ -146,7 +146,7 @@ def test_chat_asking_for_audio_on_a_graph_without_spoken_replies(vl_server):
 
 
 def test_streamed_resampling_equals_resampling_the_whole_clip():
-    import torchaudio.functional as AF
+    import soxr
 
     from omnistage.api.audio import Resampler
     clip = torch.randn(40000, generator=torch.Generator().manual_seed(0))
@@ -155,6 +155,5 @@ def test_streamed_resampling_equals_resampling_the_whole_clip():
         parts.append(resampler.feed(clip[at:at + size]))
         at += size
     parts.append(resampler.feed(clip[at:], last=True))
-    whole = AF.resample(clip, 16000, 24000)
-    assert torch.allclose(torch.cat(parts), whole, atol=1e-5)
-    assert len(resampler.window) <= Resampler.CONTEXT + 2  # only a window is kept, not the stream
+    whole = torch.from_numpy(soxr.resample(clip.numpy(), 16000, 24000))
+    assert torch.allclose(torch.cat(parts), whole, atol=1e-6)

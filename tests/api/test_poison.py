@@ -103,3 +103,21 @@ def test_failures_are_counted_by_status(chat_server):
     httpx.post(f"{chat_server.url}/v1/chat/completions", content=_chat(seed=-1), headers=AUTH, timeout=30)
     _next_chat_answers_at_once(chat_server)
     assert count(400) == before400 + 1 and count(200) == before200 + 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_goes_away_stops_its_request_in_every_stage(chat_server, stream):
+    import socket
+    body = _chat(max_tokens=1_000_000, ignore_eos=True, stream=stream)
+    orch = chat_server.pipeline.orchestrator
+    with socket.create_connection(("127.0.0.1", chat_server.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while not orch.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert orch.requests, "the request never started"
+        time.sleep(0.3)  # generating
+    # The connection is closed: the request leaves the orchestrator and its replica.
+    assert orch.table.wait_until(lambda: not orch.requests and not any(r.inflight for r in orch.table.all()), 5)
+    _next_chat_answers_at_once(chat_server)
