@@ -2,6 +2,8 @@
 
 Two real processes: the sender ships a float32 tensor, the receiver decodes it (ending with
 the tensor in its own memory) and answers a tiny ack; throughput = bytes / round-trip time.
+Both sides send as serving does: through the Mailer (a sending thread per destination) into
+the peer's Inbox.
 Transports: zmq over tcp and over ipc (tensor as a zero-copy frame) and the shared-memory ring
 (copy into a slot, small zmq notify, copy out). The physical limit is one memcpy of the same
 size inside one process. Warm-up rounds are excluded everywhere.
@@ -22,7 +24,7 @@ import zmq
 
 from omnistage.connectors.messages import Data, Shutdown
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
-from omnistage.connectors.transport import Inbox, Outbox, bind_address
+from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 
 SIZES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
@@ -33,12 +35,12 @@ def _receiver(protocol: str, run_dir: str, q: mp.Queue) -> None:
     torch.set_num_threads(1)
     ctx = zmq.Context()
     inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", run_dir, "bench-rx"), Decoder())
-    outbox = Outbox(ctx, Encoder())
+    mail = Mailer(ctx, Encoder)
     q.put(inbox.address)
     reply = q.get()
     while not isinstance(msg := inbox.recv(), Shutdown):
-        outbox.send(reply, Data(msg.rid, "ack", int(msg.value.numel())))
-    outbox.close()
+        mail.put(reply, Data(msg.rid, "ack", int(msg.value.numel())))
+    mail.close()
     inbox.close()
     ctx.term()
 
@@ -55,7 +57,8 @@ def measure_transport(protocol: str, shm: bool, sizes: list[int]) -> dict[int, f
     proc.start()
     ring = ShmRing(segment_name(session, "bench"), 4, max(sizes)) if shm else None
     inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", run_dir, "bench-tx"), Decoder())
-    outbox = Outbox(ctx, Encoder(ring, shm_threshold=0 if shm else 1 << 62))
+    # Serving's send path: each destination's own sending thread, fed through a queue.
+    mail = Mailer(ctx, lambda: Encoder(ring, shm_threshold=0 if shm else 1 << 62))
     out = {}
     try:
         peer = q.get(timeout=60)
@@ -65,16 +68,16 @@ def measure_transport(protocol: str, shm: bool, sizes: list[int]) -> dict[int, f
             times = []
             for i in range(_rounds(size) + 3):
                 start = time.perf_counter()
-                outbox.send(peer, Data("b", "x", tensor))
+                mail.put(peer, Data("b", "x", tensor))
                 ack = inbox.recv(timeout_ms=60_000)
                 assert ack is not None and ack.value == tensor.numel()
                 if i >= 3:  # warm-up excluded
                     times.append(time.perf_counter() - start)
             out[size] = size / statistics.median(times)
-        outbox.send(peer, Shutdown())
+        mail.put(peer, Shutdown())
         proc.join(30)
     finally:
-        outbox.close()
+        mail.close()
         inbox.close()
         if ring is not None:
             ring.close()

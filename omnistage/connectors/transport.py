@@ -1,8 +1,8 @@
 """ZeroMQ transport: one PULL inbox per process, PUSH outboxes connected on demand.
 
-Each socket is touched by exactly one thread: the inbox by the reading thread, the outbox by the
-sending thread. Sends block when the peer's high-water mark is reached, which is how
-backpressure travels upstream.
+Each socket is touched by exactly one thread: the inbox by the reading thread, each outgoing
+socket by its destination's sending thread (the Mailer's). Sends block when the peer's
+high-water mark is reached, which is how backpressure travels upstream.
 """
 from __future__ import annotations
 
@@ -48,37 +48,6 @@ class Inbox:
     def close(self) -> None:
         self._sock.close(linger=0)
         self._decoder.close()
-
-
-class Outbox:
-    def __init__(self, ctx: zmq.Context, encoder: Encoder, hwm: int = 1000, send_timeout_ms: int = -1) -> None:
-        self._ctx = ctx
-        self._encoder = encoder
-        self._hwm = hwm
-        self._timeout = send_timeout_ms
-        self._socks: dict[str, Any] = {}
-
-    def send(self, address: str, msg: Message) -> None:
-        sock = self._socks.get(address)
-        if sock is None:
-            sock = self._ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, self._hwm)
-            sock.setsockopt(zmq.LINGER, 2000)
-            sock.setsockopt(zmq.SNDTIMEO, self._timeout)
-            sock.connect(address)
-            self._socks[address] = sock
-        sock.send_multipart(self._encoder.encode(msg), copy=False)
-
-    def forget(self, address: str) -> None:
-        """Drop the socket to a peer that is gone, discarding what it still queues."""
-        sock = self._socks.pop(address, None)
-        if sock is not None:
-            sock.close(linger=0)
-
-    def close(self) -> None:
-        for sock in self._socks.values():
-            sock.close()
-        self._socks.clear()
 
 
 class Mailer:

@@ -7,7 +7,7 @@ import zmq
 
 from omnistage.connectors.messages import Data, Shutdown
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
-from omnistage.connectors.transport import Inbox, Outbox, bind_address
+from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 
 
@@ -27,12 +27,12 @@ def _echo(address_queue, protocol, run_dir, session):
     ctx = zmq.Context()
     inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", run_dir, "echo"), Decoder())
     ring = ShmRing(segment_name(session, "echo"), 4, 8 << 20)
-    outbox = Outbox(ctx, Encoder(ring, 1024))
+    mail = Mailer(ctx, lambda: Encoder(ring, 1024))
     address_queue.put(inbox.address)
     reply_to = address_queue.get()
     while not isinstance(msg := inbox.recv(), Shutdown):
-        outbox.send(reply_to, Data(msg.rid, msg.port, [t * 2 if t.is_floating_point() else t for t in msg.value]))
-    outbox.close()
+        mail.put(reply_to, Data(msg.rid, msg.port, [t * 2 if t.is_floating_point() else t for t in msg.value]))
+    mail.close()
     inbox.close()
     ring.close()
     ctx.term()
@@ -47,26 +47,26 @@ def test_tensors_cross_real_processes(protocol, tmp_path):
     ctx = zmq.Context()
     ring = ShmRing(segment_name(session, "main"), 4, 8 << 20)
     inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", str(tmp_path), "main"), Decoder())
-    outbox = Outbox(ctx, Encoder(ring, 1024))
+    mail = Mailer(ctx, lambda: Encoder(ring, 1024))
     try:
         peer = q.get(timeout=60)
         q.put(inbox.address)
         payload = _payloads()
         for i in range(3):
-            outbox.send(peer, Data(f"r{i}", "x", payload))
+            mail.put(peer, Data(f"r{i}", "x", payload))
             back = inbox.recv(timeout_ms=30_000)
             assert back is not None and back.rid == f"r{i}"
             for sent, got in zip(payload, back.value):
                 want = sent * 2 if sent.is_floating_point() else sent
                 assert got.dtype == want.dtype and got.shape == want.shape
                 assert torch.equal(got, want)
-        outbox.send(peer, Shutdown())
+        mail.put(peer, Shutdown())
         proc.join(30)
         assert proc.exitcode == 0
     finally:
         if proc.is_alive():
             proc.kill()
-        outbox.close()
+        mail.close()
         inbox.close()
         ring.close()
         ctx.term()

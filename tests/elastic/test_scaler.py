@@ -77,6 +77,36 @@ def test_drain_finishes_what_the_replica_holds_and_frees_its_device(server):
     assert wait_for(pipe, lambda: ready(pipe, "chat") == 2)
 
 
+def test_a_draining_replica_that_dies_is_the_scalers_not_the_supervisors(server):
+    """Who owns a replica: a dead serving replica is restarted by the supervisor; a draining one
+    that dies has simply finished draining, so the scaler stops it and reclaims its device."""
+    import os
+
+    from omnistage.errors import StageDeadError
+    pipe = server.pipeline
+    scaler = pipe.controller.scaler
+    handles = [pipe.submit(prompt=f"a long story {i}", max_tokens=100_000, temperature=0, ignore_eos=True)
+               for i in range(4)]
+    busy = max(pipe.orchestrator.table.of("chat", state=READY), key=lambda r: len(r.inflight))
+    held = set(busy.inflight)
+    assert held
+    restarts = len(pipe.orchestrator.supervisor.log)
+    scaler.drain(busy, reason="test")
+    os.kill(busy.runtime.pid, 9)
+    for h in handles:
+        if h.rid in held:
+            with pytest.raises(StageDeadError):
+                h.result(10)
+        else:
+            pipe.orchestrator.abort(h.rid)
+    assert wait_for(pipe, lambda: busy not in pipe.orchestrator.table.of("chat"), timeout=10)
+    assert wait_for(pipe, lambda: bool(scaler.free), timeout=5) and scaler.free == ["cpu"]
+    assert len(pipe.orchestrator.supervisor.log) == restarts  # not restarted
+    assert "stopped" in [a.kind for a in scaler.log[-2:]]
+    scaler.add("chat", reason="test")
+    assert wait_for(pipe, lambda: ready(pipe, "chat") == 2)
+
+
 def test_role_switch_under_load_keeps_the_server_ready(server):
     pipe = server.pipeline
     scaler = pipe.controller.scaler

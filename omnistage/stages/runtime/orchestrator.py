@@ -370,8 +370,9 @@ class Orchestrator:
     def _monitor(self) -> None:
         while not self._stopping.wait(MONITOR_PERIOD_S):
             for replica in self.table.all():
-                if replica.state in (ReplicaState.READY, ReplicaState.DRAINING) and not replica.runtime.is_alive() \
-                        and not self._stopping.is_set():
+                # (a dead draining replica stays DRAINING, with its error, until the scaler takes it)
+                if replica.state in (ReplicaState.READY, ReplicaState.DRAINING) and not replica.error \
+                        and not replica.runtime.is_alive() and not self._stopping.is_set():
                     self._on_replica_death(replica)
             if not self._stopping.is_set():
                 self.supervisor.poll()
