@@ -1,5 +1,7 @@
 """The wheel a user installs: it builds, installs into a fresh virtual environment, carries its
 packaged graph and console script, and declares the dependencies a clean machine needs."""
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -10,8 +12,13 @@ from tests.conftest import ROOT
 
 
 def test_the_wheel_builds_installs_and_runs(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist")], check=True)
+    # Built from a copy: a build writes egg-info and build/ next to its sources.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "build", "dist",
+                                                             "__pycache__", ".pytest_cache", "demo-output"))
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # (a checkout on the path is no install)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, env=clean)
     [wheel] = (tmp_path / "dist").glob("omnistage-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "omnistage/graphs/default.yaml" in names and "omnistage/py.typed" in names
@@ -26,7 +33,7 @@ def test_the_wheel_builds_installs_and_runs(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                   check=True)
+                   check=True, env=clean)
     # The dependencies come from this environment (nothing is downloaded); omnistage from the wheel.
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()

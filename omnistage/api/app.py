@@ -24,7 +24,7 @@ from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.errors import handle as handle_error
 from omnistage.api.guard import Guard
 from omnistage.api.metrics import Metrics
-from omnistage.api.request import abort_on_failure, check_model, choice_params, read_json
+from omnistage.api.request import abort_on_failure, check_model, choice_params, log_admitted, read_json
 from omnistage.errors import OmnistageError
 from omnistage.pipeline import Pipeline
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
@@ -77,6 +77,7 @@ def _submit(request: Request, inputs: dict[str, Any], params: dict[str, Any], n:
     for i in range(n):
         choice = choice_params(params, i)
         handles.append(pipe.submit(loop=loop, modalities=modalities, **inputs, **choice))
+    log_admitted(request, handles)
     return handles
 
 
@@ -251,5 +252,6 @@ async def metrics(request: Request) -> Response:
     groups = {stage: list(plan.stages[stage].config.resources.groups) for stage in plan.order
               if plan.stages[stage].config.resources.groups}
     request.app.state.metrics.restarted(pipeline.orchestrator.supervisor.log)
+    request.app.state.metrics.api_errors.set(pipeline.orchestrator.internal_errors)
     body = request.app.state.metrics.render(pipeline.orchestrator.table.all(), log, groups)
     return Response(body, media_type="text/plain; version=0.0.4")

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.fields import SPEECH as SPEECH_FIELDS
 from omnistage.api.fields import TRANSCRIPTIONS
-from omnistage.api.request import abort_on_failure, check_model, read_body
+from omnistage.api.request import abort_on_failure, check_model, log_admitted, read_body
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent
 
 PCM_RATE = 24000
@@ -80,6 +80,7 @@ async def speech(request: Request) -> Response:
     text, params, fmt = _speech_request(request, body)
     handle = request.app.state.pipeline.submit(prompt=text, modalities=["audio"], loop=asyncio.get_running_loop(),
                                                **params)
+    log_admitted(request, [handle])
     events = handle.aevents()
     first = await anext(events)
     if isinstance(first, ErrorEvent):  # nothing sent yet: a proper error status
@@ -108,7 +109,8 @@ async def speech(request: Request) -> Response:
                 event = await anext(events)
             if fmt == "flac":
                 yield _flac(torch.cat(collected), rate)
-            request.app.state.metrics.observe(handle, event.meta if isinstance(event, DoneEvent) else None, rate)
+            if isinstance(event, DoneEvent):  # (a failed request is counted by its status, not as a success)
+                request.app.state.metrics.observe(handle, event.meta, rate)
         finally:  # a client that goes away stops the request in every stage
             if not finished:
                 request.app.state.pipeline.orchestrator.abort(handle.rid)
@@ -136,6 +138,7 @@ async def transcriptions(request: Request) -> Response:
     inputs = _transcription_inputs(request, await upload.read())
     handle = request.app.state.pipeline.submit(**inputs, modalities=["text"], loop=asyncio.get_running_loop(),
                                                **params)
+    log_admitted(request, [handle])
     (result,) = await abort_on_failure(request, [handle])
     request.app.state.metrics.observe(handle, result.meta)
     text = result.text or ""

@@ -48,7 +48,7 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(message)
 
-        started = time.perf_counter()
+        started, cancelled = time.perf_counter(), False
         try:
             if self.api_key and scope["path"].startswith("/v1") and not self._authorized(scope):
                 await _json(send_with_id, 401, error_body(401, "invalid or missing API key (Authorization: Bearer "
@@ -59,13 +59,15 @@ class Guard:
             # The server's graceful shutdown ran out of time and cancels what is left: the request's
             # stages were told to stop (handlers abort on the way out); nothing else to say.
             log.warning("request %s: cancelled by the server's shutdown", rid)
+            cancelled = True
         except Exception:
             log.exception("request %s: unexpected error in %s %s", rid, scope["method"], scope["path"])
             if status == 0:  # nothing sent yet: a proper answer, and the connection stays usable
                 await _json(send_with_id, 500, error_body(500, f"internal server error (request id {rid})",
                                                           code="internal_error"))
         finally:
-            self.metrics.count(endpoint(scope), status or 500)
+            if not cancelled:  # (one cut off by the shutdown has no status to count)
+                self.metrics.count(endpoint(scope), status or 500)
             log.info("%s %s %s %d %.3fs", rid, scope["method"], scope["path"], status or 500,
                      time.perf_counter() - started)
 

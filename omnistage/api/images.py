@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from omnistage.api.errors import ApiError
 from omnistage.api.fields import IMAGES, Fields
-from omnistage.api.request import abort_on_failure, check_model, choice_params, read_json
+from omnistage.api.request import abort_on_failure, check_model, choice_params, log_admitted, read_json
 
 MAX_IMAGES = 10
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -69,6 +69,7 @@ async def generations(request: Request) -> Response:
         seeded = choice_params(params, i)
         handles.append(pipe.submit(prompt=body["prompt"], modalities=["image"], loop=loop, output_format=fmt,
                                    **seeded))
+    log_admitted(request, handles)
     results = await abort_on_failure(request, handles)
     for handle, result in zip(handles, results):
         request.app.state.metrics.observe(handle, result.meta)

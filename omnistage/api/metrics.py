@@ -37,14 +37,21 @@ class Metrics:
         self.e2e = Histogram("omnistage_e2e_request_latency_seconds", "Arrival to the last output", m,
                              buckets=_BUCKETS, registry=r)
         self.stage_time = Histogram("omnistage_stage_request_seconds",
-                                    "Time a request spent in a stage, from its admission there to its Done",
+                                    "Time a request spent in a stage, from its inputs being complete there to its Done",
                                     ["model", "stage"], buckets=_BUCKETS, registry=r)
+        self.phases = {phase: Histogram(f"omnistage_request_{phase}_time_seconds", help_, ["model", "stage"],
+                                        buckets=_BUCKETS, registry=r)
+                       for phase, help_ in (("queue", "An AR stage's time from a request's arrival to its first step"),
+                                            ("prefill", "An AR stage's time from the first step to the first token"),
+                                            ("decode", "An AR stage's time from the first token to the last"))}
         self.ttfp = Histogram("omnistage_time_to_first_audio_seconds", "Time to the first audio packet", m,
                               buckets=_BUCKETS, registry=r)
         self.rtf = Histogram("omnistage_audio_real_time_factor", "Request latency over seconds of audio made", m,
                              buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
         self.restarts = Counter("omnistage_stage_restarts", "Replicas restarted by the supervisor, with why",
                                 ["stage", "reason"], registry=r)
+        self.api_errors = Gauge("omnistage_api_internal_errors", "Stage messages the API process failed to handle "
+                                "or to send (each failed its request)", registry=r)
         self.inflight = Gauge("omnistage_stage_inflight_requests", "Requests admitted per stage replica",
                               ["stage", "replica"], registry=r)
         self.ready = Gauge("omnistage_stage_replica_ready", "1 when the replica is ready", ["stage", "replica"],
@@ -89,6 +96,9 @@ class Metrics:
         for stage, m in meta.items():
             if "stage_seconds" in m:
                 self.stage_time.labels(model, stage).observe(m["stage_seconds"])
+            for phase, histogram in self.phases.items():
+                if f"{phase}_seconds" in m:
+                    histogram.labels(model, stage).observe(m[f"{phase}_seconds"])
 
     def restarted(self, restarts: list[Any]) -> None:
         """The supervisor's log of restarts: each counted once."""

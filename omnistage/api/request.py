@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from starlette.formparsers import MultiPartException
@@ -11,6 +12,8 @@ from starlette.requests import Request
 from omnistage.api.errors import ApiError, ClientGone
 from omnistage.errors import OmnistageError
 from omnistage.stages.runtime.handle import RequestHandle
+
+log = logging.getLogger("omnistage.api")
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -91,6 +94,12 @@ def check_model(request: Request, body: dict[str, Any], required: bool = True) -
         raise ApiError(404, f"the model {model!r} does not exist; this server serves {name!r}", "model",
                        "model_not_found")
     return name
+
+
+def log_admitted(request: Request, handles: list[RequestHandle]) -> None:
+    """Link the HTTP request id (``x-request-id``) to the ids the stages log for its requests."""
+    rid = request.scope.get("state", {}).get("request_id", "-")
+    log.info("%s admitted as %s", rid, ", ".join(h.rid for h in handles))
 
 
 async def abort_on_failure(request: Request, handles: list[RequestHandle]) -> list[Any]:

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from omnistage.api.errors import ApiError
 from omnistage.api.fields import VIDEOS
 from omnistage.api.images import generation_params
-from omnistage.api.request import check_model, number, read_body
+from omnistage.api.request import check_model, log_admitted, number, read_body
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 
 MAX_JOBS = 256
@@ -113,6 +113,7 @@ async def create(request: Request) -> Response:
     params.update(_frames(body, pipe.orchestrator.infos.get(video_stage.name, {}) if video_stage else {}))
     handle = pipe.submit(prompt=body["prompt"], modalities=["video", "progress"] if _has_progress(pipe) else ["video"],
                          loop=asyncio.get_running_loop(), output_format="mp4", **params)
+    log_admitted(request, [handle])
     resolved = handle.params
     frames, fps = resolved.get("num_frames", 0), resolved.get("fps", 1)
     job = VideoJob("video_" + uuid.uuid4().hex, model, body["prompt"], handle,

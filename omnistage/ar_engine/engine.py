@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -60,6 +61,11 @@ class TokenOutput(NamedTuple):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    # Once finished, as vLLM splits a request's time here: added -> first scheduled (queue),
+    # -> first token (prefill), -> last token (decode); seconds.
+    queue_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
 
 @dataclass
@@ -72,6 +78,9 @@ class _State:
     embeds: list[torch.Tensor] = field(default_factory=list)
     kept: int = 0  # positions whose states were kept (a recomputation after preemption repeats none)
     hold: bool = False
+    added_at: float = field(default_factory=time.perf_counter)
+    scheduled_at: float | None = None  # the first step that computed some of it
+    first_token_at: float | None = None
 
 
 class LLMEngine:
@@ -180,6 +189,10 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         if not plan.chunks:
             return imported
+        now = time.perf_counter()
+        for chunk in plan.chunks:
+            state = self.states[chunk.seq.rid]
+            state.scheduled_at = state.scheduled_at or now
         result = self.runner.run(plan)
         samplers = [c.seq for c in plan.chunks if c.samples]
         picked = sample_batch(result.logits, [s.sampling for s in samplers], [s.tokens for s in samplers])
@@ -228,9 +241,14 @@ class LLMEngine:
         hidden = torch.cat(state.hidden) if state.hidden else None
         embeds = torch.cat(state.embeds) if state.embeds else None
         state.hidden, state.embeds = [], []
+        now = time.perf_counter()
+        state.first_token_at = state.first_token_at or now
+        scheduled = state.scheduled_at or state.added_at
+        times = (scheduled - state.added_at, state.first_token_at - scheduled, now - state.first_token_at) \
+            if reason is not None else (0.0, 0.0, 0.0)
         out = TokenOutput(seq.rid, [token], delta, reason is not None, reason,
                           [sampled] if sp.logprobs is not None else [], hidden, embeds, len(seq.prompt),
-                          seq.num_cached, len(seq.output))
+                          seq.num_cached, len(seq.output), *times)
         if reason is not None:
             self.scheduler.finish(seq)
             del self.states[seq.rid]

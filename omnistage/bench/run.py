@@ -31,8 +31,9 @@ async def drive(target: Target, endpoint: str, samples: Sequence[Sample], reques
         async def one(sample: Sample) -> Outcome:
             async with limit:
                 try:
-                    return await send(client, target, sample)
-                except httpx.HTTPError as exc:
+                    return await asyncio.wait_for(send(client, target, sample), timeout_s)
+                except (httpx.HTTPError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+                    # (a transport failure, a request past the deadline, an answer not in the expected shape)
                     return Outcome(error=f"{type(exc).__name__}: {exc}")
 
         start = time.perf_counter()

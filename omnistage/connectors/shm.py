@@ -125,6 +125,11 @@ def _release(mm: mmap.mmap, flag: int) -> None:
         mm[flag] = 0
 
 
+def remove_segment(session: str, owner: str) -> None:
+    """Unlink one process's ring (it died: it cannot); mappings still open elsewhere stay valid."""
+    (SHM_DIR / segment_name(session, owner)).unlink(missing_ok=True)
+
+
 def remove_segments(session: str) -> list[str]:
     """Unlink every segment of a session (after a crash its owner cannot); returns their names."""
     removed = []

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import zmq
 
 from omnistage.connectors.messages import Message
@@ -85,7 +84,7 @@ class Mailer:
                                           name=f"mail-{address.rsplit('/', 1)[-1]}")
                 thread.start()
                 self._threads.append(thread)
-        q.put(msg)
+            q.put(msg)  # under the lock: never into a queue that _abandon has already drained
 
     def drop(self, address: str) -> None:
         """A destination that is gone: discard what is queued for it and all that follows."""
@@ -94,6 +93,11 @@ class Mailer:
             q = self._queues.pop(address, None)
         if q is not None:
             q.put(_DROP)
+
+    def revive(self, address: str) -> None:
+        """A new peer at a dropped address (a restarted replica may reuse a dead one's TCP port)."""
+        with self._lock:
+            self._dropped.discard(address)
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (bounded by ``timeout`` per destination), then stop."""
@@ -109,27 +113,35 @@ class Mailer:
             thread.join(2 * _RETRY_MS / 1000)
 
     def _run(self, address: str, q: queue.SimpleQueue[Any]) -> None:
-        encoder = self._make_encoder()
-        sock = self._ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, self._hwm)
-        sock.setsockopt(zmq.SNDTIMEO, _RETRY_MS)
-        sock.connect(address)
+        sock = None
         try:
+            encoder = self._make_encoder()
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, self._hwm)
+            sock.setsockopt(zmq.SNDTIMEO, _RETRY_MS)
+            sock.connect(address)
             while (msg := q.get()) is not None and msg is not _DROP:
                 try:
                     frames = encoder.encode(msg)
-                except _ENCODE_ERRORS as exc:  # that message's request fails; the thread goes on
-                    self.on_unsent(msg, exc)
+                except Exception as exc:  # noqa: BLE001 - any encoding failure fails that message's request alone
+                    self._unsent(msg, exc)
                     continue
                 while not self._send(sock, frames):
                     if self._closing.is_set() or address in self._dropped:
                         return  # the peer is gone or we are shutting down: stop waiting on it
         except zmq.ContextTerminated:
             return
-        except zmq.ZMQError as exc:
+        except Exception as exc:  # noqa: BLE001 - this destination's thread ends: its queue fails, a put starts anew
             self._abandon(address, q, exc)
         finally:
-            sock.close(linger=0 if address in self._dropped else 2000)
+            if sock is not None:
+                sock.close(linger=0 if address in self._dropped else 2000)
+
+    def _unsent(self, msg: Message, exc: BaseException) -> None:
+        try:
+            self.on_unsent(msg, exc)
+        except Exception:  # noqa: BLE001 - reporting one lost message must not lose the rest
+            log.exception("could not report an unsent %s", type(msg).__name__)
 
     def _abandon(self, address: str, q: queue.SimpleQueue[Any], exc: BaseException) -> None:
         """This destination's thread cannot go on: its queue's messages fail, a later put starts anew."""
@@ -140,7 +152,7 @@ class Mailer:
         while not q.empty():
             msg = q.get()
             if msg is not None and msg is not _DROP:
-                self.on_unsent(msg, exc)
+                self._unsent(msg, exc)
 
     @staticmethod
     def _send(sock: Any, frames: list[Any]) -> bool:
@@ -154,7 +166,6 @@ class Mailer:
 
 _RETRY_MS = 200
 _DROP = object()
-_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
 
 
 def _log_unsent(msg: Message, exc: BaseException) -> None:

@@ -39,11 +39,12 @@ def unsendable(value: Any, where: str, depth: int = 0) -> str | None:
     """What in ``value`` the wire cannot carry, as "where: why" (None when it all can): objects of
     other types, integers beyond 64 bits, strings that are not valid Unicode (a lone surrogate),
     nesting deeper than MAX_DEPTH."""
-    if value is None or isinstance(value, (bytes, bytearray, bool, float)):
+    # Exact types: the encoder refuses subclasses (numpy scalars, str and int subclasses).
+    if value is None or type(value) in (bytes, bytearray, bool, float):
         return None
-    if isinstance(value, int):
+    if type(value) is int:
         return None if INT_RANGE[0] <= value < INT_RANGE[1] else f"{where}: integer out of the 64-bit range"
-    if isinstance(value, str):
+    if type(value) is str:
         return None if _encodes(value) else f"{where}: not valid Unicode text (it holds a lone surrogate)"
     if isinstance(value, torch.Tensor):
         return None if str(value.dtype).removeprefix("torch.") in _DTYPES else f"{where}: a {value.dtype} tensor"
@@ -51,8 +52,10 @@ def unsendable(value: Any, where: str, depth: int = 0) -> str | None:
         return None if value.dtype.kind in "biufc" else f"{where}: an array of {value.dtype}"
     if depth >= MAX_DEPTH:
         return f"{where}: nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, msgspec.Struct):  # a payload struct (messages.PAYLOAD_TYPES): its fields must be sendable
+        value = msgspec.structs.asdict(value)
     if isinstance(value, dict):
-        bad = (unsendable(v, f"{where}.{k}", depth + 1) if isinstance(k, str) and _encodes(k)
+        bad = (unsendable(v, f"{where}.{k}", depth + 1) if type(k) is str and _encodes(k)
                else f"{where}: a key that is not valid text" for k, v in value.items())
     elif isinstance(value, (list, tuple)):
         bad = (unsendable(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))

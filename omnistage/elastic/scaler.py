@@ -124,8 +124,9 @@ class Scaler:
             if replica.state is ReplicaState.STARTING:
                 continue
             self._starting.discard(replica)
-            # A failed start: the log keeps why, the table forgets it (only whoever removes it reclaims its device).
-            if replica.state is ReplicaState.DEAD and self.table.remove(replica):
+            # A failed start: the log keeps why, the table forgets it (only whoever removes it reclaims its
+            # device). One that became ready first and then died is the supervisor's (it has an address).
+            if replica.state is ReplicaState.DEAD and not replica.address and self.table.remove(replica):
                 self._record("failed", replica, replica.error.strip().splitlines()[-1] if replica.error else "")
                 self._release(replica)
 

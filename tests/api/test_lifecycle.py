@@ -135,3 +135,31 @@ def test_a_burst_past_the_queue_limit_gets_429s_and_memory_stays_bounded(tmp_pat
         assert r.status_code == 200
     finally:
         server.stop(signal.SIGTERM)
+
+
+def test_a_short_soak_of_mixed_requests_fails_none_and_memory_settles():
+    """Chat (with and without images), images, speech and spoken chat at once, round after round:
+    no request fails, and the API process's memory stops growing once warm."""
+    from omnistage.bench.datasets import with_images
+    from omnistage.cli import DEFAULT_GRAPH
+    server = Served(DEFAULT_GRAPH)
+    try:
+        target = Target(server.url, "omnistage-tiny", {})
+
+        async def round_(seed):
+            mixes = [("chat", random_prompts(12, 16, 8, seed=seed)),
+                     ("chat", with_images(random_prompts(4, 8, 4, seed=seed), (64, 48), 1, seed)),
+                     ("images", random_prompts(4, 6, 1, seed=seed)),
+                     ("speech", random_prompts(4, 6, 1, seed=seed)),
+                     ("spoken-chat", random_prompts(2, 6, 6, seed=seed))]
+            runs = await asyncio.gather(*(drive(target, endpoint, samples) for endpoint, samples in mixes))
+            return [o for outcomes, _ in runs for o in outcomes]
+
+        rss = []
+        for seed in range(4):
+            outcomes = asyncio.run(round_(seed))
+            assert all(o.ok for o in outcomes), {o.error for o in outcomes if not o.ok}
+            rss.append(_rss_mib(server.proc.pid))
+        assert rss[-1] - rss[1] < 32, rss  # after the first (warm-up) round, growth stays within noise
+    finally:
+        server.stop(signal.SIGTERM)

@@ -1,4 +1,6 @@
 """The engine on tiny real models: token-for-token equal to HF generate (greedy)."""
+import time
+
 import pytest
 import torch
 from PIL import Image
@@ -67,6 +69,27 @@ def test_32_concurrent_requests_equal_hf_generate(family, config):
         assert got[f"r{i}"] == reference(ref, ids), f"{name}/{config} request {i}"
     if config == "preempting":
         assert engine.scheduler.preemptions > 0 and engine.blocks.num_free == 48
+
+
+def test_each_finished_request_reports_its_queue_prefill_and_decode_time(family):
+    """With room for 2 sequences a step, later requests queue; the three phases are ordered
+    intervals that together span the request's time in the engine."""
+    _, tok, _, paged = family
+    engine = LLMEngine(paged, tok, EngineConfig(block_size=16, num_blocks=256), max_seqs=2)
+    start = time.perf_counter()
+    for i, ids in enumerate(prompts(tok, n=6)):
+        engine.add(EngineRequest(f"r{i}", ids, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)))
+    finished = {}
+    while engine.has_work():
+        for out in engine.step():
+            if out.finished:
+                finished[out.rid] = (out, time.perf_counter())
+            else:
+                assert (out.queue_s, out.prefill_s, out.decode_s) == (0.0, 0.0, 0.0)
+    for rid, (out, at) in finished.items():
+        assert out.queue_s >= 0 and out.prefill_s > 0 and out.decode_s > 0
+        assert out.queue_s + out.prefill_s + out.decode_s <= at - start
+    assert finished["r5"][0].queue_s > finished["r0"][0].queue_s  # the last waited for two batches
 
 
 def test_prefix_cache_hits_give_the_same_tokens(family):

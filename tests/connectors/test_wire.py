@@ -1,4 +1,5 @@
 import msgspec
+import numpy as np
 import pytest
 import torch
 
@@ -162,6 +163,7 @@ def test_numpy_arrays_travel_as_tensors_and_unsendable_values_are_found():
     (-(1 << 63) - 1, "p: integer out of the 64-bit range"),
     ({"k": ["x\ud800y"]}, "p.k[0]: not valid Unicode text (it holds a lone surrogate)"),
     ({"\udfff": 1}, "p: a key that is not valid text"),
+    ([np.float64(1.5)], "p[0]: a float64"),
 ])
 def test_values_the_encoder_would_refuse_are_found_first(value, why):
     """Each value unsendable() lets through must encode: the ones it names are exactly those the

@@ -227,7 +227,8 @@ def to_stage_output(out: TokenOutput, tokenizer: Any) -> StageOutput:
     meta = {}
     if out.finished:
         meta = {"finish_reason": out.finish_reason, "prompt_tokens": out.prompt_tokens,
-                "completion_tokens": out.completion_tokens, "cached_tokens": out.cached_tokens}
+                "completion_tokens": out.completion_tokens, "cached_tokens": out.cached_tokens,
+                "queue_seconds": out.queue_s, "prefill_seconds": out.prefill_s, "decode_seconds": out.decode_s}
     return StageOutput(out.rid, ports=ports, finished=out.finished, meta=meta)
 
 

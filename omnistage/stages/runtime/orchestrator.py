@@ -24,7 +24,7 @@ import zmq
 
 from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, ProbeResult, Ready, Shutdown,
                                            StartFailed, Stats)
-from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
+from omnistage.connectors.shm import ShmRing, remove_segment, remove_segments, segment_name
 from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder, unsendable
 from omnistage.errors import Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError
@@ -84,6 +84,7 @@ class Orchestrator:
         self.arrivals: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self.completions: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self._threads: list[threading.Thread] = []
+        self._monitor_thread: threading.Thread | None = None
         self.broken = ""  # why the orchestrator cannot serve (one of its threads died), or ""
         self.internal_errors = 0  # messages from workers this process failed to handle
 
@@ -99,9 +100,9 @@ class Orchestrator:
         except BaseException:
             self.close()
             raise
-        self._spawn(self._monitor)
+        self._monitor_thread = self._spawn(self._monitor)
 
-    def _spawn(self, target: Any) -> None:
+    def _spawn(self, target: Any) -> threading.Thread:
         """Run ``target`` in a thread that, should it ever die, says so: the orchestrator is then
         broken (``/health`` 503 with the reason, new requests 503) and what it holds fails."""
         def supervised() -> None:
@@ -118,6 +119,7 @@ class Orchestrator:
         thread = threading.Thread(target=supervised, name=f"orchestrator{target.__name__}", daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def start_replica(self, stage: str, device: str, threads: int, group: str | None = None) -> Replica:
         """Launch a replica; it takes requests once it reports Ready."""
@@ -151,6 +153,8 @@ class Orchestrator:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._monitor_thread is not None:  # it may be starting a replacement: let it finish first
+            self._monitor_thread.join(5)
         replicas = self.table.all()
         for replica in replicas:
             self._tell_to_exit(replica)
@@ -338,6 +342,7 @@ class Orchestrator:
         if replica is None:
             return  # it left the table meanwhile
         if isinstance(msg, Ready):
+            self._mail.revive(msg.address)  # (a restarted replica may reuse a dead one's TCP port)
             self.infos[msg.stage] = msg.info
             self.table.set_state(replica, ReplicaState.READY, address=msg.address)
         elif isinstance(msg, StartFailed):
@@ -383,6 +388,7 @@ class Orchestrator:
         serving = self.table.transition(replica, ReplicaState.READY, ReplicaState.DEAD)
         self.table.set_state(replica, replica.state, error=f"its process exited ({replica.runtime.exit_reason()})")
         self._mail.drop(replica.address)  # what is queued for it can never be delivered
+        remove_segment(self.session, f"{replica.stage}-{replica.index}")  # its ring: it cannot unlink it now
         for rid in self.table.held(replica):
             self._fail(rid, StageDeadError(f"stage {replica.stage!r} replica {replica.index} died "
                                            f"while serving the request", stage=replica.stage))

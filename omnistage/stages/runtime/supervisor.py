@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from omnistage.graph.schema import SupervisorConfig
-from omnistage.stages.runtime.replicas import Replica, ReplicaState, ReplicaTable
+from omnistage.stages.runtime.replicas import Launching, Replica, ReplicaState, ReplicaTable
 
 log = logging.getLogger("omnistage.supervisor")
 StartReplica = Callable[[str, str, int, "str | None"], Replica]  # (stage, device, threads, group)
@@ -43,6 +43,7 @@ class Supervisor:
         self._due: list[tuple[float, Replica]] = []  # (when, dead replica) restarts waiting their time
         self._starting: set[Replica] = set()  # replacements that have not reported Ready yet
         self._history: dict[str, list[float]] = {}  # stage -> times of its recent restarts
+        self._claimed: set[Replica] = set()  # dead replicas taken out of the table, not yet replaced
         self._lock = threading.Lock()
 
     def replace(self, dead: Replica) -> None:
@@ -96,16 +97,22 @@ class Supervisor:
             self._restart(dead)
 
     def _restart(self, dead: Replica) -> None:
-        if self.table.get(dead.stage, dead.index) is not dead:
+        # Claimed by taking it out of the table: whoever removes a replica owns it (the scaler
+        # reclaims only replicas that never became ready), so it is never restarted twice.
+        if dead not in self._claimed and not self.table.remove(dead):
             return  # someone else took it out of the table (the pipeline is closing)
+        self._claimed.add(dead)
         reason = dead.error.rsplit("; restarting", 1)[0].strip()
         try:
             new = self._start(dead.stage, dead.device, dead.threads, dead.group)
         except Exception as exc:  # noqa: BLE001 - a launch that fails is retried with back-off, like a crash
-            self.table.set_state(dead, ReplicaState.DEAD, error=f"{reason}; a restart failed: {exc}")
+            for failed in self.table.of(dead.stage, state=ReplicaState.DEAD):  # the launch's own listing
+                if isinstance(failed.runtime, Launching):
+                    self.table.remove(failed)
+            dead.error = f"{reason}; a restart failed: {exc}"
             self.replace(dead)
             return
-        self.table.remove(dead)
+        self._claimed.discard(dead)
         with self._lock:
             self._starting.add(new)
         self.log.append(Restart(time.time(), dead.stage, dead.index, new.index, reason))

@@ -25,6 +25,7 @@ from typing import Any
 from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Part, Probe, ProbeResult,
                                            Shutdown, Stats)
 from omnistage.connectors.transport import Inbox, Mailer
+from omnistage.connectors.wire import unsendable
 from omnistage.errors import RequestRejected
 from omnistage.stages.worker.gather import Gather
 from omnistage.stages.worker.spec import WorkerSpec
@@ -75,7 +76,7 @@ class StageWorker:
         self._reported = 0.0
         self._step_ema = 0.0
         self._started: dict[str, float] = {}  # requests started here that have not output yet
-        self._arrived: dict[str, float] = {}  # when each request's Admit arrived here
+        self._arrived: dict[str, float] = {}  # when each request started here (its inputs complete)
         self._first_output_ema = 0.0  # seconds from a request's start here to its first output
         self.internal_errors = 0  # requests failed by an unexpected exception while taken in
         if mail is not None:  # (tests drive the loop without transport)
@@ -146,7 +147,6 @@ class StageWorker:
 
     def _apply(self, msg: Any) -> None:
         if isinstance(msg, Admit):
-            self._arrived[msg.rid] = time.perf_counter()
             if self.requests.admit(msg):
                 self._start(msg.rid)
         elif isinstance(msg, Part) and msg.rid in self.requests.started:
@@ -164,6 +164,8 @@ class StageWorker:
         elif isinstance(msg, _Unsent):
             if msg.rid in self.requests.admitted:
                 self._fail(msg.rid, msg.error)
+            else:  # finished here already (its Done or onward data was lost): the sink must still hear
+                self._out.put((self.spec.sink, Failed(msg.rid, self.spec.stage, self.spec.replica, msg.error, 500)))
         elif isinstance(msg, _IoDied):
             self._crash(msg.error)
             raise WorkerCrashed(msg.error)
@@ -173,7 +175,7 @@ class StageWorker:
     # --- taking requests in -----------------------------------------------------------------
     def _start(self, rid: str) -> None:
         inputs, open_ports = self.requests.take(rid)
-        self._started[rid] = time.perf_counter()
+        self._started[rid] = self._arrived[rid] = time.perf_counter()
         admit = self.requests.admitted[rid]
         request = StageRequest(rid, inputs, admit.params, open_ports, frozenset(admit.routes))
         self._taking_in(rid, "take the request", lambda: self.stage.add(request))
@@ -242,6 +244,10 @@ class StageWorker:
             started = self._started.pop(out.rid, None)
             if started is not None:
                 self._first_output_ema = 0.9 * self._first_output_ema + 0.1 * (now - started)
+            if out.error is None and (bad := unsendable(out.meta, "meta") or unsendable(out.ports, "output")):
+                # Found here, the request fails before its Done is sent (the sending thread would be too late).
+                out.error = self._internal_error(out.rid, "send its output", TypeError(f"{bad} cannot be sent"))
+                out.status = 500
             if out.error is None:
                 self._route(admit, out, chunks)
             if out.finished or out.error is not None:
@@ -306,15 +312,16 @@ class StageWorker:
             self._in.put(_IoDied(f"{target.__name__.strip('_')} thread died: {type(exc).__name__}: {exc}"))
 
     def _unsent(self, msg: Any, exc: BaseException) -> None:
-        """A message the wire could not encode: its request fails (a Failed that cannot be sent is
-        only logged, or this would loop)."""
-        rid = getattr(msg, "rid", None)
+        """A message the wire could not encode (from a sending thread): each request it carries
+        fails. A Failed that cannot be sent is only logged, or this would loop."""
+        rids = {c.rid for c in msg.items} if isinstance(msg, Chunks) else {getattr(msg, "rid", None)} - {None}
         self.internal_errors += 1
-        log.error("stage %r: could not send %s for request %s: %s: %s", self.spec.stage, type(msg).__name__, rid,
-                  type(exc).__name__, exc)
-        if rid is not None and not isinstance(msg, Failed):
-            self._in.put(_Unsent(rid, f"internal error: stage {self.spec.stage!r} could not send its output: "
-                                      f"{type(exc).__name__}: {exc}"))
+        log.error("stage %r: could not send %s for %s: %s: %s", self.spec.stage, type(msg).__name__,
+                  ", ".join(sorted(rids)) or "no request", type(exc).__name__, exc)
+        if not isinstance(msg, Failed):
+            for rid in rids:
+                self._in.put(_Unsent(rid, f"internal error: stage {self.spec.stage!r} could not send its output: "
+                                          f"{type(exc).__name__}: {exc}"))
 
     def _read(self) -> None:
         parent = os.getppid()

@@ -114,6 +114,18 @@ def test_killed_worker_fails_its_requests_then_is_restarted_and_shutdown_cleans_
     assert not Path(orch.run_dir).exists()
 
 
+def test_an_output_the_wire_cannot_carry_fails_its_request_and_the_stage_serves_on():
+    """A user function returning a numpy scalar: encoding its output fails in the worker's sending
+    thread; the request fails with a 500 (it never hangs), the replica and its other requests go on."""
+    from omnistage.errors import RequestFailed
+    with Pipeline.from_yaml(Path(__file__).parent / "graphs" / "unsendable_output.yaml") as pipe:
+        with pytest.raises(RequestFailed, match="could not send its output"):
+            pipe.submit(prompt="numpy please").result(timeout=30)
+        assert pipe.submit(prompt="plain please").result(timeout=30).outputs["text"] == 12.0
+        [replica] = pipe.orchestrator.table.all()
+        assert not replica.inflight and replica.stats.get("internal_errors", 1) >= 0
+
+
 def test_worker_that_cannot_start_reports_why():
     with pytest.raises(StageStartError, match="no_such_function"):
         Pipeline.from_yaml(Path(__file__).parent / "graphs" / "bad_function.yaml")
