@@ -18,7 +18,7 @@ from omnistage.stages.runtime.replicas import ReplicaState
 from tests.api.conftest import Server
 
 KILLED_FAIL_WITHIN_S = 2.0  # the monitor notices in 0.1 s; the margin is for a loaded 2-core machine
-RECOVERY_WITHIN_S = 90.0  # a fresh worker process imports torch and loads its model
+RECOVERY_WITHIN_S = 30.0  # a fresh worker imports torch and loads its model (docs/operations.md states it)
 
 
 def _png():
@@ -120,7 +120,7 @@ def test_sigkill_under_load_fails_fast_and_the_stage_heals(server, stage):
     for t, text in failed:
         if "died while serving" in text:
             assert t - killed < KILLED_FAIL_WITHIN_S + 1  # + the response's way back to the client
-    assert table.wait_until(lambda: table.ready_count(stage) == 1, RECOVERY_WITHIN_S)
+    assert table.wait_until(lambda: table.ready_count(stage) == 1, RECOVERY_WITHIN_S - (time.monotonic() - killed))
     assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
     assert REQUESTS[stage](server.url).status_code == 200
     restarts = [r for r in server.pipeline.orchestrator.supervisor.log if r.stage == stage]
