@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import zmq
 
 from omnistage.connectors.messages import Message
@@ -123,7 +124,7 @@ class Mailer:
             while (msg := q.get()) is not None and msg is not _DROP:
                 try:
                     frames = encoder.encode(msg)
-                except Exception as exc:  # noqa: BLE001 - any encoding failure fails that message's request alone
+                except _ENCODE_ERRORS as exc:  # that message's request fails alone; the thread goes on
                     self._unsent(msg, exc)
                     continue
                 while not self._send(sock, frames):
@@ -145,7 +146,7 @@ class Mailer:
 
     def _abandon(self, address: str, q: queue.SimpleQueue[Any], exc: BaseException) -> None:
         """This destination's thread cannot go on: its queue's messages fail, a later put starts anew."""
-        log.error("sending to %s failed: %s", address, exc)
+        log.error("sending to %s failed; its queued messages fail", address, exc_info=exc)
         with self._lock:
             if self._queues.get(address) is q:
                 del self._queues[address]
@@ -166,6 +167,9 @@ class Mailer:
 
 _RETRY_MS = 200
 _DROP = object()
+# What encoding a message can raise: a value msgspec refuses (type, range, depth, text), or the
+# shared-memory ring failing to take a tensor.
+_ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError, OSError)
 
 
 def _log_unsent(msg: Message, exc: BaseException) -> None:

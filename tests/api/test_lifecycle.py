@@ -73,12 +73,15 @@ class Served:
         return time.monotonic() - start, workers, err
 
 
-def _long_chat(url, results):
+def _long_chat(url, results, streaming):
     body = {"model": "text-chat", "messages": [{"role": "user", "content": "go"}], "max_tokens": 100_000,
             "ignore_eos": True, "stream": True}
     try:
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
-            for _ in r.iter_lines():
+            lines = r.iter_lines()
+            next(lines)
+            streaming.release()  # once per client: its request is generating
+            for _ in lines:
                 pass
         results.append("ended")
     except httpx.HTTPError as exc:
@@ -89,11 +92,12 @@ def _long_chat(url, results):
 def test_a_signal_ends_the_server_in_bounded_time_leaving_nothing(sig):
     before = _leftovers()
     server = Served(ROOT / "examples" / "text_chat.yaml", "--shutdown-timeout", "2")
-    results = []
-    clients = [threading.Thread(target=_long_chat, args=(server.url, results)) for _ in range(3)]
+    results, streaming = [], threading.Semaphore(0)
+    clients = [threading.Thread(target=_long_chat, args=(server.url, results, streaming)) for _ in range(3)]
     for c in clients:
         c.start()
-    time.sleep(1.0)  # the requests are generating (endlessly, until aborted)
+    for _ in clients:  # every request is generating (endlessly, until aborted)
+        assert streaming.acquire(timeout=60)
     took, workers, err = server.stop(sig)
     assert took < SHUTDOWN_BOUND_S
     assert server.proc.returncode in (0, 130, -signal.SIGTERM), err[-2000:]

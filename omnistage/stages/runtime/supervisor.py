@@ -105,7 +105,7 @@ class Supervisor:
         reason = dead.error.rsplit("; restarting", 1)[0].strip()
         try:
             new = self._start(dead.stage, dead.device, dead.threads, dead.group)
-        except Exception as exc:  # noqa: BLE001 - a launch that fails is retried with back-off, like a crash
+        except (OSError, RuntimeError) as exc:  # the process could not be started: retried with back-off
             for failed in self.table.of(dead.stage, state=ReplicaState.DEAD):  # the launch's own listing
                 if isinstance(failed.runtime, Launching):
                     self.table.remove(failed)
