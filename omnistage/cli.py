@@ -5,9 +5,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omnistage.errors import GraphConfigError, OmnistageError
 from omnistage.models.catalog import TINY_MODELS
+
+if TYPE_CHECKING:
+    from omnistage.checkpoints.recipes import ServeSettings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the checkout's example graphs
 DEFAULT_GRAPH = Path(__file__).resolve().parent / "graphs" / "default.yaml"  # ships with the package
@@ -20,18 +24,23 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("tiny-models", help="write tiny random-weight checkpoints of real architectures")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--only", nargs="+", choices=sorted(TINY_MODELS), help="build only these")
-    val = sub.add_parser("validate", help="check a graph file and print its plan")
-    val.add_argument("graph", type=Path, nargs="+")
-    run = sub.add_parser("run", help="run requests through a graph offline and print the results")
-    run.add_argument("graph", type=Path)
+    val = sub.add_parser("validate", help="check graph files or models and print their plans")
+    val.add_argument("graph", nargs="+", help="a graph file, or a model (checkpoint directory, hub id, tiny:NAME)")
+    add_model_flags(val)
+    run = sub.add_parser("run", help="run requests through a graph (or a model) offline and print the results")
+    run.add_argument("graph", help="a graph file, or a model")
     run.add_argument("--prompt", action="append", required=True, help="a user message (repeat for several requests)")
     run.add_argument("--max-tokens", type=int, default=None)
     run.add_argument("--temperature", type=float, default=0.0)
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--json", action="store_true", help="print one JSON object per request")
-    serve = sub.add_parser("serve", help="serve a graph behind an OpenAI-compatible HTTP API")
-    serve.add_argument("graph", type=Path, nargs="?", default=DEFAULT_GRAPH,
-                       help="graph file (default: the any-to-any graph on tiny models)")
+    serve = sub.add_parser("serve", help="serve a graph or a model behind an OpenAI-compatible HTTP API")
+    serve.add_argument("graph", nargs="?", default=str(DEFAULT_GRAPH),
+                       help="a graph file, or a model: a checkpoint directory, a hub id (org/name), tiny:NAME "
+                            "(default: the any-to-any graph: SmolLM2 chat, the rest on tiny models)")
+    add_model_flags(serve)
+    serve.add_argument("--print-graph", action="store_true",
+                       help="print the graph YAML built for the model (to save and edit) and exit")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1 routes")
@@ -61,6 +70,44 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags users know from ``vllm serve``; they shape the graph built for a model."""
+    parser.add_argument("--served-model-name", default=None, help="the model name clients send (default: MODEL "
+                        "as given, or the graph's name)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                        help="weights' dtype (auto: the checkpoint's own)")
+    parser.add_argument("--device", default=None, help="device of every stage: cpu, cuda, cuda:N (default: cpu)")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="longest sequence, prompt + output (default: the model's context length)")
+    parser.add_argument("--gpu-memory-utilization", dest="memory_utilization", type=float, default=None,
+                        help="share of the device's memory for weights and KV cache (default 0.9 on a GPU; on a "
+                             "CPU the KV cache's share of available RAM, default 0.1)")
+    parser.add_argument("--kv-cache-memory", type=_bytes, default=None,
+                        help="KV cache size in bytes (suffixes K, M, G: binary), overriding the share above")
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="sequences per engine step (max batch)")
+    parser.add_argument("--chat-template", default=None, help="a Jinja chat template, or a file holding one")
+
+
+def _bytes(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 4G, 512M)") from None
+
+
+def _settings(args: argparse.Namespace) -> ServeSettings:
+    from omnistage.checkpoints.recipes import ServeSettings
+    template = args.chat_template
+    if template is not None and "{" not in template and Path(template).expanduser().is_file():
+        template = str(Path(template).expanduser().resolve())
+    kv_mb = None if args.kv_cache_memory is None else max(1, args.kv_cache_memory >> 20)
+    return ServeSettings(served_model_name=args.served_model_name, dtype=args.dtype, device=args.device,
+                         max_model_len=args.max_model_len, memory_utilization=args.memory_utilization,
+                         kv_cache_mb=kv_mb, max_num_seqs=args.max_num_seqs, chat_template=template)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -77,13 +124,15 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from omnistage.checkpoints import resolve_model
-    from omnistage.graph.compile import compile_file
+    from omnistage.checkpoints.target import graph_text, is_graph_file, load_plan
     from omnistage.graph.describe import describe
     status = 0
-    for path in args.graph:
+    for target in args.graph:
         try:
-            print(describe(compile_file(path, resolve_model)))
+            plan = load_plan(target, _settings(args))
+            if not is_graph_file(target):
+                print(graph_text(target, _settings(args)))
+            print(describe(plan))
         except GraphConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = 1
@@ -91,10 +140,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from omnistage.checkpoints.target import load_plan
     from omnistage.pipeline import Pipeline
     params = {"temperature": args.temperature, "seed": args.seed, "max_tokens": args.max_tokens}
     params = {k: v for k, v in params.items() if v is not None}
-    with Pipeline.from_yaml(args.graph) as pipe:
+    with Pipeline(load_plan(args.graph)) as pipe:
         handles = [pipe.submit(messages=[{"role": "user", "content": p}], **params) for p in args.prompt]
         for prompt, handle in zip(args.prompt, handles):
             result = handle.result(timeout=600)
@@ -111,13 +161,19 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from omnistage.api.app import create_app
-    from omnistage.checkpoints import resolve_model
     from omnistage.checkpoints.prepare import prepare_models
-    from omnistage.graph.compile import compile_file
-    prepare_models(compile_file(args.graph, resolve_model))  # fail fast on a bad graph; build tiny models visibly
+    from omnistage.checkpoints.target import graph_text, is_graph_file, load_plan
+    if args.print_graph:
+        if is_graph_file(args.graph):
+            print(Path(args.graph).read_text(), end="")
+        else:
+            print(graph_text(args.graph, _settings(args)), end="")
+        return 0
+    plan = load_plan(args.graph, _settings(args))  # fail fast on a bad graph or an unsupported model
+    prepare_models(plan)  # download, convert or build checkpoints visibly, before any worker starts
     from omnistage.logs import setup_logging
     setup_logging(args.log_level, args.log_format)
-    app = create_app(args.graph, api_key=args.api_key, media_dir=args.media_dir)
+    app = create_app(plan, api_key=args.api_key, media_dir=args.media_dir)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False,
                 timeout_graceful_shutdown=args.shutdown_timeout)
     return 0

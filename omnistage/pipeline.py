@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from omnistage.checkpoints import resolve_model
+from omnistage.checkpoints.support import check_model
 from omnistage.elastic.controller import Controller
 from omnistage.graph.compile import compile_file
 from omnistage.graph.plan import GraphPlan
@@ -38,7 +39,7 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | Path, in_process: bool = False) -> Pipeline:
-        return cls(compile_file(path, resolve_model), in_process=in_process)
+        return cls(compile_file(path, resolve_model, check_model), in_process=in_process)
 
     def submit(self, *, modalities: list[str] | None = None, loop: asyncio.AbstractEventLoop | None = None,
                **kwargs: Any) -> RequestHandle:

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from omnistage.api import audio, images, videos
-from omnistage.api.convert import chat_inputs, choices_count, sampling_params, stream_settings
+from omnistage.api.convert import chat_inputs, choices_count, sampling_params, stream_settings, token_ids
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.errors import handle as handle_error
 from omnistage.api.guard import Guard
@@ -32,12 +32,14 @@ from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, R
 MAX_BODY = 64 << 20
 
 
-def create_app(graph: str | Path, api_key: str | None = None, max_body: int = MAX_BODY,
+def create_app(graph: str | Path | Any, api_key: str | None = None, max_body: int = MAX_BODY,
                media_dir: str | None = None) -> Starlette:
-    """``media_dir``: chat media may name local files under this directory (else data URLs only)."""
+    """``graph``: a graph file or a compiled ``GraphPlan``. ``media_dir``: chat media may name local files
+    under this directory (else data URLs only)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.pipeline = await asyncio.to_thread(Pipeline.from_yaml, graph)
+        start = Pipeline.from_yaml if isinstance(graph, (str, Path)) else Pipeline
+        app.state.pipeline = await asyncio.to_thread(start, graph)
         app.state.metrics.model = app.state.pipeline.plan.name
         try:
             yield
@@ -105,6 +107,8 @@ async def _generate(request: Request, chat: bool) -> Response:
     params = sampling_params(body, chat)
     if params.get("logprobs") is not None:
         modalities = sorted(set(modalities or ["text"]) | {"logprobs"})
+    if token_ids(body):  # vLLM's extension: the generated ids beside the text
+        modalities = sorted(set(modalities or ["text"]) | {"tokens"})
     if modalities is not None:  # a route the graph lacks is the first thing to report
         request.app.state.pipeline.plan.route_for(frozenset(inputs), frozenset(modalities))
     spoken = audio.chat_audio(body) if chat else None
@@ -131,6 +135,8 @@ async def _complete(request: Request, handles: list[RequestHandle], rid: str, mo
         logprobs = result.outputs.get("logprobs")
         choices.append({"index": i, **body, "finish_reason": result.finish_reason,
                         "logprobs": {"content": logprobs} if logprobs is not None else None})
+        if "tokens" in result.outputs:
+            choices[-1]["token_ids"] = result.outputs["tokens"]
         usage["prompt_tokens"] = result.usage["prompt_tokens"]
         usage["completion_tokens"] += result.usage["completion_tokens"]
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -183,6 +189,9 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                     if spoken:  # as OpenAI: with audio, text deltas are the audio's transcript
                         delta = {"audio": {"id": audio_ids[i], "transcript": event.value}}
                     yield chunk([{"index": i, **(({"delta": delta}) if chat else delta), "finish_reason": None}])
+                elif isinstance(event, ChunkEvent) and event.modality == "tokens":
+                    empty = {"delta": {"content": ""}} if chat else {"text": ""}
+                    yield chunk([{"index": i, **empty, "token_ids": event.value, "finish_reason": None}])
                 elif isinstance(event, ChunkEvent) and event.modality == "logprobs":
                     empty = {"delta": {"content": ""}} if chat else {"text": ""}
                     yield chunk([{"index": i, **empty, "logprobs": {"content": event.value}, "finish_reason": None}])

@@ -110,6 +110,14 @@ def sampling_params(body: dict[str, Any], chat: bool = True) -> dict[str, Any]:
     return params
 
 
+def token_ids(body: dict[str, Any]) -> bool:
+    """``return_token_ids``: whether each choice also carries its generated token ids."""
+    wanted = body.get("return_token_ids")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, f"return_token_ids must be true or false, got {wanted!r}", "return_token_ids")
+    return bool(wanted)
+
+
 def stream_settings(body: dict[str, Any]) -> tuple[bool, bool]:
     """(stream, include_usage), checked."""
     stream, options = body.get("stream"), body.get("stream_options")

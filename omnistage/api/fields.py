@@ -46,7 +46,7 @@ class Fields:
 
 CHAT = Fields(
     own=frozenset({"model", "messages", "stream", "stream_options", "n", "modalities", "audio", "logprobs",
-                   "top_logprobs", "max_tokens", "max_completion_tokens"}),
+                   "top_logprobs", "max_tokens", "max_completion_tokens", "return_token_ids"}),
     metadata=frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}),
     unsupported={"tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
                  "functions": (None, []), "function_call": (None, "none", "auto"),
@@ -56,7 +56,7 @@ CHAT = Fields(
 )
 
 COMPLETIONS = Fields(
-    own=frozenset({"model", "prompt", "stream", "stream_options", "n", "max_tokens", "logprobs"}),
+    own=frozenset({"model", "prompt", "stream", "stream_options", "n", "max_tokens", "logprobs", "return_token_ids"}),
     unsupported={"echo": (None, False), "best_of": (None, 1), "suffix": (None, ""), "presence_penalty": _PENALTY,
                  "frequency_penalty": _PENALTY, "logit_bias": (None, {})},
 )

@@ -19,6 +19,7 @@ from omnistage.ar_engine.detokenize import IncrementalDetokenizer
 from omnistage.ar_engine.runner import ModelRunner, kv_shape, text_config
 from omnistage.ar_engine.sampling import Sampled, SamplingParams, sample_batch
 from omnistage.ar_engine.config import EngineConfig
+from omnistage.ar_engine.memory import CachePlan, plan_cache
 from omnistage.ar_engine.scheduler import Scheduler
 from omnistage.ar_engine.sequence import MediaSpan, Sequence, StepPlan
 from omnistage.errors import RequestRejected
@@ -92,22 +93,23 @@ class LLMEngine:
         self.config = config
         self.input_embeds = input_embeds
         self.tokenizer = tokenizer
-        num_blocks = config.num_blocks or self._blocks_for(model, config)
-        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
+        self.cache = self._plan_cache(model, config, max_seqs)
+        self.blocks = BlockManager(self.cache.num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(config, max_seqs, self.blocks)
-        self.runner = ModelRunner(model, num_blocks, config.block_size, backend=backend, media_encoder=media_encoder)
+        self.runner = ModelRunner(model, self.cache.num_blocks, config.block_size, backend=backend,
+                                  media_encoder=media_encoder)
         self.eos_ids = _eos_ids(model, tokenizer) if eos_ids is None else eos_ids
-        self.max_model_len = min(getattr(text_config(model.config), "max_position_embeddings", 1 << 30),
-                                 num_blocks * config.block_size)
+        self.max_model_len = self.cache.max_model_len
         self.states: dict[str, _State] = {}
         self.imports: deque[Prefilled] = deque()
 
     @staticmethod
-    def _blocks_for(model: Any, config: EngineConfig) -> int:
+    def _plan_cache(model: Any, config: EngineConfig, max_seqs: int) -> CachePlan:
         layers, kv_heads, head_dim = kv_shape(model.config)
-        itemsize = next(model.parameters()).element_size()
-        per_block = 2 * layers * kv_heads * head_dim * config.block_size * itemsize
-        return max(1, (config.kv_cache_mb << 20) // per_block)
+        weight = next(model.parameters())
+        context = getattr(text_config(model.config), "max_position_embeddings", None) or 1 << 20
+        return plan_cache(config, layers, kv_heads, head_dim, weight.element_size(), context, max_seqs,
+                          weight.device)
 
     # --- requests --------------------------------------------------------------------------
     def add(self, req: EngineRequest) -> None:
@@ -229,7 +231,7 @@ class LLMEngine:
             state.text += state.detok.push(token)
         if stop_token:
             reason = "stop"
-        elif len(seq.output) >= sp.max_tokens or len(seq) >= self.max_model_len:
+        elif (sp.max_tokens is not None and len(seq.output) >= sp.max_tokens) or len(seq) >= self.max_model_len:
             reason = "length"
         hit = sp.find_stop(state.text, max(0, state.sent - max((len(s) for s in sp.stop), default=0)))
         if hit is not None:

@@ -18,7 +18,7 @@ MAX_TOP_LOGPROBS = 20
 
 @dataclass
 class SamplingParams:
-    max_tokens: int
+    max_tokens: int | None  # None: until the end of the model's context (max_model_len)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -33,7 +33,7 @@ class SamplingParams:
     generator: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
-    def from_request(cls, params: Mapping[str, Any], default_max_tokens: int) -> SamplingParams:
+    def from_request(cls, params: Mapping[str, Any], default_max_tokens: int | None) -> SamplingParams:
         get = params.get
         max_tokens = get("max_tokens")
         max_tokens = default_max_tokens if max_tokens is None else max_tokens
@@ -48,7 +48,7 @@ class SamplingParams:
         return sp
 
     def validate(self) -> None:
-        _check(_is_int(self.max_tokens) and self.max_tokens >= 1, "max_tokens must be an integer >= 1", "max_tokens")
+        _check(self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1), "max_tokens must be an integer >= 1", "max_tokens")
         _check(_is_num(self.temperature) and 0 <= self.temperature <= 2, "temperature must be between 0 and 2", "temperature")
         _check(_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]", "top_p")
         _check(_is_int(self.top_k) and self.top_k >= 0, "top_k must be an integer >= 0", "top_k")

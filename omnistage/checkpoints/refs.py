@@ -5,6 +5,8 @@
   ``tiny:<name>/<dir>`` a sub-model directory inside it (``tiny:qwen2.5-omni/thinker``). It stays
   symbolic in the plan; a worker builds it (once, cached) when it loads.
 - a local directory, relative to the graph file's directory or absolute;
+- ``packaged:<name>``: a real checkpoint shipped in a registry package (``checkpoints.packaged``),
+  or its tiny stand-in when that package is not installed;
 - ``org/name`` that is not a local directory: a hub id, loaded from a hub where one is reachable.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnistage.checkpoints.packaged import parse_packaged, resolve_packaged
 from omnistage.models.catalog import TINY_MODELS
 
 TINY_PREFIX = "tiny:"
@@ -40,6 +43,9 @@ def parse_tiny(ref: str) -> TinyRef | None:
 def resolve_model(ref: str, base_dir: Path) -> str:
     """The reference a worker will load: ``tiny:`` as written, a local directory made absolute,
     a hub id as written. Raises ValueError saying why ``ref`` cannot be loaded."""
+    packaged = parse_packaged(ref)
+    if packaged is not None:
+        return resolve_packaged(packaged)
     tiny = parse_tiny(ref)
     if tiny is not None:
         if tiny.name not in TINY_MODELS:

@@ -21,28 +21,33 @@ from omnistage.graph.strict import frozen_dict, suggest
 
 # (reference as written, the graph file's directory) -> what a worker loads; raises ValueError(why not)
 ModelResolver = Callable[[str, Path], str]
+# (stage kind, resolved reference) -> None; raises ValueError when the kind cannot run that model
+ModelChecker = Callable[[str, str], None]
 
 
-def compile_file(path: str | Path, models: ModelResolver) -> GraphPlan:
+def compile_file(path: str | Path, models: ModelResolver, check: ModelChecker | None = None) -> GraphPlan:
     path = Path(path)
-    return compile_text(read_graph(path), models, base_dir=path.parent, source=str(path))
+    return compile_text(read_graph(path), models, base_dir=path.parent, source=str(path), check=check)
 
 
-def compile_text(text: str, models: ModelResolver, base_dir: Path | None = None, source: str = "<string>") -> GraphPlan:
+def compile_text(text: str, models: ModelResolver, base_dir: Path | None = None, source: str = "<string>",
+                 check: ModelChecker | None = None) -> GraphPlan:
     """Parse and compile a graph's YAML; every error names its YAML path and line."""
     config = parse_graph(text, source)
     try:
-        return compile_graph(config, models, base_dir, source)
+        return compile_graph(config, models, base_dir, source, check)
     except GraphConfigError as exc:
         raise GraphConfigError(with_lines(exc.issues, source_lines(text)), source) from None
 
 
 def compile_graph(config: GraphConfig, models: ModelResolver, base_dir: Path | None = None,
-                  source: str = "") -> GraphPlan:
+                  source: str = "", check: ModelChecker | None = None) -> GraphPlan:
+    """``check``: refuse a model its stage's kind cannot run (``checkpoints.check_model``; it reads
+    each model's config). Without it only the references are resolved."""
     issues: list[ConfigIssue] = []
     if not config.stages:
         issues.append(ConfigIssue("stages", "a graph needs at least one stage"))
-    stages = {name: _stage_plan(name, st, config, base_dir or Path.cwd(), models, issues)
+    stages = {name: _stage_plan(name, st, config, base_dir or Path.cwd(), models, issues, check)
               for name, st in config.stages.items()}
     stages = {k: v for k, v in stages.items() if v is not None}
     if not issues:
@@ -65,7 +70,7 @@ def compile_graph(config: GraphConfig, models: ModelResolver, base_dir: Path | N
 
 
 def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path, models: ModelResolver,
-                issues: list[ConfigIssue]) -> StagePlan | None:
+                issues: list[ConfigIssue], check: ModelChecker | None) -> StagePlan | None:
     path = f"stages.{name}"
     spec = registry()[st.kind]
     model_path, dtype = None, "float32"
@@ -80,6 +85,12 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
         except ValueError as exc:
             issues.append(ConfigIssue(f"models.{st.model}.path", str(exc)))
             return None
+        if check is not None:
+            try:
+                check(st.kind, model_path)
+            except ValueError as exc:
+                issues.append(ConfigIssue(f"{path}.model", f"model {st.model!r}: {exc}"))
+                return None
         dtype = model.dtype
     elif spec.needs_model:
         issues.append(ConfigIssue(f"{path}.model", f"stage kind {st.kind!r} needs a model"))
@@ -244,13 +255,15 @@ def _route(stages: Mapping[str, StagePlan], order: tuple[str, ...], present: fro
             if modality in wanted and name in live:
                 candidates[modality].append((name, port))
     # A modality several stages produce (progress, or audio spoken from the request or from a
-    # chat's answer) comes from the producer that adds the fewest stages to the route; on a tie,
-    # the one that reads from stages the route already visits. Modalities with fewer producers
-    # choose first.
+    # chat's answer, or text from a text-only and a vision-language chat) comes from the producer
+    # that reads the most of what the request carries (an image is not dropped on the floor by a
+    # text-only model), then that adds the fewest stages to the route; on a tie, the one that
+    # reads from stages the route already visits. Modalities with fewer producers choose first.
     produces: dict[str, tuple[str, str]] = {}
     for modality in sorted(wanted, key=lambda m: (len(candidates[m]), m)):
         chosen = set().union(*(_upstream(stages, live, s) for s, _ in produces.values()))
         ranked = sorted(candidates[modality], key=lambda c: (
+            -len(_fields_read(stages, _upstream(stages, live, c[0]), present)),
             len(_upstream(stages, live, c[0]) - chosen), not (_upstream(stages, live, c[0]) - {c[0]}) & chosen,
             order.index(c[0])))
         if ranked:
@@ -264,6 +277,11 @@ def _route(stages: Mapping[str, StagePlan], order: tuple[str, ...], present: fro
     route_edges = tuple(e for n in visit for e in stages[n].in_edges if _edge_live(e, present, needed))
     expect = {n: tuple(sorted({e.dst_port for e in route_edges if e.dst_stage == n})) for n in visit}
     return Route(present, wanted, visit, route_edges, frozen_dict(expect), frozen_dict(produces))
+
+
+def _fields_read(stages: Mapping[str, StagePlan], names: set[str], present: frozenset[str]) -> set[str]:
+    """The request fields in ``present`` that the stages ``names`` read."""
+    return {e.src_port for n in names for e in stages[n].in_edges if e.src_stage == REQUEST and e.src_port in present}
 
 
 def _upstream(stages: Mapping[str, StagePlan], live: set[str], name: str) -> set[str]:

@@ -12,15 +12,17 @@ from omnistage.graph.strict import frozen_dict
 
 @dataclass(frozen=True)
 class ArOptions(EngineConfig):
-    """An ar, prefill or decode stage: the AR engine's settings (``EngineConfig``: KV blocks,
-    step budget, chunked prefill, prefix caching, hidden states) and ``max_tokens``, the
-    per-request default."""
+    """An ar, prefill or decode stage: the AR engine's settings (``EngineConfig``: KV cache size,
+    max_model_len, step budget, chunked prefill, prefix caching, hidden states), ``max_tokens``,
+    the per-request default (None: the rest of the context, as OpenAI and vLLM do), and
+    ``chat_template``, a Jinja template (inline, or a file path) replacing the tokenizer's."""
 
-    max_tokens: int = 32
+    max_tokens: int | None = None
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_tokens <= 0:
+        if self.max_tokens is not None and self.max_tokens <= 0:
             raise ValueError("max_tokens must be > 0")
 
 
@@ -144,13 +146,16 @@ class TalkerOptions:
     thinker: str | None = None
     reference_unpadded: bool = False
     block_size: int = 16
-    kv_cache_mb: int = 256
+    kv_cache_mb: int | None = None  # default: sized from memory, as an ar stage's (ar_engine.memory)
+    max_model_len: int = 8192  # thinker prompt + codec tokens (at most the model's context)
     max_tokens_per_step: int = 2048
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "block_size", "kv_cache_mb", "max_tokens_per_step"):
+        for name in ("max_tokens", "block_size", "max_model_len", "max_tokens_per_step"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.kv_cache_mb is not None and self.kv_cache_mb <= 0:
+            raise ValueError("kv_cache_mb must be > 0")
         if not 0 <= self.temperature <= 2:
             raise ValueError("temperature must be between 0 and 2")
         if not 0 < self.top_p <= 1:

@@ -24,6 +24,7 @@ RESPONSE_MODALITIES: Mapping[str, str] = frozen_dict({
     "audio": "audio",
     "video": "video",
     "embedding": "media_embeds",
+    "tokens": "tokens",  # the generated token ids (a request asks with return_token_ids: true)
     "logprobs": "any",  # per-token log probabilities of the text, when a request asks for them
     "progress": "any",  # denoising progress of an image or video request, streamed
 })

@@ -22,10 +22,11 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A checkpoint: a local directory, ``tiny:<name>`` for a generated tiny model, or a hub id."""
+    """A checkpoint: a local directory, ``tiny:<name>`` for a generated tiny model, or a hub id.
+    ``dtype: auto`` loads it in the dtype it was saved in."""
 
     path: str
-    dtype: DType = "float32"
+    dtype: DType = "auto"
 
 
 @dataclass(frozen=True)

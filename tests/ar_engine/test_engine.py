@@ -54,8 +54,8 @@ def run(engine, requests):
 CONFIGS = {
     "plain": EngineConfig(block_size=16, num_blocks=256),
     "chunked": EngineConfig(block_size=4, num_blocks=1024, max_tokens_per_step=24),
-    "preempting": EngineConfig(block_size=4, num_blocks=48, max_tokens_per_step=64),
-    "no-prefix-cache": EngineConfig(block_size=8, num_blocks=256, prefix_caching=False),
+    "preempting": EngineConfig(block_size=4, num_blocks=48, max_tokens_per_step=64, max_model_len=192),
+    "no-prefix-cache": EngineConfig(block_size=8, num_blocks=256, prefix_caching=False, max_model_len=2048),
 }
 
 
@@ -107,10 +107,10 @@ def test_prefix_cache_hits_give_the_same_tokens(family):
 def test_seeded_sampling_does_not_depend_on_the_batch(family):
     _, tok, _, paged = family
     params = dict(max_tokens=16, temperature=0.9, top_p=0.95, seed=11, ignore_eos=True)
-    alone = run(LLMEngine(paged, tok, EngineConfig(num_blocks=128)),
+    alone = run(LLMEngine(paged, tok, EngineConfig(num_blocks=128, max_model_len=2048)),
                 [("x", prompts(tok)[3], SamplingParams(**params))])
     others = [(f"o{i}", ids, SamplingParams(**dict(params, seed=i))) for i, ids in enumerate(prompts(tok, 8))]
-    crowd = run(LLMEngine(paged, tok, EngineConfig(num_blocks=128, max_tokens_per_step=32)),
+    crowd = run(LLMEngine(paged, tok, EngineConfig(num_blocks=128, max_tokens_per_step=32, max_model_len=2048)),
                 others[:4] + [("x", prompts(tok)[3], SamplingParams(**params))] + others[4:])
     assert crowd["x"] == alone["x"] and len(alone["x"]) == 16
 
@@ -118,7 +118,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(family):
 def test_hidden_states_match_the_reference_model(family):
     _, tok, ref, paged = family
     ids = prompts(tok)[5]
-    engine = LLMEngine(paged, tok, EngineConfig(num_blocks=64, hidden_states="generated"))
+    engine = LLMEngine(paged, tok, EngineConfig(num_blocks=64, hidden_states="generated", max_model_len=1024))
     engine.add(EngineRequest("h", ids, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)))
     tokens, hidden = [], []
     while engine.has_work():
@@ -134,7 +134,7 @@ def test_hidden_states_match_the_reference_model(family):
 def test_hidden_states_all_with_prefix_caching_computes_only_the_requests_that_want_them(family):
     _, tok, ref, paged = family
     ids = prompts(tok)[5]
-    engine = LLMEngine(paged, tok, EngineConfig(num_blocks=64, block_size=4, hidden_states="all"))
+    engine = LLMEngine(paged, tok, EngineConfig(num_blocks=64, block_size=4, hidden_states="all", max_model_len=256))
 
     def run(rid, all_states):
         engine.add(EngineRequest(rid, ids, SamplingParams(max_tokens=3, temperature=0, ignore_eos=True),

@@ -9,7 +9,10 @@ computed by the model's own towers in this stage.
 """
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +35,8 @@ from omnistage.graph.options import ArOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, hears, prepare_omni_audio
 from omnistage.stages.worker.stage import ProbingStage, StageOutput, StageRequest
+
+log = logging.getLogger("omnistage.worker")
 
 
 def load_model(path: str, dtype: torch.dtype, device: str) -> Any:
@@ -244,14 +249,35 @@ def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
     """Load the stage's checkpoint (model, tokenizer, image processor for VL) into ``cls``."""
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
-    model = load_model(path, torch_dtype(stage.model_dtype, device), device)
+    dtype = torch_dtype(stage.model_dtype, path)
+    started = time.perf_counter()
+    model = load_model(path, dtype, device)
+    log.info("%s: loaded %s (%s, dtype %s%s) on %s in %.1f s", stage.name, stage.model_path,
+             model.config.architectures[0] if model.config.architectures else model.config.model_type,
+             str(dtype).removeprefix("torch."), ", the checkpoint's" if stage.model_dtype == "auto" else "", device,
+             time.perf_counter() - started)
     image_processor = AutoImageProcessor.from_pretrained(processor_dir(path)) if is_vision_language(model) else None
     audio_extractor = None
     if hears(model):
         from transformers import WhisperFeatureExtractor
         audio_extractor = WhisperFeatureExtractor.from_pretrained(feature_extractor_dir(path))
-    return cls(model, AutoTokenizer.from_pretrained(path), stage.options, stage.config.batching.max_batch,
-               image_processor, device, states="states" in stage.used_outputs, audio_extractor=audio_extractor)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if stage.options.chat_template is not None:
+        tokenizer.chat_template = read_template(stage.options.chat_template)
+    built = cls(model, tokenizer, stage.options, stage.config.batching.max_batch,
+                image_processor, device, states="states" in stage.used_outputs, audio_extractor=audio_extractor)
+    log.info("%s: %s", stage.name, built.engine.cache.describe(dtype))
+    return built
+
+
+def read_template(value: str) -> str:
+    """A chat template given inline (it has Jinja tags) or as the path of a file holding one."""
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"chat_template {value!r} is neither a Jinja template nor a file")
+    return path.read_text()
 
 
 def build(stage: StagePlan, device: str) -> ArStage:

@@ -83,7 +83,7 @@ class EncodeStage(Stage):
 def build(stage: StagePlan, device: str) -> EncodeStage:
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
-    dtype = torch_dtype(stage.model_dtype, device)
+    dtype = torch_dtype(stage.model_dtype, path)
     max_items = stage.config.batching.max_batch
     model_type = AutoConfig.from_pretrained(path).model_type
     if model_type == "qwen2_5_omni_thinker":

@@ -44,7 +44,9 @@ class TalkerStage(StreamingInputStage):
                                                              "audio_token_index") if getattr(cfg, k, None) is not None)
         # Prefix caching off: the talker's prompt positions are all the same mask token (what differs
         # is fed from outside), so their hashes would match across requests that share nothing.
+        context = getattr(cfg, "max_position_embeddings", None) or options.max_model_len
         config = EngineConfig(block_size=options.block_size, kv_cache_mb=options.kv_cache_mb,
+                              max_model_len=min(options.max_model_len, context),
                               max_tokens_per_step=options.max_tokens_per_step, prefix_caching=False)
         self.engine = LLMEngine(model, None, config, max_seqs, backend=backend_for(device), eos_ids=self.stop_ids)
         self.replies: dict[str, ThinkerReply] = {}
@@ -174,7 +176,7 @@ def build_talker(stage: StagePlan, device: str) -> TalkerStage:
     assert stage.model_path is not None
     path, options = checkpoint_dir(stage.model_path), stage.options
     model = Qwen2_5OmniTalkerForConditionalGeneration.from_pretrained(
-        path, dtype=torch_dtype(stage.model_dtype, device), attn_implementation=ATTN_IMPLEMENTATION).to(device).eval()
+        path, dtype=torch_dtype(stage.model_dtype, path), attn_implementation=ATTN_IMPLEMENTATION).to(device).eval()
     speakers = load_speakers(path)
     cfg = model.config
     names = sorted(speakers)

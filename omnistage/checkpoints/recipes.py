@@ -1,0 +1,135 @@
+"""``omnistage serve MODEL``: the default graph for a checkpoint, chosen by its architecture.
+
+A recipe turns a model reference and the serve flags into a graph (the same YAML a user could
+write; ``--print-graph`` shows it). One recipe per architecture family; an architecture without
+one is refused, naming what is supported.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from omnistage.checkpoints.files import local_dir
+from omnistage.checkpoints.support import DIFFUSION_PIPELINES, OMNI, TEXT_LMS, VISION_LMS, architecture
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The ``vllm serve``-style flags; None leaves the kind's own default."""
+
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    max_model_len: int | None = None
+    memory_utilization: float | None = None
+    kv_cache_mb: int | None = None
+    max_num_seqs: int | None = None
+    chat_template: str | None = None
+
+    def engine_options(self) -> dict[str, Any]:
+        """The options of a stage running the AR engine."""
+        return _present(max_model_len=self.max_model_len, memory_utilization=self.memory_utilization,
+                        kv_cache_mb=self.kv_cache_mb, chat_template=self.chat_template)
+
+    def stage(self, kind: str, inputs: dict[str, str], outputs: dict[str, str] | None = None,
+              max_batch: int = 16, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": kind, "model": "main", "inputs": inputs}
+        if outputs:
+            body["outputs"] = outputs
+        body["batching"] = {"max_batch": self.max_num_seqs or max_batch}
+        if options:
+            body["options"] = options
+        if self.device:
+            body["resources"] = {"device": self.device}
+        return body
+
+
+def _present(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _chat(s: ServeSettings) -> dict[str, Any]:
+    return {"chat": s.stage("ar", {"messages": "request.messages", "prompt": "request.prompt"},
+                            {"text": "response.text", "logprobs": "response.logprobs", "tokens": "response.tokens"},
+                            64, s.engine_options())}
+
+
+def _vision_chat(s: ServeSettings) -> dict[str, Any]:
+    media = {"images": "request.images", "video": "request.video"}
+    chat = s.stage("ar", {"messages": "request.messages", "prompt": "request.prompt", **media,
+                          "image_embeds": "vision.embeddings"},
+                   {"text": "response.text", "logprobs": "response.logprobs", "tokens": "response.tokens"},
+                   64, s.engine_options())
+    return {"vision": s.stage("encode", media, max_batch=16), "chat": chat}
+
+
+def _diffusion(output: str) -> Callable[[ServeSettings], dict[str, Any]]:
+    def recipe(s: ServeSettings) -> dict[str, Any]:
+        return {"text": s.stage("text_encode", {"prompt": "request.prompt"}, max_batch=32),
+                "denoise": s.stage("diffusion", {"embeds": "text.embeds"}, {"progress": "response.progress"}),
+                "decode": s.stage("vae_decode", {"latents": "denoise.latents"}, {output: f"response.{output}"})}
+    return recipe
+
+
+def _speech(s: ServeSettings) -> dict[str, Any]:
+    return {"speak": s.stage("tts", {"text": "request.prompt"}, {"audio": "response.audio"})}
+
+
+def _transcribe(s: ServeSettings) -> dict[str, Any]:
+    return {"listen": s.stage("transcribe", {"audio": "request.audio"}, {"text": "response.text"})}
+
+
+RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
+    **{arch: _chat for arch in TEXT_LMS},
+    **{arch: _vision_chat for arch in VISION_LMS},
+    "StableDiffusionPipeline": _diffusion("image"),
+    "StableDiffusion3Pipeline": _diffusion("image"),
+    "WanPipeline": _diffusion("video"),
+    "SpeechT5ForTextToSpeech": _speech,
+    "WhisperForConditionalGeneration": _transcribe,
+}
+assert set(RECIPES) - {OMNI} >= DIFFUSION_PIPELINES
+
+
+def omni_stages(s: ServeSettings) -> tuple[dict[str, Any], dict[str, str]]:
+    """Qwen2.5-Omni: thinker -> talker -> vocoder, over the ``thinker/``, ``talker/`` and
+    ``token2wav/`` sub-model directories of the checkpoint."""
+    thinker = s.stage("ar", {"messages": "request.messages", "prompt": "request.prompt", "audio": "request.audio",
+                             "images": "request.images", "video": "request.video"},
+                      {"text": "response.text", "tokens": "response.tokens"}, 32,
+                      {**s.engine_options(), "hidden_states": "all"})
+    thinker["model"] = "thinker"
+    talker = s.stage("talker", {"states": "thinker.states"}, max_batch=32)
+    talker["model"] = "talker"
+    vocoder = s.stage("vocoder", {"codes": "talker.codes"}, {"audio": "response.audio"})
+    vocoder["model"] = "token2wav"
+    return {"thinker": thinker, "talker": talker, "vocoder": vocoder}, {}
+
+
+def build_graph(ref: str, resolved: str, settings: ServeSettings) -> str:
+    """The YAML of the default graph serving the checkpoint ``ref`` (as the user wrote it;
+    ``resolved`` is where it loads from). Raises ValueError for an architecture without a recipe."""
+    arch, _ = architecture(resolved)
+    name = settings.served_model_name or ref
+    path = str(Path(ref).expanduser().resolve()) if local_dir(resolved) is not None and Path(ref).expanduser().is_dir() else ref
+    if arch == OMNI:
+        where = local_dir(resolved)
+        if where is not None and not (where / "thinker").is_dir():
+            raise ValueError(f"{ref}: a Qwen2.5-Omni checkpoint is served from its thinker/, talker/ and token2wav/ "
+                             "sub-model directories, and this one has none")
+        stages, _ = omni_stages(settings)
+        models = {sub: {"path": f"{path}/{sub}", "dtype": settings.dtype} for sub in ("thinker", "talker", "token2wav")}
+    elif arch in RECIPES:
+        stages = RECIPES[arch](settings)
+        models = {"main": {"path": path, "dtype": settings.dtype}}
+    else:
+        known = sorted(set(RECIPES) | {OMNI})
+        raise ValueError(f"{ref}: no default graph for architecture {arch}; serve-by-name knows {', '.join(known)} "
+                         "(write a graph YAML for anything else)")
+    graph = {"name": name, "models": models, "stages": stages}
+    header = f"# The default graph for {ref} ({arch}); save it, edit it, serve it with: omnistage serve FILE\n"
+    return header + yaml.safe_dump(graph, sort_keys=False, width=110)

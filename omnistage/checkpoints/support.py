@@ -1,0 +1,78 @@
+"""Which checkpoints each stage kind runs, checked at validate time from the checkpoint's config
+alone (no weights, no torch): an architecture a kind has not been built and tested for is refused
+before any worker starts, naming the model, its architecture and what the kind supports.
+
+A checkpoint's architecture is ``architectures[0]`` of its ``config.json`` (transformers) or the
+``_class_name`` of its ``model_index.json`` (diffusers pipelines).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from omnistage.ar_engine.features import unsupported_features
+from omnistage.checkpoints.files import read_json
+from omnistage.checkpoints.packaged import is_converted, parse_packaged
+from omnistage.checkpoints.refs import parse_tiny
+
+# Causal LMs whose attention and logits the paged engine reproduces (tested against HF generate).
+TEXT_LMS = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Gemma2ForCausalLM"})
+VISION_LMS = frozenset({"Qwen2VLForConditionalGeneration"})
+OMNI = "Qwen2_5OmniForConditionalGeneration"  # the released single-directory checkpoint
+OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"
+DIFFUSION_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusion3Pipeline", "WanPipeline"})
+
+_GENERATORS = TEXT_LMS | VISION_LMS | {OMNI_THINKER}
+SUPPORTED: Mapping[str, frozenset[str]] = MappingProxyType({
+    "ar": _GENERATORS,
+    "prefill": _GENERATORS,
+    "decode": _GENERATORS,
+    "encode": VISION_LMS | {OMNI_THINKER, "WhisperForConditionalGeneration"},
+    "text_encode": DIFFUSION_PIPELINES,
+    "diffusion": DIFFUSION_PIPELINES,
+    "vae_decode": DIFFUSION_PIPELINES,
+    "tts": frozenset({"SpeechT5ForTextToSpeech"}),
+    "transcribe": frozenset({"WhisperForConditionalGeneration"}),
+    "talker": frozenset({"Qwen2_5OmniTalkerForConditionalGeneration"}),
+    "vocoder": frozenset({"Qwen2_5OmniToken2WavModel"}),
+})
+
+
+def architecture(ref: str) -> tuple[str, dict[str, Any]]:
+    """(architecture, its config) of a resolved model reference. Raises ValueError when it has
+    neither a transformers config nor a diffusers pipeline index (or cannot be reached)."""
+    index = read_json(ref, "model_index.json")
+    if index is not None and index.get("_class_name"):
+        return str(index["_class_name"]), index
+    config = read_json(ref, "config.json")
+    if config is None:
+        raise ValueError(f"{ref}: neither config.json nor model_index.json found; not a transformers or "
+                         "diffusers checkpoint")
+    names = config.get("architectures") or []
+    if not names:
+        raise ValueError(f"{ref}: config.json names no architecture (model_type {config.get('model_type')!r})")
+    return str(names[0]), config
+
+
+def check_model(kind: str, ref: str) -> None:
+    """Raise ValueError unless a stage of ``kind`` can run the checkpoint ``ref`` (resolved, as
+    ``refs.resolve_model`` returns it). Kinds without a table (user python stages) take anything.
+    A tiny or packaged checkpoint not built yet is not read (only supported ones are built)."""
+    supported = SUPPORTED.get(kind)
+    if supported is None:
+        return
+    tiny, packaged = parse_tiny(ref), parse_packaged(ref)
+    if tiny is not None:
+        from omnistage.models.tiny import is_built
+        if not is_built(tiny.name):
+            return
+    if packaged is not None and not is_converted(packaged):
+        return
+    arch, config = architecture(ref)
+    if arch not in supported:
+        raise ValueError(f"{ref}: architecture {arch} is not supported by a {kind!r} stage; it runs "
+                         f"{', '.join(sorted(supported))}")
+    missing = unsupported_features(config) if kind in ("ar", "prefill", "decode") else []
+    if missing:
+        raise ValueError(f"{ref}: {arch} uses what the AR engine does not implement: {'; '.join(missing)}")
