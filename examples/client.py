@@ -1,9 +1,9 @@
 """Talk to an omnistage server with the official ``openai`` client.
 
-    omnistage serve &                      # the any-to-any graph on tiny models
+    omnistage serve &                      # the any-to-any default graph
     python examples/client.py --base-url http://127.0.0.1:8000/v1 --out demo-output
 
-Asks an image+text chat question (streamed), generates images, speech (streamed) and a short
+Asks a text question and an image+text question (both streamed), generates images, speech (streamed) and a short
 video, transcribes the speech back, and saves what comes back under ``--out``. Steps the server's graph cannot serve are reported and skipped.
 """
 from __future__ import annotations
@@ -28,14 +28,28 @@ def sample_image() -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+def ask(client: openai.OpenAI, model: str) -> str:
+    """A text question (the default graph answers it with SmolLM2-135M-Instruct, real weights)."""
+    return _stream(client, model, [{"role": "user", "content": QUESTION}], f"> {QUESTION}", "chat", 48)
+
+
 def chat(client: openai.OpenAI, model: str) -> str:
+    """An image question (the default graph's Qwen2-VL is random-weight: its words are noise)."""
+    content = [{"type": "image_url", "image_url": {"url": sample_image()}},
+               {"type": "text", "text": "What is in this picture?"}]
+    return _stream(client, model, [{"role": "user", "content": content}],
+                   "> What is in this picture? [1 image]", "image chat", 24)
+
+
+def _stream(client: openai.OpenAI, model: str, messages: list, shown: str, what: str, max_tokens: int) -> str:
     started = time.perf_counter()
     stream = client.chat.completions.create(
-        model=model, max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": sample_image()}},
-            {"type": "text", "text": "What is in this picture?"}]}])
-    print("> What is in this picture? [1 image]\n  ", end="", flush=True)
+        model=model, max_tokens=max_tokens, temperature=0, stream=True, stream_options={"include_usage": True},
+        messages=messages)
+    print(f"{shown}\n  ", end="", flush=True)
     first, tokens = None, 0
     for chunk in stream:
         if chunk.usage is not None:
@@ -46,7 +60,7 @@ def chat(client: openai.OpenAI, model: str) -> str:
                 print(choice.delta.content, end="", flush=True)
     ttft = (first or time.perf_counter()) - started
     print()
-    return f"chat: {tokens} tokens streamed, first after {ttft * 1000:.0f} ms"
+    return f"{what}: {tokens} tokens streamed, first after {ttft * 1000:.0f} ms"
 
 
 def image(client: openai.OpenAI, model: str, out: Path) -> str:
@@ -97,7 +111,7 @@ def main() -> None:
     model = client.models.list().data[0].id
     print(f"server model: {model}")
     done = []
-    for step in (lambda: chat(client, model), lambda: image(client, model, args.out),
+    for step in (lambda: ask(client, model), lambda: chat(client, model), lambda: image(client, model, args.out),
                  lambda: speech(client, model, args.out), lambda: video(client, model, args.out)):
         try:
             done.append(step())

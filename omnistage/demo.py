@@ -43,6 +43,16 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"the server did not become healthy within {timeout:.0f} s")
 
 
+def _weights(graph: Path) -> str:
+    """Which of the graph's models have real weights, which are random (their output is noise)."""
+    plan = compile_file(graph, resolve_model)
+    real = sorted({f"{name} ({st.model_path})" for name, st in plan.stages.items()
+                   if st.model_path and not st.model_path.startswith("tiny:")})
+    tiny = sorted(name for name, st in plan.stages.items() if st.model_path and st.model_path.startswith("tiny:"))
+    return (f"real weights: {', '.join(real) or 'none'}\n"
+            f"random weights (tiny test models, output is noise): {', '.join(tiny) or 'none'}")
+
+
 def run_demo(graph: Path, client: Path, out: Path, timeout: float = 600) -> int:
     if not client.exists():
         raise FileNotFoundError(f"{client} not found: the demo runs from a checkout of the repository")
@@ -59,7 +69,8 @@ def run_demo(graph: Path, client: Path, out: Path, timeout: float = 600) -> int:
                                "--log-level", "warning"], env=env)
     try:
         _wait_healthy(url, server, timeout)
-        print(f"server ready; running {client.name}\n", flush=True)
+        print(f"server ready; running {client.name}", flush=True)
+        print(f"{_weights(graph)}\n", flush=True)
         return subprocess.run([sys.executable, str(client), "--base-url", f"{url}/v1", "--out", str(out)],
                               check=False).returncode
     finally:

@@ -12,6 +12,22 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tiny_default_graph() -> Path:
+    """The default graph without its real-weight text chat (SmolLM2): the same stages on tiny
+    models only, for the tests that drive every stage of it (text chat goes to its Qwen2-VL)."""
+    import tempfile
+
+    import yaml
+
+    from omnistage.cli import DEFAULT_GRAPH
+    graph = yaml.safe_load(DEFAULT_GRAPH.read_text())
+    del graph["models"]["lm"], graph["stages"]["assistant"]
+    out = Path(tempfile.gettempdir()) / f"omnistage-tests-{os.getpid()}" / "default_tiny.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(graph, sort_keys=False))
+    return out
+
+
 @pytest.fixture(scope="session")
 def qwen2_dir() -> Path:
     from omnistage.models.tiny import ensure_tiny

@@ -54,15 +54,15 @@ def _hub_json(repo: str, filename: str) -> dict[str, Any] | None:
                                         RepositoryNotFoundError)
     try:
         return json.loads(Path(hf_hub_download(repo, filename)).read_text())
-    except EntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError:  # offline, or the hub unreachable, and not in the local hub cache
+    except LocalEntryNotFoundError:  # (an EntryNotFoundError too) offline or unreachable, and not cached
         if _cached_repo(repo):
             return None  # the repo is cached, this file is not part of it
         why = "the hub is off (HF_HUB_OFFLINE=1)" if offline() else "the hub cannot be reached"
         raise CheckpointUnavailable(f"cannot download {repo!r}: {why} and it is not in the hub cache "
                                     f"({_hub_cache()}); download it where a hub is reachable, or pass a "
                                     "local checkpoint directory") from None
+    except EntryNotFoundError:
+        return None
     except GatedRepoError:
         raise CheckpointUnavailable(f"{repo!r} is gated on the hub: accept its terms and log in "
                                     "(huggingface-cli login or HF_TOKEN)") from None

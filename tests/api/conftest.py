@@ -54,7 +54,8 @@ def vl_server():
 
 @pytest.fixture(scope="session")
 def default_server():
-    """The packaged any-to-any graph (`omnistage serve` with no graph): chat, images, video."""
-    from omnistage.cli import DEFAULT_GRAPH
-    with Server(DEFAULT_GRAPH) as server:
+    """The packaged any-to-any graph (`omnistage serve` with no graph) on tiny models: chat,
+    images, video, speech."""
+    from tests.conftest import tiny_default_graph
+    with Server(tiny_default_graph()) as server:
         yield server

@@ -67,8 +67,8 @@ REQUESTS = {
 
 @pytest.fixture(scope="module")
 def server():
-    from omnistage.cli import DEFAULT_GRAPH
-    with Server(DEFAULT_GRAPH) as server:
+    from tests.conftest import tiny_default_graph
+    with Server(tiny_default_graph()) as server:
         yield server
 
 

@@ -145,8 +145,8 @@ def test_a_short_soak_of_mixed_requests_fails_none_and_memory_settles():
     """Chat (with and without images), images, speech and spoken chat at once, round after round:
     no request fails, and the API process's memory stops growing once warm."""
     from omnistage.bench.datasets import with_images
-    from omnistage.cli import DEFAULT_GRAPH
-    server = Served(DEFAULT_GRAPH)
+    from tests.conftest import tiny_default_graph
+    server = Served(tiny_default_graph())
     try:
         target = Target(server.url, "omnistage-tiny", {})
 

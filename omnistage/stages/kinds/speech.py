@@ -104,6 +104,9 @@ class TranscribeStage(Stage):
 
     def _transcribe(self, clips: list[np.ndarray], budget: int) -> list[list[int]]:
         feats = self.features(clips, sampling_rate=self.features.sampling_rate, return_tensors="pt").input_features
+        # The decoder's positions hold its start tokens (up to 4: start, language, task, no
+        # timestamps) and the new ones: a window's budget never goes past them.
+        budget = min(budget, self.model.config.max_target_positions - 4)
         with torch.inference_mode():
             out = self.model.generate(feats.to(self.model.device, self.model.dtype), max_new_tokens=budget)
         eos = self.model.generation_config.eos_token_id

@@ -1,0 +1,129 @@
+"""``omnistage serve DIR`` with no YAML, for a tiny checkpoint of every supported architecture,
+driven through the official openai client."""
+import io
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from omnistage.checkpoints.target import load_plan
+from omnistage.models.tiny import ensure_tiny
+from tests.api.conftest import Server
+
+
+def client(server, model):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0), model
+
+
+def served(name):
+    path = str(ensure_tiny(name))
+    return Server(load_plan(path)), path
+
+
+def test_a_causal_lm_answers_with_the_ids_hf_generate_picks(hf_greedy, qwen2_dir):
+    with Server(load_plan(str(qwen2_dir))) as server:
+        c, model = client(server, str(qwen2_dir))
+        messages = [{"role": "user", "content": "Tell me a story"}]
+        out = c.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0,
+                                        extra_body={"return_token_ids": True})
+        ids, text = hf_greedy(messages=messages, max_tokens=12)
+        assert out.choices[0].model_extra["token_ids"] == ids and out.choices[0].message.content == text
+        assert c.models.list().data[0].id == model
+        # No max_tokens: the rest of the context (the tiny model stops at its end token or there).
+        free = c.completions.create(model=model, prompt="Tell me", temperature=0, max_tokens=None)
+        assert free.choices[0].finish_reason in ("stop", "length") and free.usage.completion_tokens > 0
+
+
+def test_a_vision_language_model_takes_an_image():
+    from tests.api.test_faults import _png
+    server, path = served("qwen2-vl")
+    with server:
+        c, model = client(server, path)
+        out = c.chat.completions.create(model=model, max_tokens=4, temperature=0, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": _png()}}, {"type": "text", "text": "what?"}]}])
+        assert out.usage.prompt_tokens > 10 and out.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("name", ["sd", "sd3"])
+def test_image_pipelines_generate(name):
+    server, path = served(name)
+    with server:
+        c, model = client(server, path)
+        out = c.images.generate(model=model, prompt="a red cube", size="32x32", response_format="b64_json",
+                                extra_body={"num_inference_steps": 2})
+        assert out.data[0].b64_json
+
+
+def test_wan_generates_a_video():
+    server, path = served("wan")
+    with server:
+        r = httpx.post(f"{server.url}/v1/videos", json={"model": path, "prompt": "waves", "size": "32x32",
+                                                         "seconds": "1", "num_inference_steps": 2}, timeout=60)
+        assert r.status_code == 200, r.text
+        deadline = time.time() + 120
+        while (job := httpx.get(f"{server.url}/v1/videos/{r.json()['id']}").json())["status"] not in (
+                "completed", "failed") and time.time() < deadline:
+            time.sleep(0.1)
+        assert job["status"] == "completed", job
+
+
+def test_speech_models_speak_and_transcribe():
+    for name in ("speecht5", "whisper"):
+        server, path = served(name)
+        with server:
+            c, model = client(server, path)
+            if name == "speecht5":
+                wav = c.audio.speech.create(model=model, input="hello there", voice="alloy", response_format="wav")
+                assert len(sf.read(io.BytesIO(wav.content))[0]) > 0
+            else:
+                buf = io.BytesIO()
+                sf.write(buf, (np.sin(np.arange(16000) * 0.17) * 0.3).astype(np.float32), 16000, format="WAV")
+                assert isinstance(c.audio.transcriptions.create(model=model, file=("a.wav", buf.getvalue())).text, str)
+
+
+def test_qwen2_5_omni_answers_in_text_and_voice():
+    server, path = served("qwen2.5-omni")
+    with server:
+        c, model = client(server, path)
+        out = c.chat.completions.create(model=model, max_tokens=6, messages=[{"role": "user", "content": "hi"}],
+                                        modalities=["text", "audio"], audio={"voice": "Chelsie", "format": "wav"})
+        assert out.choices[0].message.audio.data and out.choices[0].message.audio.transcript is not None
+
+
+def test_the_cli_serves_a_hub_id_from_the_hub_cache_offline(tmp_path, qwen2_dir):
+    from tests.checkpoints.test_recipes import prefill_hub_cache
+    prefill_hub_cache(tmp_path / "hf", "tinyorg/tiny-qwen2", qwen2_dir)
+    port = _free_port()
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    server = subprocess.Popen([sys.executable, "-m", "omnistage.cli", "serve", "tinyorg/tiny-qwen2", "--port", str(port),
+                               "--served-model-name", "tiny", "--max-model-len", "512"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        out = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert out.usage.completion_tokens == 3
+    finally:
+        server.terminate()
+        log, _ = server.communicate(timeout=60)
+    assert "KV cache" in log and "max_model_len 512" in log, log
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

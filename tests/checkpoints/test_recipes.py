@@ -1,0 +1,90 @@
+"""``omnistage serve MODEL``: the graph built for each supported architecture validates, and the
+YAML ``--print-graph`` shows compiles to the same plan."""
+import subprocess
+import sys
+
+import pytest
+
+from omnistage.checkpoints import resolve_model
+from omnistage.checkpoints.recipes import ServeSettings
+from omnistage.checkpoints.support import check_model
+from omnistage.checkpoints.target import graph_text, load_plan
+from omnistage.errors import GraphConfigError
+from omnistage.graph.compile import compile_text
+from omnistage.models.tiny import ensure_tiny
+
+KINDS = {
+    "qwen2": {"chat": "ar"},
+    "llama": {"chat": "ar"},
+    "qwen2-vl": {"vision": "encode", "chat": "ar"},
+    "sd": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
+    "sd3": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
+    "wan": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
+    "whisper": {"listen": "transcribe"},
+    "speecht5": {"speak": "tts"},
+    "qwen2.5-omni": {"thinker": "ar", "talker": "talker", "vocoder": "vocoder"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_each_architecture_gets_its_graph_and_the_printed_yaml_is_the_same_plan(name):
+    path = str(ensure_tiny(name))
+    plan = load_plan(path)
+    assert {s: st.kind.name for s, st in plan.stages.items()} == KINDS[name]
+    assert plan.name == path
+    again = compile_text(graph_text(path, ServeSettings()), resolve_model, check=check_model)
+    assert again.stages.keys() == plan.stages.keys() and again.routes.keys() == plan.routes.keys()
+    assert {s: st.model_path for s, st in again.stages.items()} == {s: st.model_path for s, st in plan.stages.items()}
+
+
+def test_flags_land_in_the_graph():
+    settings = ServeSettings(served_model_name="lm", dtype="bfloat16", device="cpu", max_model_len=512,
+                             kv_cache_mb=8, max_num_seqs=4, chat_template="{{ messages }}")
+    plan = load_plan("tiny:qwen2", settings)
+    chat = plan.stages["chat"]
+    assert plan.name == "lm" and chat.model_dtype == "bfloat16" and chat.config.batching.max_batch == 4
+    assert (chat.options.max_model_len, chat.options.kv_cache_mb, chat.options.chat_template) == (512, 8, "{{ messages }}")
+
+
+def test_model_flags_with_a_graph_file_say_where_the_setting_goes(tmp_path):
+    from tests.conftest import ROOT
+    with pytest.raises(GraphConfigError, match="stages.<name>.options.max_model_len"):
+        load_plan(ROOT / "examples" / "text_chat.yaml", ServeSettings(max_model_len=128))
+    assert load_plan(ROOT / "examples" / "text_chat.yaml", ServeSettings(served_model_name="x")).name == "x"
+
+
+def test_print_graph_prints_yaml_that_validates(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "omnistage.cli", "serve", "tiny:qwen2-vl", "--print-graph",
+                           "--max-model-len", "1024"], capture_output=True, text=True, timeout=120, check=True)
+    (tmp_path / "g.yaml").write_text(done.stdout)
+    assert "max_model_len: 1024" in done.stdout
+    check = subprocess.run([sys.executable, "-m", "omnistage.cli", "validate", str(tmp_path / "g.yaml")],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "OK" in check.stdout, check.stderr
+
+
+def test_a_hub_id_resolves_offline_from_a_prefilled_hub_cache(tmp_path, monkeypatch):
+    """HF_HOME holding a tiny model in the hub's cache layout: the id is served with no network."""
+    snapshot = prefill_hub_cache(tmp_path / "hf", "tinyorg/tiny-qwen2", ensure_tiny("qwen2"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = subprocess.run([sys.executable, "-m", "omnistage.cli", "validate", "tinyorg/tiny-qwen2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Qwen2ForCausalLM" in result.stdout, result.stderr
+    assert snapshot.is_dir()
+    missing = subprocess.run([sys.executable, "-m", "omnistage.cli", "serve", "tinyorg/not-there"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "cannot download 'tinyorg/not-there'" in missing.stderr, missing.stderr
+    assert "HF_HUB_OFFLINE=1" in missing.stderr
+
+
+def prefill_hub_cache(hf_home, repo, source):
+    """Copy a checkpoint directory into the hub cache layout (refs/main -> snapshots/<commit>)."""
+    import shutil
+    commit = "0" * 40
+    root = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    shutil.copytree(source, snapshot, ignore=shutil.ignore_patterns(".complete"))
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return snapshot
