@@ -7,11 +7,10 @@ from omnistage.ar_engine.attention import decode_attention, store_kv
 from omnistage.ar_engine.kernels.triton_attention import paged_decode_attention
 from omnistage.ar_engine.kernels.triton_attention import store_kv as triton_store_kv
 
-# (sliding window, softcap, scale factor on head_dim ** -0.5): plain; a window shorter than a
-# block, one across blocks, one longer than every context; softcap alone and with a window;
-# a scale other than head_dim ** -0.5 (Gemma 2's query_pre_attn_scalar).
-FEATURES = ((None, None, 1.0), (3, None, 1.0), (None, 2.0, 1.0), ("block+3", 3.0, 1.0), (1000, None, 1.0),
-            ("block+3", 3.0, 0.5))
+# (sliding window, softcap, factor on head_dim ** -0.5): plain; a window shorter than a block;
+# softcap alone; a window across blocks with softcap and Gemma 2's kind of scale
+# (query_pre_attn_scalar != head_dim); a window longer than every context, with softcap.
+FEATURES = ((None, None, 1.0), (3, None, 1.0), (None, 2.0, 1.0), ("block+3", 3.0, 0.5), (1000, 2.0, 1.0))
 
 
 def check_store(dtype: torch.dtype, block_size: int, head_dim: int) -> None:
