@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     **{engine: {"omnistage.errors"} for engine in ENGINES},
     "omnistage.connectors": {"omnistage.errors"},
     "omnistage.graph": {"omnistage.errors", "omnistage.ar_engine.config"},
+    # The engine's pure table of config features it lacks (checked at validate time).
     "omnistage.checkpoints": {"omnistage.errors", "omnistage.graph", "omnistage.models", "omnistage.ar_engine.features"},
     "omnistage.stages.worker": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.logs"},
     "omnistage.stages.kinds": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.checkpoints",

@@ -40,6 +40,13 @@ def kv_shape(config: Any) -> tuple[int, int, int]:
     return cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim
 
 
+def final_logit_softcap(config: Any) -> float | None:
+    """Gemma 2/3's ``final_logit_softcapping``. Only those families' configs define the
+    attribute, so its absence means none (features.py lists the final-logit processing of
+    other families, which the engine does not do)."""
+    return getattr(text_config(config), "final_logit_softcapping", None)
+
+
 class ModelRunner:
     def __init__(self, model: Any, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
                  backend: Any = None, media_encoder: Callable[[list[Any]], list[torch.Tensor]] | None = None) -> None:
@@ -51,6 +58,7 @@ class ModelRunner:
         self.media_encoder = media_encoder  # spans -> embeds, for spans that arrived without them
         # Qwen2-VL-style models (and the Omni talker) take 3-row (temporal, height, width) rotary positions.
         self.mrope = hasattr(getattr(model, "model", None), "get_rope_index") or self.project is not None
+        self.final_softcap = final_logit_softcap(model.config)
         layers, kv_heads, head_dim = kv_shape(model.config)
         dtype = kv_dtype or next(model.parameters()).dtype
         self.kv_caches = [torch.zeros(2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
@@ -65,6 +73,9 @@ class ModelRunner:
                            use_cache=False)
         hidden = out.last_hidden_state[0]
         logits = self.lm_head(hidden[sample_rows]) if sample_rows else hidden.new_zeros((0, 1))
+        if self.final_softcap is not None:
+            # In the model's dtype, as XForCausalLM.forward does it (which the decoder call skips).
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return StepResult(logits.float(), hidden, sample_rows, embeds)
 
     def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
@@ -107,8 +118,7 @@ class ModelRunner:
         bs = self.block_size
         ctx_pos = torch.arange(start + n)
         ctx_slots = torch.tensor(table, dtype=torch.long)[ctx_pos // bs] * bs + ctx_pos % bs
-        causal = ctx_pos[None, :] <= torch.arange(start, start + n)[:, None]
-        return PrefillSpan(offset, offset + n, ctx_slots.to(self.device), causal.to(self.device))
+        return PrefillSpan(offset, offset + n, start, ctx_slots.to(self.device))
 
     def _embed(self, plan: StepPlan, ids: torch.Tensor) -> torch.Tensor:
         embeds = self.embed(ids)

@@ -7,6 +7,9 @@ from types import MappingProxyType
 TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "qwen2": "Qwen2ForCausalLM, 2 layers, BPE tokenizer with a chat template",
     "llama": "LlamaForCausalLM, 2 layers, BPE tokenizer with a chat template",
+    "mistral": "MistralForCausalLM, 2 layers, a 12-token sliding window",
+    "gemma2": "Gemma2ForCausalLM, 4 layers: local (8-token window) and global, attention and final logit softcaps",
+    "llama3": "LlamaForCausalLM with llama3 rope scaling and tied embeddings",
     "qwen2-vl": "Qwen2VLForConditionalGeneration with its PIL image processor",
     "sd": "StableDiffusionPipeline: UNet2DConditionModel, AutoencoderKL, CLIP text encoder",
     "sd3": "StableDiffusion3Pipeline: SD3Transformer2DModel (MMDiT), two CLIP encoders + T5, flow matching",

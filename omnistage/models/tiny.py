@@ -19,6 +19,7 @@ from omnistage.models.catalog import TINY_MODELS
 from omnistage.models.tiny_diffusion import build_sd, build_sd3, build_wan
 from omnistage.models.tiny_omni import build_qwen2_5_omni
 from omnistage.models.tiny_speech import build_speecht5
+from omnistage.models.tiny_text import build_gemma2, build_llama3, build_mistral
 from omnistage.models.tokenizer import build_tokenizer
 
 # Bump when any builder changes, so cached checkpoints are rebuilt.
@@ -135,6 +136,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "whisper": build_whisper,
     "qwen2": build_qwen2,
     "llama": build_llama,
+    "mistral": build_mistral,
+    "gemma2": build_gemma2,
+    "llama3": build_llama3,
     "qwen2-vl": build_qwen2_vl,
     "sd": build_sd,
     "sd3": build_sd3,

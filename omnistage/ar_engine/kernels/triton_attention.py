@@ -3,7 +3,9 @@
 Layouts match the torch reference: a layer's cache is ``[2, num_blocks * block_size, kv_heads,
 head_dim]``; a decode row ``s`` attends to the first ``ctx_lens[s]`` positions of its blocks
 ``block_tables[s]``. The decode kernel runs one program per (row, query head) and walks the
-row's blocks with an online softmax, so no context is ever gathered into a padded tensor.
+row's blocks with an online softmax, so no context is ever gathered into a padded tensor; with a
+sliding window it starts at the window's first block, and softcapped scores are capped before
+masking, as in the reference.
 Tested against the reference under ``TRITON_INTERPRET=1`` (fp32/fp16).
 """
 from __future__ import annotations
@@ -30,10 +32,17 @@ def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_t, stride_h
 
 
 @triton.jit
-def _paged_decode_kernel(q_ptr, cache_ptr, table_ptr, ctx_ptr, out_ptr, scale, q_stride_s, q_stride_h,
-                         table_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
+def _tanh(x):
+    # exp form: libdevice's tanh is missing from Triton's interpreter. Saturates to +-1 (no NaN)
+    # when exp overflows to inf or underflows to 0.
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _paged_decode_kernel(q_ptr, cache_ptr, table_ptr, ctx_ptr, out_ptr, scale, window, softcap, q_stride_s,
+                         q_stride_h, table_stride, cache_kv_stride, cache_slot_stride, cache_head_stride,
                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_SIZE: tl.constexpr):
+                         BLOCK_SIZE: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
     row = tl.program_id(0)
     head = tl.program_id(1)
     kv_head = head // GROUP
@@ -41,19 +50,24 @@ def _paged_decode_kernel(q_ptr, cache_ptr, table_ptr, ctx_ptr, out_ptr, scale, q
     dmask = d < HEAD_DIM
     q = tl.load(q_ptr + row * q_stride_s + head * q_stride_h + d, mask=dmask, other=0.0).to(tl.float32)
     ctx = tl.load(ctx_ptr + row)
+    lo = 0  # the first visible position: the query (at ctx - 1) sees the last ``window`` positions
+    if HAS_WINDOW:
+        lo = tl.maximum(ctx - window, 0)
     m = -float("inf")
     l = 0.0
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     offs = tl.arange(0, BLOCK_SIZE)
-    for b in range(0, tl.cdiv(ctx, BLOCK_SIZE)):
+    for b in range(lo // BLOCK_SIZE, tl.cdiv(ctx, BLOCK_SIZE)):  # blocks wholly before the window: skipped
         block = tl.load(table_ptr + row * table_stride + b)
         pos = b * BLOCK_SIZE + offs
-        valid = pos < ctx
+        valid = (pos < ctx) & (pos >= lo)
         base = (block * BLOCK_SIZE + offs)[:, None] * cache_slot_stride + kv_head * cache_head_stride + d[None, :]
         lmask = valid[:, None] & dmask[None, :]
         k = tl.load(cache_ptr + base, mask=lmask, other=0.0).to(tl.float32)
         v = tl.load(cache_ptr + cache_kv_stride + base, mask=lmask, other=0.0).to(tl.float32)
         s = tl.sum(k * q[None, :], axis=1) * scale
+        if HAS_SOFTCAP:
+            s = softcap * _tanh(s / softcap)
         s = tl.where(valid, s, -float("inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
         p = tl.exp(s - m_new)
@@ -77,7 +91,8 @@ def store_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slo
 
 
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-                           ctx_lens: torch.Tensor, block_size: int, scale: float) -> torch.Tensor:
+                           ctx_lens: torch.Tensor, block_size: int, scale: float, window: int | None = None,
+                           softcap: float | None = None) -> torch.Tensor:
     """Triton twin of ``attention.decode_attention``: q [D, heads, head_dim] -> same shape."""
     rows, heads, head_dim = q.shape
     q = q.contiguous()
@@ -85,10 +100,13 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     if rows == 0:
         return out
     kv_heads = kv_cache.shape[2]
-    _paged_decode_kernel[(rows, heads)](q, kv_cache, block_tables, ctx_lens, out, scale, q.stride(0), q.stride(1),
-                                        block_tables.stride(0), kv_cache.stride(0), kv_cache.stride(1),
-                                        kv_cache.stride(2), GROUP=heads // kv_heads, HEAD_DIM=head_dim,
-                                        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_SIZE=block_size)
+    # The unused one of window/softcap is passed as a placeholder its HAS_ flag compiles out.
+    _paged_decode_kernel[(rows, heads)](q, kv_cache, block_tables, ctx_lens, out, scale, window or 0,
+                                        softcap or 1.0, q.stride(0), q.stride(1), block_tables.stride(0),
+                                        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
+                                        GROUP=heads // kv_heads, HEAD_DIM=head_dim,
+                                        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_SIZE=block_size,
+                                        HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None)
     return out
 
 
