@@ -7,7 +7,9 @@ def test_demo_serves_the_default_graph_and_the_client_saves_its_results(capfd, t
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capfd.readouterr().out  # the server and the client are child processes
     assert "server ready" in out and "server stopped" in out
-    assert "chat: 24 tokens streamed" in out and "images: 2 x 32x32" in out and "video: 32x32" in out
+    assert "The capital of France is Paris." in out  # SmolLM2-135M-Instruct, greedy
+    assert "real weights: assistant (packaged:smollm2-135m-instruct)" in out
+    assert "image chat: 24 tokens streamed" in out and "images: 2 x 32x32" in out and "video: 32x32" in out
     assert "speech: " in out and "transcribed back as" in out
     assert Image.open(tmp_path / "image-0.png").size == (32, 32)
     assert (tmp_path / "speech.wav").read_bytes()[:4] == b"RIFF"

@@ -16,6 +16,9 @@ from omnistage.models.tiny import ensure_tiny
 KINDS = {
     "qwen2": {"chat": "ar"},
     "llama": {"chat": "ar"},
+    "llama3": {"chat": "ar"},
+    "mistral": {"chat": "ar"},
+    "gemma2": {"chat": "ar"},
     "qwen2-vl": {"vision": "encode", "chat": "ar"},
     "sd": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
     "sd3": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
