@@ -52,7 +52,7 @@ class Command:
 
     @property
     def serves(self) -> bool:
-        return self.text.split()[:2] == ["omnistage", "serve"]
+        return self.text.split()[:2] == ["omnistage", "serve"] and "--print-graph" not in self.text.split()
 
     @property
     def background(self) -> bool:
