@@ -26,7 +26,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from omnistage import Pipeline
-from omnistage.models.tiny import cache_root, ensure_tiny
+from omnistage.models.catalog import cache_root
+from omnistage.models.tiny import ensure_tiny
 
 MAX_BATCH = 64  # the stage's max_batch, and the static baseline's batch
 GRAPH = """

@@ -28,7 +28,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from omnistage import Pipeline
 from omnistage.ar_engine.multimodal import expand_image_tokens
-from omnistage.models.tiny import cache_root, ensure_tiny
+from omnistage.models.catalog import cache_root
+from omnistage.models.tiny import ensure_tiny
 
 SPLIT = """
 name: bench-vl

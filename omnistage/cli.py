@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_flags(val)
     run = sub.add_parser("run", help="run requests through a graph (or a model) offline and print the results")
     run.add_argument("graph", help="a graph file, or a model")
+    add_model_flags(run)
     run.add_argument("--prompt", action="append", required=True, help="a user message (repeat for several requests)")
     run.add_argument("--max-tokens", type=int, default=None)
     run.add_argument("--temperature", type=float, default=0.0)
@@ -77,24 +78,39 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                         help="weights' dtype (auto: the checkpoint's own)")
     parser.add_argument("--device", default=None, help="device of every stage: cpu, cuda, cuda:N (default: cpu)")
-    parser.add_argument("--max-model-len", type=int, default=None,
+    parser.add_argument("--max-model-len", type=_positive, default=None,
                         help="longest sequence, prompt + output (default: the model's context length)")
     parser.add_argument("--gpu-memory-utilization", dest="memory_utilization", type=float, default=None,
                         help="share of the device's memory for weights and KV cache (default 0.9 on a GPU; on a "
                              "CPU the KV cache's share of available RAM, default 0.1)")
     parser.add_argument("--kv-cache-memory", type=_bytes, default=None,
                         help="KV cache size in bytes (suffixes K, M, G: binary), overriding the share above")
-    parser.add_argument("--max-num-seqs", type=int, default=None, help="sequences per engine step (max batch)")
+    parser.add_argument("--max-num-seqs", type=_positive, default=None,
+                        help="sequences per step of the AR engine stages (their max_batch)")
     parser.add_argument("--chat-template", default=None, help="a Jinja chat template, or a file holding one")
 
 
 def _bytes(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    """A size in bytes, at least 1 MiB (``1073741824``, ``1e9``, ``512M``, ``4G``, ``4GiB``)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    plain = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+        size = int(float(plain[:-1]) * units[plain[-1]]) if plain and plain[-1] in units else int(float(plain))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 4G, 512M)") from None
+    if size < 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 1 MiB")
+    return size
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> ServeSettings:
@@ -102,7 +118,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
     template = args.chat_template
     if template is not None and "{" not in template and Path(template).expanduser().is_file():
         template = str(Path(template).expanduser().resolve())
-    kv_mb = None if args.kv_cache_memory is None else max(1, args.kv_cache_memory >> 20)
+    kv_mb = None if args.kv_cache_memory is None else args.kv_cache_memory >> 20  # (whole MiB, at least 1)
     return ServeSettings(served_model_name=args.served_model_name, dtype=args.dtype, device=args.device,
                          max_model_len=args.max_model_len, memory_utilization=args.memory_utilization,
                          kv_cache_mb=kv_mb, max_num_seqs=args.max_num_seqs, chat_template=template)
@@ -124,14 +140,14 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from omnistage.checkpoints.target import graph_text, is_graph_file, load_plan
+    from omnistage.checkpoints.target import load
     from omnistage.graph.describe import describe
     status = 0
     for target in args.graph:
         try:
-            plan = load_plan(target, _settings(args))
-            if not is_graph_file(target):
-                print(graph_text(target, _settings(args)))
+            plan, built = load(target, _settings(args))
+            if built is not None:
+                print(built)
             print(describe(plan))
         except GraphConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -140,11 +156,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from omnistage.checkpoints.prepare import prepare_models
     from omnistage.checkpoints.target import load_plan
     from omnistage.pipeline import Pipeline
     params = {"temperature": args.temperature, "seed": args.seed, "max_tokens": args.max_tokens}
     params = {k: v for k, v in params.items() if v is not None}
-    with Pipeline(load_plan(args.graph)) as pipe:
+    plan = load_plan(args.graph, _settings(args))
+    prepare_models(plan)
+    with Pipeline(plan) as pipe:
         handles = [pipe.submit(messages=[{"role": "user", "content": p}], **params) for p in args.prompt]
         for prompt, handle in zip(args.prompt, handles):
             result = handle.result(timeout=600)
@@ -173,9 +192,22 @@ def _serve(args: argparse.Namespace) -> int:
     prepare_models(plan)  # download, convert or build checkpoints visibly, before any worker starts
     from omnistage.logs import setup_logging
     setup_logging(args.log_level, args.log_format)
-    app = create_app(plan, api_key=args.api_key, media_dir=args.media_dir)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False,
-                timeout_graceful_shutdown=args.shutdown_timeout)
+    failed: list[BaseException] = []
+
+    def stop(error: BaseException) -> None:  # the stages could not start: stop serving, exit 1
+        failed.append(error)
+        server.should_exit = True
+
+    # The server answers while the stages load (/health says "loading"); loading has no deadline
+    # of its own beyond each worker's start-up timeout.
+    app = create_app(plan, api_key=args.api_key, media_dir=args.media_dir, load_in_background=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           log_config=None, access_log=False,
+                                           timeout_graceful_shutdown=args.shutdown_timeout))
+    server.run()
+    if failed:
+        print(f"error: {failed[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

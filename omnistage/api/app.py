@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from omnistage.api.convert import chat_inputs, choices_count, sampling_params, s
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.errors import handle as handle_error
 from omnistage.api.guard import Guard
+from omnistage.api.loading import Loader
 from omnistage.api.metrics import Metrics
 from omnistage.api.request import abort_on_failure, check_model, choice_params, log_admitted, read_json
 from omnistage.errors import OmnistageError
@@ -33,18 +34,32 @@ MAX_BODY = 64 << 20
 
 
 def create_app(graph: str | Path | Any, api_key: str | None = None, max_body: int = MAX_BODY,
-               media_dir: str | None = None) -> Starlette:
-    """``graph``: a graph file or a compiled ``GraphPlan``. ``media_dir``: chat media may name local files
-    under this directory (else data URLs only)."""
+               media_dir: str | None = None,
+               load_in_background: Callable[[BaseException], None] | None = None) -> Starlette:
+    """``graph``: a graph file or a compiled ``GraphPlan``. ``media_dir``: chat media may name local
+    files under this directory (else data URLs only). ``load_in_background``: answer while the
+    stages load (``/health`` says "loading"); called with the error if they cannot start.
+    Without it the server starts answering once every stage is ready."""
+    start = Pipeline.from_yaml if isinstance(graph, (str, Path)) else Pipeline
+
+    def ready(pipeline: Pipeline) -> None:
+        app.state.pipeline = pipeline
+        app.state.metrics.model = pipeline.plan.name
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        start = Pipeline.from_yaml if isinstance(graph, (str, Path)) else Pipeline
-        app.state.pipeline = await asyncio.to_thread(start, graph)
-        app.state.metrics.model = app.state.pipeline.plan.name
+        if load_in_background is None:
+            ready(await asyncio.to_thread(start, graph))
+        else:
+            app.state.loader = Loader(lambda: start(graph), ready, load_in_background)
+            app.state.loader.begin()
         try:
             yield
         finally:
-            await asyncio.to_thread(app.state.pipeline.close)
+            if app.state.loader is not None and app.state.loader.task is not None:
+                await asyncio.wait([app.state.loader.task])  # a start under way ends before closing
+            if app.state.pipeline is not None:
+                await asyncio.to_thread(app.state.pipeline.close)
 
     app = Starlette(routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -63,6 +78,8 @@ def create_app(graph: str | Path | Any, api_key: str | None = None, max_body: in
         Route("/metrics", metrics, methods=["GET"]),
     ], lifespan=lifespan,
         exception_handlers={HTTPException: handle_error, ApiError: handle_error, OmnistageError: handle_error})
+    app.state.pipeline: Pipeline | None = None  # set once every stage is ready
+    app.state.loader: Loader | None = None
     app.state.max_body = max_body
     app.state.media_dir = media_dir
     app.state.metrics = Metrics()
@@ -229,6 +246,15 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+def _loading(request: Request) -> Response | None:
+    """503 while the stages load (or failed to), else None."""
+    if request.app.state.pipeline is not None:
+        return None
+    loader = request.app.state.loader
+    body = loader.status() if loader is not None else {"status": "loading"}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
 async def models(request: Request) -> Response:
     name = request.app.state.pipeline.plan.name
     return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0,
@@ -236,7 +262,10 @@ async def models(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    """Readiness: 200 when every stage has a ready replica; else 503 with the reason per stage."""
+    """Readiness: 200 when every stage has a ready replica; else 503 with the reason per stage
+    (or "loading" while the server starts its stages)."""
+    if (loading := _loading(request)) is not None:
+        return loading
     orchestrator = request.app.state.pipeline.orchestrator
     table = orchestrator.table
     reasons = table.readiness()
@@ -255,6 +284,8 @@ async def live(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    if (loading := _loading(request)) is not None:
+        return loading
     pipeline = request.app.state.pipeline
     log = pipeline.controller.scaler.log if pipeline.controller is not None else None
     plan = pipeline.plan

@@ -53,6 +53,9 @@ class Guard:
             if self.api_key and scope["path"].startswith("/v1") and not self._authorized(scope):
                 await _json(send_with_id, 401, error_body(401, "invalid or missing API key (Authorization: Bearer "
                                                                "...)", code="invalid_api_key"))
+            elif scope["path"].startswith("/v1") and scope["app"].state.pipeline is None:
+                await _json(send_with_id, 503, error_body(503, "the server is still loading its models; retry "
+                                                               "shortly", code="loading"), ((b"retry-after", b"5"),))
             else:
                 await self.app(scope, receive, send_with_id)
         except asyncio.CancelledError:
@@ -90,8 +93,9 @@ def endpoint(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _json(send: Send, status: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": data})

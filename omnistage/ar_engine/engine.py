@@ -19,7 +19,7 @@ from omnistage.ar_engine.detokenize import IncrementalDetokenizer
 from omnistage.ar_engine.runner import ModelRunner, kv_shape, text_config
 from omnistage.ar_engine.sampling import Sampled, SamplingParams, sample_batch
 from omnistage.ar_engine.config import EngineConfig
-from omnistage.ar_engine.memory import CachePlan, plan_cache
+from omnistage.ar_engine.memory import CachePlan, ModelShape, plan_cache
 from omnistage.ar_engine.scheduler import Scheduler
 from omnistage.ar_engine.sequence import MediaSpan, Sequence, StepPlan
 from omnistage.errors import RequestRejected
@@ -107,9 +107,13 @@ class LLMEngine:
     def _plan_cache(model: Any, config: EngineConfig, max_seqs: int) -> CachePlan:
         layers, kv_heads, head_dim = kv_shape(model.config)
         weight = next(model.parameters())
-        context = getattr(text_config(model.config), "max_position_embeddings", None) or 1 << 20
-        return plan_cache(config, layers, kv_heads, head_dim, weight.element_size(), context, max_seqs,
-                          weight.device)
+        cfg = text_config(model.config)
+        # (getattr: a talker's config names some of these differently; they only size activations)
+        shape = ModelShape(layers, kv_heads, head_dim, weight.element_size(),
+                           getattr(cfg, "max_position_embeddings", None) or 1 << 20,
+                           getattr(cfg, "num_attention_heads", 1), getattr(cfg, "hidden_size", 0),
+                           getattr(cfg, "intermediate_size", 0), getattr(cfg, "vocab_size", 0))
+        return plan_cache(config, shape, max_seqs, weight.device)
 
     # --- requests --------------------------------------------------------------------------
     def add(self, req: EngineRequest) -> None:

@@ -2,7 +2,9 @@
 
 Explicit settings win (``num_blocks``, then ``kv_cache_mb``). Otherwise the cache takes what the
 device has to spare once the weights are loaded: on a GPU, ``memory_utilization`` (default 0.9,
-as vLLM's ``--gpu-memory-utilization``) of its total memory minus what is already in use; on a
+as vLLM's ``--gpu-memory-utilization``) of its total memory minus what this process holds (the
+weights) and room for one step's activations, and never more than is free (several AR stages on
+one GPU: give each its share, adding up to less than 1; they start at the same time); on a
 CPU, ``memory_utilization`` (default 0.1) of the RAM available then, but never more than
 ``max_seqs`` sequences of ``max_model_len`` tokens need (a CPU's RAM is shared with every other
 stage and process). A cache that cannot hold one sequence of ``max_model_len`` is refused.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -18,8 +21,27 @@ from omnistage.ar_engine.config import EngineConfig
 
 GPU_UTILIZATION = 0.9
 CPU_UTILIZATION = 0.1
-# Room a GPU keeps for a step's activations beside the cache (a step of max_tokens_per_step tokens).
-ACTIVATION_BYTES_PER_TOKEN = 64 << 10
+
+
+class ModelShape(NamedTuple):
+    """What sizes a cache and a step's activations, from the model's (text) config."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    itemsize: int  # bytes per weight / cache element
+    context_len: int  # max_position_embeddings
+    heads: int = 1
+    hidden: int = 0
+    intermediate: int = 0
+    vocab: int = 0
+
+    def activation_bytes(self, step_tokens: int, max_len: int, max_seqs: int) -> int:
+        """A step's peak beside the cache, as the torch path computes it: MLP and projections of
+        its tokens, a prefill chunk's float32 scores over its whole context, the logits."""
+        tokens = min(step_tokens, max_len)
+        mlp = tokens * (2 * self.intermediate + 6 * self.hidden) * self.itemsize
+        return mlp + self.heads * tokens * max_len * 4 + max_seqs * self.vocab * 4
 
 
 @dataclass(frozen=True)
@@ -42,19 +64,18 @@ class CachePlan:
                 f"{self.max_model_len}: {full:.1f} sequences at full length")
 
 
-def plan_cache(config: EngineConfig, layers: int, kv_heads: int, head_dim: int, itemsize: int,
-               context_len: int, max_seqs: int, device: torch.device) -> CachePlan:
+def plan_cache(config: EngineConfig, shape: ModelShape, max_seqs: int, device: torch.device) -> CachePlan:
     """Raises ValueError when ``max_model_len`` exceeds the model's context or the cache."""
-    max_len = config.max_model_len or context_len
-    if max_len > context_len:
-        raise ValueError(f"max_model_len {max_len} is longer than the model's context ({context_len} tokens)")
-    block_bytes = 2 * layers * kv_heads * head_dim * config.block_size * itemsize
+    max_len = config.max_model_len or shape.context_len
+    if max_len > shape.context_len:
+        raise ValueError(f"max_model_len {max_len} is longer than the model's context ({shape.context_len} tokens)")
+    block_bytes = 2 * shape.layers * shape.kv_heads * shape.head_dim * config.block_size * shape.itemsize
     if config.num_blocks is not None:
         blocks, source = config.num_blocks, "num_blocks"
     elif config.kv_cache_mb is not None:
         blocks, source = (config.kv_cache_mb << 20) // block_bytes, f"kv_cache_mb {config.kv_cache_mb}"
     else:
-        blocks, source = _from_memory(config, block_bytes, max_len, max_seqs, device)
+        blocks, source = _from_memory(config, shape, block_bytes, max_len, max_seqs, device)
     plan = CachePlan(blocks, config.block_size, block_bytes, max_len, source)
     if plan.tokens < max_len:
         raise ValueError(f"the KV cache holds {plan.tokens} tokens ({source}), fewer than one sequence of "
@@ -63,13 +84,15 @@ def plan_cache(config: EngineConfig, layers: int, kv_heads: int, head_dim: int, 
     return plan
 
 
-def _from_memory(config: EngineConfig, block_bytes: int, max_len: int, max_seqs: int,
+def _from_memory(config: EngineConfig, shape: ModelShape, block_bytes: int, max_len: int, max_seqs: int,
                  device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         share = config.memory_utilization or GPU_UTILIZATION
         free, total = torch.cuda.mem_get_info(device)
-        spare = free - (1 - share) * total - config.max_tokens_per_step * ACTIVATION_BYTES_PER_TOKEN
-        return max(0, int(spare) // block_bytes), f"{share:g} of {device}'s {total / (1 << 30):.0f} GiB"
+        activations = shape.activation_bytes(config.max_tokens_per_step, max_len, max_seqs)
+        spare = min(share * total - torch.cuda.memory_reserved(device), free) - activations
+        return max(0, int(spare) // block_bytes), (f"{share:g} of {device}'s {total / (1 << 30):.0f} GiB, "
+                                                   f"{activations / (1 << 30):.1f} GiB kept for activations")
     share = config.memory_utilization or CPU_UTILIZATION
     available = available_ram()
     need = max_seqs * -(-max_len // config.block_size)
@@ -79,11 +102,18 @@ def _from_memory(config: EngineConfig, block_bytes: int, max_len: int, max_seqs:
 
 
 def available_ram() -> int:
-    """Bytes of RAM available to new allocations (``MemAvailable``), or all of it where unknown."""
+    """Bytes of RAM available to new allocations: ``MemAvailable``, or less where a container's
+    memory limit (cgroup v2 ``memory.max`` minus ``memory.current``) leaves less."""
     meminfo = Path("/proc/meminfo")
+    available = None
     if meminfo.exists():
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) << 10
-    import os
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                available = int(line.split()[1]) << 10
+    if available is None:
+        import os
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit, used = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
+    if limit.exists() and used.exists() and limit.read_text().strip().isdigit():
+        available = min(available, int(limit.read_text()) - int(used.read_text()))
+    return max(0, available)

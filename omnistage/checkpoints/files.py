@@ -14,9 +14,10 @@ from typing import Any
 
 from omnistage.checkpoints.packaged import packaged_dir, parse_packaged
 from omnistage.checkpoints.refs import parse_tiny
+from omnistage.errors import OmnistageError
 
 
-class CheckpointUnavailable(ValueError):
+class CheckpointUnavailable(OmnistageError, ValueError):
     """A checkpoint's files cannot be read (not found, offline and not cached, not a model)."""
 
 
@@ -31,7 +32,7 @@ def local_dir(ref: str) -> Path | None:
         return packaged_dir(packaged)
     tiny = parse_tiny(ref)
     if tiny is not None:
-        from omnistage.models.tiny import cache_root
+        from omnistage.models.catalog import cache_root
         root = cache_root() / tiny.name
         return root / tiny.sub if tiny.sub else root
     path = Path(ref)
@@ -50,7 +51,7 @@ def read_json(ref: str, filename: str) -> dict[str, Any] | None:
 
 def _hub_json(repo: str, filename: str) -> dict[str, Any] | None:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
     try:
         return json.loads(Path(hf_hub_download(repo, filename)).read_text())
@@ -68,6 +69,8 @@ def _hub_json(repo: str, filename: str) -> dict[str, Any] | None:
                                     "(huggingface-cli login or HF_TOKEN)") from None
     except RepositoryNotFoundError:
         raise CheckpointUnavailable(f"no model {repo!r} on the hub (or it is private; set HF_TOKEN)") from None
+    except HfHubHTTPError as exc:
+        raise CheckpointUnavailable(f"the hub refused {repo!r}/{filename}: {exc}") from None
 
 
 def _hub_cache() -> str:
@@ -79,15 +82,33 @@ def _cached_repo(repo: str) -> bool:
     return (Path(_hub_cache()) / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir()
 
 
+# What a server never loads: original/consolidated weights beside the transformers ones, other
+# frameworks' formats, GGUF, and diffusers' alternative variants.
+SKIPPED = ["original/*", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.gguf", "*.ot",
+           "*.tflite", "*.mlmodel", "flax_model*", "tf_model*", "*.fp16.*", "*.non_ema.*"]
+
+
 def download(ref: str) -> str | None:
     """Fetch a hub checkpoint's files into the hub cache (a no-op for local ones), with the hub
     client's progress bars on the terminal; returns the snapshot directory (None: local)."""
     if local_dir(ref) is not None:
         return None
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    try:
+        return snapshot_download(ref, ignore_patterns=SKIPPED)
+    except LocalEntryNotFoundError:
+        raise CheckpointUnavailable(f"cannot download {ref!r}: the hub cannot be reached and its files are not all "
+                                    f"in the hub cache ({_hub_cache()})") from None
+    except HfHubHTTPError as exc:
+        raise CheckpointUnavailable(f"downloading {ref!r} failed: {exc}") from None
+
+
+def local_snapshot(ref: str) -> Path | None:
+    """A hub checkpoint's directory in the hub cache, when it is there (never downloads)."""
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
     try:
-        return snapshot_download(ref)
-    except LocalEntryNotFoundError:
-        read_json(ref, "config.json")  # raises the clear error (offline and not cached)
-        raise
+        return Path(snapshot_download(ref, local_files_only=True, ignore_patterns=SKIPPED))
+    except (LocalEntryNotFoundError, ValueError):
+        return None

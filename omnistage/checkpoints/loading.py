@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from omnistage.checkpoints.files import local_dir, read_json
+from omnistage.checkpoints.files import local_dir, local_snapshot, read_json
 from omnistage.checkpoints.packaged import ensure_packaged, parse_packaged
 from omnistage.checkpoints.refs import parse_tiny
 from omnistage.models.tiny import ensure_tiny
@@ -26,29 +27,44 @@ def checkpoint_dir(ref: str) -> str:
     return str(root / tiny.sub) if tiny.sub else str(root)
 
 
-def torch_dtype(name: str, path: str) -> torch.dtype:
+def component_kwargs(path: str, component: str | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load the sub-model ``component`` of a checkpoint holding
+    several (its ``<component>_config`` and the weights under ``<component>.``); none without one."""
+    if component is None:
+        return {}
+    from transformers import AutoConfig
+    return {"config": getattr(AutoConfig.from_pretrained(path), f"{component}_config"),
+            "key_mapping": {rf"^{component}\.": ""}}
+
+
+def torch_dtype(name: str, path: str, device: str) -> torch.dtype:
     """``auto``: the checkpoint's own dtype (``dtype``/``torch_dtype`` of its config, or of a
-    diffusers pipeline's denoiser), float32 where it says none; else the dtype named."""
+    diffusers pipeline's denoiser weights), float32 where it says none; float16 becomes bfloat16
+    on a CPU (as vLLM does: CPUs compute bfloat16, not float16, at speed). Else the dtype named."""
     if name != "auto":
         return DTYPES[name]
-    return DTYPES.get(checkpoint_dtype(path) or "", torch.float32)
+    dtype = DTYPES.get(checkpoint_dtype(path) or "", torch.float32)
+    return torch.bfloat16 if dtype == torch.float16 and not device.startswith("cuda") else dtype
 
 
 def checkpoint_dtype(path: str) -> str | None:
-    """The dtype a checkpoint was saved in, as its config names it (None: not recorded)."""
-    index = read_json(path, "model_index.json")
-    if index is not None:
-        for part in ("transformer", "unet"):
-            if part in index:
-                return checkpoint_dtype(str(Path(path) / part)) if local_dir(path) else None
+    """The dtype a checkpoint was saved in (None: not recorded). A hub id is read from the hub
+    cache (``omnistage serve`` fetches it first)."""
+    directory = local_dir(path) or local_snapshot(path)
+    if directory is None:
         return None
-    config = read_json(path, "config.json") or {}
+    index = read_json(str(directory), "model_index.json")
+    if index is not None:
+        part = next((p for p in ("transformer", "unet") if p in index), None)
+        return checkpoint_dtype(str(directory / part)) if part else None
+    config = read_json(str(directory), "config.json") or {}
     if "thinker_config" in config:
         config = config["thinker_config"]
     name = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
-    if name is None and (Path(path) / "diffusion_pytorch_model.safetensors").exists():
-        return _safetensors_dtype(Path(path) / "diffusion_pytorch_model.safetensors")
-    return str(name) if name else None
+    if name:
+        return str(name)
+    weights = sorted(directory.glob("diffusion_pytorch_model*.safetensors"))
+    return _safetensors_dtype(weights[0]) if weights else None
 
 
 _SAFETENSORS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "packaged:"
+CONVERSION_VERSION = "1"  # bump when the conversion changes, so cached conversions are redone
 log = logging.getLogger("omnistage")
 
 
@@ -59,8 +60,8 @@ def resolve_packaged(name: str) -> str:
 
 
 def packaged_root() -> Path:
-    from omnistage.models.tiny import cache_root
-    return cache_root().parent.parent / "packaged"
+    from omnistage.models.catalog import cache_root
+    return cache_root().parent.parent / "packaged" / f"v{CONVERSION_VERSION}"
 
 
 def packaged_dir(name: str) -> Path:
@@ -83,6 +84,8 @@ def ensure_packaged(name: str) -> Path:
     with open(target.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_converted(name):
+            for stale in target.parent.glob(f".{name}-*"):  # left by a conversion that was killed
+                shutil.rmtree(stale, ignore_errors=True)
             _convert(source, target)
     return target
 

@@ -40,12 +40,17 @@ class ServeSettings:
         body: dict[str, Any] = {"kind": kind, "model": "main", "inputs": inputs}
         if outputs:
             body["outputs"] = outputs
-        body["batching"] = {"max_batch": self.max_num_seqs or max_batch}
+        engine = kind in ENGINE_KINDS and self.max_num_seqs is not None
+        body["batching"] = {"max_batch": self.max_num_seqs if engine else max_batch}
         if options:
             body["options"] = options
         if self.device:
             body["resources"] = {"device": self.device}
         return body
+
+
+ENGINE_KINDS = ("ar", "prefill", "decode")  # the stages the engine flags shape
+ENGINE_FLAGS = ("max_model_len", "memory_utilization", "kv_cache_mb", "max_num_seqs", "chat_template")
 
 
 def _present(**values: Any) -> dict[str, Any]:
@@ -95,9 +100,8 @@ RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
 assert set(RECIPES) - {OMNI} >= DIFFUSION_PIPELINES
 
 
-def omni_stages(s: ServeSettings) -> tuple[dict[str, Any], dict[str, str]]:
-    """Qwen2.5-Omni: thinker -> talker -> vocoder, over the ``thinker/``, ``talker/`` and
-    ``token2wav/`` sub-model directories of the checkpoint."""
+def omni_stages(s: ServeSettings) -> dict[str, Any]:
+    """Qwen2.5-Omni: thinker -> talker -> vocoder, each over its component of the checkpoint."""
     thinker = s.stage("ar", {"messages": "request.messages", "prompt": "request.prompt", "audio": "request.audio",
                              "images": "request.images", "video": "request.video"},
                       {"text": "response.text", "tokens": "response.tokens"}, 32,
@@ -107,7 +111,7 @@ def omni_stages(s: ServeSettings) -> tuple[dict[str, Any], dict[str, str]]:
     talker["model"] = "talker"
     vocoder = s.stage("vocoder", {"codes": "talker.codes"}, {"audio": "response.audio"})
     vocoder["model"] = "token2wav"
-    return {"thinker": thinker, "talker": talker, "vocoder": vocoder}, {}
+    return {"thinker": thinker, "talker": talker, "vocoder": vocoder}
 
 
 def build_graph(ref: str, resolved: str, settings: ServeSettings) -> str:
@@ -116,13 +120,9 @@ def build_graph(ref: str, resolved: str, settings: ServeSettings) -> str:
     arch, _ = architecture(resolved)
     name = settings.served_model_name or ref
     path = str(Path(ref).expanduser().resolve()) if local_dir(resolved) is not None and Path(ref).expanduser().is_dir() else ref
-    if arch == OMNI:
-        where = local_dir(resolved)
-        if where is not None and not (where / "thinker").is_dir():
-            raise ValueError(f"{ref}: a Qwen2.5-Omni checkpoint is served from its thinker/, talker/ and token2wav/ "
-                             "sub-model directories, and this one has none")
-        stages, _ = omni_stages(settings)
-        models = {sub: {"path": f"{path}/{sub}", "dtype": settings.dtype} for sub in ("thinker", "talker", "token2wav")}
+    if arch == OMNI:  # one directory, as released: each stage loads its sub-model from it
+        stages = omni_stages(settings)
+        models = {sub: {"path": path, "dtype": settings.dtype, "component": sub} for sub in ("thinker", "talker", "token2wav")}
     elif arch in RECIPES:
         stages = RECIPES[arch](settings)
         models = {"main": {"path": path, "dtype": settings.dtype}}
@@ -130,6 +130,11 @@ def build_graph(ref: str, resolved: str, settings: ServeSettings) -> str:
         known = sorted(set(RECIPES) | {OMNI})
         raise ValueError(f"{ref}: no default graph for architecture {arch}; serve-by-name knows {', '.join(known)} "
                          "(write a graph YAML for anything else)")
+    if not any(st["kind"] in ENGINE_KINDS for st in stages.values()):
+        given = [f"--{f.replace('_', '-')}" for f in ENGINE_FLAGS if getattr(settings, f) is not None]
+        if given:
+            raise ValueError(f"{ref}: {', '.join(given)} shape an AR engine stage, and the graph for {arch} has "
+                             "none (--print-graph shows it; set its stages' options in a graph file)")
     graph = {"name": name, "models": models, "stages": stages}
     header = f"# The default graph for {ref} ({arch}); save it, edit it, serve it with: omnistage serve FILE\n"
     return header + yaml.safe_dump(graph, sort_keys=False, width=110)

@@ -23,6 +23,13 @@ OMNI = "Qwen2_5OmniForConditionalGeneration"  # the released single-directory ch
 OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"
 DIFFUSION_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusion3Pipeline", "WanPipeline"})
 
+# Checkpoints that hold several sub-models, each loaded on its own (``models.<name>.component``):
+# component -> the architecture it is.
+COMPONENTS: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    OMNI: MappingProxyType({"thinker": OMNI_THINKER, "talker": "Qwen2_5OmniTalkerForConditionalGeneration",
+                            "token2wav": "Qwen2_5OmniToken2WavModel"}),
+})
+
 _GENERATORS = TEXT_LMS | VISION_LMS | {OMNI_THINKER}
 SUPPORTED: Mapping[str, frozenset[str]] = MappingProxyType({
     "ar": _GENERATORS,
@@ -55,21 +62,34 @@ def architecture(ref: str) -> tuple[str, dict[str, Any]]:
     return str(names[0]), config
 
 
-def check_model(kind: str, ref: str) -> None:
+def component_architecture(ref: str, component: str | None) -> tuple[str, dict[str, Any]]:
+    """(architecture, config) of ``ref`` or of its sub-model ``component``."""
+    arch, config = architecture(ref)
+    if component is None:
+        return arch, config
+    parts = COMPONENTS.get(arch, {})
+    if component not in parts:
+        have = f"its components are {', '.join(parts)}" if parts else "it holds no sub-models"
+        raise ValueError(f"{ref}: no component {component!r} in a {arch} checkpoint; {have}")
+    return parts[component], config
+
+
+def check_model(kind: str, ref: str, component: str | None = None) -> None:
     """Raise ValueError unless a stage of ``kind`` can run the checkpoint ``ref`` (resolved, as
-    ``refs.resolve_model`` returns it). Kinds without a table (user python stages) take anything.
+    ``refs.resolve_model`` returns it), or its sub-model ``component``. Kinds without a table
+    (user python stages) take anything.
     A tiny or packaged checkpoint not built yet is not read (only supported ones are built)."""
     supported = SUPPORTED.get(kind)
     if supported is None:
         return
     tiny, packaged = parse_tiny(ref), parse_packaged(ref)
     if tiny is not None:
-        from omnistage.models.tiny import is_built
+        from omnistage.models.catalog import is_built
         if not is_built(tiny.name):
             return
     if packaged is not None and not is_converted(packaged):
         return
-    arch, config = architecture(ref)
+    arch, config = component_architecture(ref, component)
     if arch not in supported:
         raise ValueError(f"{ref}: architecture {arch} is not supported by a {kind!r} stage; it runs "
                          f"{', '.join(sorted(supported))}")

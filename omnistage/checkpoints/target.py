@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
+from omnistage.checkpoints.prepare import prepare_refs
 from omnistage.checkpoints.recipes import ServeSettings, build_graph
 from omnistage.checkpoints.refs import resolve_model
 from omnistage.checkpoints.support import check_model
@@ -26,15 +27,22 @@ def is_graph_file(target: str | Path) -> bool:
 
 
 def graph_text(target: str, settings: ServeSettings) -> str:
-    """The YAML of the graph built for the model ``target``."""
+    """The YAML of the graph built for the model ``target`` (a tiny or packaged model is built or
+    converted first: its config is read from its directory)."""
+    if Path(target).suffix in (".yaml", ".yml"):
+        raise GraphConfigError([ConfigIssue("graph", f"graph file {target} not found")], target)
     try:
-        return build_graph(target, resolve_model(target, Path.cwd()), settings)
+        resolved = resolve_model(target, Path.cwd())
+        prepare_refs([resolved], hub=False)  # (a hub model's config is all a recipe reads)
+        return build_graph(target, resolved, settings)
     except ValueError as exc:
         raise GraphConfigError([ConfigIssue("model", str(exc))], target) from None
 
 
-def load_plan(target: str | Path, settings: ServeSettings | None = None) -> GraphPlan:
+def load(target: str | Path, settings: ServeSettings | None = None) -> tuple[GraphPlan, str | None]:
+    """The plan for a graph file or a model, and for a model the YAML built for it."""
     settings = settings or ServeSettings()
+    text = None
     if is_graph_file(target):
         _refuse_model_flags(settings)
         plan = compile_file(target, resolve_model, check_model)
@@ -43,7 +51,11 @@ def load_plan(target: str | Path, settings: ServeSettings | None = None) -> Grap
         plan = compile_text(text, resolve_model, Path.cwd(), source=f"<graph for {target}>", check=check_model)
     if settings.served_model_name:
         plan = replace(plan, name=settings.served_model_name)
-    return plan
+    return plan, text
+
+
+def load_plan(target: str | Path, settings: ServeSettings | None = None) -> GraphPlan:
+    return load(target, settings)[0]
 
 
 def _refuse_model_flags(settings: ServeSettings) -> None:

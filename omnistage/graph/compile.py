@@ -21,8 +21,9 @@ from omnistage.graph.strict import frozen_dict, suggest
 
 # (reference as written, the graph file's directory) -> what a worker loads; raises ValueError(why not)
 ModelResolver = Callable[[str, Path], str]
-# (stage kind, resolved reference) -> None; raises ValueError when the kind cannot run that model
-ModelChecker = Callable[[str, str], None]
+# (stage kind, resolved reference, component or None) -> None; raises ValueError when the kind
+# cannot run that model
+ModelChecker = Callable[[str, str, "str | None"], None]
 
 
 def compile_file(path: str | Path, models: ModelResolver, check: ModelChecker | None = None) -> GraphPlan:
@@ -73,7 +74,7 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
                 issues: list[ConfigIssue], check: ModelChecker | None) -> StagePlan | None:
     path = f"stages.{name}"
     spec = registry()[st.kind]
-    model_path, dtype = None, "float32"
+    model_path, dtype, component = None, "float32", None
     if st.model is not None:
         model = config.models.get(st.model)
         if model is None:
@@ -87,11 +88,11 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
             return None
         if check is not None:
             try:
-                check(st.kind, model_path)
+                check(st.kind, model_path, model.component)
             except ValueError as exc:
                 issues.append(ConfigIssue(f"{path}.model", f"model {st.model!r}: {exc}"))
                 return None
-        dtype = model.dtype
+        dtype, component = model.dtype, model.component
     elif spec.needs_model:
         issues.append(ConfigIssue(f"{path}.model", f"stage kind {st.kind!r} needs a model"))
         return None
@@ -114,7 +115,7 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
         else:
             response[port] = modality
     return StagePlan(name, spec, st, st.options, model_path, dtype, inputs, outputs, tuple(in_edges),
-                     frozen_dict(response), params=spec.params_for(st.options))
+                     frozen_dict(response), params=spec.params_for(st.options), model_component=component)
 
 
 def _check_edges(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> None:

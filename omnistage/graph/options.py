@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omnistage.ar_engine.config import EngineConfig
 from omnistage.graph.params import ParamType
@@ -24,6 +25,11 @@ class ArOptions(EngineConfig):
         super().__post_init__()
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise ValueError("max_tokens must be > 0")
+        template = self.chat_template
+        if template is not None and "{{" not in template and "{%" not in template \
+                and not Path(template).expanduser().is_file():
+            raise ValueError(f"chat_template {template!r} is neither a Jinja template nor a file "
+                             "(a relative path is taken from the directory the server starts in)")
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class StagePlan:
     used_outputs: frozenset[str] = frozenset()
     # The request parameters this stage reads (its kind's, or for a python stage its options').
     params: tuple[ParamSpec, ...] = ()
+    model_component: str | None = None  # a sub-model of the checkpoint (models.<name>.component)
 
     def output(self, port: str) -> PortSpec:
         return next(p for p in self.outputs if p.name == port)

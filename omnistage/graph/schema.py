@@ -23,10 +23,13 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 @dataclass(frozen=True)
 class ModelConfig:
     """A checkpoint: a local directory, ``tiny:<name>`` for a generated tiny model, or a hub id.
-    ``dtype: auto`` loads it in the dtype it was saved in."""
+    ``dtype: auto`` loads it in the dtype it was saved in. ``component`` names one sub-model of a
+    checkpoint that holds several (Qwen2.5-Omni's ``thinker``, ``talker``, ``token2wav``, as
+    released in one directory): it loads from its sub-config and its share of the weights."""
 
     path: str
     dtype: DType = "auto"
+    component: str | None = None
 
 
 @dataclass(frozen=True)

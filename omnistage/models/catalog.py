@@ -1,8 +1,24 @@
-"""Names of the tiny checkpoints ``omnistage tiny-models`` builds. Pure data: no torch import."""
+"""Names of the tiny checkpoints ``omnistage tiny-models`` builds, and where they are cached.
+Pure Python: no torch import (validating a graph reads it)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
+
+# Bump when any builder changes, so cached checkpoints are rebuilt.
+GENERATOR_VERSION = "3"
+
+
+def cache_root() -> Path:
+    """Where tiny checkpoints are built: ``$OMNISTAGE_CACHE`` (default ``~/.cache/omnistage``)."""
+    base = os.environ.get("OMNISTAGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "omnistage")
+    return Path(base) / "tiny-models" / f"v{GENERATOR_VERSION}"
+
+
+def is_built(name: str, root: Path | None = None) -> bool:
+    return ((Path(root) if root is not None else cache_root()) / name / ".complete").exists()
 
 TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "qwen2": "Qwen2ForCausalLM, 2 layers, BPE tokenizer with a chat template",

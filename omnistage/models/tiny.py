@@ -7,7 +7,6 @@ weights; results are cached under ``cache_root()`` and shared by processes via a
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -15,25 +14,14 @@ from pathlib import Path
 
 import torch
 
-from omnistage.models.catalog import TINY_MODELS
+from omnistage.models.catalog import GENERATOR_VERSION, TINY_MODELS, cache_root
 from omnistage.models.tiny_diffusion import build_sd, build_sd3, build_wan
 from omnistage.models.tiny_omni import build_qwen2_5_omni
 from omnistage.models.tiny_speech import build_speecht5
 from omnistage.models.tiny_text import build_gemma2, build_llama3, build_mistral
 from omnistage.models.tokenizer import build_tokenizer
 
-# Bump when any builder changes, so cached checkpoints are rebuilt.
-GENERATOR_VERSION = "3"
 SEED = 1234
-
-
-def cache_root() -> Path:
-    base = os.environ.get("OMNISTAGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "omnistage")
-    return Path(base) / "tiny-models" / f"v{GENERATOR_VERSION}"
-
-
-def is_built(name: str, root: Path | None = None) -> bool:
-    return ((Path(root) if root is not None else cache_root()) / name / ".complete").exists()
 
 
 def ensure_tiny(name: str, root: Path | None = None) -> Path:

@@ -59,7 +59,7 @@ def test_one_request_equals_hf_generate(family):
     name, tok, ref, paged = family
     ids = prompts(tok)[8]
     assert len(ids) > 2 * WINDOWS.get(name, 0)
-    got = run(LLMEngine(paged, tok, EngineConfig(block_size=16, num_blocks=64)), [("one", ids)])
+    got = run(LLMEngine(paged, tok, EngineConfig(block_size=16, num_blocks=64, max_model_len=1024)), [("one", ids)])
     assert got["one"][0] == reference(ref, ids)[0]
 
 
@@ -82,7 +82,7 @@ def test_gemma2_logprobs_equal_hf_with_the_final_logit_softcap():
     ref = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     assert ref.config.final_logit_softcapping == 5.0
     engine = LLMEngine(load_model(str(path), torch.float32, "cpu"), tok,
-                       EngineConfig(block_size=4, num_blocks=512, max_tokens_per_step=32))
+                       EngineConfig(block_size=4, num_blocks=512, max_tokens_per_step=32, max_model_len=2048))
     batch = prompts(tok, n=6)
     got = run(engine, [(f"r{i}", ids) for i, ids in enumerate(batch)], logprobs=0)
     for i, ids in enumerate(batch):

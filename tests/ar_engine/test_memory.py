@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from omnistage.ar_engine.config import EngineConfig
-from omnistage.ar_engine.memory import plan_cache
+from omnistage.ar_engine.memory import ModelShape, plan_cache
 
-SHAPE = dict(layers=2, kv_heads=2, head_dim=16, itemsize=4)  # 8 KiB per 16-token block
 CPU = torch.device("cpu")
 
 
 def plan(config, context=4096, max_seqs=8):
-    return plan_cache(config, **SHAPE, context_len=context, max_seqs=max_seqs, device=CPU)
+    shape = ModelShape(layers=2, kv_heads=2, head_dim=16, itemsize=4, context_len=context)  # 8 KiB per block
+    return plan_cache(config, shape, max_seqs=max_seqs, device=CPU)
 
 
 def test_the_cache_follows_the_memory_budget():
@@ -41,8 +41,15 @@ def test_max_model_len_defaults_to_the_context_and_is_refused_beyond_the_cache_o
         plan(EngineConfig(max_model_len=8192))
 
 
+def test_a_gpu_keeps_room_for_a_step_beside_the_cache():
+    shape = ModelShape(layers=28, kv_heads=4, head_dim=128, itemsize=2, context_len=32768, heads=28, hidden=3584,
+                       intermediate=18944, vocab=152064)
+    # A 2048-token prefill chunk over an 8k context: its scores alone are 28 x 2048 x 8192 x 4 bytes.
+    assert shape.activation_bytes(2048, 8192, 64) >= 28 * 2048 * 8192 * 4 + 64 * 152064 * 4
+
+
 def test_serve_refuses_to_start_with_a_cache_smaller_than_one_sequence():
-    done = subprocess.run([sys.executable, "-m", "omnistage.cli", "serve", "tiny:qwen2", "--kv-cache-memory", "64K",
+    done = subprocess.run([sys.executable, "-m", "omnistage.cli", "serve", "tiny:qwen2", "--kv-cache-memory", "1M",
                            "--max-model-len", "4096", "--port", "0"], capture_output=True, text=True, timeout=180)
     assert done.returncode != 0
     assert "fewer than one sequence of max_model_len 4096" in done.stderr, done.stderr[-3000:]

@@ -46,11 +46,15 @@ def test_it_answers_factual_questions_and_equals_hf_generate(smollm2):
         assert got[f"q{i}"] == ref[0, len(prompts[question]):].tolist()
 
 
-def test_it_is_converted_once_into_the_model_cache(smollm2):
+def test_it_is_converted_once_into_the_model_cache(smollm2, monkeypatch):
     path, _ = smollm2
     assert packaged.is_converted(NAME) and (path / "model.safetensors").exists()
     assert resolve_model(f"packaged:{NAME}", path) == f"packaged:{NAME}"
-    assert packaged.ensure_packaged(NAME) == path  # no second conversion
+
+    def convert_again(*args):
+        raise AssertionError("converted a second time")
+    monkeypatch.setattr(packaged, "_convert", convert_again)
+    assert packaged.ensure_packaged(NAME) == path
 
 
 def test_without_the_package_the_graph_gets_the_tiny_stand_in_and_a_warning(monkeypatch, caplog):

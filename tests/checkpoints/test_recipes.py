@@ -1,9 +1,11 @@
 """``omnistage serve MODEL``: the graph built for each supported architecture validates, and the
 YAML ``--print-graph`` shows compiles to the same plan."""
+import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from omnistage.checkpoints import resolve_model
 from omnistage.checkpoints.recipes import ServeSettings
@@ -91,3 +93,32 @@ def prefill_hub_cache(hf_home, repo, source):
     (root / "refs").mkdir(parents=True)
     (root / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def test_a_tiny_model_is_built_first_on_a_fresh_cache_and_the_yaml_stays_clean(tmp_path):
+    env = dict(os.environ, OMNISTAGE_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "omnistage.cli", "serve", "tiny:whisper", "--print-graph"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "building 1 tiny model" in done.stderr and done.stdout.startswith("# The default graph for tiny:whisper")
+    assert yaml.safe_load(done.stdout)["stages"]["listen"]["kind"] == "transcribe"
+
+
+def test_engine_flags_for_a_graph_without_an_ar_stage_are_refused():
+    with pytest.raises(GraphConfigError, match="--max-model-len, --max-num-seqs shape an AR engine stage"):
+        load_plan("tiny:sd", ServeSettings(max_model_len=64, max_num_seqs=2))
+    plan = load_plan("tiny:qwen2-vl", ServeSettings(max_num_seqs=3))  # only the AR stage takes it
+    assert plan.stages["chat"].config.batching.max_batch == 3 and plan.stages["vision"].config.batching.max_batch == 16
+
+
+def test_a_mistyped_graph_file_is_not_taken_for_a_model():
+    done = subprocess.run([sys.executable, "-m", "omnistage.cli", "validate", "examples/text_chatt.yaml"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "graph file examples/text_chatt.yaml not found" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("size", ["512K", "0", "-5", "lots"])
+def test_kv_cache_memory_below_a_mebibyte_or_not_a_size_is_refused(size):
+    done = subprocess.run([sys.executable, "-m", "omnistage.cli", "serve", "tiny:qwen2", "--kv-cache-memory", size],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--kv-cache-memory" in done.stderr, done.stderr

@@ -25,7 +25,8 @@ from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.multimodal import is_vision_language, media_spans, takes_video
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.checkpoints.inspect import language_model_class, read_config
-from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
+from omnistage.checkpoints.loading import (checkpoint_dir, component_kwargs, feature_extractor_dir, processor_dir,
+                                           torch_dtype)
 from omnistage.connectors.messages import MediaEmbedding, ThinkerStates
 from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video, load_video_audio
 from omnistage.encoders.video import prepare_video
@@ -39,17 +40,20 @@ from omnistage.stages.worker.stage import ProbingStage, StageOutput, StageReques
 log = logging.getLogger("omnistage.worker")
 
 
-def load_model(path: str, dtype: torch.dtype, device: str) -> Any:
+def load_model(path: str, dtype: torch.dtype, device: str, component: str | None = None) -> Any:
     """A transformers model wired to the paged attention: a causal LM, or a vision-language model
     (or Omni thinker) whose language model pages its KV while its vision and audio towers keep
-    sdpa; which one, its config says."""
-    config = read_config(path)
+    sdpa; which one, its config says. ``component``: a sub-model of the checkpoint (an Omni
+    thinker in the released single-directory layout)."""
+    sub = component_kwargs(path, component)
+    config = sub.get("config") or read_config(path)
     if language_model_class(config, path) == "causal_lm":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION,
+                                                     **sub)
     else:
         towers = {key: "sdpa" for key in config.sub_configs if key != "text_config"}
         impl = {**towers, "text_config": ATTN_IMPLEMENTATION, "": ATTN_IMPLEMENTATION}
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=impl)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=impl, **sub)
     return model.to(device).eval()
 
 
@@ -249,9 +253,9 @@ def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
     """Load the stage's checkpoint (model, tokenizer, image processor for VL) into ``cls``."""
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
-    dtype = torch_dtype(stage.model_dtype, path)
+    dtype = torch_dtype(stage.model_dtype, path, device)
     started = time.perf_counter()
-    model = load_model(path, dtype, device)
+    model = load_model(path, dtype, device, stage.model_component)
     log.info("%s: loaded %s (%s, dtype %s%s) on %s in %.1f s", stage.name, stage.model_path,
              model.config.architectures[0] if model.config.architectures else model.config.model_type,
              str(dtype).removeprefix("torch."), ", the checkpoint's" if stage.model_dtype == "auto" else "", device,

@@ -21,7 +21,8 @@ from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
 from omnistage.graph.options import EncodeOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.checkpoints.loading import checkpoint_dir, feature_extractor_dir, processor_dir, torch_dtype
+from omnistage.checkpoints.loading import (checkpoint_dir, component_kwargs, feature_extractor_dir, processor_dir,
+                                           torch_dtype)
 from omnistage.omni.hearing import OmniAudioTower, prepare_omni_audio
 from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
 
@@ -83,11 +84,12 @@ class EncodeStage(Stage):
 def build(stage: StagePlan, device: str) -> EncodeStage:
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
-    dtype = torch_dtype(stage.model_dtype, path)
+    dtype = torch_dtype(stage.model_dtype, path, device)
     max_items = stage.config.batching.max_batch
-    model_type = AutoConfig.from_pretrained(path).model_type
+    sub = component_kwargs(path, stage.model_component)
+    model_type = (sub.get("config") or AutoConfig.from_pretrained(path)).model_type
     if model_type == "qwen2_5_omni_thinker":
-        return _omni_encoder(stage, path, dtype, device, max_items)
+        return _omni_encoder(stage, path, dtype, device, max_items, sub)
     if model_type == "whisper":
         from transformers import WhisperForConditionalGeneration
         model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -103,11 +105,12 @@ def build(stage: StagePlan, device: str) -> EncodeStage:
                        "vision")
 
 
-def _omni_encoder(stage: StagePlan, path: str, dtype: Any, device: str, max_items: int) -> EncodeStage:
+def _omni_encoder(stage: StagePlan, path: str, dtype: Any, device: str, max_items: int,
+                  sub: dict[str, Any]) -> EncodeStage:
     """A Qwen2.5-Omni thinker's audio tower (when audio is wired) or vision tower; the language
     model's weights are dropped once loaded."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration, WhisperFeatureExtractor
-    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype, **sub)
     model.model.language_model = None
     model.lm_head = None
     model = model.to(device).eval()

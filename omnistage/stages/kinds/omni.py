@@ -20,7 +20,7 @@ from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.errors import RequestRejected
 from omnistage.graph.options import TalkerOptions, VocoderOptions
 from omnistage.graph.plan import StagePlan
-from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
+from omnistage.checkpoints.loading import checkpoint_dir, component_kwargs, torch_dtype
 from omnistage.omni.assets import embedding_rows, load_speakers, thinker_dir
 from omnistage.omni.params import check_voice
 from omnistage.omni.reply import ThinkerReply
@@ -176,12 +176,14 @@ def build_talker(stage: StagePlan, device: str) -> TalkerStage:
     assert stage.model_path is not None
     path, options = checkpoint_dir(stage.model_path), stage.options
     model = Qwen2_5OmniTalkerForConditionalGeneration.from_pretrained(
-        path, dtype=torch_dtype(stage.model_dtype, path), attn_implementation=ATTN_IMPLEMENTATION).to(device).eval()
+        path, dtype=torch_dtype(stage.model_dtype, path, device), attn_implementation=ATTN_IMPLEMENTATION,
+        **component_kwargs(path, stage.model_component)).to(device).eval()
     speakers = load_speakers(path)
     cfg = model.config
     names = sorted(speakers)
     ids = [int(speakers[n]["bos_token"]) for n in names] + [cfg.tts_text_end_token_id, cfg.tts_text_pad_token_id]
-    rows = embedding_rows(thinker_dir(path, options.thinker), ids)
+    # A talker loaded from the whole checkpoint finds the thinker's embedding in the same files.
+    rows = embedding_rows(thinker_dir(path, options.thinker or (path if stage.model_component else None)), ids)
     return TalkerStage(model, options, dict(zip(names, rows[:len(names)])), rows[-2], rows[-1],
                        stage.config.batching.max_batch, device)
 
@@ -191,5 +193,6 @@ def build_vocoder(stage: StagePlan, device: str) -> VocoderStage:
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
     # token2wav runs in float32 whatever the checkpoint's dtype (as the reference does).
-    model = Qwen2_5OmniToken2WavModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    model = Qwen2_5OmniToken2WavModel.from_pretrained(
+        path, dtype=torch.float32, **component_kwargs(path, stage.model_component)).to(device).eval()
     return VocoderStage(model, load_speakers(path), stage.options, stage.config.batching.max_batch)

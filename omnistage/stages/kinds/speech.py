@@ -138,7 +138,7 @@ def build_tts(stage: StagePlan, device: str) -> TtsStage:
     from transformers import AutoTokenizer, SpeechT5ForTextToSpeech, SpeechT5HifiGan
     assert stage.model_path is not None
     path, options = checkpoint_dir(stage.model_path), stage.options
-    dtype = torch_dtype(stage.model_dtype, path)
+    dtype = torch_dtype(stage.model_dtype, path, device)
     model = SpeechT5ForTextToSpeech.from_pretrained(path, dtype=dtype).to(device).eval()
     vocoder = SpeechT5HifiGan.from_pretrained(options.vocoder or os.path.join(path, "vocoder"), dtype=dtype)
     voices = load_file(options.voices or os.path.join(path, "voices.safetensors"))
@@ -150,6 +150,6 @@ def build_transcribe(stage: StagePlan, device: str) -> TranscribeStage:
     from transformers import AutoFeatureExtractor, AutoTokenizer, WhisperForConditionalGeneration
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
-    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(stage.model_dtype, path))
+    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(stage.model_dtype, path, device))
     return TranscribeStage(model.to(device).eval(), AutoFeatureExtractor.from_pretrained(path),
                            AutoTokenizer.from_pretrained(path), stage.options, stage.config.batching.max_batch)

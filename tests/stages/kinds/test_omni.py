@@ -19,8 +19,13 @@ from tests.conftest import ROOT, mp4_with_sound
 QUESTION = [{"role": "user", "content": "Tell me a story about a cat"}]
 
 
-def omni_yaml(tmp_path, talker=None, vocoder=None, thinker=None):
+def omni_yaml(tmp_path, talker=None, vocoder=None, thinker=None, single_dir=False):
+    """examples/omni.yaml with stage options changed; ``single_dir``: every stage loads its
+    component of the whole checkpoint (as released) instead of its own sub-model directory."""
     config = yaml.safe_load((ROOT / "examples" / "omni.yaml").read_text())
+    if single_dir:
+        config["models"] = {sub: {"path": "tiny:qwen2.5-omni", "component": sub}
+                            for sub in ("thinker", "talker", "token2wav")}
     for stage, options in (("thinker", thinker), ("talker", talker), ("vocoder", vocoder)):
         config["stages"][stage]["options"].update(options or {})
     path = tmp_path / "omni.yaml"
@@ -62,9 +67,10 @@ def test_talker_codes_equal_the_reference_while_fed_token_by_token(tmp_path, omn
     assert talker_ran_early
 
 
-def test_text_and_waveform_equal_the_reference_through_workers(tmp_path, omni_reference):
+@pytest.mark.parametrize("single_dir", [False, True], ids=["sub-model-dirs", "released-single-dir"])
+def test_text_and_waveform_equal_the_reference_through_workers(tmp_path, omni_reference, single_dir):
     run, tok = omni_reference
-    path = omni_yaml(tmp_path, talker=GREEDY_TALKER, vocoder={"chunk_codes": 0})
+    path = omni_yaml(tmp_path, talker=GREEDY_TALKER, vocoder={"chunk_codes": 0}, single_dir=single_dir)
     with Pipeline.from_yaml(path) as pipe:
         result = pipe.submit(messages=QUESTION, max_tokens=12, temperature=0, seed=11,
                              modalities=["text", "audio"]).result(120)
