@@ -12,9 +12,10 @@ import fcntl
 import importlib.util
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from omnistage.models.catalog import build_atomically
 
 PREFIX = "packaged:"
 CONVERSION_VERSION = "1"  # bump when the conversion changes, so cached conversions are redone
@@ -96,8 +97,8 @@ def _convert(source: Path, target: Path) -> None:
     into a plain model built from the same config."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def convert(tmp: Path) -> None:
         tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
         plain = type(loaded)(loaded.config)
@@ -105,10 +106,4 @@ def _convert(source: Path, target: Path) -> None:
         plain.generation_config = loaded.generation_config
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / ".complete").write_text(source.name)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    build_atomically(target, convert, source.name)

@@ -3,7 +3,9 @@ Pure Python: no torch import (validating a graph reads it)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -34,3 +36,18 @@ TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "speecht5": "SpeechT5ForTextToSpeech with a SpeechT5HifiGan vocoder (vocoder/) and named voices",
     "whisper": "WhisperForConditionalGeneration (2-second window) with its feature extractor",
 })
+
+
+def build_atomically(target: Path, build: Callable[[Path], None], stamp: str) -> None:
+    """Run ``build`` into a scratch directory beside ``target``, mark it complete (``.complete``
+    holding ``stamp``) and move it into place: a reader sees a whole checkpoint or none."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text(stamp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

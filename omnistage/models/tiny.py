@@ -7,14 +7,12 @@ weights; results are cached under ``cache_root()`` and shared by processes via a
 from __future__ import annotations
 
 import fcntl
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from omnistage.models.catalog import GENERATOR_VERSION, TINY_MODELS, cache_root
+from omnistage.models.catalog import GENERATOR_VERSION, TINY_MODELS, build_atomically, cache_root
 from omnistage.models.tiny_diffusion import build_sd, build_sd3, build_wan
 from omnistage.models.tiny_omni import build_qwen2_5_omni
 from omnistage.models.tiny_speech import build_speecht5
@@ -41,17 +39,10 @@ def ensure_tiny(name: str, root: Path | None = None) -> Path:
 
 
 def _build_into(name: str, target: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    def build(tmp: Path) -> None:
         torch.manual_seed(SEED)
         BUILDERS[name](tmp)
-        (tmp / ".complete").write_text(GENERATOR_VERSION)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    build_atomically(target, build, GENERATOR_VERSION)
 
 
 def _text_config_kwargs(vocab: int) -> dict:

@@ -3,8 +3,10 @@ StartFailed with the traceback), then run the worker loop until Shutdown."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
+import time
 import traceback
 
 import torch
@@ -19,6 +21,8 @@ from omnistage.logs import setup_worker_logging
 from omnistage.stages.worker.loop import StageWorker
 from omnistage.stages.worker.spec import WorkerSpec
 from omnistage.stages.worker.stage import ProbingStage, Stage, StreamingInputStage
+
+log = logging.getLogger("omnistage.worker")
 
 
 def build_stage(plan: GraphPlan, name: str, device: str) -> Stage:
@@ -67,7 +71,11 @@ def worker_main(spec: WorkerSpec) -> None:
     mail = Mailer(ctx, lambda: Encoder(ring, threshold), transport.high_water_mark)
     try:
         try:
+            model = spec.plan.stages[spec.stage].model_path
+            log.info("%s[%d]: loading %s on %s", spec.stage, spec.replica, model or "its function", spec.device)
+            started = time.perf_counter()
             stage = build_stage(spec.plan, spec.stage, spec.device)
+            log.info("%s[%d]: ready in %.1f s", spec.stage, spec.replica, time.perf_counter() - started)
             inbox = Inbox(ctx, bind_address(transport.protocol, transport.host, spec.run_dir, spec.name),
                           Decoder(), transport.high_water_mark)
         except Exception:  # noqa: BLE001 - any load failure is reported to the orchestrator, then re-raised
