@@ -18,7 +18,7 @@ from pathlib import Path
 from omnistage.models.catalog import build_atomically
 
 PREFIX = "packaged:"
-CONVERSION_VERSION = "1"  # bump when the conversion changes, so cached conversions are redone
+CONVERSION_VERSION = "2"  # bump when the conversion changes, so cached conversions are redone
 log = logging.getLogger("omnistage")
 
 
@@ -101,9 +101,14 @@ def _convert(source: Path, target: Path) -> None:
     def convert(tmp: Path) -> None:
         tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-        plain = type(loaded)(loaded.config)
+        config = loaded.config
+        # The weights are dequantized: the GGUF quantization record would mislead any loader.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = type(loaded)(config)
         plain.load_state_dict(loaded.state_dict())
         plain.generation_config = loaded.generation_config
         plain.save_pretrained(tmp)
+        assert "quantization_config" not in (tmp / "config.json").read_text()
         tok.save_pretrained(tmp)
     build_atomically(target, convert, source.name)
