@@ -8,7 +8,6 @@ serve MODEL`` to pick the model's recipe.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,6 @@ from omnistage.errors import OmnistageError
 
 class CheckpointUnavailable(OmnistageError, ValueError):
     """A checkpoint's files cannot be read (not found, offline and not cached, not a model)."""
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def local_dir(ref: str) -> Path | None:
@@ -58,7 +53,8 @@ def _hub_json(repo: str, filename: str) -> dict[str, Any] | None:
     except LocalEntryNotFoundError:  # (an EntryNotFoundError too) offline or unreachable, and not cached
         if _cached_repo(repo):
             return None  # the repo is cached, this file is not part of it
-        why = "the hub is off (HF_HUB_OFFLINE=1)" if offline() else "the hub cannot be reached"
+        from huggingface_hub import constants
+        why = "the hub is off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
         raise CheckpointUnavailable(f"cannot download {repo!r}: {why} and it is not in the hub cache "
                                     f"({_hub_cache()}); download it where a hub is reachable, or pass a "
                                     "local checkpoint directory") from None
