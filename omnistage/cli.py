@@ -88,6 +88,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=_positive, default=None,
                         help="sequences per step of the AR engine stages (their max_batch)")
     parser.add_argument("--chat-template", default=None, help="a Jinja chat template, or a file holding one")
+    parser.add_argument("--enable-prefix-caching", dest="prefix_caching", action=argparse.BooleanOptionalAction,
+                        default=None, help="reuse the KV of prompt prefixes seen before (default: on)")
+    parser.add_argument("--max-num-batched-tokens", dest="max_tokens_per_step", type=_positive, default=None,
+                        help="tokens per step of the AR engine stages, prefill chunks and decodes together "
+                             "(default 2048)")
 
 
 def _bytes(text: str) -> int:
@@ -121,7 +126,8 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
     kv_mb = None if args.kv_cache_memory is None else args.kv_cache_memory >> 20  # (whole MiB, at least 1)
     return ServeSettings(served_model_name=args.served_model_name, dtype=args.dtype, device=args.device,
                          max_model_len=args.max_model_len, memory_utilization=args.memory_utilization,
-                         kv_cache_mb=kv_mb, max_num_seqs=args.max_num_seqs, chat_template=template)
+                         kv_cache_mb=kv_mb, max_num_seqs=args.max_num_seqs, chat_template=template,
+                         prefix_caching=args.prefix_caching, max_tokens_per_step=args.max_tokens_per_step)
 
 
 def _version() -> str:

@@ -66,14 +66,22 @@ class PrefillSpan:
 
 @dataclass
 class AttentionMetadata:
+    """One step's attention inputs. Every backend gets the packed form (each token's block-table
+    row and context length); backends that attend to decode rows and prefill spans apart (the
+    torch reference, the Triton decode kernel) also get the split form."""
+
     kv_caches: list[torch.Tensor]  # per layer [2, num_blocks * block_size, kv_heads, head_dim]
     slot_mapping: torch.Tensor  # [T] flat slot for each new token
-    decode_rows: torch.Tensor  # [D] packed positions of single-token (decode) queries
-    decode_block_tables: torch.Tensor  # [D, max_blocks] int32, padded with block 0
-    decode_ctx_lens: torch.Tensor  # [D] int32: each decode attends to its first ctx_len positions
     block_size: int
-    prefills: list[PrefillSpan]
-    backend: Any = None  # optional accelerated implementation (kernels.TritonBackend)
+    tables: torch.Tensor  # [B, max_blocks] int32 block table of each scheduled sequence, padded with block 0
+    token_rows: torch.Tensor  # [T] int32: the row of ``tables`` each token belongs to
+    ctx_lens: torch.Tensor  # [T] int32: each token attends to its sequence's first ctx_len positions
+    backend: Any = None  # optional accelerated implementation (kernels.CpuBackend, kernels.TritonBackend)
+    # The split form (empty when the backend is packed):
+    decode_rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [D]
+    decode_block_tables: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 1, dtype=torch.int32))
+    decode_ctx_lens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))  # [D]
+    prefills: list[PrefillSpan] = field(default_factory=list)
 
 
 def store_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slots: torch.Tensor) -> None:
@@ -156,6 +164,10 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         backend.store_kv(kv_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
     else:
         store_kv(kv_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
+    if backend is not None and backend.packed:
+        out = backend.packed_attention(q.to(kv_cache.dtype), kv_cache, meta.tables, meta.token_rows, meta.ctx_lens,
+                                       meta.block_size, scale, sliding_window, softcap)
+        return out.to(query.dtype).unsqueeze(0), None
     out = torch.empty_like(q)
     if meta.decode_rows.numel():
         qd = q[meta.decode_rows].to(kv_cache.dtype)

@@ -115,11 +115,14 @@ class BlockManager:
         """Register hashes of blocks whose K/V are now fully computed, for later requests."""
         if not self.prefix_caching:
             return
-        for b, digest in enumerate(self._hash_blocks(seq, seq.num_computed // self.block_size)):
-            block = self.blocks[seq.block_table[b]]
+        full = seq.num_computed // self.block_size
+        hashes = self._hash_blocks(seq, full)
+        for b in range(seq.committed, full):  # blocks before the watermark were offered already
+            block, digest = self.blocks[seq.block_table[b]], hashes[b]
             if block.hash is None and digest not in self.cached:  # else an identical block is cached
                 block.hash = digest
                 self.cached[digest] = block.id
+        seq.committed = max(seq.committed, full)
 
     # --- release ------------------------------------------------------------------------------
     def free_seq(self, seq: Sequence) -> None:
@@ -131,7 +134,7 @@ class BlockManager:
             if block.ref_count == 0:
                 self.free[block_id] = None
         seq.block_table = []
-        seq.num_computed = 0
+        seq.num_computed = seq.committed = 0
 
     def _ref(self, block_id: int) -> None:
         block = self.blocks[block_id]

@@ -16,6 +16,7 @@ import torch
 
 from omnistage.ar_engine.block_manager import BlockManager
 from omnistage.ar_engine.detokenize import IncrementalDetokenizer
+from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.runner import ModelRunner, kv_shape, text_config
 from omnistage.ar_engine.sampling import Sampled, SamplingParams, sample_batch
 from omnistage.ar_engine.config import EngineConfig
@@ -85,11 +86,15 @@ class _State:
 
 
 class LLMEngine:
-    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, max_seqs: int = 64, backend: Any = None,
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, max_seqs: int = 64, backend: Any = "auto",
                  media_encoder: Any = None, eos_ids: frozenset[int] | None = None, input_embeds: bool = False) -> None:
         """``max_seqs``: sequences per step; ``tokenizer`` None: no text (a model over codec
         tokens); ``eos_ids`` overrides the model's end-of-sequence ids; ``input_embeds`` (with
-        hidden_states "all"): also keep each position's input embedding (what a talker needs)."""
+        hidden_states "all"): also keep each position's input embedding (what a talker needs);
+        ``backend`` "auto": the attention kernels for the model's device (``kernels.backend_for``),
+        None: the torch reference."""
+        if backend == "auto":
+            backend = backend_for(str(next(model.parameters()).device))
         self.config = config
         self.input_embeds = input_embeds
         self.tokenizer = tokenizer
@@ -201,7 +206,9 @@ class LLMEngine:
             state.scheduled_at = state.scheduled_at or now
         result = self.runner.run(plan)
         samplers = [c.seq for c in plan.chunks if c.samples]
-        picked = sample_batch(result.logits, [s.sampling for s in samplers], [s.tokens for s in samplers])
+        # (a history only where a penalty reads it: building every sequence's token list each step is O(length))
+        picked = sample_batch(result.logits, [s.sampling for s in samplers],
+                              [s.tokens if s.sampling.repetition_penalty != 1.0 else () for s in samplers])
         self._keep_hidden(plan, result)
         grew = self.scheduler.update(plan, {s.rid: p.token for s, p in zip(samplers, picked)})
         by_rid = {s.rid: p for s, p in zip(samplers, picked)}

@@ -79,46 +79,55 @@ class ModelRunner:
         return StepResult(logits.float(), hidden, sample_rows, embeds)
 
     def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        bs, dev = self.block_size, self.device
+        """The step's packed inputs, built as whole tensors: each token's block-table row, position,
+        cache slot and context length come from a few vector operations, not a loop over tokens."""
+        bs, dev, chunks = self.block_size, self.device, plan.chunks
+        lens = torch.tensor([c.length for c in chunks])
+        starts = torch.tensor([c.start for c in chunks])
+        width = max(len(c.seq.block_table) for c in chunks)
+        tables = torch.tensor([c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in chunks],
+                              dtype=torch.int32)
+        rows = torch.repeat_interleave(torch.arange(len(chunks)), lens)
+        offsets = torch.cumsum(lens, 0) - lens  # packed position of each chunk's first token
+        pos = torch.arange(len(rows)) - offsets[rows] + starts[rows]
+        slots = tables[rows, pos // bs].long() * bs + pos % bs
         ids: list[int] = []
-        slots: list[int] = []
-        pos_rows: list[torch.Tensor] = []
         sample_rows: list[int] = []
-        decode_rows, decode_ctx, decode_tables, prefills = [], [], [], []
         offset = 0
-        for chunk in plan.chunks:
-            seq, start, n = chunk.seq, chunk.start, chunk.length
-            table = seq.block_table
-            ids.extend(seq.tokens[start:start + n])
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
-            pos_rows.append(_positions(seq, start, n, self.mrope))
-            if n == 1:
-                decode_rows.append(offset)
-                decode_ctx.append(start + 1)
-                decode_tables.append(table[:-(-(start + 1) // bs)])
-            else:
-                prefills.append(self._prefill_span(table, start, n, offset))
+        for chunk in chunks:
+            ids.extend(chunk.seq.token_slice(chunk.start, chunk.length))
+            offset += chunk.length
             if chunk.samples:
-                sample_rows.append(offset + n - 1)
-            offset += n
-        width = max((len(t) for t in decode_tables), default=1)
-        meta = AttentionMetadata(
-            kv_caches=self.kv_caches, slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev),
-            decode_block_tables=torch.tensor([t + [0] * (width - len(t)) for t in decode_tables] or [[0]],
-                                             dtype=torch.int32, device=dev)[:len(decode_tables)],
-            decode_ctx_lens=torch.tensor(decode_ctx, dtype=torch.int32, device=dev),
-            block_size=bs, prefills=prefills, backend=self.backend)
-        positions = torch.cat(pos_rows, dim=-1).to(dev)  # [1, T] or [3, T]
-        if self.mrope:
-            positions = positions.unsqueeze(1)  # [3, 1, T]
-        return torch.tensor(ids, dtype=torch.long, device=dev), positions, meta, sample_rows
+                sample_rows.append(offset - 1)
+        meta = AttentionMetadata(kv_caches=self.kv_caches, slot_mapping=slots.to(dev), block_size=bs,
+                                 tables=tables.to(dev), token_rows=rows.to(torch.int32).to(dev),
+                                 ctx_lens=(pos + 1).to(torch.int32).to(dev), backend=self.backend)
+        if self.backend is None or not self.backend.packed:
+            self._split_metadata(meta, chunks, offsets, tables)
+        return torch.tensor(ids, dtype=torch.long, device=dev), self._positions(chunks, pos).to(dev), meta, sample_rows
 
-    def _prefill_span(self, table: list[int], start: int, n: int, offset: int) -> PrefillSpan:
-        bs = self.block_size
-        ctx_pos = torch.arange(start + n)
-        ctx_slots = torch.tensor(table, dtype=torch.long)[ctx_pos // bs] * bs + ctx_pos % bs
-        return PrefillSpan(offset, offset + n, start, ctx_slots.to(self.device))
+    def _split_metadata(self, meta: AttentionMetadata, chunks: list[Any], offsets: torch.Tensor,
+                        tables: torch.Tensor) -> None:
+        """Decode rows and per-sequence prefill spans, for backends that attend to them apart."""
+        dev, bs = self.device, self.block_size
+        decodes = [i for i, c in enumerate(chunks) if c.length == 1]
+        meta.decode_rows = offsets[decodes].to(dev)
+        meta.decode_block_tables = tables[decodes].to(dev)
+        meta.decode_ctx_lens = meta.ctx_lens[meta.decode_rows]
+        for i, chunk in enumerate(chunks):
+            if chunk.length > 1:
+                ctx = torch.arange(chunk.start + chunk.length)
+                ctx_slots = tables[i, ctx // bs].long() * bs + ctx % bs
+                lo = int(offsets[i])
+                meta.prefills.append(PrefillSpan(lo, lo + chunk.length, chunk.start, ctx_slots.to(dev)))
+
+    def _positions(self, chunks: list[Any], pos: torch.Tensor) -> torch.Tensor:
+        """Rotary positions: [1, T], or [3, 1, T] for M-RoPE models."""
+        if not self.mrope:
+            return pos.unsqueeze(0)
+        if all(c.seq.mrope_positions is None for c in chunks):
+            return pos.unsqueeze(0).expand(3, -1).unsqueeze(1)
+        return torch.cat([_positions(c.seq, c.start, c.length, True) for c in chunks], dim=-1).unsqueeze(1)
 
     def _embed(self, plan: StepPlan, ids: torch.Tensor) -> torch.Tensor:
         embeds = self.embed(ids)

@@ -64,6 +64,7 @@ class Sequence:
     output: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)  # chain hashes of full blocks, in order
+    committed: int = 0  # leading full blocks already offered to the prefix cache (reset with the blocks)
     num_computed: int = 0  # tokens whose K/V are in the cache
     num_cached: int = 0  # of those, how many came from the prefix cache on admission
     status: Status = Status.WAITING
@@ -73,6 +74,17 @@ class Sequence:
     @property
     def tokens(self) -> list[int]:
         return self.prompt + self.output
+
+    def token_slice(self, start: int, n: int) -> list[int]:
+        """Tokens [start, start+n), without building the whole token list."""
+        p = len(self.prompt)
+        if start >= p:
+            return self.output[start - p:start - p + n]
+        return self.prompt[start:start + n] + self.output[:max(0, start + n - p)]
+
+    def token(self, pos: int) -> int:
+        p = len(self.prompt)
+        return self.prompt[pos] if pos < p else self.output[pos - p]
 
     def __len__(self) -> int:
         return len(self.prompt) + len(self.output)
@@ -95,7 +107,7 @@ class Sequence:
         for span in self.media:
             if span.start <= pos < span.start + span.length:
                 return (span.content_hash, span.offset + pos - span.start)
-        return self.tokens[pos]
+        return self.token(pos)
 
 
 class Chunk(NamedTuple):

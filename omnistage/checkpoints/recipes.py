@@ -29,11 +29,14 @@ class ServeSettings:
     kv_cache_mb: int | None = None
     max_num_seqs: int | None = None
     chat_template: str | None = None
+    prefix_caching: bool | None = None
+    max_tokens_per_step: int | None = None
 
     def engine_options(self) -> dict[str, Any]:
         """The options of a stage running the AR engine."""
         return _present(max_model_len=self.max_model_len, memory_utilization=self.memory_utilization,
-                        kv_cache_mb=self.kv_cache_mb, chat_template=self.chat_template)
+                        kv_cache_mb=self.kv_cache_mb, chat_template=self.chat_template,
+                        prefix_caching=self.prefix_caching, max_tokens_per_step=self.max_tokens_per_step)
 
     def stage(self, kind: str, inputs: dict[str, str], outputs: dict[str, str] | None = None,
               max_batch: int = 16, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -50,7 +53,11 @@ class ServeSettings:
 
 
 ENGINE_KINDS = ("ar", "prefill", "decode")  # the stages the engine flags shape
-ENGINE_FLAGS = ("max_model_len", "memory_utilization", "kv_cache_mb", "max_num_seqs", "chat_template")
+ENGINE_FLAGS = ("max_model_len", "memory_utilization", "kv_cache_mb", "max_num_seqs", "chat_template", "prefix_caching",
+                "max_tokens_per_step")
+# each flag as ``vllm serve`` spells it, where the name differs
+FLAG_NAMES = {"memory_utilization": "--gpu-memory-utilization", "kv_cache_mb": "--kv-cache-memory",
+              "prefix_caching": "--[no-]enable-prefix-caching", "max_tokens_per_step": "--max-num-batched-tokens"}
 
 
 def _present(**values: Any) -> dict[str, Any]:
@@ -131,7 +138,7 @@ def build_graph(ref: str, resolved: str, settings: ServeSettings) -> str:
         raise ValueError(f"{ref}: no default graph for architecture {arch}; serve-by-name knows {', '.join(known)} "
                          "(write a graph YAML for anything else)")
     if not any(st["kind"] in ENGINE_KINDS for st in stages.values()):
-        given = [f"--{f.replace('_', '-')}" for f in ENGINE_FLAGS if getattr(settings, f) is not None]
+        given = [FLAG_NAMES.get(f, f"--{f.replace('_', '-')}") for f in ENGINE_FLAGS if getattr(settings, f) is not None]
         if given:
             raise ValueError(f"{ref}: {', '.join(given)} shape an AR engine stage, and the graph for {arch} has "
                              "none (--print-graph shows it; set its stages' options in a graph file)")

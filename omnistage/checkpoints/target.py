@@ -7,7 +7,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from omnistage.checkpoints.prepare import prepare_refs
-from omnistage.checkpoints.recipes import ServeSettings, build_graph
+from omnistage.checkpoints.recipes import FLAG_NAMES, ServeSettings, build_graph
 from omnistage.checkpoints.refs import resolve_model
 from omnistage.checkpoints.support import check_model
 from omnistage.errors import ConfigIssue, GraphConfigError
@@ -19,7 +19,9 @@ _MODEL_ONLY = {"dtype": "models.<name>.dtype", "device": "stages.<name>.resource
                "max_model_len": "stages.<name>.options.max_model_len",
                "memory_utilization": "stages.<name>.options.memory_utilization",
                "kv_cache_mb": "stages.<name>.options.kv_cache_mb", "max_num_seqs": "stages.<name>.batching.max_batch",
-               "chat_template": "stages.<name>.options.chat_template"}
+               "chat_template": "stages.<name>.options.chat_template",
+               "prefix_caching": "stages.<name>.options.prefix_caching",
+               "max_tokens_per_step": "stages.<name>.options.max_tokens_per_step"}
 
 
 def is_graph_file(target: str | Path) -> bool:
@@ -60,8 +62,8 @@ def load_plan(target: str | Path, settings: ServeSettings | None = None) -> Grap
 
 def _refuse_model_flags(settings: ServeSettings) -> None:
     default = ServeSettings()
-    issues = [ConfigIssue(f.name, f"--{f.name.replace('_', '-')} shapes the graph built for a model; in a graph "
-                                  f"file set {_MODEL_ONLY[f.name]}")
+    issues = [ConfigIssue(f.name, f"{FLAG_NAMES.get(f.name, '--' + f.name.replace('_', '-'))} shapes the graph built "
+                                  f"for a model; in a graph file set {_MODEL_ONLY[f.name]}")
               for f in fields(settings)
               if f.name in _MODEL_ONLY and getattr(settings, f.name) != getattr(default, f.name)]
     if issues:

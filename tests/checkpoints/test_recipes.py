@@ -44,11 +44,29 @@ def test_each_architecture_gets_its_graph_and_the_printed_yaml_is_the_same_plan(
 
 def test_flags_land_in_the_graph():
     settings = ServeSettings(served_model_name="lm", dtype="bfloat16", device="cpu", max_model_len=512,
-                             kv_cache_mb=8, max_num_seqs=4, chat_template="{{ messages }}")
+                             kv_cache_mb=8, max_num_seqs=4, chat_template="{{ messages }}", prefix_caching=False,
+                             max_tokens_per_step=256)
     plan = load_plan("tiny:qwen2", settings)
     chat = plan.stages["chat"]
     assert plan.name == "lm" and chat.model_dtype == "bfloat16" and chat.config.batching.max_batch == 4
     assert (chat.options.max_model_len, chat.options.kv_cache_mb, chat.options.chat_template) == (512, 8, "{{ messages }}")
+    assert (chat.options.prefix_caching, chat.options.max_tokens_per_step) == (False, 256)
+    assert load_plan("tiny:qwen2", ServeSettings()).stages["chat"].options.prefix_caching is True
+
+
+def test_vllm_spelled_engine_flags_parse():
+    import argparse
+
+    from omnistage.cli import _settings, add_model_flags
+    parser = argparse.ArgumentParser()
+    add_model_flags(parser)
+    settings = _settings(parser.parse_args(["--no-enable-prefix-caching", "--max-num-batched-tokens", "512"]))
+    assert (settings.prefix_caching, settings.max_tokens_per_step) == (False, 512)
+    assert _settings(parser.parse_args(["--enable-prefix-caching"])).prefix_caching is True
+    assert _settings(parser.parse_args([])).prefix_caching is None
+    with pytest.raises(GraphConfigError, match="--max-num-batched-tokens shapes the graph"):
+        from tests.conftest import ROOT
+        load_plan(ROOT / "examples" / "text_chat.yaml", ServeSettings(max_tokens_per_step=64))
 
 
 def test_model_flags_with_a_graph_file_say_where_the_setting_goes(tmp_path):

@@ -1,0 +1,90 @@
+"""The CPU attention backend: ``paged_attention_cpu.cpp``, compiled once per machine.
+
+Every query row of a step (decode rows and prefill tokens alike) reads its keys and values in
+place from the paged cache, so a step's attention is one call per layer with no padded copy of
+the cache. The extension is built with the machine's compiler on first use (about a minute) into
+``$OMNISTAGE_CACHE/kernels/<source, torch and CPU hash>/`` and loaded from there afterwards;
+``OMNISTAGE_CPU_KERNELS=0`` turns it off (the torch reference in ``attention.py`` runs instead).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omnistage.ar_engine.attention import store_kv
+from omnistage.models.catalog import cache_root
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("paged_attention_cpu.cpp")
+# Built where it runs (the build folder's name carries the CPU's flags). OpenMP: at::parallel_for
+# is inline and runs on one thread without it; the runtime is the libgomp torch already loaded.
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+
+
+def build_dir() -> Path:
+    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + _cpu_flags().encode()
+                            + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return cache_root().parent.parent / "kernels" / f"paged_attention_cpu-{digest}"
+
+
+@lru_cache(maxsize=1)
+def extension() -> Any:
+    """The compiled module, or None (switched off, or it cannot be built here: logged once)."""
+    if os.environ.get("OMNISTAGE_CPU_KERNELS", "1") == "0":
+        return None
+    from torch.utils import cpp_extension
+    folder = build_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return cpp_extension.load("omnistage_paged_attention_cpu", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                                  build_directory=str(folder), verbose=False)
+    except (RuntimeError, OSError, subprocess.CalledProcessError, ImportError) as exc:
+        log.warning("the CPU attention kernel could not be built (%s); using the torch reference", exc)
+        return None
+
+
+class CpuBackend:
+    """Attention over a whole packed step (``packed_attention``) with the compiled kernel."""
+
+    packed = True
+    store_kv = staticmethod(store_kv)
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def packed_attention(self, q: torch.Tensor, kv_cache: torch.Tensor, tables: torch.Tensor,
+                         table_rows: torch.Tensor, ctx_lens: torch.Tensor, block_size: int, scale: float,
+                         window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+        """q [T, heads, dim]: row t attends to positions [0, ctx_lens[t]) (its window's part) of
+        block-table row ``table_rows[t]`` of ``tables`` [B, width] -> [T, heads, dim]."""
+        return self.module.paged_attention(q.contiguous(), kv_cache, tables, table_rows, ctx_lens, block_size, scale,
+                                           window or 0, softcap or 0.0)
+
+    def decode_attention(self, q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                         ctx_lens: torch.Tensor, block_size: int, scale: float, window: int | None = None,
+                         softcap: float | None = None) -> torch.Tensor:
+        """The reference's decode signature: row i reads block-table row i."""
+        rows = torch.arange(len(q), dtype=torch.int32)
+        return self.packed_attention(q, kv_cache, block_tables.contiguous(), rows, ctx_lens, block_size, scale,
+                                     window, softcap)
+
+
+def cpu_backend() -> CpuBackend | None:
+    module = extension()
+    return None if module is None else CpuBackend(module)
