@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 
 from omnistage.ar_engine.attention import AttentionMetadata, PrefillSpan
+from omnistage.ar_engine.packing import PackedLinear, can_pack, pack_linears
 from omnistage.ar_engine.sequence import StepPlan
 
 
@@ -54,6 +55,8 @@ class ModelRunner:
         self.block_size = block_size
         self.device = next(model.parameters()).device
         self.embed, self.project, self.decoder, self.lm_head = model_parts(model)
+        if backend is not None and backend.packs_linears:
+            self._pack(model)
         self.backend = backend
         self.media_encoder = media_encoder  # spans -> embeds, for spans that arrived without them
         # Qwen2-VL-style models (and the Omni talker) take 3-row (temporal, height, width) rotary positions.
@@ -63,6 +66,16 @@ class ModelRunner:
         dtype = kv_dtype or next(model.parameters()).dtype
         self.kv_caches = [torch.zeros(2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
                           for _ in range(layers)]
+
+    def _pack(self, model: Any) -> None:
+        """The decoder's linear layers and the LM head, packed for oneDNN (``packing``); a tied LM
+        head gets a packed copy (its weight stays in use as the token embedding)."""
+        pack_linears(self.decoder)
+        head = self.lm_head
+        if type(head) is torch.nn.Linear and can_pack(head.weight.dtype, head.weight.device):
+            self.lm_head = PackedLinear(head)
+            if head.weight is not self.embed.weight and model.get_output_embeddings() is head:
+                model.set_output_embeddings(self.lm_head)  # untied: drop the plain weight
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> StepResult:

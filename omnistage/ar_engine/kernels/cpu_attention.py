@@ -63,6 +63,7 @@ class CpuBackend:
     """Attention over a whole packed step (``packed_attention``) with the compiled kernel."""
 
     packed = True
+    packs_linears = True  # the runner packs the model's linear layers for oneDNN (``packing``)
     store_kv = staticmethod(store_kv)
 
     def __init__(self, module: Any) -> None:

@@ -112,5 +112,6 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
 
 class TritonBackend:
     packed = False  # decode rows through the kernel, prefill spans through the torch reference
+    packs_linears = False
     store_kv = staticmethod(store_kv)
     decode_attention = staticmethod(paged_decode_attention)

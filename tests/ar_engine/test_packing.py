@@ -1,0 +1,30 @@
+"""oneDNN-packed linear layers against torch's own."""
+import torch
+
+from omnistage.ar_engine.packing import PackedLinear, can_pack, pack_linears
+
+
+def test_packed_linear_equals_linear_for_any_row_count():
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(96, 160)
+    torch.nn.init.normal_(linear.weight, generator=g)
+    packed = PackedLinear(linear)
+    for rows in (1, 7, 64, 300):  # the layout is tuned for 64 rows; every count must work
+        x = torch.randn(1, rows, 96, generator=g)
+        assert torch.allclose(packed(x), linear(x), atol=1e-4, rtol=1e-5), rows
+
+
+def test_pack_linears_replaces_each_linear_once():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Linear(8, 4)))
+    x = torch.randn(3, 8)
+    want = model(x)
+    assert pack_linears(model) == 2
+    assert pack_linears(model) == 0  # a model shared by several engines is packed once
+    assert all(type(m) is not torch.nn.Linear for m in model.modules())
+    assert torch.allclose(model(x), want, atol=1e-5)
+
+
+def test_only_what_onednn_packs_here():
+    assert can_pack(torch.float32, torch.device("cpu"))
+    assert not can_pack(torch.float16, torch.device("cpu"))
+    assert not can_pack(torch.float32, torch.device("meta"))
