@@ -213,6 +213,7 @@ def run_script(script: list[Command], cwd: Path, env: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3 * COMMAND_TIMEOUT_S)  # a document runs several commands, each allowed COMMAND_TIMEOUT_S
 @pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda p: p.name)
 def test_every_documented_command_runs(doc, tmp_path, capsys):
     (tmp_path / "examples").symlink_to(ROOT / "examples")

@@ -9,6 +9,7 @@ the cache. The extension is built with the machine's compiler on first use (abou
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
@@ -20,10 +21,10 @@ from typing import Any
 import torch
 
 from omnistage.ar_engine.attention import store_kv
-from omnistage.models.catalog import cache_root
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("paged_attention_cpu.cpp")
+NAME = "omnistage_paged_attention_cpu"
 # Built where it runs (the build folder's name carries the CPU's flags). OpenMP: at::parallel_for
 # is inline and runs on one thread without it; the runtime is the libgomp torch already loaded.
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -40,7 +41,9 @@ def _cpu_flags() -> str:
 def build_dir() -> Path:
     digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + _cpu_flags().encode()
                             + " ".join(FLAGS).encode()).hexdigest()[:16]
-    return cache_root().parent.parent / "kernels" / f"paged_attention_cpu-{digest}"
+    # (the cache root as every omnistage cache reads it; engines import nothing of the layers above)
+    base = os.environ.get("OMNISTAGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "omnistage")
+    return Path(base) / "kernels" / f"paged_attention_cpu-{digest}"
 
 
 @lru_cache(maxsize=1)
@@ -48,15 +51,30 @@ def extension() -> Any:
     """The compiled module, or None (switched off, or it cannot be built here: logged once)."""
     if os.environ.get("OMNISTAGE_CPU_KERNELS", "1") == "0":
         return None
-    from torch.utils import cpp_extension
     folder = build_dir()
+    built = folder / f"{NAME}.so"
+    if built.exists():  # built before: import it (ms), without the build tool's checks (seconds per process)
+        try:
+            return _import(built)
+        except ImportError as exc:
+            log.warning("rebuilding the CPU attention kernel: %s", exc)
+    from torch.utils import cpp_extension
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        return cpp_extension.load("omnistage_paged_attention_cpu", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+        return cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
                                   build_directory=str(folder), verbose=False)
     except (RuntimeError, OSError, subprocess.CalledProcessError, ImportError) as exc:
         log.warning("the CPU attention kernel could not be built (%s); using the torch reference", exc)
         return None
+
+
+def _import(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(NAME, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class CpuBackend:
