@@ -82,6 +82,8 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 1, dtype=torch.int32))
     decode_ctx_lens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))  # [D]
     prefills: list[PrefillSpan] = field(default_factory=list)
+    # A packed backend with long prefill spans (in ``prefills``) attends only these tokens; None: all
+    kernel_rows: torch.Tensor | None = None
 
 
 def store_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slots: torch.Tensor) -> None:
@@ -164,11 +166,18 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         backend.store_kv(kv_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
     else:
         store_kv(kv_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
-    if backend is not None and backend.packed:
+    if backend is not None and backend.packed and meta.kernel_rows is None:
         out = backend.packed_attention(q.to(kv_cache.dtype), kv_cache, meta.tables, meta.token_rows, meta.ctx_lens,
                                        meta.block_size, scale, sliding_window, softcap)
         return out.to(query.dtype).unsqueeze(0), None
     out = torch.empty_like(q)
+    if backend is not None and backend.packed:
+        rows = meta.kernel_rows
+        if rows.numel():
+            out[rows] = backend.packed_attention(q[rows].to(kv_cache.dtype), kv_cache, meta.tables, meta.token_rows[rows],
+                                                 meta.ctx_lens[rows], meta.block_size, scale, sliding_window,
+                                                 softcap).to(out.dtype)
+        # (decode_rows is empty with a packed backend: the kernel took them; the spans follow)
     if meta.decode_rows.numel():
         qd = q[meta.decode_rows].to(kv_cache.dtype)
         decode = backend.decode_attention if backend is not None else decode_attention

@@ -16,6 +16,9 @@ from omnistage.ar_engine.packing import PackedLinear, can_pack, pack_linears
 from omnistage.ar_engine.sequence import StepPlan
 
 
+LONG_PREFILL = 64  # prefill chunks longer than this attend through SDPA even with a packed backend
+
+
 class StepResult(NamedTuple):
     logits: torch.Tensor  # [rows that sample, vocab]
     hidden: torch.Tensor  # [T, hidden] last-layer states of every computed position
@@ -117,6 +120,8 @@ class ModelRunner:
                                  ctx_lens=(pos + 1).to(torch.int32).to(dev), backend=self.backend)
         if self.backend is None or not self.backend.packed:
             self._split_metadata(meta, chunks, offsets, tables)
+        elif any(c.length > LONG_PREFILL for c in chunks):
+            self._long_prefills(meta, chunks, offsets, tables, rows)
         return torch.tensor(ids, dtype=torch.long, device=dev), self._positions(chunks, pos).to(dev), meta, sample_rows
 
     def _split_metadata(self, meta: AttentionMetadata, chunks: list[Any], offsets: torch.Tensor,
@@ -133,6 +138,22 @@ class ModelRunner:
                 ctx_slots = tables[i, ctx // bs].long() * bs + ctx % bs
                 lo = int(offsets[i])
                 meta.prefills.append(PrefillSpan(lo, lo + chunk.length, chunk.start, ctx_slots.to(dev)))
+
+    def _long_prefills(self, meta: AttentionMetadata, chunks: list[Any], offsets: torch.Tensor,
+                       tables: torch.Tensor, rows: torch.Tensor) -> None:
+        """Long prefill chunks go to SDPA as spans (matrix multiplies beat the kernel's row-by-row
+        loop there); the kernel takes every other token."""
+        dev, bs = self.device, self.block_size
+        long = [i for i, c in enumerate(chunks) if c.length > LONG_PREFILL]
+        for i in long:
+            chunk = chunks[i]
+            ctx = torch.arange(chunk.start + chunk.length)
+            lo = int(offsets[i])
+            meta.prefills.append(PrefillSpan(lo, lo + chunk.length, chunk.start,
+                                             (tables[i, ctx // bs].long() * bs + ctx % bs).to(dev)))
+        is_long = torch.zeros(len(chunks), dtype=torch.bool)
+        is_long[long] = True
+        meta.kernel_rows = torch.nonzero(~is_long[rows]).flatten().to(dev)
 
     def _positions(self, chunks: list[Any], pos: torch.Tensor) -> torch.Tensor:
         """Rotary positions: [1, T], or [3, 1, T] for M-RoPE models."""

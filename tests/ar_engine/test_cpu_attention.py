@@ -82,3 +82,28 @@ def test_decode_signature_reads_row_i_of_the_tables(backend):
     q = torch.randn(3, 4, 64, generator=g)
     want = decode_attention(q, cache, tables, lens, 16, 0.125)
     assert torch.allclose(backend.decode_attention(q, cache, tables, lens, 16, 0.125), want, atol=1e-5)
+
+
+def test_engine_with_long_and_short_prompts_equals_the_reference_backend(backend):
+    """Long prefill chunks go through SDPA, the other tokens through the kernel, in one step."""
+    from omnistage.ar_engine.config import EngineConfig
+    from omnistage.ar_engine.engine import EngineRequest, LLMEngine
+    from omnistage.ar_engine.runner import LONG_PREFILL
+    from omnistage.ar_engine.sampling import SamplingParams
+    from omnistage.models.tiny import ensure_tiny
+    from omnistage.stages.kinds.ar import load_model
+    path = ensure_tiny("qwen2")
+    prompts = [list(range(5, 5 + n)) for n in (3, LONG_PREFILL + 90, 20, 2 * LONG_PREFILL + 7)]
+
+    def run(which):
+        engine = LLMEngine(load_model(str(path), torch.float32, "cpu"), None, EngineConfig(num_blocks=128, max_model_len=512),
+                           backend=which, eos_ids=frozenset())
+        for i, ids in enumerate(prompts):
+            engine.add(EngineRequest(f"r{i}", ids, SamplingParams(max_tokens=6, temperature=0)))
+        out = {}
+        while engine.has_work():
+            for step in engine.step():
+                out.setdefault(step.rid, []).extend(step.tokens)
+        return out
+
+    assert run(backend) == run(None)
