@@ -127,17 +127,12 @@ class ModelRunner:
     def _split_metadata(self, meta: AttentionMetadata, chunks: list[Any], offsets: torch.Tensor,
                         tables: torch.Tensor) -> None:
         """Decode rows and per-sequence prefill spans, for backends that attend to them apart."""
-        dev, bs = self.device, self.block_size
+        dev = self.device
         decodes = [i for i, c in enumerate(chunks) if c.length == 1]
         meta.decode_rows = offsets[decodes].to(dev)
         meta.decode_block_tables = tables[decodes].to(dev)
         meta.decode_ctx_lens = meta.ctx_lens[meta.decode_rows]
-        for i, chunk in enumerate(chunks):
-            if chunk.length > 1:
-                ctx = torch.arange(chunk.start + chunk.length)
-                ctx_slots = tables[i, ctx // bs].long() * bs + ctx % bs
-                lo = int(offsets[i])
-                meta.prefills.append(PrefillSpan(lo, lo + chunk.length, chunk.start, ctx_slots.to(dev)))
+        meta.prefills = [self._span(chunks[i], int(offsets[i]), tables[i]) for i, c in enumerate(chunks) if c.length > 1]
 
     def _long_prefills(self, meta: AttentionMetadata, chunks: list[Any], offsets: torch.Tensor,
                        tables: torch.Tensor, rows: torch.Tensor) -> None:
@@ -145,15 +140,16 @@ class ModelRunner:
         loop there); the kernel takes every other token."""
         dev, bs = self.device, self.block_size
         long = [i for i, c in enumerate(chunks) if c.length > LONG_PREFILL]
-        for i in long:
-            chunk = chunks[i]
-            ctx = torch.arange(chunk.start + chunk.length)
-            lo = int(offsets[i])
-            meta.prefills.append(PrefillSpan(lo, lo + chunk.length, chunk.start,
-                                             (tables[i, ctx // bs].long() * bs + ctx % bs).to(dev)))
+        meta.prefills = [self._span(chunks[i], int(offsets[i]), tables[i]) for i in long]
         is_long = torch.zeros(len(chunks), dtype=torch.bool)
         is_long[long] = True
         meta.kernel_rows = torch.nonzero(~is_long[rows]).flatten().to(dev)
+
+    def _span(self, chunk: Any, offset: int, table: torch.Tensor) -> PrefillSpan:
+        """A prefill chunk packed at ``offset``, with the cache slots of its whole context."""
+        ctx = torch.arange(chunk.start + chunk.length)
+        slots = table[ctx // self.block_size].long() * self.block_size + ctx % self.block_size
+        return PrefillSpan(offset, offset + chunk.length, chunk.start, slots.to(self.device))
 
     def _positions(self, chunks: list[Any], pos: torch.Tensor) -> torch.Tensor:
         """Rotary positions: [1, T], or [3, 1, T] for M-RoPE models."""
