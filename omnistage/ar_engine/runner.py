@@ -138,7 +138,7 @@ class ModelRunner:
                        tables: torch.Tensor, rows: torch.Tensor) -> None:
         """Long prefill chunks go to SDPA as spans (matrix multiplies beat the kernel's row-by-row
         loop there); the kernel takes every other token."""
-        dev, bs = self.device, self.block_size
+        dev = self.device
         long = [i for i, c in enumerate(chunks) if c.length > LONG_PREFILL]
         meta.prefills = [self._span(chunks[i], int(offsets[i]), tables[i]) for i in long]
         is_long = torch.zeros(len(chunks), dtype=torch.bool)
