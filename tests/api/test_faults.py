@@ -101,7 +101,8 @@ class Load:
 @pytest.mark.parametrize("stage", sorted(REQUESTS))
 def test_sigkill_under_load_fails_fast_and_the_stage_heals(server, stage):
     table = server.pipeline.orchestrator.table
-    assert REQUESTS[stage](server.url).status_code == 200  # warm (and the route works)
+    warm = REQUESTS[stage](server.url)
+    assert warm.status_code == 200, warm.text  # warm (and the route works)
     with Load(REQUESTS[stage], server.url) as load:
         assert table.wait_until(lambda: any(r.inflight for r in table.of(stage)), 60), "no request reached it"
         [victim] = table.of(stage)

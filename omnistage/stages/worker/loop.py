@@ -12,7 +12,6 @@ everything this replica holds and ends it.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -324,10 +323,10 @@ class StageWorker:
                                           f"{type(exc).__name__}: {exc}"))
 
     def _read(self) -> None:
-        parent = os.getppid()
+        owner = self.spec.owner
         while not self._stop.is_set():
             msg = self._inbox.recv(timeout_ms=_POLL_MS)
-            if msg is None and not self.spec.in_process and os.getppid() != parent:
+            if msg is None and owner is not None and not _alive(owner):
                 msg = Shutdown()  # orphaned: the orchestrator's process is gone
             if msg is not None:
                 self._in.put(msg)
@@ -338,3 +337,12 @@ class StageWorker:
         """Hand each message to its destination's own sending thread (never blocks)."""
         while (item := self._out.get()) is not None:
             self._mail.put(*item)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

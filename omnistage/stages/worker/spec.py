@@ -18,6 +18,7 @@ class WorkerSpec:
     run_dir: str
     sink: str
     in_process: bool = False
+    owner: int | None = None  # the pid of the process the replica serves; it exits when that one is gone
 
     @property
     def name(self) -> str:

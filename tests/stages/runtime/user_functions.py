@@ -6,3 +6,9 @@ def numpy_score(text: str) -> np.float64:
     """A numpy scalar, which the wire cannot carry, unless the text asks for a plain float."""
     value = np.float64(len(text))
     return float(value) if text.startswith("plain") else value
+
+
+def environment(text: str) -> str:
+    """The value of the environment variable named ``text`` in the worker ('' if unset)."""
+    import os
+    return os.environ.get(text, "")

@@ -1,0 +1,33 @@
+"""Replica processes start from a fork server, with their launcher's environment of the moment."""
+import os
+from pathlib import Path
+
+import pytest
+
+from omnistage import Pipeline
+from omnistage.stages.runtime.launcher import worker_context
+
+GRAPH = Path(__file__).parent / "graphs" / "environment.yaml"
+
+
+def _read(pipe: Pipeline, name: str) -> str:
+    return pipe.submit(prompt=name).result(timeout=60).outputs["text"]
+
+
+def test_a_replica_sees_the_environment_its_launcher_has_when_it_starts(monkeypatch):
+    with Pipeline.from_yaml(GRAPH) as pipe:  # the fork server is running from here on
+        assert _read(pipe, "OMNISTAGE_TEST_MARK") == ""
+        [replica] = pipe.orchestrator.table.all()
+        assert worker_context().get_start_method() == "forkserver" and replica.runtime.pid != os.getpid()
+    monkeypatch.setenv("OMNISTAGE_TEST_MARK", "set after the fork server started")
+    with Pipeline.from_yaml(GRAPH) as pipe:
+        assert _read(pipe, "OMNISTAGE_TEST_MARK") == "set after the fork server started"
+
+
+def test_spawn_can_be_chosen_and_a_wrong_method_is_refused(monkeypatch):
+    monkeypatch.setenv("OMNISTAGE_START_METHOD", "spawn")
+    with Pipeline.from_yaml(GRAPH) as pipe:
+        assert _read(pipe, "OMNISTAGE_START_METHOD") == "spawn"
+    monkeypatch.setenv("OMNISTAGE_START_METHOD", "fork")
+    with pytest.raises(ValueError, match="OMNISTAGE_START_METHOD must be one of forkserver, spawn, not 'fork'"):
+        worker_context()
