@@ -55,7 +55,7 @@ class BlockManager:
         bs = self.block_size
         while len(seq.block_hashes) < num_blocks:
             b = len(seq.block_hashes)
-            keys = tuple(seq.token_key(p) for p in range(b * bs, (b + 1) * bs))
+            keys = seq.block_keys(b * bs, bs)
             seq.block_hashes.append(chain_hash(seq.block_hashes[-1] if b else None, keys))
         return seq.block_hashes[:num_blocks]
 

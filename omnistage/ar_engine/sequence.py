@@ -109,6 +109,13 @@ class Sequence:
                 return (span.content_hash, span.offset + pos - span.start)
         return self.token(pos)
 
+    def block_keys(self, start: int, n: int) -> tuple:
+        """``token_key`` of positions [start, start+n); token ids as they are where no media
+        placeholder falls in the range."""
+        if any(span.start < start + n and start < span.start + span.length for span in self.media):
+            return tuple(self.token_key(p) for p in range(start, start + n))
+        return tuple(self.token_slice(start, n))
+
 
 class Chunk(NamedTuple):
     """Positions [start, start+length) of one sequence, computed in one step."""
