@@ -82,33 +82,73 @@ def _read_path(path: str, kind: str, limits: MediaLimits, param: str) -> bytes:
         raise MediaError(f"cannot read {kind} file: {exc.strerror}", param=param) from None
 
 
+class LazyImage:
+    """An image whose header is checked (format, declared type, pixel count) and whose pixels
+    are decoded on first use. Given as file bytes, its ``fingerprint`` is taken over those bytes,
+    so a request whose image a cache already holds never pays for decoding it; the same bytes
+    always decode to the same pixels, so the key is exact."""
+
+    def __init__(self, data: bytes | None, image: Image.Image, param: str) -> None:
+        self.data = data  # the encoded file, or None for an image given decoded
+        self._image = image  # opened (header read) until decoded, then the RGB image
+        self._decoded = data is None
+        self.param = param
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._image.size
+
+    def decode(self) -> Image.Image:
+        """The RGB image (decoded once); a MediaError if the data past the header is broken."""
+        if not self._decoded:
+            try:
+                self._image.seek(0)  # first frame of an animation
+                self._image = self._image.convert("RGB")
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise MediaError(f"cannot decode image: {exc}", param=self.param) from None
+            self._decoded = True
+        return self._image
+
+    def fingerprint(self, h: Any) -> None:
+        """Feed what identifies this image into the hash ``h``."""
+        if self.data is not None:
+            h.update(b"file:%d:" % len(self.data))
+            h.update(self.data)
+        else:
+            h.update(repr((self._image.mode, self._image.size)).encode())
+            h.update(self._image.tobytes())
+
+
 def load_image(src: Any, limits: MediaLimits = DEFAULT_LIMITS, param: str = "images") -> Image.Image:
     """An RGB PIL image. Pixel count is checked from the header, before decoding."""
+    return open_image(src, limits, param).decode()
+
+
+def open_image(src: Any, limits: MediaLimits = DEFAULT_LIMITS, param: str = "images") -> LazyImage:
+    """An image checked from its header only; its pixels are decoded by ``decode()``."""
+    if isinstance(src, LazyImage):
+        return src
     if isinstance(src, Image.Image):
-        return _check_pixels(src, limits, param).convert("RGB")
+        return LazyImage(None, _check_pixels(src, limits, param).convert("RGB"), param)
     if isinstance(src, torch.Tensor):
         if src.dtype != torch.uint8 or src.ndim != 3 or src.shape[-1] not in (1, 3, 4):
             raise MediaError("an image tensor must be uint8 [height, width, channels]", param=param)
-        return _check_pixels(Image.fromarray(src.numpy()), limits, param).convert("RGB")
+        return LazyImage(None, _check_pixels(Image.fromarray(src.numpy()), limits, param).convert("RGB"), param)
     data, mime = read_source(src, "image", limits, param)
     if mime is not None and not mime.startswith("image/"):
         raise MediaError(f"expected an image, the data URL says {mime}", param=param)
     try:
         image = Image.open(io.BytesIO(data))
-        fmt = image.format
-        if fmt not in IMAGE_FORMATS:
-            raise MediaError(f"unsupported image format {fmt}; send PNG, JPEG, WebP or GIF", param=param)
-        if mime is not None and mime != IMAGE_FORMATS[fmt] and not (mime == "image/jpg" and fmt == "JPEG"):
-            raise MediaError(f"the data URL says {mime} but the data is {IMAGE_FORMATS[fmt]}", param=param)
-        _check_pixels(image, limits, param)
-        image.seek(0)  # first frame of an animation
-        return image.convert("RGB")
-    except MediaError:
-        raise
     except Image.DecompressionBombError:
         raise MediaError(f"image has more than {limits.max_pixels} pixels", param=param, status=413) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise MediaError(f"cannot decode image: {exc}", param=param) from None
+    fmt = image.format
+    if fmt not in IMAGE_FORMATS:
+        raise MediaError(f"unsupported image format {fmt}; send PNG, JPEG, WebP or GIF", param=param)
+    if mime is not None and mime != IMAGE_FORMATS[fmt] and not (mime == "image/jpg" and fmt == "JPEG"):
+        raise MediaError(f"the data URL says {mime} but the data is {IMAGE_FORMATS[fmt]}", param=param)
+    return LazyImage(data, _check_pixels(image, limits, param), param)
 
 
 def _check_pixels(image: Image.Image, limits: MediaLimits, param: str) -> Image.Image:

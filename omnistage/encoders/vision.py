@@ -1,10 +1,11 @@
 """Images for Qwen2-VL-family models: preprocessing (PIL image processor) and the vision tower.
 
 An ``ImageItem`` is one image as the language model will see it: its patch grid, how many LM
-tokens it becomes, and a content hash over the decoded pixels and every preprocessing
-parameter. Those come from the image size and bytes alone, so a request whose image is already
-in the prefix cache never pays for resizing and normalizing; the patches are computed only
-when the image must actually be encoded.
+tokens it becomes, and a content hash over the image (its file's bytes, or its pixels when it
+was given decoded) and every preprocessing parameter. Those come from the image's header and
+bytes alone, so a request whose image is already in a cache never pays for decoding, resizing
+or normalizing it; pixels and patches are computed only when the image must actually be
+encoded.
 """
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ import torch
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from omnistage.encoders.media import MediaError
+from omnistage.encoders.media import LazyImage, MediaError, open_image
 
 
 @dataclass
 class ImageItem:
-    image: Image.Image | None
+    image: LazyImage | None
     grid_thw: tuple[int, int, int]
     tokens: int  # LM positions after the spatial merge
     hash: str
@@ -33,7 +34,8 @@ class ImageItem:
     def pixel_values(self) -> torch.Tensor:
         """[patches, channels * temporal * patch * patch], computed on first use."""
         if self._pixels is None:
-            out = self.processor(images=[self.image], return_tensors="pt")
+            assert self.image is not None, "an item without its image carries its pixels"
+            out = self.processor(images=[self.image.decode()], return_tensors="pt")
             assert tuple(out["image_grid_thw"][0].tolist()) == self.grid_thw, "grid prediction disagrees"
             self._pixels = out["pixel_values"]
         return self._pixels
@@ -60,15 +62,16 @@ def image_grid(processor: Any, width: int, height: int, param: str = "images") -
     return (1, h // patch, w // patch)
 
 
-def prepare_images(processor: Any, images: list[Image.Image]) -> list[ImageItem]:
+def prepare_images(processor: Any, images: list[LazyImage | Image.Image]) -> list[ImageItem]:
+    """Items for images opened by ``open_image`` (decoded when first needed) or given decoded."""
     merge = processor.merge_size ** 2
     items = []
-    for image in images:
+    for given in images:
+        image = open_image(given)
         grid = image_grid(processor, *image.size)
         h = hashlib.blake2b(digest_size=16)
         h.update(_settings(processor))
-        h.update(repr((image.mode, image.size)).encode())
-        h.update(image.tobytes())
+        image.fingerprint(h)
         items.append(ImageItem(image, grid, grid[0] * grid[1] * grid[2] // merge, h.hexdigest(), processor))
     return items
 

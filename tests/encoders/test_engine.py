@@ -50,7 +50,7 @@ def test_grid_is_predicted_without_preprocessing(vl):
     for h, w in [(56, 56), (30, 200), (224, 224), (500, 90), (17, 17)]:
         item = prepare_images(processor, images((h, w)))[0]
         assert item._pixels is None
-        real = processor(images=[item.image], return_tensors="pt")["image_grid_thw"][0].tolist()
+        real = processor(images=[item.image.decode()], return_tensors="pt")["image_grid_thw"][0].tolist()
         assert list(item.grid_thw) == real
         assert item.pixel_values.shape[0] == real[0] * real[1] * real[2]
 

@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import io
 
 import numpy as np
@@ -7,7 +8,7 @@ import soundfile
 import torch
 from PIL import Image
 
-from omnistage.encoders.media import MediaError, MediaLimits, load_audio, load_image, load_video
+from omnistage.encoders.media import MediaError, MediaLimits, load_audio, load_image, load_video, open_image
 
 
 def encoded(fmt="PNG", size=(40, 30), color=(200, 10, 10)):
@@ -48,6 +49,30 @@ def test_bad_images_are_clear_errors(src, words, status):
     with pytest.raises(MediaError, match=words) as info:
         load_image(src)
     assert info.value.status == status and info.value.param == "images"
+
+
+def test_an_opened_image_is_decoded_only_when_asked():
+    big = encoded(size=(300, 200), color=(1, 2, 3))
+    cut = big[:len(big) // 2]  # the header is whole, the pixel data is not
+    opened = open_image(cut)
+    assert opened.size == (300, 200)  # known from the header alone
+    with pytest.raises(MediaError, match="cannot decode image") as info:
+        opened.decode()
+    assert info.value.status == 400 and info.value.param == "images"
+    assert open_image(big).decode().getpixel((5, 5)) == (1, 2, 3)
+
+
+def test_an_image_file_is_fingerprinted_by_its_bytes():
+    def digest(src):
+        h = hashlib.blake2b()
+        open_image(src).fingerprint(h)
+        return h.hexdigest()
+
+    png = encoded()
+    assert digest(png) == digest(data_url(png, "image/png"))  # the same file, however it travels
+    assert digest(png) != digest(encoded(color=(200, 10, 11)))
+    pixels = Image.new("RGB", (40, 30), (200, 10, 10))
+    assert digest(pixels) == digest(pixels.copy()) != digest(Image.new("RGB", (40, 30), (200, 10, 11)))
 
 
 def test_pixel_and_byte_limits_are_checked_before_decoding():

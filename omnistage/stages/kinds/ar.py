@@ -28,7 +28,7 @@ from omnistage.checkpoints.inspect import language_model_class, read_config
 from omnistage.checkpoints.loading import (checkpoint_dir, component_kwargs, feature_extractor_dir, processor_dir,
                                            torch_dtype)
 from omnistage.connectors.messages import MediaEmbedding, ThinkerStates
-from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video, load_video_audio
+from omnistage.encoders.media import MediaLimits, load_audio, load_video, load_video_audio, open_image
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import ImageItem, VisionTower, prepare_images
 from omnistage.errors import RequestRejected
@@ -60,8 +60,10 @@ def load_model(path: str, dtype: torch.dtype, device: str, component: str | None
 class ArStage(ProbingStage):
     def __init__(self, model: Any, tokenizer: Any, options: ArOptions, max_seqs: int,
                  image_processor: Any = None, device: str = "cpu", limits: MediaLimits | None = None,
-                 states: bool = False, audio_extractor: Any = None) -> None:
-        """``states``: emit what a talker conditions on (``states`` port; needs hidden_states "all";
+                 states: bool = False, audio_extractor: Any = None, encoded_upstream: bool = False) -> None:
+        """``encoded_upstream``: an encode stage feeds this one image embeddings, so an image is
+        decoded here only if the prefix cache loses it before its prefill (it decoded there).
+        ``states``: emit what a talker conditions on (``states`` port; needs hidden_states "all";
         only requests routed to a talker compute every prompt position, the others may reuse the
         prefix cache).
         ``audio_extractor``: the feature extractor of a model that hears (Qwen2.5-Omni thinker)."""
@@ -73,6 +75,7 @@ class ArStage(ProbingStage):
         self.options = options
         self.image_processor = image_processor
         self.limits = limits or MediaLimits()
+        self.encoded_upstream = encoded_upstream
         self.tower = VisionTower(model) if image_processor is not None else None
         self.audio_extractor = audio_extractor
         self.ears = OmniAudioTower(model) if audio_extractor is not None else None
@@ -151,7 +154,11 @@ class ArStage(ProbingStage):
                                   param="images" if images else "video")
         if video is not None and not takes_video(self.model):
             raise RequestRejected("this stage's model does not take video yet", param="video")
-        items = prepare_images(self.image_processor, [load_image(im, self.limits) for im in images]) if images else []
+        items = prepare_images(self.image_processor, [open_image(im, self.limits) for im in images]) if images else []
+        if not self.encoded_upstream:
+            for item in items:  # this stage encodes them: a broken file fails the request here, not a step
+                assert item.image is not None
+                item.image.decode()
         videos, sound = [], None
         if video is not None:
             clip = load_video(video, self.limits)
@@ -269,7 +276,8 @@ def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
     if stage.options.chat_template is not None:
         tokenizer.chat_template = read_template(stage.options.chat_template)
     built = cls(model, tokenizer, stage.options, stage.config.batching.max_batch,
-                image_processor, device, states="states" in stage.used_outputs, audio_extractor=audio_extractor)
+                image_processor, device, states="states" in stage.used_outputs, audio_extractor=audio_extractor,
+                encoded_upstream=any(edge.dst_port == "image_embeds" for edge in stage.in_edges))
     log.info("%s: %s", stage.name, built.engine.cache.describe(dtype))
     return built
 

@@ -15,7 +15,7 @@ from omnistage.connectors.messages import MediaEmbedding
 from omnistage.encoders.audio import AudioTower, prepare_audio
 from omnistage.encoders.cache import EncoderCache
 from omnistage.encoders.engine import EncodeEngine
-from omnistage.encoders.media import MediaLimits, load_audio, load_image, load_video
+from omnistage.encoders.media import MediaLimits, load_audio, load_video, open_image
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import VisionTower, prepare_images
 from omnistage.errors import RequestRejected
@@ -46,7 +46,10 @@ class EncodeStage(Stage):
         images, video = inputs.get("images") or [], inputs.get("video")
         if not isinstance(images, list) or (not images and video is None):
             raise RequestRejected("images must be a non-empty list", param="images")
-        items: list[Any] = prepare_images(self.preprocessor, [load_image(im, self.limits) for im in images])
+        items: list[Any] = prepare_images(self.preprocessor, [open_image(im, self.limits) for im in images])
+        for item in items:  # one this replica must encode: a broken file fails its request here, not a step
+            if self.engine.cache.peek(item.hash) is None and item.image is not None:
+                item.image.decode()
         if video is not None:
             clip = load_video(video, self.limits)
             items.append(prepare_video(self.preprocessor, clip.frames, clip.fps))

@@ -205,6 +205,9 @@ def test_undecodable_image_is_a_400_and_the_stage_lives_on():
         with pytest.raises(RequestRejected, match="cannot decode image") as info:
             pipe.generate(messages=image_msg, images=[b"not an image"], temperature=0, max_tokens=4)
         assert info.value.status == 400
+        with pytest.raises(RequestRejected, match="cannot decode image") as info:  # whole header, no pixels
+            pipe.generate(messages=image_msg, images=[_png()[:60]], temperature=0, max_tokens=4)
+        assert info.value.status == 400
         with pytest.raises(RequestRejected, match="placeholder"):
             pipe.generate(messages=_msgs("no placeholder"), images=[_png()], temperature=0, max_tokens=4)
         result = pipe.generate(messages=image_msg, images=[_png()], temperature=0, max_tokens=4)
