@@ -73,7 +73,8 @@ def _range(r: int | ReplicaRange) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """Where the stage's replicas run. ``threads: 0`` shares the CPU cores evenly.
+    """Where the stage's replicas run. ``threads: 0`` shares the CPU cores by load (a busy
+    replica takes what idle ones leave; see ``stages/worker/cores.py``); N fixes them at N.
     ``replicas`` is a count, or ``{min, max, initial}`` for an elastic stage."""
 
     device: str = "cpu"

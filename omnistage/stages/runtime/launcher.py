@@ -14,6 +14,7 @@ start (the fork server's own is the one it was started with).
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 from omnistage.graph.kinds import registry
 from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.replicas import Replica, ReplicaRuntime, ReplicaTable
+from omnistage.stages.worker.cores import SLOTS, create_board
 from omnistage.stages.worker.main import worker_main
 from omnistage.stages.worker.spec import WorkerSpec
 
@@ -116,10 +118,21 @@ class LocalLauncher:
 
     def __init__(self, plan: GraphPlan, session: str, run_dir: str, sink: str, in_process: bool = False) -> None:
         self.plan, self.session, self.run_dir, self.sink, self.in_process = plan, session, run_dir, sink, in_process
+        self._slots = itertools.count()
+        if not in_process:
+            create_board(run_dir)
 
     def start(self, table: ReplicaTable, stage: str, device: str, threads: int, group: str | None = None) -> Replica:
         def launch(index: int) -> ReplicaRuntime:
+            slot = next(self._slots) % SLOTS if self._follows_load(stage, device) else None
             spec = WorkerSpec(self.plan, stage, index, device, threads, self.session, self.run_dir, self.sink,
-                              self.in_process, None if self.in_process else os.getpid())
+                              self.in_process, None if self.in_process else os.getpid(), slot)
             return ThreadReplica(spec) if self.in_process else ProcessReplica(spec)
         return table.add(stage, launch, device, group, threads)
+
+    def _follows_load(self, stage: str, device: str) -> bool:
+        """A CPU replica whose threads placement shares out (``threads: 0``, no device pool)
+        takes its threads from the core board; one given a number keeps it."""
+        elastic = self.plan.config.elastic
+        return (device == "cpu" and not self.in_process and self.plan.stages[stage].config.resources.threads == 0
+                and not (elastic is not None and elastic.devices))

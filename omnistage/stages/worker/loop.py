@@ -26,6 +26,7 @@ from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Do
 from omnistage.connectors.transport import Inbox, Mailer
 from omnistage.connectors.wire import unsendable
 from omnistage.errors import RequestRejected
+from omnistage.stages.worker.cores import CoreShare
 from omnistage.stages.worker.gather import Gather
 from omnistage.stages.worker.spec import WorkerSpec
 from omnistage.stages.worker.stage import ProbingStage, Stage, StageOutput, StageRequest, StreamingInputStage, concat
@@ -61,8 +62,10 @@ class _Prepared:
 
 
 class StageWorker:
-    def __init__(self, spec: WorkerSpec, stage: Stage, inbox: Inbox, mail: Mailer) -> None:
+    def __init__(self, spec: WorkerSpec, stage: Stage, inbox: Inbox, mail: Mailer,
+                 cores: CoreShare | None = None) -> None:
         self.spec = spec
+        self.cores = cores  # threads that follow this host's load, or fixed ones
         self.stage = stage
         self.streaming = {p.name for p in spec.plan.stages[spec.stage].outputs if p.streaming}
         self._inbox, self._mail = inbox, mail
@@ -114,10 +117,15 @@ class StageWorker:
         self._out.put((self.spec.sink, Stats(self.spec.stage, self.spec.replica, values)))
 
     def _step(self) -> list[StageOutput]:
+        if self.cores is not None:
+            self.cores.before_step()
         start = time.perf_counter()
         try:
             outputs = self.stage.step()
-            self._step_ema = 0.9 * self._step_ema + 0.1 * (time.perf_counter() - start)
+            took = time.perf_counter() - start
+            self._step_ema = 0.9 * self._step_ema + 0.1 * took
+            if self.cores is not None:
+                self.cores.after_step(took)
             return outputs
         except Exception as exc:
             self._crash(f"{type(exc).__name__}: {exc}")
@@ -131,6 +139,8 @@ class StageWorker:
 
     def _handle_messages(self, block: bool) -> bool:
         """Apply queued messages; False once Shutdown arrives."""
+        if block and self.cores is not None:
+            self.cores.idle()  # nothing to step: the cores are the others' until a message comes
         try:
             msg = self._in.get(timeout=_POLL_MS / 1000) if block else self._in.get_nowait()
         except queue.Empty:

@@ -19,6 +19,7 @@ class WorkerSpec:
     sink: str
     in_process: bool = False
     owner: int | None = None  # the pid of the process the replica serves; it exits when that one is gone
+    core_slot: int | None = None  # its slot on the run's core board (threads follow load), or fixed threads
 
     @property
     def name(self) -> str:

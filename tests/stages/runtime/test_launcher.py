@@ -31,3 +31,14 @@ def test_spawn_can_be_chosen_and_a_wrong_method_is_refused(monkeypatch):
     monkeypatch.setenv("OMNISTAGE_START_METHOD", "fork")
     with pytest.raises(ValueError, match="OMNISTAGE_START_METHOD must be one of forkserver, spawn, not 'fork'"):
         worker_context()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core has no share to give")
+def test_a_busy_replica_takes_the_cores_idle_ones_leave_and_a_fixed_count_stays(tmp_path):
+    text = (GRAPH.parent / "threads.yaml").read_text()
+    with Pipeline.from_yaml(GRAPH.parent / "threads.yaml") as pipe:  # two replicas: a share of half the cores each
+        assert {_read(pipe, "x") for _ in range(4)} == {str(os.cpu_count())}
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(text.replace("resources: {replicas: 2}", "resources: {replicas: 2, threads: 1}"))
+    with Pipeline.from_yaml(fixed) as pipe:
+        assert {_read(pipe, "x") for _ in range(4)} == {"1"}

@@ -12,3 +12,9 @@ def environment(text: str) -> str:
     """The value of the environment variable named ``text`` in the worker ('' if unset)."""
     import os
     return os.environ.get(text, "")
+
+
+def torch_threads(text: str) -> str:
+    """How many threads torch runs this step on, in the worker."""
+    import torch
+    return str(torch.get_num_threads())
