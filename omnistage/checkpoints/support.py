@@ -17,7 +17,8 @@ from omnistage.checkpoints.packaged import is_converted, parse_packaged
 from omnistage.checkpoints.refs import parse_tiny
 
 # Causal LMs whose attention and logits the paged engine reproduces (tested against HF generate).
-TEXT_LMS = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Gemma2ForCausalLM"})
+TEXT_LMS = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Gemma2ForCausalLM",
+                      "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Gemma3ForCausalLM"})
 VISION_LMS = frozenset({"Qwen2VLForConditionalGeneration"})
 OMNI = "Qwen2_5OmniForConditionalGeneration"  # the released single-directory checkpoint
 OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"

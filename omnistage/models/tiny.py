@@ -16,7 +16,8 @@ from omnistage.models.catalog import GENERATOR_VERSION, TINY_MODELS, build_atomi
 from omnistage.models.tiny_diffusion import build_sd, build_sd3, build_wan
 from omnistage.models.tiny_omni import build_qwen2_5_omni
 from omnistage.models.tiny_speech import build_speecht5
-from omnistage.models.tiny_text import build_gemma2, build_llama3, build_mistral
+from omnistage.models.tiny_text import (build_gemma2, build_gemma3, build_llama3, build_mistral, build_qwen3,
+                                        build_qwen3_moe)
 from omnistage.models.tokenizer import build_tokenizer
 
 SEED = 1234
@@ -118,6 +119,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "mistral": build_mistral,
     "gemma2": build_gemma2,
     "llama3": build_llama3,
+    "qwen3": build_qwen3,
+    "qwen3-moe": build_qwen3_moe,
+    "gemma3": build_gemma3,
     "qwen2-vl": build_qwen2_vl,
     "sd": build_sd,
     "sd3": build_sd3,

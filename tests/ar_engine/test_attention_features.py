@@ -14,10 +14,10 @@ from omnistage.models.tiny import ensure_tiny
 from omnistage.stages.kinds.ar import load_model
 
 NEW = 24
-WINDOWS = {"mistral": 12, "gemma2": 8}  # what the tiny checkpoints were built with
+WINDOWS = {"mistral": 12, "gemma2": 8, "gemma3": 8}  # what the tiny checkpoints were built with
 
 
-@pytest.fixture(scope="module", params=["mistral", "gemma2", "llama3"])
+@pytest.fixture(scope="module", params=["mistral", "gemma2", "llama3", "qwen3", "qwen3-moe", "gemma3"])
 def family(request):
     path = ensure_tiny(request.param)
     tok = AutoTokenizer.from_pretrained(path)

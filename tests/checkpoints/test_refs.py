@@ -20,7 +20,7 @@ def test_resolve_keeps_tiny_and_hub_ids_and_makes_local_directories_absolute(tmp
 
 
 @pytest.mark.parametrize("ref, words", [
-    ("tiny:qwen3", 'unknown tiny model \'qwen3\' (did you mean "qwen2"?)'),
+    ("tiny:qwen2x", 'unknown tiny model \'qwen2x\' (did you mean "qwen2"?)'),
     ("tiny:nothing-like-it/x", "unknown tiny model 'nothing-like-it'; available: qwen2"),
     ("./no/such/dir", "model directory './no/such/dir' not found"),
 ])

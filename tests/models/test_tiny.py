@@ -25,7 +25,7 @@ def test_every_tiny_model_loads_with_from_pretrained(tmp_path, capsys):
     from diffusers import DiffusionPipeline
     from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer,
                               Qwen2VLForConditionalGeneration)
-    for name in ("qwen2", "llama", "mistral", "gemma2", "llama3"):
+    for name in ("qwen2", "llama", "mistral", "gemma2", "llama3", "qwen3", "qwen3-moe", "gemma3"):
         model = AutoModelForCausalLM.from_pretrained(tmp_path / name)
         tok = AutoTokenizer.from_pretrained(tmp_path / name)
         ids = tok("hello", return_tensors="pt")["input_ids"]

@@ -70,6 +70,23 @@ def test_disaggregated_tokens_equal_colocated(stages, tmp_path):
     assert prefill.engine.blocks.num_free == prefill.engine.blocks.blocks.__len__()
 
 
+@pytest.mark.parametrize("family", ["qwen3", "qwen3-moe", "gemma3"])
+def test_disaggregated_families_equal_colocated(family, tmp_path):
+    from omnistage.graph.compile import compile_text
+    text = (ROOT / "examples" / "text_chat_pd.yaml").read_text().replace("tiny:qwen2", f"tiny:{family}")
+    plan = compile_text(text, resolve_model, base_dir=ROOT / "examples")
+    prefill, decode = build_stage(PrefillStage, plan.stages["prefill"], "cpu"), build_stage(DecodeStage, plan.stages["decode"], "cpu")
+    colocated = build_stage(ArStage, plan.stages["decode"], "cpu")
+    for i, (inputs, params) in enumerate(REQUESTS):
+        prefill.add(StageRequest(f"r{i}", dict(inputs), params))
+        colocated.add(StageRequest(f"r{i}", dict(inputs), params))
+    handoffs, want = drain(prefill), drain(colocated)
+    for rid, rec in handoffs.items():
+        decode.add(StageRequest(rid, {"kv": through_wire(rec["ports"]["kv"], tmp_path)}, REQUESTS[int(rid[1:])][1]))
+    got = drain(decode)
+    assert {rid: got[rid]["tokens"] for rid in want} == {rid: want[rid]["tokens"] for rid in want}
+
+
 def test_disaggregated_qwen2_vl_with_an_image(tmp_path):
     from omnistage.graph.compile import compile_text
     text = (ROOT / "examples" / "text_chat_pd.yaml").read_text().replace("tiny:qwen2", "tiny:qwen2-vl")
