@@ -56,20 +56,26 @@ def hf_greedy(qwen2_dir):
 
 @pytest.fixture(scope="session")
 def vl_reference():
-    """Reference: HF generate (greedy) on the tiny Qwen2-VL with images and/or a video, one
-    request at a time. Returns (new token ids, text)."""
+    """Reference: HF generate (greedy) on a tiny vision-language model (``name``: qwen2-vl or
+    qwen2.5-vl) with images and/or a video, one request at a time. Returns (new token ids, text)."""
     import torch
-    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from omnistage.ar_engine.multimodal import expand_image_tokens
     from omnistage.encoders.video import prepare_video
     from omnistage.models.tiny import ensure_tiny
-    path = ensure_tiny("qwen2-vl")
-    tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
-    cfg = model.config
+    loaded = {}
 
-    def run(content, images=(), frames=None, new=12):
+    def load(name):
+        if name not in loaded:
+            path = ensure_tiny(name)
+            loaded[name] = (AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path),
+                            AutoModelForImageTextToText.from_pretrained(path).eval())
+        return loaded[name]
+
+    def run(content, images=(), frames=None, new=12, name="qwen2-vl", fps=2.0):
+        tok, processor, model = load(name)
+        cfg = model.config
         prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                          tokenize=False)
         ids, extra = tok(prompt, add_special_tokens=False)["input_ids"], {}
@@ -78,9 +84,11 @@ def vl_reference():
             ids, _ = expand_image_tokens(ids, cfg.image_token_id, (pixels["image_grid_thw"].prod(-1) // 4).tolist())
             extra.update(pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])
         if frames is not None:
-            video = prepare_video(processor, frames)
+            video = prepare_video(processor, frames, fps)
             ids, _ = expand_image_tokens(ids, cfg.video_token_id, [video.tokens], "video")
             extra.update(pixel_values_videos=video.pixel_values, video_grid_thw=torch.tensor([video.grid_thw]))
+            if cfg.model_type == "qwen2_5_vl":  # its temporal positions count seconds
+                extra.update(second_per_grid_ts=torch.tensor([video.seconds_per_grid]))
         input_ids = torch.tensor([ids])
         types = (input_ids == cfg.image_token_id).int() + 2 * (input_ids == cfg.video_token_id).int()
         with torch.inference_mode():

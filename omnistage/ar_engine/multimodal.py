@@ -17,8 +17,8 @@ from omnistage.ar_engine.sequence import MediaSpan
 
 # Families whose image inputs (placeholders, M-RoPE positions, vision tower) are wired and tested,
 # and those of them that take video too.
-VISION_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_omni_thinker"})
-VIDEO_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_omni_thinker"})
+VISION_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen2_5_omni_thinker"})
+VIDEO_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen2_5_omni_thinker"})
 
 
 def takes_video(model: Any) -> bool:
@@ -136,7 +136,7 @@ def mrope_positions(model: Any, ids: list[int], image_grids: torch.Tensor | None
                     audio_in_video: bool = False) -> tuple[torch.Tensor, int]:
     """M-RoPE positions [3, len] of a prompt and the offset of text after it; ``audio_frames``:
     each audio clip's feature frames, ``video_seconds``: the seconds each video's temporal patch
-    spans (Qwen2.5-Omni, whose temporal positions count time)."""
+    spans (Qwen2.5-VL and Qwen2.5-Omni, whose temporal positions count time)."""
     input_ids = torch.tensor([ids])
     mask = torch.ones_like(input_ids)
     if model.config.model_type == "qwen2_5_omni_thinker":  # no token types; audio lengths instead
@@ -146,6 +146,7 @@ def mrope_positions(model: Any, ids: list[int], image_grids: torch.Tensor | None
                                                       use_audio_in_video=audio_in_video)
     else:
         token_types = (input_ids == model.config.image_token_id).int() + 2 * (input_ids == model.config.video_token_id).int()
+        timed = {"second_per_grid_ts": video_seconds} if model.config.model_type == "qwen2_5_vl" else {}
         positions, delta = model.model.get_rope_index(input_ids, token_types, image_grid_thw=image_grids,
-                                                      video_grid_thw=video_grids, attention_mask=mask)
+                                                      video_grid_thw=video_grids, attention_mask=mask, **timed)
     return positions[:, 0].cpu(), int(delta.reshape(-1)[0])

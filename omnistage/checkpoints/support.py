@@ -19,7 +19,7 @@ from omnistage.checkpoints.refs import parse_tiny
 # Causal LMs whose attention and logits the paged engine reproduces (tested against HF generate).
 TEXT_LMS = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Gemma2ForCausalLM",
                       "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Gemma3ForCausalLM"})
-VISION_LMS = frozenset({"Qwen2VLForConditionalGeneration"})
+VISION_LMS = frozenset({"Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"})
 OMNI = "Qwen2_5OmniForConditionalGeneration"  # the released single-directory checkpoint
 OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"
 DIFFUSION_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusion3Pipeline", "WanPipeline"})

@@ -32,6 +32,7 @@ TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "qwen3-moe": "Qwen3MoeForCausalLM, 2 sparse layers of 4 experts, 2 routed per token",
     "gemma3": "Gemma3ForCausalLM (text), 4 layers: local (8-token window, rope base 10k) and global (1M)",
     "qwen2-vl": "Qwen2VLForConditionalGeneration with its PIL image processor",
+    "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration: windowed and full-attention vision blocks",
     "sd": "StableDiffusionPipeline: UNet2DConditionModel, AutoencoderKL, CLIP text encoder",
     "sd3": "StableDiffusion3Pipeline: SD3Transformer2DModel (MMDiT), two CLIP encoders + T5, flow matching",
     "wan": "WanPipeline (Wan 2.1 text-to-video): WanTransformer3DModel, AutoencoderKLWan, UMT5 encoder",

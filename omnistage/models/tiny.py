@@ -97,6 +97,30 @@ def build_qwen2_vl(out: Path) -> None:
     tok.save_pretrained(out)
 
 
+def build_qwen2_5_vl(out: Path) -> None:
+    """Qwen2.5-VL: 3 vision blocks, the middle one full attention and the others windowed over
+    56x56 pixels (2x2 merged patches), so that images larger than one window (the tests' up to
+    224x224) are split into windows and reordered back; a real checkpoint's windows are 112."""
+    from transformers import (GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2VLImageProcessorPil)
+    tok = build_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    text = dict(_text_config_kwargs(len(tok)), rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                "mrope_section": [2, 3, 3]},
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+                  tokens_per_second=2, initializer_range=0.2)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                              vision_end_token_id=ids["<|vision_end|>"])
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 def build_whisper(out: Path) -> None:
     """Whisper with a 2-second window (Whisper wants exactly 2 * max_source_positions mel frames)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
@@ -123,6 +147,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "qwen3-moe": build_qwen3_moe,
     "gemma3": build_gemma3,
     "qwen2-vl": build_qwen2_vl,
+    "qwen2.5-vl": build_qwen2_5_vl,
     "sd": build_sd,
     "sd3": build_sd3,
     "wan": build_wan,

@@ -1,6 +1,7 @@
 """The engine on tiny real models: token-for-token equal to HF generate (greedy)."""
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -8,6 +9,8 @@ from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 
 from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine
 from omnistage.ar_engine.sampling import SamplingParams
+from omnistage.diffusion.output import _mp4
+from omnistage.encoders.media import load_video
 from omnistage.graph.options import ArOptions
 from omnistage.models.tiny import ensure_tiny
 from omnistage.stages.worker.stage import StageRequest
@@ -153,27 +156,38 @@ def test_hidden_states_all_with_prefix_caching_computes_only_the_requests_that_w
     torch.testing.assert_close(states[:len(ids)], want, rtol=1e-4, atol=1e-4)
 
 
-def test_qwen2_vl_with_images_equals_hf_generate(vl_reference):
-    path = ensure_tiny("qwen2-vl")
+@pytest.mark.parametrize("name", ["qwen2-vl", "qwen2.5-vl"])
+def test_vision_language_with_images_and_video_equals_hf_generate(vl_reference, name):
+    """All requests in one batch, prompts chunked over steps; Qwen2.5-VL's 224x112 image spans
+    several vision windows. The video is an MP4 at 1 frame per second, so that its temporal
+    patches span 2 s (Qwen2.5-VL's positions count seconds), not the 1 s of frames given as a list."""
+    path = ensure_tiny(name)
     tok, processor = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
     stage = ArStage(load_model(str(path), torch.float32, "cpu"), tok, ArOptions(block_size=4, max_tokens_per_step=40),
                     8, processor)
     g = torch.Generator().manual_seed(0)
     images = [Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy())
-              for h, w in [(56, 56), (84, 112), (112, 56)]]
+              for h, w in [(56, 56), (84, 112), (224, 112), (56, 84), (56, 84), (56, 84)]]
     image, text = {"type": "image"}, lambda s: {"type": "text", "text": s}
     cases = {
-        "one": ([image, text("Describe the image.")], [images[0]]),
-        "text-only": ("Hello there, no image", []),
-        "two": ([image, text("and"), image, text("compare")], [images[1], images[2]]),
-        "repeat": ([text("Same image again"), image], [images[0]]),
+        "one": ([image, text("Describe the image.")], [images[0]], None),
+        "text-only": ("Hello there, no image", [], None),
+        "two": ([image, text("and"), image, text("compare")], [images[1], images[2]], None),
+        "repeat": ([text("Same image again"), image], [images[0]], None),
+        "video": ([text("Watch"), {"type": "video"}, text("what happens?")], [], None),
     }
-    for rid, (content, imgs) in cases.items():
-        stage.add(StageRequest(rid, {"messages": [{"role": "user", "content": content}], "images": imgs},
-                               {"temperature": 0, "max_tokens": 16}))
+    mp4 = _mp4(np.stack([np.asarray(im, dtype=np.float32) / 255 for im in images[3:]]), fps=1)
+    clip = load_video(mp4)
+    for rid, (content, imgs, _) in cases.items():
+        inputs = {"messages": [{"role": "user", "content": content}], "images": imgs}
+        if rid == "video":
+            inputs["video"] = mp4
+        stage.add(StageRequest(rid, inputs, {"temperature": 0, "max_tokens": 16}))
     got = {}
     while stage.has_work():
         for out in stage.step():
             got.setdefault(out.rid, []).extend(out.ports["tokens"])
-    for rid, (content, imgs) in cases.items():
-        assert got[rid] == vl_reference(content, imgs, new=16)[0], rid
+    assert clip.fps == 1
+    for rid, (content, imgs, _) in cases.items():
+        frames = clip.frames if rid == "video" else None
+        assert got[rid] == vl_reference(content, imgs, frames, new=16, name=name, fps=clip.fps)[0], rid

@@ -117,6 +117,21 @@ def test_video_and_image_together_equal_hf_generate(reference_video):
     assert got.meta["vision"]["encoded_items"] == 2
 
 
+def test_qwen2_5_vl_through_encode_and_prefix_cache_equals_hf_generate(vl_reference, tmp_path):
+    """The released layout of a Qwen2.5-VL checkpoint behind encode -> ar: a windowed vision
+    tower in the encode stage, a second ask about the same picture answered from the prefix cache."""
+    graph = tmp_path / "vl.yaml"
+    graph.write_text((ROOT / "examples" / "vl_chat.yaml").read_text().replace("tiny:qwen2-vl", "tiny:qwen2.5-vl"))
+    content, image = [IMAGE, text("What is in this picture?")], picture(60, 112, 224)
+    with Pipeline.from_yaml(graph) as pipe:
+        first = pipe.generate(messages=[{"role": "user", "content": content}], images=[png(image)], temperature=0,
+                              max_tokens=12)
+        again = pipe.generate(messages=[{"role": "user", "content": content}], images=[png(image)], temperature=0,
+                              max_tokens=12)
+    assert "vision" in first.meta and "vision" not in again.meta
+    assert first.text == again.text == vl_reference(content, [image], name="qwen2.5-vl")[1]
+
+
 @pytest.fixture(scope="module")
 def reference_video(vl_reference):
     return lambda content, images, frames, new=12: vl_reference(content, images, frames, new=new)[1]
