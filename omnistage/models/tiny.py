@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,46 +76,38 @@ def build_llama(out: Path) -> None:
 
 
 def build_qwen2_vl(out: Path) -> None:
-    from transformers import (GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                              Qwen2VLImageProcessorPil)
-    tok = build_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    text = dict(_text_config_kwargs(len(tok)), rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                                "mrope_section": [2, 3, 3]},
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.2)
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                           vision_end_token_id=ids["<|vision_end|>"])
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
-    # Saved side by side as in a real Qwen2-VL checkpoint directory. Qwen2VLProcessor itself is
-    # not built: its video processor needs torchvision, which is kept out of the dependencies.
-    model.save_pretrained(out)
-    image_processor.save_pretrained(out)
-    tok.save_pretrained(out)
+    _build_vl(out, Qwen2VLConfig, Qwen2VLForConditionalGeneration, vision)
 
 
 def build_qwen2_5_vl(out: Path) -> None:
     """Qwen2.5-VL: 3 vision blocks, the middle one full attention and the others windowed over
     56x56 pixels (2x2 merged patches), so that images larger than one window (the tests' up to
     224x224) are split into windows and reordered back; a real checkpoint's windows are 112."""
-    from transformers import (GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2VLImageProcessorPil)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+                  tokens_per_second=2, initializer_range=0.2)
+    _build_vl(out, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, vision)
+
+
+def _build_vl(out: Path, config_cls: Any, model_cls: Any, vision: dict[str, Any]) -> None:
+    """A Qwen2-VL-family checkpoint: the tiny text model with M-RoPE, ``vision``, the PIL image
+    processor (images of 56x56 to 224x224 pixels) and the tokenizer, saved side by side as in a
+    real checkpoint directory. The family's Processor itself is not built: its video processor
+    needs torchvision, which is kept out of the dependencies."""
+    from transformers import GenerationConfig, Qwen2VLImageProcessorPil
     tok = build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
     text = dict(_text_config_kwargs(len(tok)), rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                 "mrope_section": [2, 3, 3]},
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
-                  tokens_per_second=2, initializer_range=0.2)
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                              vision_end_token_id=ids["<|vision_end|>"])
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    config = config_cls(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                        vision_end_token_id=ids["<|vision_end|>"])
+    model = model_cls(config).eval()
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model.save_pretrained(out)
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224).save_pretrained(out)
