@@ -99,6 +99,7 @@ RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
     **{arch: _chat for arch in TEXT_LMS},
     **{arch: _vision_chat for arch in VISION_LMS},
     "StableDiffusionPipeline": _diffusion("image"),
+    "StableDiffusionXLPipeline": _diffusion("image"),
     "StableDiffusion3Pipeline": _diffusion("image"),
     "WanPipeline": _diffusion("video"),
     "SpeechT5ForTextToSpeech": _speech,

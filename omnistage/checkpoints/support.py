@@ -22,7 +22,8 @@ TEXT_LMS = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalL
 VISION_LMS = frozenset({"Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"})
 OMNI = "Qwen2_5OmniForConditionalGeneration"  # the released single-directory checkpoint
 OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"
-DIFFUSION_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusion3Pipeline", "WanPipeline"})
+DIFFUSION_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
+                                 "WanPipeline"})
 
 # Checkpoints that hold several sub-models, each loaded on its own (``models.<name>.component``):
 # component -> the architecture it is.

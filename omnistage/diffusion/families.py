@@ -139,6 +139,47 @@ class StableDiffusion(Family):
         return self.pipe.image_processor.postprocess(image, output_type="np")
 
 
+class StableDiffusionXL(StableDiffusion):
+    """SDXL: two CLIP encoders (penultimate hidden states side by side, the second's pooled
+    projection), a UNet with ``text_time`` micro-conditioning, AutoencoderKL."""
+
+    name = "stable-diffusion-xl"
+    components = {"text": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"), "denoise": ("unet",),
+                  "vae": ("vae",)}
+    unused = ("image_encoder", "feature_extractor")
+    defaults = {"steps": 50, "guidance": 5.0}
+
+    def encode_text(self, texts: list[str]) -> list[Embeds]:
+        """An empty string (no negative prompt: prompts themselves are never empty) becomes zeros
+        when the checkpoint says so (``force_zeros_for_empty_prompt``), as the pipeline does for
+        a negative prompt it was not given."""
+        embeds, _, pooled, _ = self.pipe.encode_prompt(texts, device=self.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+        zero = self.pipe.config.get("force_zeros_for_empty_prompt", False)
+        return [{"embeds": e * 0, "pooled": p * 0} if zero and text == "" else {"embeds": e, "pooled": p}
+                for text, e, p in zip(texts, embeds, pooled)]
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Embeds) -> torch.Tensor:
+        # Every row of a step shares its size (the engine batches one latent shape); the
+        # original and target size are the request's, the crop (0, 0): the pipeline's defaults.
+        height, width = x.shape[-2] * self.vae_scale, x.shape[-1] * self.vae_scale
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=cond["embeds"].dtype,
+                                device=x.device).repeat(x.shape[0], 1)
+        return self.pipe.unet(x, t, encoder_hidden_states=cond["embeds"], return_dict=False,
+                              added_cond_kwargs={"text_embeds": cond["pooled"], "time_ids": time_ids})[0]
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype)
+        if vae.config.get("latents_mean") is not None and vae.config.get("latents_std") is not None:
+            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        return self.pipe.image_processor.postprocess(vae.decode(latents, return_dict=False)[0], output_type="np")
+
+
 class StableDiffusion3(Family):
     """SD3 (MMDiT): two CLIP encoders + T5, SD3Transformer2DModel, flow matching."""
 
@@ -238,6 +279,7 @@ class Wan(Family):
 
 FAMILIES: dict[str, type[Family]] = {
     "StableDiffusionPipeline": StableDiffusion,
+    "StableDiffusionXLPipeline": StableDiffusionXL,
     "StableDiffusion3Pipeline": StableDiffusion3,
     "WanPipeline": Wan,
 }

@@ -34,6 +34,7 @@ TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "qwen2-vl": "Qwen2VLForConditionalGeneration with its PIL image processor",
     "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration: windowed and full-attention vision blocks",
     "sd": "StableDiffusionPipeline: UNet2DConditionModel, AutoencoderKL, CLIP text encoder",
+    "sdxl": "StableDiffusionXLPipeline: two CLIP encoders, a UNet with text_time micro-conditioning, Euler",
     "sd3": "StableDiffusion3Pipeline: SD3Transformer2DModel (MMDiT), two CLIP encoders + T5, flow matching",
     "wan": "WanPipeline (Wan 2.1 text-to-video): WanTransformer3DModel, AutoencoderKLWan, UMT5 encoder",
     "qwen2.5-omni": "Qwen2_5OmniForConditionalGeneration: thinker, talker and token2wav (each also in its own dir), speakers",

@@ -34,6 +34,29 @@ def build_sd(out: Path) -> None:
     pipe.save_pretrained(out)
 
 
+def build_sdxl(out: Path) -> None:
+    """StableDiffusionXLPipeline: CLIP + CLIP with projection (hidden states side by side, 64
+    wide), a UNet with text_time micro-conditioning (pooled 32 + 6 size ids x 8), Euler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    tok = build_tokenizer(model_max_length=16)
+    clip = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=16, projection_dim=32, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80).eval()
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(sample_size=16), text_encoder=CLIPTextModel(CLIPTextConfig(**clip)).eval(), tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**clip)).eval(), tokenizer_2=tok, unet=unet,
+        scheduler=scheduler, force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.save_pretrained(out)
+
+
 def _t5_config(tok, cls):  # noqa: ANN001, ANN202
     return cls(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,

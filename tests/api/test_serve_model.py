@@ -50,7 +50,7 @@ def test_a_vision_language_model_takes_an_image():
         assert out.usage.prompt_tokens > 10 and out.usage.completion_tokens == 4
 
 
-@pytest.mark.parametrize("name", ["sd", "sd3"])
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3"])
 def test_image_pipelines_generate(name):
     server, path = served(name)
     with server:

@@ -27,6 +27,7 @@ KINDS = {
     "qwen2-vl": {"vision": "encode", "chat": "ar"},
     "qwen2.5-vl": {"vision": "encode", "chat": "ar"},
     "sd": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
+    "sdxl": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
     "sd3": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
     "wan": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
     "whisper": {"listen": "transcribe"},

@@ -50,6 +50,22 @@ def test_sd3_batch_equals_diffusers(harness, diffusers_reference):
         assert np.abs(got[rid] - ref).max() < TOL, rid
 
 
+def test_sdxl_batch_of_two_sizes_equals_diffusers(harness, diffusers_reference):
+    """Each size's micro-conditioning (its size ids) and the zeroed empty negative prompt, with and
+    without CFG, batched."""
+    h = harness("sdxl")
+    reqs = {f"r{i}": dict(seed=i, num_inference_steps=2 + i % 3, guidance_scale=[1.0, 5.0][i % 2],
+                          width=[32, 48][i // 3]) for i in range(6)}
+    for rid, r in reqs.items():
+        h.add(rid, f"a green tree {rid}", height=32, **r)
+    got = h.pixels(h.run())
+    for rid, r in reqs.items():
+        ref = diffusers_reference("sdxl", f"a green tree {rid}", r["seed"], height=32, width=r["width"],
+                                  num_inference_steps=r["num_inference_steps"], guidance_scale=r["guidance_scale"])
+        assert got[rid].shape == (32, r["width"], 3)
+        assert np.abs(got[rid] - ref).max() < TOL, rid
+
+
 def test_wan_video_batch_equals_diffusers(harness, diffusers_reference):
     h = harness("wan")
     reqs = {"a": dict(seed=1, num_inference_steps=3, guidance_scale=5.0, num_frames=9),
