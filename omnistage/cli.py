@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("tiny-models", help="write tiny random-weight checkpoints of real architectures")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--only", nargs="+", choices=sorted(TINY_MODELS), help="build only these")
+    sub.add_parser("models", help="print the architectures `serve MODEL` takes, the graph it builds for each, "
+                                  "and the tiny checkpoint each is tested on (Markdown)")
     val = sub.add_parser("validate", help="check graph files or models and print their plans")
     val.add_argument("graph", nargs="+", help="a graph file, or a model (checkpoint directory, hub id, tiny:NAME)")
     add_model_flags(val)
@@ -145,6 +147,12 @@ def _tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from omnistage.checkpoints.table import supported_table
+    print(supported_table())
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from omnistage.checkpoints.target import load
     from omnistage.graph.describe import describe
@@ -232,7 +240,7 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
-COMMANDS = {"tiny-models": _tiny_models, "validate": _validate, "run": _run, "demo": _demo, "serve": _serve,
+COMMANDS = {"tiny-models": _tiny_models, "models": _models, "validate": _validate, "run": _run, "demo": _demo, "serve": _serve,
             "bench": _bench}
 
 if __name__ == "__main__":
