@@ -5,13 +5,16 @@ code on the way out and converted back to that type (fields checked) on the way 
 
 Tensors inside a message become msgpack extension values that point at a buffer: either a following zmq frame (sent with ``copy=False``) or a slot of the sender's
 shared-memory ring (same host only). Receivers rebuild tensors over the received frame
-without copying; shared-memory slots are copied out and released at once. ``bytes`` values
-travel inside the msgpack body (send big binary payloads as uint8 tensors). NumPy arrays travel
-as tensors.
+without copying; shared-memory slots are copied out and released at once. Small ``bytes``
+values travel inside the msgpack body; one of at least the shared-memory threshold (an image or
+audio file a request carries) travels out of band like a tensor and is ``bytes`` again on
+arrival, so a request with a few megabytes of images costs a memory copy, not a socket
+transfer. NumPy arrays travel as tensors.
 """
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,12 +22,13 @@ import msgspec
 import numpy as np
 import torch
 
-from omnistage.connectors.messages import MESSAGE_TYPES, Chunk, Chunks, Data, Message, Part, payload_code, payload_type
+from omnistage.connectors.messages import (MESSAGE_TYPES, Chunk, Chunks, Data, Message, Part, Probe, payload_code,
+                                           payload_type)
 from omnistage.connectors.shm import ShmReaders, ShmRing
 
 log = logging.getLogger("omnistage.wire")
 _TYPE_ID = {t: i for i, t in enumerate(MESSAGE_TYPES)}
-_EXT_TENSOR, _EXT_SHM_TENSOR = 1, 2
+_EXT_TENSOR, _EXT_SHM_TENSOR, _EXT_BYTES, _EXT_SHM_BYTES = 1, 2, 3, 4
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16,
@@ -80,6 +84,30 @@ class TensorHeader(msgspec.Struct, array_like=True):
     nbytes: int = 0
 
 
+class _Blob:
+    """A big ``bytes`` value on its way out of band."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _lift(value: Any, threshold: int) -> Any:
+    """``value`` with every ``bytes`` of at least ``threshold`` wrapped as a _Blob (containers
+    rebuilt only where something inside changed)."""
+    kind = type(value)
+    if kind in (bytes, bytearray):
+        return _Blob(bytes(value)) if value and len(value) >= threshold else value
+    if kind is dict:
+        out = {k: _lift(v, threshold) for k, v in value.items()}
+        return out if any(out[k] is not v for k, v in value.items()) else value
+    if kind in (list, tuple):
+        items = [_lift(v, threshold) for v in value]
+        return items if any(a is not b for a, b in zip(items, value)) else value
+    return value
+
+
 class Encoder:
     """Encodes messages; not thread-safe (one per sending thread)."""
 
@@ -94,16 +122,44 @@ class Encoder:
         for item in _values(msg):
             item.payload = payload_code(item.value)
         self._frames = []
-        body = self._body.encode(msg)
+        body = self._body.encode(self._lifted(msg))
         frames, self._frames = self._frames, []
         return [bytes((_TYPE_ID[type(msg)],)), body, *frames]
 
+    def _lifted(self, msg: Message) -> Message:
+        """``msg``, or a copy whose big ``bytes`` go out of band (the sender's object is untouched)."""
+        if type(msg) is Chunks:
+            items = [self._lifted(c) for c in msg.items]
+            return msg if all(a is b for a, b in zip(items, msg.items)) else msgspec.structs.replace(msg, items=items)
+        field = _BLOB_FIELDS.get(type(msg))
+        if field is None:
+            return msg
+        value = getattr(msg, field)
+        lifted = _lift(value, self._threshold)
+        return msg if lifted is value else msgspec.structs.replace(msg, **{field: lifted})
+
     def _hook(self, obj: Any) -> Any:
+        if isinstance(obj, _Blob):
+            return self._blob(obj.data)
         if isinstance(obj, torch.Tensor):
             return self._tensor(obj)
         if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
             return self._tensor(torch.from_numpy(np.ascontiguousarray(obj)))
         raise TypeError(f"cannot send a {type(obj).__name__} over the wire")
+
+    def _blob(self, data: bytes) -> msgspec.msgpack.Ext:
+        """Big bytes: into a shared-memory slot (one copy), else a zmq frame of their own (none)."""
+        if self._shm is not None:
+            with warnings.catch_warnings():  # read-only bytes are only the copy's source here
+                warnings.simplefilter("ignore", UserWarning)
+                flat = torch.frombuffer(data, dtype=torch.uint8)
+            slot = self._shm.put(flat)
+            if slot is not None:
+                head = TensorHeader("uint8", [len(data)], slot, self._shm.name, len(data))
+                return msgspec.msgpack.Ext(_EXT_SHM_BYTES, self._header.encode(head))
+        self._frames.append(data)
+        return msgspec.msgpack.Ext(_EXT_BYTES, self._header.encode(TensorHeader("uint8", [len(data)],
+                                                                                 len(self._frames) - 1)))
 
     def _tensor(self, t: torch.Tensor) -> msgspec.msgpack.Ext:
         dtype = str(t.dtype).removeprefix("torch.")
@@ -149,6 +205,10 @@ class Decoder:
 
     def _ext(self, code: int, data: memoryview) -> Any:
         head = self._header.decode(data)
+        if code == _EXT_BYTES:
+            return bytes(_buffer(self._frames[2 + head.index]))
+        if code == _EXT_SHM_BYTES:  # copied out: the slot goes back to the sender as the view dies
+            return self._readers.take(head.segment, head.index, head.nbytes).numpy().tobytes()
         dtype = _DTYPES[head.dtype]
         if code == _EXT_SHM_TENSOR:
             flat = self._readers.take(head.segment, head.index, head.nbytes)
@@ -163,6 +223,10 @@ class Decoder:
 
     def close(self) -> None:
         self._readers.close()
+
+
+# The field of each message type that carries request values (where big bytes may be).
+_BLOB_FIELDS = {Data: "value", Part: "value", Chunk: "value", Probe: "inputs"}
 
 
 def _values(msg: Message) -> list[Data | Part | Chunk]:

@@ -127,6 +127,31 @@ def test_tensors_inside_values_round_trip(use_shm, tmp_path):
             ring.close()
 
 
+@pytest.mark.parametrize("use_shm", [False, True])
+def test_big_bytes_travel_out_of_band_and_arrive_as_bytes(use_shm, tmp_path):
+    """An image file in a probe, a response chunk or a data value: out of the msgpack body (a
+    slot or a frame of its own), bytes again on arrival; small bytes stay inline; the sender's
+    message is not changed."""
+    ring = ShmRing(f"omnistage-test-{tmp_path.name}", 8, 1 << 20) if use_shm else None
+    try:
+        enc, dec = Encoder(ring, shm_threshold=1024), Decoder()
+        files = [bytes(range(256)) * 40, b"\x89PNG" + bytes(5000)]
+        inputs = {"images": files, "messages": [{"role": "user", "content": "hi"}], "tiny": b"abc"}
+        probe = Probe("r", inputs, {"temperature": 0}, "sink")
+        frames = enc.encode(probe)
+        assert max(len(bytes(f)) for f in frames[:2]) < 1024  # the files are not in the body
+        assert len(frames) == (2 if use_shm else 4)
+        got = dec.decode(frames)
+        assert got.inputs == inputs and all(type(f) is bytes for f in got.inputs["images"])
+        assert probe.inputs["images"][0] is files[0]
+        chunks = Chunks([Chunk("r", "image", {"format": "png", "data": files[1]}), Chunk("r", "text", "x")])
+        assert dec.decode(enc.encode(chunks)).items[0].value["data"] == files[1]
+        assert dec.decode(enc.encode(Data("r", "audio", files[0]))).value == files[0]
+    finally:
+        if ring is not None:
+            ring.close()
+
+
 def test_shm_ring_falls_back_when_full_and_reuses_released_slots(tmp_path):
     ring = ShmRing(f"omnistage-test-{tmp_path.name}", 2, 4096)
     try:
