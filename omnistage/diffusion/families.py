@@ -170,6 +170,8 @@ class StableDiffusionXL(StableDiffusion):
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
+        if vae.dtype == torch.float16 and vae.config.get("force_upcast"):
+            vae.to(torch.float32)  # the SDXL VAE overflows in float16; the pipeline upcasts it too
         latents = latents.to(vae.dtype)
         if vae.config.get("latents_mean") is not None and vae.config.get("latents_std") is not None:
             mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)

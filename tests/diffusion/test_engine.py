@@ -143,3 +143,24 @@ def test_add_needs_exactly_one_of_prompt_or_embeds(harness, missing):
             h.engine.add("q", p)
         else:
             h.engine.add("q", p, prompt="a", embeds=({}, None))
+
+
+def test_sdxl_float16_decodes_with_the_vae_upcast_as_the_pipeline_does():
+    """The SDXL VAE overflows in float16; like the pipeline, the family decodes in float32."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from omnistage.diffusion.families import family_class
+    from omnistage.models.tiny import ensure_tiny
+    path = str(ensure_tiny("sdxl"))
+    family = family_class(path)(path, {"vae"}, torch.float16, "cpu")
+    assert family.pipe.vae.config.force_upcast and family.pipe.vae.dtype == torch.float16
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(torch.float16)
+    # The pipeline's way: weights loaded in float16, the VAE then upcast to float32.
+    reference = AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=torch.float16).to(torch.float32).eval()
+    with torch.inference_mode():
+        pixels = family.decode(latents)
+        image = reference.decode(latents.float() / reference.config.scaling_factor, return_dict=False)[0]
+    want = family.pipe.image_processor.postprocess(image, output_type="np")
+    assert family.pipe.vae.dtype == torch.float32
+    assert np.abs(pixels - want).max() < 1e-5
