@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,9 @@ class LazyImage:
     always decode to the same pixels, so the key is exact."""
 
     def __init__(self, data: bytes | None, image: Image.Image, param: str) -> None:
-        self.data = data  # the encoded file, or None for an image given decoded
+        # The file's bytes until decoded (then dropped: the pixels replace them), and their digest.
+        self.data = data
+        self._digest = None if data is None else hashlib.blake2b(data, digest_size=32).digest()
         self._image = image  # opened (header read) until decoded, then the RGB image
         self._decoded = data is None
         self.param = param
@@ -106,14 +109,14 @@ class LazyImage:
                 self._image = self._image.convert("RGB")
             except (OSError, ValueError, SyntaxError) as exc:
                 raise MediaError(f"cannot decode image: {exc}", param=self.param) from None
-            self._decoded = True
+            self._decoded, self.data = True, None
         return self._image
 
     def fingerprint(self, h: Any) -> None:
         """Feed what identifies this image into the hash ``h``."""
-        if self.data is not None:
-            h.update(b"file:%d:" % len(self.data))
-            h.update(self.data)
+        if self._digest is not None:
+            h.update(b"file:")
+            h.update(self._digest)
         else:
             h.update(repr((self._image.mode, self._image.size)).encode())
             h.update(self._image.tobytes())

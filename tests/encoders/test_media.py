@@ -70,6 +70,10 @@ def test_an_image_file_is_fingerprinted_by_its_bytes():
 
     png = encoded()
     assert digest(png) == digest(data_url(png, "image/png"))  # the same file, however it travels
+    opened, h = open_image(png), hashlib.blake2b()
+    opened.decode()
+    opened.fingerprint(h)
+    assert opened.data is None and h.hexdigest() == digest(png)  # the file is let go once decoded
     assert digest(png) != digest(encoded(color=(200, 10, 11)))
     pixels = Image.new("RGB", (40, 30), (200, 10, 10))
     assert digest(pixels) == digest(pixels.copy()) != digest(Image.new("RGB", (40, 30), (200, 10, 11)))

@@ -14,7 +14,6 @@ start (the fork server's own is the one it was started with).
 """
 from __future__ import annotations
 
-import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -24,7 +23,7 @@ from typing import Any
 from omnistage.graph.kinds import registry
 from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.replicas import Replica, ReplicaRuntime, ReplicaTable
-from omnistage.stages.worker.cores import SLOTS, create_board
+from omnistage.stages.worker.cores import SLOTS, clear_slot, create_board, host_cores
 from omnistage.stages.worker.main import worker_main
 from omnistage.stages.worker.spec import WorkerSpec
 
@@ -118,17 +117,34 @@ class LocalLauncher:
 
     def __init__(self, plan: GraphPlan, session: str, run_dir: str, sink: str, in_process: bool = False) -> None:
         self.plan, self.session, self.run_dir, self.sink, self.in_process = plan, session, run_dir, sink, in_process
-        self._slots = itertools.count()
+        self._slots: dict[int, ReplicaRuntime] = {}  # core-board slot -> the replica that holds it
+        # Load-following replicas share the cores that replicas with a fixed thread count leave.
+        fixed = sum(st.config.resources.threads * st.config.resources.initial_replicas for st in plan.stages.values()
+                    if st.config.resources.device == "cpu" and st.config.resources.threads)
+        self._board_cores = max(1, host_cores() - fixed)
         if not in_process:
             create_board(run_dir)
 
     def start(self, table: ReplicaTable, stage: str, device: str, threads: int, group: str | None = None) -> Replica:
         def launch(index: int) -> ReplicaRuntime:
-            slot = next(self._slots) % SLOTS if self._follows_load(stage, device) else None
+            slot = self._free_slot() if self._follows_load(stage, device) else None
             spec = WorkerSpec(self.plan, stage, index, device, threads, self.session, self.run_dir, self.sink,
-                              self.in_process, None if self.in_process else os.getpid(), slot)
-            return ThreadReplica(spec) if self.in_process else ProcessReplica(spec)
+                              self.in_process, None if self.in_process else os.getpid(), slot, self._board_cores)
+            runtime = ThreadReplica(spec) if self.in_process else ProcessReplica(spec)
+            if slot is not None:
+                self._slots[slot] = runtime
+            return runtime
         return table.add(stage, launch, device, group, threads)
+
+    def _free_slot(self) -> int | None:
+        """A board slot no live replica holds (cleared: its last holder may have died mid-step),
+        or None when all are held (that replica keeps its placed threads)."""
+        slot = next((s for s, held in self._slots.items() if not held.is_alive()), None)
+        if slot is None:
+            slot = len(self._slots) if len(self._slots) < SLOTS else None
+        if slot is not None:
+            clear_slot(self.run_dir, slot)
+        return slot
 
     def _follows_load(self, stage: str, device: str) -> bool:
         """A CPU replica whose threads placement shares out (``threads: 0``, no device pool)

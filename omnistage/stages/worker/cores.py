@@ -46,6 +46,15 @@ def create_board(run_dir: str) -> None:
     board_path(run_dir).write_bytes(bytes(8 * SLOTS))
 
 
+def clear_slot(run_dir: str, slot: int) -> None:
+    """Mark ``slot`` idle (before the launcher hands it to a new replica)."""
+    fd = os.open(board_path(run_dir), os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(8), 8 * slot)
+    finally:
+        os.close(fd)
+
+
 class CoreShare:
     """One replica's slot on the board: ``before_step`` sets this process's torch threads for
     the step about to run, ``after_step`` notes how long it took, ``idle`` when it has nothing
@@ -105,5 +114,5 @@ class CoreShare:
 
 
 def host_cores() -> int:
-    """The cores placement shares out (the same count it divides)."""
+    """The host's cores (the count placement divides)."""
     return os.cpu_count() or 1

@@ -18,7 +18,7 @@ from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 from omnistage.graph.plan import GraphPlan
 from omnistage.logs import setup_worker_logging
-from omnistage.stages.worker.cores import CoreShare, board_path, host_cores
+from omnistage.stages.worker.cores import CoreShare, board_path
 from omnistage.stages.worker.loop import StageWorker
 from omnistage.stages.worker.spec import WorkerSpec
 from omnistage.stages.worker.stage import ProbingStage, Stage, StreamingInputStage
@@ -83,7 +83,7 @@ def worker_main(spec: WorkerSpec) -> None:
             mail.put(spec.sink, StartFailed(spec.stage, spec.replica, traceback.format_exc()))
             raise
         mail.put(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address, stage.info()))
-        cores = None if spec.core_slot is None else CoreShare(board_path(spec.run_dir), spec.core_slot, host_cores())
+        cores = None if spec.core_slot is None else CoreShare(board_path(spec.run_dir), spec.core_slot, spec.board_cores)
         try:
             StageWorker(spec, stage, inbox, mail, cores).run()
         finally:

@@ -20,6 +20,7 @@ class WorkerSpec:
     in_process: bool = False
     owner: int | None = None  # the pid of the process the replica serves; it exits when that one is gone
     core_slot: int | None = None  # its slot on the run's core board (threads follow load), or fixed threads
+    board_cores: int = 1  # the cores load-following replicas share (the host's less fixed replicas' threads)
 
     @property
     def name(self) -> str:

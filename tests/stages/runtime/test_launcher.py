@@ -42,3 +42,18 @@ def test_a_busy_replica_takes_the_cores_idle_ones_leave_and_a_fixed_count_stays(
     fixed.write_text(text.replace("resources: {replicas: 2}", "resources: {replicas: 2, threads: 1}"))
     with Pipeline.from_yaml(fixed) as pipe:
         assert {_read(pipe, "x") for _ in range(4)} == {"1"}
+
+
+def test_cores_a_fixed_replica_holds_are_not_shared(tmp_path):
+    text = (GRAPH.parent / "threads.yaml").read_text().replace("resources: {replicas: 2}", "resources: {replicas: 1}")
+    text += """  pinned:
+    kind: python
+    inputs: {text: request.messages}
+    outputs: {text: response.text}
+    resources: {threads: 1}
+    options: {function: "tests.stages.runtime.user_functions:torch_threads", outputs: {text: text}}
+"""
+    graph = tmp_path / "mixed.yaml"
+    graph.write_text(text)
+    with Pipeline.from_yaml(graph) as pipe:
+        assert _read(pipe, "x") == str(max(1, (os.cpu_count() or 1) - 1))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from omnistage.stages.worker import cores
-from omnistage.stages.worker.cores import CoreShare, board_path, create_board
+from omnistage.stages.worker.cores import CoreShare, board_path, clear_slot, create_board
 
 
 @pytest.fixture
@@ -59,3 +59,10 @@ def test_a_step_runs_on_its_share_and_a_long_one_follows_the_others_while_it_run
     torch.nn.Linear(4, 4)(torch.ones(1, 4))
     assert torch.get_num_threads() == 1
     mine.close()
+
+
+def test_a_cleared_slot_no_longer_counts(board, tmp_path):
+    a, dead = CoreShare(board, 0, cores=2), CoreShare(board, 9, cores=2)
+    dead.threads_for_step()  # died mid-step; the launcher hands its slot to a new replica
+    clear_slot(str(tmp_path), 9)
+    assert a.threads_for_step() == 2
