@@ -79,6 +79,18 @@ class BlockManager:
         """How many leading tokens of ``seq`` the cache holds now (a probe; changes nothing)."""
         return len(self._hits(self._prefix_hashes(seq))) * self.block_size
 
+    def pin_prefix(self, seq: Sequence) -> tuple[int, list[int]]:
+        """Like ``cached_prefix_tokens``, and the blocks holding them stay cached (out of the
+        free list) until ``unpin``: a probe's answer then holds until the request ends."""
+        hits = self._hits(self._prefix_hashes(seq))
+        for block_id in hits:
+            self._ref(block_id)
+        return len(hits) * self.block_size, hits
+
+    def unpin(self, block_ids: list[int]) -> None:
+        for block_id in block_ids:
+            self._unref(block_id)
+
     def blocks_needed(self, seq: Sequence) -> int:
         return -(-len(seq) // self.block_size)
 
@@ -128,11 +140,7 @@ class BlockManager:
     def free_seq(self, seq: Sequence) -> None:
         # Free the tail first so that, evicting from the front, prefixes outlive their suffixes.
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            assert block.ref_count >= 0, f"block {block_id} freed twice"
-            if block.ref_count == 0:
-                self.free[block_id] = None
+            self._unref(block_id)
         seq.block_table = []
         seq.num_computed = seq.committed = 0
 
@@ -141,6 +149,13 @@ class BlockManager:
         if block.ref_count == 0:
             del self.free[block_id]
         block.ref_count += 1
+
+    def _unref(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        assert block.ref_count >= 0, f"block {block_id} freed twice"
+        if block.ref_count == 0:
+            self.free[block_id] = None
 
     def _take(self) -> int:
         if not self.free:

@@ -107,6 +107,7 @@ class LLMEngine:
         self.max_model_len = self.cache.max_model_len
         self.states: dict[str, _State] = {}
         self.imports: deque[Prefilled] = deque()
+        self.pinned: dict[str, list[int]] = {}  # prefix blocks a probe's answer holds cached, by request
 
     @staticmethod
     def _plan_cache(model: Any, config: EngineConfig, max_seqs: int) -> CachePlan:
@@ -152,6 +153,7 @@ class LLMEngine:
         slots = self._slots(seq, len(seq.prompt))
         kv = torch.stack([cache[:, slots] for cache in self.runner.kv_caches]).cpu()
         self.scheduler.finish(seq)
+        self._unpin(rid)
         return kv
 
     def _slots(self, seq: Sequence, n: int) -> torch.Tensor:
@@ -181,12 +183,21 @@ class LLMEngine:
             outs.append(self._emit(seq, Sampled(item.first_token)))
         return outs
 
-    def cached_media(self, req: EngineRequest) -> list[int]:
-        """Indices of ``req.media`` whose positions the prefix cache holds right now."""
-        covered = self.blocks.cached_prefix_tokens(_sequence(req))
+    def cached_media(self, req: EngineRequest, hold: bool = False) -> list[int]:
+        """Indices of ``req.media`` whose positions the prefix cache holds right now; ``hold``:
+        and keeps holding them until the request finishes or is aborted."""
+        if hold:
+            self._unpin(req.rid)
+            covered, self.pinned[req.rid] = self.blocks.pin_prefix(_sequence(req))
+        else:
+            covered = self.blocks.cached_prefix_tokens(_sequence(req))
         return [i for i, span in enumerate(req.media) if span.start + span.length <= covered]
 
+    def _unpin(self, rid: str) -> None:
+        self.blocks.unpin(self.pinned.pop(rid, []))
+
     def abort(self, rid: str) -> None:
+        self._unpin(rid)
         state = self.states.pop(rid, None)
         if state is not None:
             self.scheduler.finish(state.seq)
@@ -264,6 +275,7 @@ class LLMEngine:
                           seq.num_cached, len(seq.output), *times)
         if reason is not None:
             self.scheduler.finish(seq)
+            self._unpin(seq.rid)
             del self.states[seq.rid]
         elif state.hold:
             self.scheduler.detach(seq)  # until export_kv hands the prompt's K/V over

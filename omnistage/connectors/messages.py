@@ -217,14 +217,27 @@ class Stats(msgspec.Struct, array_like=True):
     values: dict[str, float]
 
 
+class ImageRef(msgspec.Struct, array_like=True):
+    """An image file named by what a prefix cache keys it on: the digest of its bytes and its
+    size (which sets its token count). A probe carries these instead of the files."""
+
+    digest: bytes
+    width: int
+    height: int
+
+
 class Probe(msgspec.Struct, array_like=True):
     """Asks an AR stage to prepare a request early and report which of its media items its
-    prefix cache already covers (so they need not be encoded). The inputs stay with the stage."""
+    prefix cache already covers (so they need not be encoded). The inputs stay with the stage.
+
+    ``images``: the request's images by reference (they replace ``inputs["images"]``); the stage
+    keeps what it reports covered cached until the request ends, so it never needs their files."""
 
     rid: str
     inputs: dict[str, Any]
     params: dict[str, Any]
     sink: str
+    images: list[ImageRef] | None = None
 
 
 class ProbeResult(msgspec.Struct, array_like=True):

@@ -50,6 +50,10 @@ class KindSpec:
     # Its stages keep a prefix cache that can be asked which images it holds before they are
     # encoded (they are ``ProbingStage``s; see stages.runtime.admission).
     probes: bool = False
+    # "module:function" run at submit on a probed request's images: (files, ImageRefs) when the
+    # probe may carry references instead of the files (the stage keeps what it reports covered
+    # cached until the request ends, so it never needs those files), else None.
+    probe_by_reference: str = ""
 
     def ports(self, options: Any, wired_inputs: Mapping[str, str]) -> tuple[tuple[PortSpec, ...], tuple[PortSpec, ...]]:
         if self.dynamic_ports is not None:
@@ -103,6 +107,7 @@ register_kind(KindSpec(
     needs_model=True,
     any_of=(("prompt", "messages"),),
     probes=True,
+    probe_by_reference="omnistage.stages.kinds.image_refs:by_reference",
     description="autoregressive generation with a causal LM",
 ))
 register_kind(KindSpec(

@@ -66,3 +66,18 @@ def test_can_allocate_counts_revived_blocks():
     bm.free_seq(a)
     assert bm.can_allocate(seq("b", [1, 2, 3, 4, 6]))  # two revived + one new = 3 blocks
     assert not bm.can_allocate(seq("c", list(range(20, 27))))
+
+
+def test_pinned_prefix_outlives_eviction_until_unpinned():
+    bm = BlockManager(4, 2)
+    a = computed(bm, seq("a", [1, 2, 3, 4, 5]))  # blocks: [1,2] [3,4] [5]
+    bm.free_seq(a)
+    covered, pinned = bm.pin_prefix(seq("b", [1, 2, 3, 4, 6]))
+    assert covered == 4 and len(pinned) == 2 and bm.num_free == 2
+    for rid in ("x", "y"):  # take every free block, twice over: only unpinned ones are evicted
+        other = seq(rid, [7, 8, 9, 10])
+        bm.allocate(other)
+        bm.free_seq(other)
+    assert bm.cached_prefix_tokens(seq("b", [1, 2, 3, 4, 6])) == 4
+    bm.unpin(pinned)
+    assert bm.num_free == 4

@@ -35,6 +35,7 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.options import ArOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, hears, prepare_omni_audio
+from omnistage.stages.kinds.image_refs import resolved
 from omnistage.stages.worker.stage import ProbingStage, StageOutput, StageRequest
 
 log = logging.getLogger("omnistage.worker")
@@ -96,9 +97,10 @@ class ArStage(ProbingStage):
 
     def probe_prepared(self, req: EngineRequest) -> list[int]:
         """Keep a prepared request for its Admit; say which of its images (counted among images
-        only: audio clips may sit between them) the prefix cache covers."""
+        only: audio clips may sit between them) the prefix cache covers. Those stay cached until
+        the request ends: one given by reference (``ImageRef``) could not be encoded here."""
         self.prepared[req.rid] = req
-        cached = set(self.engine.cached_media(req))
+        cached = set(self.engine.cached_media(req, hold=True))
         images = [i for i, span in enumerate(req.media) if isinstance(span.source, ImageItem)]
         return [k for k, i in enumerate(images) if i in cached]
 
@@ -154,7 +156,8 @@ class ArStage(ProbingStage):
                                   param="images" if images else "video")
         if video is not None and not takes_video(self.model):
             raise RequestRejected("this stage's model does not take video yet", param="video")
-        items = prepare_images(self.image_processor, [open_image(im, self.limits) for im in images]) if images else []
+        items = prepare_images(self.image_processor, [open_image(im, self.limits) for im in resolved(images)]) \
+            if images else []
         if not self.encoded_upstream:
             for item in items:  # this stage encodes them: a broken file fails the request here, not a step
                 assert item.image is not None

@@ -11,9 +11,10 @@ import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from omnistage.connectors.messages import Admit, Data, Dest
+from omnistage.connectors.messages import Admit, Data, Dest, ImageRef
 from omnistage.graph.params import check_request
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
+
 
 class Target(Protocol):
     address: str
@@ -31,6 +32,21 @@ def probe_target(plan: GraphPlan, route: Route, inputs: Mapping[str, Any]) -> tu
                 and edge.dst_port == "image_embeds" and dst.options.prefix_caching):
             return edge.src_stage, edge.dst_stage
     return None
+
+
+def images_by_reference(plan: GraphPlan, route: Route, ar: str,
+                        images: Sequence[Any]) -> tuple[list[bytes], list[ImageRef]] | None:
+    """The files (data URLs decoded) and the references a probe of ``ar`` carries instead of
+    them, when its kind takes images by reference (``KindSpec.probe_by_reference``) and every
+    image is a file; header-checked here, so a bad one is a 400 at submit. None: the probe
+    carries the images themselves. A stage whose states a talker takes recomputes every
+    position, so it gets the files."""
+    function = plan.stages[ar].kind.probe_by_reference
+    produced = {e.src_port for e in route.out_edges(ar)} | {port for src, port in route.produces.values() if src == ar}
+    if not function or produced & {"states", "hidden"}:
+        return None
+    module, _, attr = function.partition(":")
+    return getattr(importlib.import_module(module), attr)(images)
 
 
 def without_stage(route: Route, stage: str) -> Route:

@@ -29,7 +29,8 @@ from omnistage.connectors.transport import Inbox, Mailer, bind_address
 from omnistage.connectors.wire import Decoder, Encoder, unsendable
 from omnistage.errors import Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
-from omnistage.stages.runtime.admission import admission_messages, probe_target, resolve_params, split, without_stage
+from omnistage.stages.runtime.admission import (admission_messages, images_by_reference, probe_target, resolve_params,
+                                                split, without_stage)
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 from omnistage.stages.runtime.launcher import LocalLauncher
 from omnistage.stages.runtime.replicas import Replica, ReplicaState, ReplicaTable
@@ -193,6 +194,9 @@ class Orchestrator:
         rid = uuid.uuid4().hex
         handle = RequestHandle(rid, loop, params)
         target = probe_target(self.plan, route, inputs)
+        refs = None
+        if target is not None and (by_ref := images_by_reference(self.plan, route, target[1], inputs["images"])):
+            inputs["images"], refs = by_ref
         group = request_group(inputs)
         live = _Live(handle, route, {}, inputs, params, probing=target, group=group)
         # Listed before its replicas are picked: a replica that dies once it holds the request
@@ -218,8 +222,9 @@ class Orchestrator:
             self._launch(rid, live, route)
         else:  # unified prefix cache: ask the AR stage what it already holds before encoding
             ar = target[1]
-            fields = {e.src_port: inputs[e.src_port] for e in route.edges if e.src_stage == REQUEST and e.dst_stage == ar}
-            self._out.put((chosen[ar][0].address, Probe(rid, fields, live.params, self._sink.address)))
+            fields = {e.src_port: inputs[e.src_port] for e in route.edges if e.src_stage == REQUEST and e.dst_stage == ar
+                      and not (refs is not None and e.src_port == "images")}
+            self._out.put((chosen[ar][0].address, Probe(rid, fields, live.params, self._sink.address, refs)))
         return handle
 
     def _pick(self, rid: str, route: Route, target: tuple[str, str] | None, images: int,

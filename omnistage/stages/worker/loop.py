@@ -216,8 +216,9 @@ class StageWorker:
         must not stall the steps of other requests); the result comes back as _Prepared."""
         if not isinstance(self.stage, ProbingStage):
             raise TypeError(f"stage {self.spec.stage!r} was probed but is not a ProbingStage")
-        self.requests.provide(msg.rid, msg.inputs)
-        future = self._pool.submit(self.stage.prepare, msg.rid, msg.inputs, msg.params)
+        inputs = msg.inputs if msg.images is None else {**msg.inputs, "images": msg.images}
+        self.requests.provide(msg.rid, inputs)
+        future = self._pool.submit(self.stage.prepare, msg.rid, inputs, msg.params)
         future.add_done_callback(lambda f: self._in.put(_Prepared(msg, f)))
 
     def _probed(self, done: _Prepared) -> None:

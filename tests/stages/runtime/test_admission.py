@@ -1,4 +1,5 @@
 """Image+text chat through real encode -> prefill -> decode workers, against HF generate."""
+import base64
 import io
 
 import pytest
@@ -104,6 +105,17 @@ def test_two_stage_graph_and_split_encoding_across_replicas(reference):
         result = ask(pipe, content, images).result(60)
         assert result.text == reference(content, images)
         assert result.meta["vision"]["encoded_items"] in (1, 2)  # its images went to both encoders
+        # Probed by reference: the LM never holds these files; one as a data URL keys the same.
+        files = [png(im) for im in images]
+        files[1] = "data:image/png;base64," + base64.b64encode(files[1]).decode()
+        again = pipe.generate(messages=[{"role": "user", "content": content}], images=files, temperature=0,
+                              max_tokens=12)
+        assert "vision" not in again.meta and again.text == result.text
+        for bad, match in ((b"not an image", "cannot decode image"), (png(images[0])[:80], "cannot decode image")):
+            with pytest.raises(RequestRejected, match=match) as info:
+                pipe.generate(messages=[{"role": "user", "content": [IMAGE, text("x")]}], images=[bad],
+                              temperature=0, max_tokens=4)
+            assert info.value.status == 400
 
 
 def test_video_and_image_together_equal_hf_generate(reference_video):
