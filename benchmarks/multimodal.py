@@ -48,7 +48,7 @@ stages:
     inputs: {{messages: request.messages, images: request.images, image_embeds: vision.embeddings}}
     outputs: {{text: response.text}}
     batching: {{max_batch: 64}}
-    options: {{prefix_caching: {prefix}}}
+    options: {{prefix_caching: {prefix}, media_cache_mb: {cache_mb}}}
 """
 COLOCATED = """
 name: bench-vl-colocated

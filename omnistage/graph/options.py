@@ -16,15 +16,21 @@ class ArOptions(EngineConfig):
     """An ar, prefill or decode stage: the AR engine's settings (``EngineConfig``: KV cache size,
     max_model_len, step budget, chunked prefill, prefix caching, hidden states), ``max_tokens``,
     the per-request default (None: the rest of the context, as OpenAI and vLLM do), and
-    ``chat_template``, a Jinja template (inline, or a file path) replacing the tokenizer's."""
+    ``chat_template``, a Jinja template (inline, or a file path) replacing the tokenizer's, and
+    ``media_cache_mb``: host memory for the embeddings of media items the stage has seen (from
+    an encode stage or its own towers), by content hash, LRU; a probed image found there needs
+    no encoder, and its KV positions past the last cached block are computed from them."""
 
     max_tokens: int | None = None
     chat_template: str | None = None
+    media_cache_mb: int = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise ValueError("max_tokens must be > 0")
+        if self.media_cache_mb < 0:
+            raise ValueError("media_cache_mb must be >= 0 (0 turns the cache off)")
         template = self.chat_template
         if template is not None and "{{" not in template and "{%" not in template \
                 and not Path(template).expanduser().is_file():

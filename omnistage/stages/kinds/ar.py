@@ -28,6 +28,7 @@ from omnistage.checkpoints.inspect import language_model_class, read_config
 from omnistage.checkpoints.loading import (checkpoint_dir, component_kwargs, feature_extractor_dir, processor_dir,
                                            torch_dtype)
 from omnistage.connectors.messages import MediaEmbedding, ThinkerStates
+from omnistage.encoders.cache import EncoderCache
 from omnistage.encoders.media import MediaLimits, load_audio, load_video, load_video_audio, open_image
 from omnistage.encoders.video import prepare_video
 from omnistage.encoders.vision import ImageItem, VisionTower, prepare_images
@@ -78,6 +79,8 @@ class ArStage(ProbingStage):
         self.limits = limits or MediaLimits()
         self.encoded_upstream = encoded_upstream
         self.tower = VisionTower(model) if image_processor is not None else None
+        media = (image_processor is not None or audio_extractor is not None) and options.media_cache_mb > 0
+        self.media_cache = EncoderCache(options.media_cache_mb << 20) if media else None
         self.audio_extractor = audio_extractor
         self.ears = OmniAudioTower(model) if audio_extractor is not None else None
         encoder = self._encode_media if self.tower or self.ears else None
@@ -101,6 +104,8 @@ class ArStage(ProbingStage):
         the request ends: one given by reference (``ImageRef``) could not be encoded here."""
         self.prepared[req.rid] = req
         cached = set(self.engine.cached_media(req, hold=True))
+        self._attach_cached(req)
+        cached |= {i for i, span in enumerate(req.media) if span.embeds is not None}
         images = [i for i, span in enumerate(req.media) if isinstance(span.source, ImageItem)]
         return [k for k, i in enumerate(images) if i in cached]
 
@@ -136,6 +141,9 @@ class ArStage(ProbingStage):
             if group:
                 assert tower is not None
                 done.update(zip(map(id, group), tower.encode(group)))
+        if self.media_cache is not None:
+            for span in spans:
+                self.media_cache.put(span.content_hash, done[id(span.source)])
         return [done[id(s.source)][s.offset:s.offset + s.length] for s in spans]
 
     def engine_request(self, rid: str, inputs: dict[str, Any], sampling: SamplingParams,
@@ -184,12 +192,24 @@ class ArStage(ProbingStage):
         samples = load_video_audio(video, rate, self.limits)
         return None if samples is None else prepare_omni_audio(self.audio_extractor, [samples])[0]
 
-    @staticmethod
-    def _attach_embeddings(req: EngineRequest, embeddings: list[MediaEmbedding]) -> None:
+    def _attach_embeddings(self, req: EngineRequest, embeddings: list[MediaEmbedding]) -> None:
+        """Embeddings an encode stage sent (kept in the media cache too), then any the media
+        cache holds, onto the request's spans."""
         by_hash = {e.hash: e.embeds for e in embeddings}
+        if self.media_cache is not None:
+            for key, embeds in by_hash.items():
+                self.media_cache.put(key, embeds)
         for span in req.media:
             if span.embeds is None and span.content_hash in by_hash:
                 span.embeds = by_hash[span.content_hash][span.offset:span.offset + span.length]
+        self._attach_cached(req)
+
+    def _attach_cached(self, req: EngineRequest) -> None:
+        if self.media_cache is None:
+            return
+        for span in req.media:
+            if span.embeds is None and (embeds := self.media_cache.get(span.content_hash)) is not None:
+                span.embeds = embeds[span.offset:span.offset + span.length]
 
     def _token_ids(self, inputs: dict[str, Any]) -> list[int]:
         if inputs.get("messages") is not None:
@@ -234,7 +254,8 @@ class ArStage(ProbingStage):
         return self.engine.has_work()
 
     def stats(self) -> dict[str, float]:
-        return {**self.engine.stats(), "prepared": float(len(self.prepared))}
+        media = {} if self.media_cache is None else {"media_cache_hit_rate": self.media_cache.stats()["hit_rate"]}
+        return {**self.engine.stats(), "prepared": float(len(self.prepared)), **media}
 
 
 def to_stage_output(out: TokenOutput, tokenizer: Any) -> StageOutput:

@@ -27,10 +27,11 @@ def png(seed, h, w):
     return buf.getvalue()
 
 
-def make_stage(num_blocks):
+def make_stage(num_blocks, media_cache_mb=0):
     path = ensure_tiny("qwen2-vl")
-    return ArStage(load_model(str(path), torch.float32, "cpu"), AutoTokenizer.from_pretrained(path),
-                   ArOptions(num_blocks=num_blocks, max_model_len=num_blocks * 16), 8, AutoImageProcessor.from_pretrained(path), encoded_upstream=True)
+    options = ArOptions(num_blocks=num_blocks, max_model_len=num_blocks * 16, media_cache_mb=media_cache_mb)
+    return ArStage(load_model(str(path), torch.float32, "cpu"), AutoTokenizer.from_pretrained(path), options, 8,
+                   AutoImageProcessor.from_pretrained(path), encoded_upstream=True)
 
 
 def run(stage, rid, inputs):
@@ -88,3 +89,22 @@ def test_an_aborted_probe_lets_its_blocks_go():
     assert blocks.num_free < len(blocks.blocks)
     stage.abort("b")
     assert not stage.engine.pinned and blocks.num_free == len(blocks.blocks)
+
+
+@pytest.mark.parametrize("media_cache_mb", [0, 16])
+def test_an_image_whose_embeddings_are_cached_needs_no_encoder(vl_reference, media_cache_mb):
+    """The same picture with another question after it: its last KV block differs, so only the
+    media cache can cover it (then no encoder, no file), and the answer is HF's."""
+    stage = make_stage(num_blocks=64, media_cache_mb=media_cache_mb)
+    image = Image.open(io.BytesIO(png(3, 84, 112)))
+    data = png(3, 84, 112)
+    first = [IMAGE, {"type": "text", "text": "What is this?"}]
+    run(stage, "a", {"messages": [{"role": "user", "content": first}], "images": [data]})
+    second = [IMAGE, {"type": "text", "text": "Describe the colours."}]
+    inputs = {"messages": [{"role": "user", "content": second}], "images": by_reference([data])[1]}
+    covered = stage.probe_prepared(stage.prepare("b", inputs, GREEDY))
+    if not media_cache_mb:
+        assert covered == []  # the encoder would have to send its embeddings
+        return
+    assert covered == [0]
+    assert run(stage, "b", inputs) == vl_reference(second, [image.convert("RGB")], new=8)[0]

@@ -44,7 +44,9 @@ def test_encode_stages_feed_the_thinker_and_text_equals_the_reference(tmp_path, 
         by_ear = pipe.submit(messages=heard, audio=[clip], max_tokens=8, temperature=0).result(120)
         by_eye = pipe.submit(messages=seen, images=[image], max_tokens=8, temperature=0).result(120)
         by_clip = pipe.submit(messages=watched, video=frames, max_tokens=8, temperature=0).result(120)
-        by_both = pipe.submit(messages=both, images=[image], audio=[clip], max_tokens=8, temperature=0).result(120)
+        # (another picture: the thinker's media cache would answer for the one it has seen)
+        other = Image.new("RGB", (70, 90), (120, 30, 190))
+        by_both = pipe.submit(messages=both, images=[other], audio=[clip], max_tokens=8, temperature=0).result(120)
     assert by_ear.meta["ears"]["encoded_items"] == 1 and by_eye.meta["eyes"]["encoded_items"] == 1
     assert by_clip.meta["eyes"]["encoded_items"] == 1
     samples, _ = sf.read(io.BytesIO(clip), dtype="float32")
@@ -56,7 +58,7 @@ def test_encode_stages_feed_the_thinker_and_text_equals_the_reference(tmp_path, 
     assert by_clip.text == tok.decode(ref_watched, skip_special_tokens=True)
     # An image and a clip in one request: each tower's stage encodes its own item.
     assert by_both.meta["ears"]["encoded_items"] == 1 and by_both.meta["eyes"]["encoded_items"] == 1
-    ref_both, _, _ = run(both, 8, 2, seed=0, clips=[samples], images=[image])
+    ref_both, _, _ = run(both, 8, 2, seed=0, clips=[samples], images=[other])
     assert by_both.text == tok.decode(ref_both, skip_special_tokens=True)
 
 
