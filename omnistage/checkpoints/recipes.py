@@ -101,6 +101,7 @@ RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
     "StableDiffusionPipeline": _diffusion("image"),
     "StableDiffusionXLPipeline": _diffusion("image"),
     "StableDiffusion3Pipeline": _diffusion("image"),
+    "FluxPipeline": _diffusion("image"),
     "WanPipeline": _diffusion("video"),
     "SpeechT5ForTextToSpeech": _speech,
     "WhisperForConditionalGeneration": _transcribe,

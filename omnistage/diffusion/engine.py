@@ -166,6 +166,8 @@ class DiffusionEngine:
         for job in batch:
             t = job.timesteps[job.index]  # type: ignore[index]
             rows = [job.uncond, job.cond] if job.params.cfg else [job.cond]
+            if extra := self.family.row_inputs(job.params):
+                rows = [{**r, **extra} for r in rows]  # type: ignore[dict-item]
             x = torch.cat([job.latents] * len(rows))  # type: ignore[list-item]
             xs.append(self.family.scale_input(job.scheduler, x, t))
             ts.extend([t.float()] * len(rows))

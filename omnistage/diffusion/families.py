@@ -19,7 +19,7 @@ import torch
 from diffusers import ConfigMixin, DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-Embeds = dict[str, torch.Tensor]  # one prompt's embeddings: "embeds" (+ "pooled" for SD3)
+Embeds = dict[str, torch.Tensor]  # one prompt's embeddings: "embeds" (+ "pooled" for SD3, SDXL, FLUX)
 ROLES = ("text", "denoise", "vae")
 
 
@@ -46,6 +46,9 @@ class Family:
     step_with_generator: ClassVar[bool] = False  # the pipeline passes eta/generator to step()
     begin_index_zero: ClassVar[bool] = False  # the pipeline calls scheduler.set_begin_index(0)
     latent_dtype: ClassVar[torch.dtype | None] = None  # None: the model's dtype
+    # guidance_scale > 1 runs classifier-free guidance (an unconditional row per request, from
+    # the negative prompt); False: guidance is a model input or absent (FLUX), no negative prompt.
+    classifier_free: ClassVar[bool] = True
 
     def __init__(self, path: str, roles: set[str], dtype: torch.dtype, device: str,
                  max_sequence_length: int | None = None) -> None:
@@ -70,7 +73,8 @@ class Family:
 
     def info(self) -> dict[str, Any]:
         return {"family": self.name, "output": self.output, "size_multiple": self.size_multiple,
-                "vae_scale": self.vae_scale, "schedulers": [], **self.defaults}
+                "vae_scale": self.vae_scale, "schedulers": [], "classifier_free": self.classifier_free,
+                **self.defaults}
 
     def latent_shape(self, height: int, width: int, frames: int | None) -> tuple[int, ...]:
         channels = self.denoiser_config["in_channels"]
@@ -89,6 +93,11 @@ class Family:
         scheduler.set_timesteps(steps, device=self.device)
         if self.begin_index_zero:
             scheduler.set_begin_index(0)
+
+    def row_inputs(self, params: Any) -> Embeds:
+        """Per-request model inputs beside the text embeddings (stacked over the batch's rows
+        like them): none unless the family takes one, such as FLUX's guidance."""
+        return {}
 
     def scale_input(self, scheduler: Any, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x
@@ -279,11 +288,83 @@ class Wan(Family):
         return self.pipe.video_processor.postprocess_video(video, output_type="np")
 
 
+class Flux(Family):
+    """FLUX.1: CLIP (pooled) + T5, FluxTransformer2DModel over 2x2-packed latents, flow matching
+    with a shift that grows with the image's size. Guidance is an input of the model (dev,
+    ``guidance_embeds``) or absent (schnell): never classifier-free rows, so no negative prompt.
+
+    Latents stay unpacked (C, H, W) between steps: packing is a permutation, and the noise,
+    the Euler update and the VAE see exactly the pipeline's numbers."""
+
+    name = "flux"
+    prediction = "flow"
+    components = {"text": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"), "denoise": ("transformer",),
+                  "vae": ("vae",)}
+    unused = ("image_encoder", "feature_extractor")
+    defaults = {"steps": 28, "guidance": 3.5}
+    begin_index_zero = True
+    classifier_free = False
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale * 2
+
+    @property
+    def guidance_embeds(self) -> bool:
+        return bool(self.denoiser_config.get("guidance_embeds", False))
+
+    def info(self) -> dict[str, Any]:
+        side = 128 * self.vae_scale  # the pipeline's default_sample_size
+        return {**super().info(), "height": side, "width": side}
+
+    def latent_shape(self, height: int, width: int, frames: int | None) -> tuple[int, ...]:
+        return (self.denoiser_config["in_channels"] // 4, height // self.vae_scale, width // self.vae_scale)
+
+    def encode_text(self, texts: list[str]) -> list[Embeds]:
+        embeds, pooled, _ = self.pipe.encode_prompt(texts, None, device=self.device,
+                                                    max_sequence_length=self.max_sequence_length or 512)
+        return [{"embeds": e, "pooled": p} for e, p in zip(embeds, pooled)]
+
+    def row_inputs(self, params: Any) -> Embeds:
+        return {"guidance": torch.tensor(params.guidance, dtype=torch.float32)} if self.guidance_embeds else {}
+
+    def set_timesteps(self, scheduler: Any, steps: int, shape: tuple[int, ...]) -> None:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+        config = scheduler.config
+        sigmas = None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / steps, steps)
+        mu = calculate_shift((shape[-2] // 2) * (shape[-1] // 2), config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
+        if sigmas is None:
+            scheduler.set_timesteps(steps, device=self.device, mu=mu)
+        else:
+            scheduler.set_timesteps(sigmas=sigmas, device=self.device, mu=mu)
+        scheduler.set_begin_index(0)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Embeds) -> torch.Tensor:
+        from diffusers import FluxPipeline
+        b, c, h, w = x.shape
+        packed = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+        text = cond["embeds"]
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, text.dtype)
+        txt_ids = torch.zeros(text.shape[1], 3, device=x.device, dtype=text.dtype)
+        pred = self.pipe.transformer(hidden_states=packed, timestep=t.to(x.dtype) / 1000, guidance=cond.get("guidance"),
+                                     pooled_projections=cond["pooled"], encoder_hidden_states=text, txt_ids=txt_ids,
+                                     img_ids=img_ids, return_dict=False)[0]
+        return pred.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        return self.pipe.image_processor.postprocess(vae.decode(latents, return_dict=False)[0], output_type="np")
+
+
 FAMILIES: dict[str, type[Family]] = {
     "StableDiffusionPipeline": StableDiffusion,
     "StableDiffusionXLPipeline": StableDiffusionXL,
     "StableDiffusion3Pipeline": StableDiffusion3,
     "WanPipeline": Wan,
+    "FluxPipeline": Flux,
 }
 
 

@@ -30,11 +30,12 @@ class GenerationParams:
     negative_prompt: str
     output_format: str
     fps: int
+    classifier_free: bool = True  # the family's guidance is classifier-free (else a model input)
 
     @property
     def cfg(self) -> bool:
         """Classifier-free guidance runs (doubling rows) exactly when the diffusers pipelines do."""
-        return self.guidance > 1.0
+        return self.classifier_free and self.guidance > 1.0
 
 
 def _is_int(value: Any) -> bool:
@@ -87,6 +88,10 @@ def parse_params(info: Mapping[str, Any], params: Mapping[str, Any]) -> Generati
     negative = params.get("negative_prompt") or ""
     _check(isinstance(negative, str) and len(negative) <= MAX_PROMPT_CHARS,
            f"negative_prompt must be a string of at most {MAX_PROMPT_CHARS} characters", "negative_prompt")
+    classifier_free = info.get("classifier_free", True)
+    _check(classifier_free or not negative,
+           f"this model ({info.get('family')}) takes no negative_prompt: its guidance_scale is an input of the "
+           "model, not classifier-free guidance", "negative_prompt")
     formats = VIDEO_FORMATS if video else IMAGE_FORMATS
     fmt = params.get("output_format") or formats[0]
     _check(fmt in formats, f"output_format must be one of {', '.join(formats)}, got {fmt!r}", "output_format")
@@ -95,7 +100,8 @@ def parse_params(info: Mapping[str, Any], params: Mapping[str, Any]) -> Generati
     seed = params.get("seed")
     _check(seed is None or (_is_int(seed) and 0 <= seed < 2**63), "seed must be an integer >= 0", "seed")
     seed = random.getrandbits(63) if seed is None else seed
-    return GenerationParams(height, width, frames, steps, float(guidance), seed, scheduler, negative, fmt, fps)
+    return GenerationParams(height, width, frames, steps, float(guidance), seed, scheduler, negative, fmt, fps,
+                            classifier_free)
 
 
 def _frames(info: Mapping[str, Any], params: Mapping[str, Any]) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from omnistage.models.catalog import GENERATOR_VERSION, TINY_MODELS, build_atomically, cache_root
-from omnistage.models.tiny_diffusion import build_sd, build_sd3, build_sdxl, build_wan
+from omnistage.models.tiny_diffusion import build_flux, build_sd, build_sd3, build_sdxl, build_wan
 from omnistage.models.tiny_omni import build_qwen2_5_omni
 from omnistage.models.tiny_speech import build_speecht5
 from omnistage.models.tiny_text import (build_gemma2, build_gemma3, build_llama3, build_mistral, build_qwen3,
@@ -144,6 +144,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sd": build_sd,
     "sdxl": build_sdxl,
     "sd3": build_sd3,
+    "flux": build_flux,
     "wan": build_wan,
     "speecht5": build_speecht5,
     "qwen2.5-omni": build_qwen2_5_omni,

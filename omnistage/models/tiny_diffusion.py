@@ -103,3 +103,24 @@ def build_wan(out: Path) -> None:
     pipe = WanPipeline(tokenizer=tok, text_encoder=UMT5EncoderModel(_t5_config(tok, UMT5Config)).eval(), vae=vae,
                        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
     pipe.save_pretrained(out)
+def build_flux(out: Path) -> None:
+    """FluxPipeline (FLUX.1-dev layout): CLIP (pooled) + T5, a FluxTransformer2DModel with
+    embedded guidance, a 4-channel VAE with shift and scale, flow matching with dynamic shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    tok, t5_tok = build_tokenizer(model_max_length=16), build_tokenizer(model_max_length=32)
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=16, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id)).eval()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6)).eval()
+    vae = _tiny_vae(sample_size=32, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False,
+                    use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tok,
+                        text_encoder_2=T5EncoderModel(_t5_config(t5_tok, T5Config)).eval(), tokenizer_2=t5_tok,
+                        transformer=transformer)
+    pipe.save_pretrained(out)

@@ -50,7 +50,7 @@ def test_a_vision_language_model_takes_an_image():
         assert out.usage.prompt_tokens > 10 and out.usage.completion_tokens == 4
 
 
-@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux"])
 def test_image_pipelines_generate(name):
     server, path = served(name)
     with server:
@@ -58,6 +58,10 @@ def test_image_pipelines_generate(name):
         out = c.images.generate(model=model, prompt="a red cube", size="32x32", response_format="b64_json",
                                 extra_body={"num_inference_steps": 2})
         assert out.data[0].b64_json
+        if name == "flux":  # guidance is an input of the model: there is no negative prompt to honour
+            with pytest.raises(openai.BadRequestError, match="negative_prompt"):
+                c.images.generate(model=model, prompt="a red cube", size="32x32",
+                                  extra_body={"num_inference_steps": 2, "negative_prompt": "blurry"})
 
 
 def test_wan_generates_a_video():

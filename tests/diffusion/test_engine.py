@@ -1,9 +1,24 @@
 """Step-batched denoising equals the diffusers pipeline, request by request."""
 import numpy as np
 import pytest
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                       UniPCMultistepScheduler)
+
+from omnistage.errors import RequestRejected
 
 TOL = 1e-4
+
+
+class FlowUniPC:
+    """UniPC set up for flow matching, as the stage's "unipc" is for a flow model."""
+
+    @staticmethod
+    def from_config(config):
+        return UniPCMultistepScheduler.from_config(config, use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                   flow_shift=config["shift"])
+
+
+SCHEDULERS_FLOW = {"unipc": FlowUniPC}
 SCHEDULERS = {"default": None, "euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler,
               "dpm++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
 
@@ -64,6 +79,32 @@ def test_sdxl_batch_of_two_sizes_equals_diffusers(harness, diffusers_reference):
                                   num_inference_steps=r["num_inference_steps"], guidance_scale=r["guidance_scale"])
         assert got[rid].shape == (32, r["width"], 3)
         assert np.abs(got[rid] - ref).max() < TOL, rid
+
+
+def test_flux_batch_of_two_sizes_and_guidances_equals_diffusers(harness, diffusers_reference):
+    """Embedded guidance per row (no CFG rows), the shift that follows each size's sequence
+    length, and packed latents, batched; another scheduler too."""
+    h = harness("flux")
+    assert not h.info["classifier_free"]
+    reqs = {f"r{i}": dict(seed=i, num_inference_steps=2 + i % 3, guidance_scale=[3.5, 1.0, 7.0][i % 3],
+                          width=[32, 48][i // 3]) for i in range(6)}
+    reqs["u"] = dict(seed=9, num_inference_steps=3, guidance_scale=3.5, width=32, scheduler="unipc")
+    for rid, r in reqs.items():
+        h.add(rid, f"a yellow boat {rid}", height=32, **r)
+    got = h.pixels(h.run())
+    assert h.engine.last_batch >= 1
+    for rid, r in reqs.items():
+        params = {k: v for k, v in r.items() if k not in ("seed", "scheduler")}
+        ref = diffusers_reference("flux", f"a yellow boat {rid}", r["seed"], height=32,
+                                  scheduler=SCHEDULERS_FLOW.get(r.get("scheduler")), **params)
+        assert got[rid].shape == (32, r["width"], 3)
+        assert np.abs(got[rid] - ref).max() < TOL, rid
+
+
+def test_flux_refuses_a_negative_prompt(harness):
+    with pytest.raises(RequestRejected, match="negative_prompt") as info:
+        harness("flux").add("n", "a cat", height=32, width=32, negative_prompt="blurry")
+    assert info.value.param == "negative_prompt"
 
 
 def test_wan_video_batch_equals_diffusers(harness, diffusers_reference):
