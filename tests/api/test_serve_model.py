@@ -40,9 +40,30 @@ def test_a_causal_lm_answers_with_the_ids_hf_generate_picks(hf_greedy, qwen2_dir
         assert free.choices[0].finish_reason in ("stop", "length") and free.usage.completion_tokens > 0
 
 
-def test_a_vision_language_model_takes_an_image():
+@pytest.mark.parametrize("name", ["qwen3", "qwen3-moe", "gemma3"])
+def test_newer_text_families_serve_the_ids_hf_generate_picks(name):
+    """``omnistage serve DIR`` on each: the recipe, the worker and the HTTP path, against HF."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    server, path = served(name)
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    tok = AutoTokenizer.from_pretrained(path)
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.inference_mode():
+        out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    ids = out[0, prompt["input_ids"].shape[1]:].tolist()
+    with server:
+        c, model_id = client(server, path)
+        got = c.chat.completions.create(model=model_id, messages=messages, max_tokens=8, temperature=0,
+                                        extra_body={"return_token_ids": True})
+    assert got.choices[0].model_extra["token_ids"] == ids
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl", "qwen2.5-vl"])
+def test_a_vision_language_model_takes_an_image(name):
     from tests.api.test_faults import _png
-    server, path = served("qwen2-vl")
+    server, path = served(name)
     with server:
         c, model = client(server, path)
         out = c.chat.completions.create(model=model, max_tokens=4, temperature=0, messages=[{"role": "user", "content": [
