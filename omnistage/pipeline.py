@@ -21,7 +21,7 @@ from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.handle import ChunkEvent, RequestHandle, Result
 from omnistage.stages.runtime.orchestrator import Orchestrator
 
-_INPUT_FIELDS = ("prompt", "messages", "images", "audio", "video")
+_INPUT_FIELDS = ("prompt", "messages", "images", "image", "audio", "video")
 
 
 class Pipeline:
@@ -47,7 +47,8 @@ class Pipeline:
         return self.orchestrator.submit(inputs, kwargs, None if modalities is None else set(modalities), loop)
 
     def generate(self, *, timeout: float | None = 600, **kwargs: Any) -> Result:
-        """Run one request to completion. Inputs: prompt, messages, images, audio, video;
+        """Run one request to completion. Inputs: prompt, messages, images, image (to start an
+        image from), audio, video;
         everything else (max_tokens, temperature, seed, stop, ...) is a request parameter."""
         return self.submit(**kwargs).result(timeout)
 

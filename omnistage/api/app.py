@@ -66,6 +66,7 @@ def create_app(graph: str | Path | Any, api_key: str | None = None, max_body: in
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/images/generations", images.generations, methods=["POST"]),
+        Route("/v1/images/edits", images.edits, methods=["POST"]),
         Route("/v1/audio/speech", audio.speech, methods=["POST"]),
         Route("/v1/audio/transcriptions", audio.transcriptions, methods=["POST"]),
         Route("/v1/videos", videos.create, methods=["POST"]),

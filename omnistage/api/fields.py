@@ -71,6 +71,12 @@ IMAGES = Fields(
                  "stream": (None, False)},
 )
 
+IMAGE_EDITS = Fields(
+    own=frozenset({"model", "prompt", "n", "size", "response_format", "output_format", "image", "image[]", "mask"}),
+    unsupported={**IMAGES.unsupported, "input_fidelity": (None, "low")},
+    numeric={**_GENERATION_NUMBERS, "strength": float},
+)
+
 VIDEOS = Fields(
     own=frozenset({"model", "prompt", "seconds", "size"}),
     unsupported={"input_reference": _NONE},

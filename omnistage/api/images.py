@@ -1,8 +1,10 @@
-"""``POST /v1/images/generations`` in the shape of OpenAI's images API.
+"""``POST /v1/images/generations`` and ``POST /v1/images/edits`` in the shape of OpenAI's images API.
 
 Extensions beyond OpenAI's fields: ``negative_prompt``, ``num_inference_steps``,
-``guidance_scale``, ``seed`` (image i of ``n`` uses ``seed + i``) and ``scheduler``; any other
-field the diffusion stage does not read is refused (see ``fields``).
+``guidance_scale``, ``seed`` (image i of ``n`` uses ``seed + i``), ``scheduler`` and, for edits,
+``strength`` (how much of the input image is noised away; default 0.8); any other field the
+diffusion stage does not read is refused (see ``fields``). An edit is image to image: the
+uploaded picture, noised ``strength`` of the way, denoised toward the prompt (no mask yet).
 """
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from omnistage.api.errors import ApiError
-from omnistage.api.fields import IMAGES, Fields
-from omnistage.api.request import abort_on_failure, check_model, choice_params, log_admitted, read_json
+from starlette.datastructures import UploadFile
+
+from omnistage.api.fields import IMAGE_EDITS, IMAGES, Fields
+from omnistage.api.request import (FormBody, abort_on_failure, check_model, choice_params, log_admitted, number,
+                                   read_body, read_json)
 
 MAX_IMAGES = 10
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -46,7 +51,7 @@ def generation_params(body: dict[str, Any], fields: Fields = IMAGES) -> dict[str
 
 
 def _count(body: dict[str, Any]) -> int:
-    n = body.get("n", 1)
+    n = number(body, "n") if isinstance(body, FormBody) else body.get("n", 1)
     n = 1 if n is None else n
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_IMAGES:
         raise ApiError(400, f"n must be an integer between 1 and {MAX_IMAGES}", "n")
@@ -56,7 +61,24 @@ def _count(body: dict[str, Any]) -> int:
 async def generations(request: Request) -> Response:
     body = await read_json(request)
     check_model(request, body, required=False)
-    params = generation_params(body)
+    return await _generate(request, body, generation_params(body), {})
+
+
+async def edits(request: Request) -> Response:
+    """The openai client's ``images.edit``: a multipart form with the image file and the prompt."""
+    body = await read_body(request)
+    check_model(request, body, required=False)
+    if body.get("mask") is not None:
+        raise ApiError(400, "mask (inpainting) is not supported by this server; edits restyle the whole image",
+                       "mask", "unsupported_parameter")
+    uploads = [v for k, v in body.items() if k in ("image", "image[]")]
+    if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
+        raise ApiError(400, "image must be exactly one uploaded file", "image")
+    data = await uploads[0].read()
+    return await _generate(request, body, generation_params(body, IMAGE_EDITS), {"image": data})
+
+
+async def _generate(request: Request, body: dict[str, Any], params: dict[str, Any], inputs: dict[str, Any]) -> Response:
     if body.get("response_format") not in (None, "b64_json"):
         raise ApiError(400, "response_format must be b64_json (this server does not host image URLs)",
                        "response_format")
@@ -68,7 +90,7 @@ async def generations(request: Request) -> Response:
     for i in range(_count(body)):
         seeded = choice_params(params, i)
         handles.append(pipe.submit(prompt=body["prompt"], modalities=["image"], loop=loop, output_format=fmt,
-                                   **seeded))
+                                   **inputs, **seeded))
     log_admitted(request, handles)
     results = await abort_on_failure(request, handles)
     for handle, result in zip(handles, results):

@@ -79,10 +79,13 @@ def _vision_chat(s: ServeSettings) -> dict[str, Any]:
     return {"vision": s.stage("encode", media, max_batch=16), "chat": chat}
 
 
-def _diffusion(output: str) -> Callable[[ServeSettings], dict[str, Any]]:
+def _diffusion(output: str, edits: bool = False) -> Callable[[ServeSettings], dict[str, Any]]:
+    """text encode -> denoise -> VAE decode; ``edits``: the denoiser also takes a request's
+    input image (image to image: /v1/images/edits)."""
     def recipe(s: ServeSettings) -> dict[str, Any]:
+        inputs = {"embeds": "text.embeds", **({"image": "request.image"} if edits else {})}
         return {"text": s.stage("text_encode", {"prompt": "request.prompt"}, max_batch=32),
-                "denoise": s.stage("diffusion", {"embeds": "text.embeds"}, {"progress": "response.progress"}),
+                "denoise": s.stage("diffusion", inputs, {"progress": "response.progress"}),
                 "decode": s.stage("vae_decode", {"latents": "denoise.latents"}, {output: f"response.{output}"})}
     return recipe
 
@@ -98,7 +101,7 @@ def _transcribe(s: ServeSettings) -> dict[str, Any]:
 RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
     **{arch: _chat for arch in TEXT_LMS},
     **{arch: _vision_chat for arch in VISION_LMS},
-    "StableDiffusionPipeline": _diffusion("image"),
+    "StableDiffusionPipeline": _diffusion("image", edits=True),
     "StableDiffusionXLPipeline": _diffusion("image"),
     "StableDiffusion3Pipeline": _diffusion("image"),
     "FluxPipeline": _diffusion("image"),

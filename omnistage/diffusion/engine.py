@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from omnistage.diffusion.families import Family
 from omnistage.diffusion.params import GenerationParams
 from omnistage.diffusion.schedulers import SchedulerFactory, step_kwargs
 from omnistage.diffusion.text import Embeds, PromptEncoder
+from omnistage.errors import RequestRejected
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Job:
     generator: torch.Generator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     served: int = -1  # the engine step that last advanced it
+    image: Any = None  # the input image it starts from (img2img), until its latents are made
 
     @property
     def total(self) -> int:
@@ -74,12 +77,17 @@ class DiffusionEngine:
 
     # --- requests ----------------------------------------------------------------------
     def add(self, rid: str, params: GenerationParams, prompt: str | None = None,
-            embeds: tuple[Embeds, Embeds | None] | None = None) -> None:
+            embeds: tuple[Embeds, Embeds | None] | None = None, image: Any = None) -> None:
+        """``image``: a PIL image to start from (img2img): it is noised ``params.strength`` of the
+        way into the schedule, which then runs from there."""
         if (prompt is None) == (embeds is None):
             raise ValueError("a diffusion request needs exactly one of a prompt or its embeddings")
         if prompt is not None and self.text is None:
             raise ValueError("this engine has no text encoder; send prompt embeddings")
-        job = Job(rid, params, self._order, prompt=prompt)
+        if image is not None and int(params.steps * params.strength) < 1:
+            raise RequestRejected(f"strength {params.strength} of {params.steps} steps runs no step; raise either",
+                                  param="strength")
+        job = Job(rid, params, self._order, prompt=prompt, image=image)
         if embeds is not None:
             job.cond, job.uncond = embeds
             if params.cfg and job.uncond is None:
@@ -151,8 +159,26 @@ class DiffusionEngine:
         self.family.set_timesteps(job.scheduler, p.steps, shape)
         job.timesteps = job.scheduler.timesteps
         job.generator = torch.Generator("cpu").manual_seed(p.seed)
-        job.latents = self.family.init_latents(shape, job.generator, job.scheduler)
+        if job.image is None:
+            job.latents = self.family.init_latents(shape, job.generator, job.scheduler)
+        else:
+            self._from_image(job)
         job.extra = step_kwargs(job.scheduler, job.generator, self.family.step_with_generator)
+
+    def _from_image(self, job: Job) -> None:
+        """img2img, as the diffusers pipelines do it: the schedule's last ``strength`` share, and
+        the image's latents (posterior sampled, then noise, both from the request's generator)
+        noised to its first timestep."""
+        p, scheduler = job.params, job.scheduler
+        start = (p.steps - min(int(p.steps * p.strength), p.steps)) * scheduler.order
+        job.timesteps = scheduler.timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        with torch.inference_mode():
+            init = self.family.image_latents(job.image, p.height, p.width, job.generator)
+        noise = randn_tensor(init.shape, generator=job.generator, device=init.device, dtype=init.dtype)
+        job.latents = self.family.noised(scheduler, init, noise, job.timesteps[:1])  # type: ignore[index]
+        job.image = None
 
     def _pick(self) -> list[Job]:
         if not self.running:

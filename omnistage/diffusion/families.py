@@ -74,7 +74,7 @@ class Family:
     def info(self) -> dict[str, Any]:
         return {"family": self.name, "output": self.output, "size_multiple": self.size_multiple,
                 "vae_scale": self.vae_scale, "schedulers": [], "classifier_free": self.classifier_free,
-                **self.defaults}
+                "takes_image": self.takes_image, **self.defaults}
 
     def latent_shape(self, height: int, width: int, frames: int | None) -> tuple[int, ...]:
         channels = self.denoiser_config["in_channels"]
@@ -93,6 +93,19 @@ class Family:
         scheduler.set_timesteps(steps, device=self.device)
         if self.begin_index_zero:
             scheduler.set_begin_index(0)
+
+    # --- starting from an image (img2img) ---------------------------------------------
+    takes_image: ClassVar[bool] = False
+
+    def image_latents(self, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """An input image (PIL) as the latents it starts from: preprocessed by the pipeline's image
+        processor at the request's size, encoded by the VAE (its posterior sampled with the
+        request's generator, as the img2img pipelines do)."""
+        raise NotImplementedError
+
+    def noised(self, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``latents`` noised to timestep ``t`` (the first one the request runs)."""
+        return scheduler.add_noise(latents, noise, t)
 
     def row_inputs(self, params: Any) -> Embeds:
         """Per-request model inputs beside the text embeddings (stacked over the batch's rows
@@ -120,6 +133,7 @@ class StableDiffusion(Family):
     unused = ("safety_checker", "feature_extractor", "image_encoder")
     defaults = {"steps": 50, "guidance": 7.5}
     step_with_generator = True
+    takes_image = True
 
     @property
     def size_multiple(self) -> int:
@@ -139,6 +153,13 @@ class StableDiffusion(Family):
     def scale_input(self, scheduler: Any, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return scheduler.scale_model_input(x, t)
 
+    def image_latents(self, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+        vae = self.pipe.vae
+        size = {} if image.size == (width, height) else {"height": height, "width": width}
+        pixels = self.pipe.image_processor.preprocess(image, **size).to(self.device, self.dtype)
+        return vae.config.scaling_factor * retrieve_latents(vae.encode(pixels), generator=generator)
+
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Embeds) -> torch.Tensor:
         return self.pipe.unet(x, t, encoder_hidden_states=cond["embeds"], return_dict=False)[0]
 
@@ -153,6 +174,7 @@ class StableDiffusionXL(StableDiffusion):
     projection), a UNet with ``text_time`` micro-conditioning, AutoencoderKL."""
 
     name = "stable-diffusion-xl"
+    takes_image = False  # (its img2img conditions on aesthetic scores; not yet)
     components = {"text": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"), "denoise": ("unet",),
                   "vae": ("vae",)}
     unused = ("image_encoder", "feature_extractor")

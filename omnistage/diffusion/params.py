@@ -31,6 +31,7 @@ class GenerationParams:
     output_format: str
     fps: int
     classifier_free: bool = True  # the family's guidance is classifier-free (else a model input)
+    strength: float = 0.8  # with an input image: the share of the schedule run from it (img2img)
 
     @property
     def cfg(self) -> bool:
@@ -100,8 +101,12 @@ def parse_params(info: Mapping[str, Any], params: Mapping[str, Any]) -> Generati
     seed = params.get("seed")
     _check(seed is None or (_is_int(seed) and 0 <= seed < 2**63), "seed must be an integer >= 0", "seed")
     seed = random.getrandbits(63) if seed is None else seed
+    strength = params.get("strength", 0.8)
+    strength = 0.8 if strength is None else strength
+    _check(_is_num(strength) and 0 < strength <= 1, f"strength must be a number in (0, 1], got {strength!r}",
+           "strength")
     return GenerationParams(height, width, frames, steps, float(guidance), seed, scheduler, negative, fmt, fps,
-                            classifier_free)
+                            classifier_free, float(strength))
 
 
 def _frames(info: Mapping[str, Any], params: Mapping[str, Any]) -> int:
@@ -133,5 +138,10 @@ def as_request_params(p: GenerationParams) -> dict[str, Any]:
 def check_params(options: Any, info: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """The submit-time check of the ``diffusion`` kind (see graph.kinds): validates, then returns
     the resolved parameters, which every stage of the request then sees. Resolving once makes
-    the stages agree on defaults and on a drawn seed."""
-    return as_request_params(parse_params(info, params))
+    the stages agree on defaults and on a drawn seed. ``strength`` stays out unless given (a
+    stage refuses it for a request without an input image)."""
+    p = parse_params(info, params)
+    resolved = as_request_params(p)
+    if params.get("strength") is not None:
+        resolved["strength"] = p.strength
+    return resolved

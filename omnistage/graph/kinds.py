@@ -157,7 +157,7 @@ register_kind(KindSpec(
     factory="omnistage.stages.kinds.diffusion:build_diffusion",
     options=DiffusionOptions,
     params=GENERATION,
-    inputs=(PortSpec("prompt", "text"), PortSpec("embeds", "prompt_embeds")),
+    inputs=(PortSpec("prompt", "text"), PortSpec("embeds", "prompt_embeds"), PortSpec("image", "image")),
     outputs=(PortSpec("latents", "latents"), PortSpec("image", "image"), PortSpec("video", "video"),
              PortSpec("progress", "any", streaming=True)),
     any_of=(("prompt", "embeds"),),

@@ -13,6 +13,7 @@ REQUEST_FIELDS: Mapping[str, str] = frozen_dict({
     "prompt": "text",
     "messages": "messages",
     "images": "image",
+    "image": "image",  # the one picture an image-to-image request starts from
     "audio": "audio",
     "video": "video",
 })

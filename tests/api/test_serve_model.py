@@ -152,3 +152,35 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_an_image_edit_restyles_the_upload_as_the_img2img_pipeline_does():
+    """``images.edit`` of the openai client against ``serve`` of a Stable Diffusion checkpoint:
+    the PNG that comes back is StableDiffusionImg2ImgPipeline's image for the same request."""
+    import base64
+
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    picture = Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
+    upload = io.BytesIO()
+    picture.save(upload, format="PNG")
+    server, path = served("sd")
+    settings = {"num_inference_steps": 4, "strength": 0.5, "seed": 3, "guidance_scale": 7.5}
+    with server:
+        c, model = client(server, path)
+        out = c.images.edit(model=model, image=("in.png", upload.getvalue(), "image/png"), prompt="a red cube",
+                            size="32x32", response_format="b64_json", extra_body=settings)
+        with pytest.raises(openai.BadRequestError, match="mask"):
+            c.images.edit(model=model, image=("in.png", upload.getvalue(), "image/png"), prompt="a red cube",
+                          mask=("m.png", upload.getvalue(), "image/png"))
+        with pytest.raises(openai.BadRequestError, match="strength"):
+            c.images.generate(model=model, prompt="a red cube", size="32x32", extra_body={"strength": 0.5})
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json))).convert("RGB")).astype(int)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("a red cube", image=picture, strength=0.5, num_inference_steps=4, guidance_scale=7.5,
+               generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+    assert got.shape == (32, 32, 3)
+    assert np.abs(got - np.round(ref * 255)).max() <= 1

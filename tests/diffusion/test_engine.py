@@ -107,6 +107,49 @@ def test_flux_refuses_a_negative_prompt(harness):
     assert info.value.param == "negative_prompt"
 
 
+def test_sd_image_to_image_beside_text_to_image_equals_diffusers(harness):
+    """img2img requests (different strengths, guidance, schedulers) in one batch with a
+    text-to-image one, each equal to StableDiffusionImg2ImgPipeline / the txt2img pipeline."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+
+    from omnistage.diffusion.params import parse_params
+    h = harness("sd")
+    g = torch.Generator().manual_seed(0)
+    image = Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
+    reqs = {"a": dict(seed=1, num_inference_steps=5, guidance_scale=7.5, strength=0.6),
+            "b": dict(seed=2, num_inference_steps=4, guidance_scale=1.0, strength=1.0),
+            "c": dict(seed=3, num_inference_steps=6, guidance_scale=5.0, strength=0.3, scheduler="euler")}
+    for rid, r in reqs.items():
+        h.engine.add(rid, parse_params(h.info, dict(height=32, width=32, **r)), prompt=f"a cat {rid}", image=image)
+    h.add("t", "a dog", height=32, width=32, seed=4, num_inference_steps=3)
+    got = h.pixels(h.run())
+    ref_pipe = StableDiffusionImg2ImgPipeline(**h.family.pipe.components)
+    ref_pipe.set_progress_bar_config(disable=True)
+    own = ref_pipe.scheduler
+    for rid, r in reqs.items():
+        if r.get("scheduler"):
+            ref_pipe.scheduler = SCHEDULERS[r["scheduler"]].from_config(own.config)
+        ref = ref_pipe(f"a cat {rid}", image=image, strength=r["strength"], num_inference_steps=r["num_inference_steps"],
+                       guidance_scale=r["guidance_scale"], generator=torch.Generator().manual_seed(r["seed"]),
+                       output_type="np").images[0]
+        ref_pipe.scheduler = own
+        assert np.abs(got[rid] - ref).max() < TOL, rid
+    assert got["t"].shape == (32, 32, 3)
+
+
+def test_image_to_image_refuses_a_strength_that_runs_no_step(harness):
+    from PIL import Image
+
+    from omnistage.diffusion.params import parse_params
+    h = harness("sd")
+    with pytest.raises(RequestRejected, match="strength") as info:
+        h.engine.add("z", parse_params(h.info, dict(num_inference_steps=2, strength=0.2)), prompt="x",
+                     image=Image.new("RGB", (16, 16)))
+    assert info.value.param == "strength"
+
+
 def test_wan_video_batch_equals_diffusers(harness, diffusers_reference):
     h = harness("wan")
     reqs = {"a": dict(seed=1, num_inference_steps=3, guidance_scale=5.0, num_frames=9),

@@ -19,6 +19,7 @@ from omnistage.diffusion.output import encode_image, encode_video
 from omnistage.diffusion.params import GenerationParams, check_prompt, parse_params
 from omnistage.diffusion.schedulers import SchedulerFactory, scheduler_names
 from omnistage.diffusion.text import PromptCache, PromptEncoder, TextEncodeEngine, TextJob
+from omnistage.encoders.media import MediaLimits, load_image
 from omnistage.errors import RequestRejected
 from omnistage.graph.options import DiffusionOptions
 from omnistage.graph.plan import StagePlan
@@ -59,6 +60,7 @@ class DiffusionStage(Stage):
         self.family = family
         self.options = options
         self._info = stage_info(family, options)
+        self.limits = MediaLimits(max_pixels=options.max_pixels)
         self.decode = bool({"image", "video"} & used)
         self.progress = "progress" in used
         text = None
@@ -73,15 +75,28 @@ class DiffusionStage(Stage):
 
     def add(self, request: StageRequest) -> None:
         p = parse_params(self._info, request.params)
+        image = self._input_image(request)
         embeds = request.inputs.get("embeds")
         if embeds is not None:
-            self.engine.add(request.rid, p, embeds=(embeds.cond, embeds.uncond))
+            self.engine.add(request.rid, p, embeds=(embeds.cond, embeds.uncond), image=image)
         elif self.engine.text is None:
             raise RequestRejected("this diffusion stage has no text encoder; wire a text_encode stage's embeds",
                                   param="prompt")
         else:
-            self.engine.add(request.rid, p, prompt=check_prompt(request.inputs.get("prompt")))
+            self.engine.add(request.rid, p, prompt=check_prompt(request.inputs.get("prompt")), image=image)
         self.params[request.rid] = p
+
+    def _input_image(self, request: StageRequest) -> Any:
+        """The image a request starts from (img2img), decoded; None for text to image."""
+        src = request.inputs.get("image")
+        if src is None:
+            if request.params.get("strength") is not None:
+                raise RequestRejected("strength applies only to a request with an input image", param="strength")
+            return None
+        if not self.family.takes_image:
+            raise RequestRejected(f"this model ({self.family.name}) does not start from an input image yet",
+                                  param="image")
+        return load_image(src, self.limits, "image")
 
     def step(self) -> list[StageOutput]:
         finished = self.engine.step()
@@ -183,8 +198,8 @@ def build_diffusion(stage: StagePlan, device: str) -> DiffusionStage:
     roles = {"denoise"}
     if any(p.name == "prompt" for p in stage.inputs) and any(e.dst_port == "prompt" for e in stage.in_edges):
         roles.add("text")
-    if {"image", "video"} & stage.used_outputs:
-        roles.add("vae")
+    if {"image", "video"} & stage.used_outputs or any(e.dst_port == "image" for e in stage.in_edges):
+        roles.add("vae")  # decodes, or encodes input images
     return DiffusionStage(load_family(stage, device, roles), stage.options, stage.config.batching.max_batch,
                           stage.used_outputs)
 
