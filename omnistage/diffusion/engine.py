@@ -84,7 +84,7 @@ class DiffusionEngine:
             raise ValueError("a diffusion request needs exactly one of a prompt or its embeddings")
         if prompt is not None and self.text is None:
             raise ValueError("this engine has no text encoder; send prompt embeddings")
-        if image is not None and int(params.steps * params.strength) < 1:
+        if image is not None and self.family.first_step(params.steps, params.strength) >= params.steps:
             raise RequestRejected(f"strength {params.strength} of {params.steps} steps runs no step; raise either",
                                   param="strength")
         job = Job(rid, params, self._order, prompt=prompt, image=image)
@@ -170,7 +170,7 @@ class DiffusionEngine:
         the image's latents (posterior sampled, then noise, both from the request's generator)
         noised to its first timestep."""
         p, scheduler = job.params, job.scheduler
-        start = (p.steps - min(int(p.steps * p.strength), p.steps)) * scheduler.order
+        start = self.family.first_step(p.steps, p.strength) * scheduler.order
         job.timesteps = scheduler.timesteps[start:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)

@@ -107,6 +107,10 @@ class Family:
         """``latents`` noised to timestep ``t`` (the first one the request runs)."""
         return scheduler.add_noise(latents, noise, t)
 
+    def first_step(self, steps: int, strength: float) -> int:
+        """The step an image-to-image request starts at (its pipeline's ``get_timesteps``)."""
+        return steps - min(int(steps * strength), steps)
+
     def row_inputs(self, params: Any) -> Embeds:
         """Per-request model inputs beside the text embeddings (stacked over the batch's rows
         like them): none unless the family takes one, such as FLUX's guidance."""
@@ -123,6 +127,26 @@ class Family:
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (B, ...) -> float pixels in [0, 1]: (B, H, W, 3) images or (B, F, H, W, 3) video."""
         raise NotImplementedError
+
+
+class _FlowImage:
+    """Image to image as the flow-matching pipelines (SD3, FLUX) do it: the VAE latents shifted
+    and scaled, noised by ``scale_noise``, started from a fractional share of the steps."""
+
+    takes_image = True
+
+    def image_latents(self: Any, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_latents
+        vae = self.pipe.vae
+        pixels = self.pipe.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
+        latents = retrieve_latents(vae.encode(pixels.to(self.device, self.dtype)), generator=generator)
+        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def noised(self, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return scheduler.scale_noise(latents, t, noise)
+
+    def first_step(self, steps: int, strength: float) -> int:
+        return int(max(steps - min(steps * strength, steps), 0))
 
 
 class StableDiffusion(Family):
@@ -213,7 +237,7 @@ class StableDiffusionXL(StableDiffusion):
         return self.pipe.image_processor.postprocess(vae.decode(latents, return_dict=False)[0], output_type="np")
 
 
-class StableDiffusion3(Family):
+class StableDiffusion3(_FlowImage, Family):
     """SD3 (MMDiT): two CLIP encoders + T5, SD3Transformer2DModel, flow matching."""
 
     name = "stable-diffusion-3"
@@ -310,7 +334,7 @@ class Wan(Family):
         return self.pipe.video_processor.postprocess_video(video, output_type="np")
 
 
-class Flux(Family):
+class Flux(_FlowImage, Family):
     """FLUX.1: CLIP (pooled) + T5, FluxTransformer2DModel over 2x2-packed latents, flow matching
     with a shift that grows with the image's size. Guidance is an input of the model (dev,
     ``guidance_embeds``) or absent (schnell): never classifier-free rows, so no negative prompt.

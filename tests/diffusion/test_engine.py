@@ -139,6 +139,37 @@ def test_sd_image_to_image_beside_text_to_image_equals_diffusers(harness):
     assert got["t"].shape == (32, 32, 3)
 
 
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_flow_image_to_image_equals_diffusers(harness, name):
+    """SD3 and FLUX start from an image as their img2img pipelines do (shifted VAE latents,
+    scale_noise, a fractional share of the steps), batched with text-to-image requests."""
+    import torch
+    from diffusers import FluxImg2ImgPipeline, StableDiffusion3Img2ImgPipeline
+    from PIL import Image
+
+    from omnistage.diffusion.params import parse_params
+    h = harness(name)
+    g = torch.Generator().manual_seed(1)
+    image = Image.fromarray((torch.rand(32, 48, 3, generator=g) * 255).byte().numpy())
+    guidance = 3.5 if name == "flux" else 5.0
+    reqs = {"a": dict(seed=1, num_inference_steps=5, strength=0.5), "b": dict(seed=2, num_inference_steps=3, strength=0.9)}
+    for rid, r in reqs.items():
+        h.engine.add(rid, parse_params(h.info, dict(height=32, width=48, guidance_scale=guidance, **r)),
+                     prompt=f"a house {rid}", image=image)
+    h.add("t", "a tree", height=32, width=48, seed=4, num_inference_steps=2, guidance_scale=guidance)
+    got = h.pixels(h.run())
+    cls = FluxImg2ImgPipeline if name == "flux" else StableDiffusion3Img2ImgPipeline
+    expected, optional = cls._get_signature_keys(cls)
+    ref_pipe = cls(**{k: v for k, v in h.family.pipe.components.items() if k in {*expected, *optional}})
+    ref_pipe.set_progress_bar_config(disable=True)
+    for rid, r in reqs.items():
+        ref = ref_pipe(f"a house {rid}", image=image, strength=r["strength"], height=32, width=48,
+                       num_inference_steps=r["num_inference_steps"], guidance_scale=guidance,
+                       generator=torch.Generator().manual_seed(r["seed"]), output_type="np").images[0]
+        assert np.abs(got[rid] - ref).max() < TOL, rid
+    assert got["t"].shape == (32, 48, 3)
+
+
 def test_image_to_image_refuses_a_strength_that_runs_no_step(harness):
     from PIL import Image
 
