@@ -102,7 +102,7 @@ RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
     **{arch: _chat for arch in TEXT_LMS},
     **{arch: _vision_chat for arch in VISION_LMS},
     "StableDiffusionPipeline": _diffusion("image", edits=True),
-    "StableDiffusionXLPipeline": _diffusion("image"),
+    "StableDiffusionXLPipeline": _diffusion("image", edits=True),
     "StableDiffusion3Pipeline": _diffusion("image", edits=True),
     "FluxPipeline": _diffusion("image", edits=True),
     "WanPipeline": _diffusion("video"),

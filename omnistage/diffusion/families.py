@@ -198,7 +198,6 @@ class StableDiffusionXL(StableDiffusion):
     projection), a UNet with ``text_time`` micro-conditioning, AutoencoderKL."""
 
     name = "stable-diffusion-xl"
-    takes_image = False  # (its img2img conditions on aesthetic scores; not yet)
     components = {"text": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"), "denoise": ("unet",),
                   "vae": ("vae",)}
     unused = ("image_encoder", "feature_extractor")
@@ -223,10 +222,29 @@ class StableDiffusionXL(StableDiffusion):
         return self.pipe.unet(x, t, encoder_hidden_states=cond["embeds"], return_dict=False,
                               added_cond_kwargs={"text_embeds": cond["pooled"], "time_ids": time_ids})[0]
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def image_latents(self, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """As StableDiffusionXLImg2ImgPipeline (a base checkpoint: no aesthetic score): the image
+        in the model's dtype, encoded by the (upcast) VAE, scaled (or normalized by the VAE's
+        latents mean and std when it has them)."""
+        from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import retrieve_latents
+        vae = self._upcast_vae()
+        size = {} if image.size == (width, height) else {"height": height, "width": width}
+        pixels = self.pipe.image_processor.preprocess(image, **size).to(self.device, self.dtype)
+        latents = retrieve_latents(vae.encode(pixels.to(vae.dtype)), generator=generator).to(self.dtype)
+        if vae.config.get("latents_mean") is not None and vae.config.get("latents_std") is not None:
+            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            return (latents - mean) * vae.config.scaling_factor / std
+        return vae.config.scaling_factor * latents
+
+    def _upcast_vae(self) -> Any:
         vae = self.pipe.vae
         if vae.dtype == torch.float16 and vae.config.get("force_upcast"):
             vae.to(torch.float32)  # the SDXL VAE overflows in float16; the pipeline upcasts it too
+        return vae
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self._upcast_vae()
         latents = latents.to(vae.dtype)
         if vae.config.get("latents_mean") is not None and vae.config.get("latents_std") is not None:
             mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)

@@ -107,15 +107,16 @@ def test_flux_refuses_a_negative_prompt(harness):
     assert info.value.param == "negative_prompt"
 
 
-def test_sd_image_to_image_beside_text_to_image_equals_diffusers(harness):
+@pytest.mark.parametrize("name", ["sd", "sdxl"])
+def test_sd_image_to_image_beside_text_to_image_equals_diffusers(harness, name):
     """img2img requests (different strengths, guidance, schedulers) in one batch with a
-    text-to-image one, each equal to StableDiffusionImg2ImgPipeline / the txt2img pipeline."""
+    text-to-image one, each equal to the img2img pipeline of the family."""
     import torch
-    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
     from PIL import Image
 
     from omnistage.diffusion.params import parse_params
-    h = harness("sd")
+    h = harness(name)
     g = torch.Generator().manual_seed(0)
     image = Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
     reqs = {"a": dict(seed=1, num_inference_steps=5, guidance_scale=7.5, strength=0.6),
@@ -125,7 +126,9 @@ def test_sd_image_to_image_beside_text_to_image_equals_diffusers(harness):
         h.engine.add(rid, parse_params(h.info, dict(height=32, width=32, **r)), prompt=f"a cat {rid}", image=image)
     h.add("t", "a dog", height=32, width=32, seed=4, num_inference_steps=3)
     got = h.pixels(h.run())
-    ref_pipe = StableDiffusionImg2ImgPipeline(**h.family.pipe.components)
+    cls = StableDiffusionXLImg2ImgPipeline if name == "sdxl" else StableDiffusionImg2ImgPipeline
+    expected, optional = cls._get_signature_keys(cls)
+    ref_pipe = cls(**{k: v for k, v in h.family.pipe.components.items() if k in {*expected, *optional}})
     ref_pipe.set_progress_bar_config(disable=True)
     own = ref_pipe.scheduler
     for rid, r in reqs.items():
