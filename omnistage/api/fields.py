@@ -73,7 +73,9 @@ IMAGES = Fields(
 
 IMAGE_EDITS = Fields(
     own=frozenset({"model", "prompt", "n", "size", "response_format", "output_format", "image", "image[]", "mask"}),
-    unsupported={**IMAGES.unsupported, "input_fidelity": (None, "low")},
+    # (a form's values are strings: "false" asks for no stream as False does)
+    unsupported={**IMAGES.unsupported, "input_fidelity": (None, "low"), "stream": (None, False, "false"),
+                 "partial_images": (None, 0, "0")},
     numeric={**_GENERATION_NUMBERS, "strength": float},
 )
 

@@ -71,9 +71,10 @@ async def edits(request: Request) -> Response:
     if body.get("mask") is not None:
         raise ApiError(400, "mask (inpainting) is not supported by this server; edits restyle the whole image",
                        "mask", "unsupported_parameter")
-    uploads = [v for k, v in body.items() if k in ("image", "image[]")]
+    fields = body.multi if isinstance(body, FormBody) else list(body.items())
+    uploads = [v for k, v in fields if k in ("image", "image[]")]
     if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
-        raise ApiError(400, "image must be exactly one uploaded file", "image")
+        raise ApiError(400, f"image must be exactly one uploaded file (got {len(uploads)})", "image")
     data = await uploads[0].read()
     return await _generate(request, body, generation_params(body, IMAGE_EDITS), {"image": data})
 

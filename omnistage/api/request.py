@@ -44,7 +44,12 @@ async def read_limited(request: Request) -> bytes:
 
 
 class FormBody(dict):  # type: ignore[type-arg]
-    """A form's fields (multipart or urlencoded): every value a string or an ``UploadFile``."""
+    """A form's fields (multipart or urlencoded): every value a string or an ``UploadFile``;
+    a repeated field keeps its last value here, and every value in ``multi``."""
+
+    def __init__(self, multi: list[tuple[str, Any]]) -> None:
+        super().__init__(multi)
+        self.multi = multi
 
 
 async def read_body(request: Request) -> dict[str, Any]:
@@ -60,7 +65,7 @@ async def read_body(request: Request) -> dict[str, Any]:
         form = await request.form(max_part_size=limit)
     except MultiPartException as exc:
         raise ApiError(400, f"malformed multipart body: {exc}") from None
-    return FormBody(form.items())
+    return FormBody(list(form.multi_items()))
 
 
 def number(body: dict[str, Any], key: str, kind: type = int) -> Any:

@@ -177,6 +177,12 @@ def test_an_image_edit_restyles_the_upload_as_the_img2img_pipeline_does():
                           mask=("m.png", upload.getvalue(), "image/png"))
         with pytest.raises(openai.BadRequestError, match="strength"):
             c.images.generate(model=model, prompt="a red cube", size="32x32", extra_body={"strength": 0.5})
+        files = [("image[]", ("a.png", upload.getvalue(), "image/png")), ("image[]", ("b.png", upload.getvalue(), "image/png"))]
+        two = httpx.post(f"{server.url}/v1/images/edits", data={"prompt": "x"}, files=files, timeout=60)
+        assert two.status_code == 400 and two.json()["error"]["param"] == "image", two.text
+        quiet = httpx.post(f"{server.url}/v1/images/edits", timeout=60, files=[files[0]],
+                           data={"prompt": "x", "stream": "false", "size": "32x32", "num_inference_steps": "2"})
+        assert quiet.status_code == 200, quiet.text
     got = np.asarray(Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json))).convert("RGB")).astype(int)
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
