@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from diffusers import ConfigMixin, DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.utils.torch_utils import randn_tensor
 
 Embeds = dict[str, torch.Tensor]  # one prompt's embeddings: "embeds" (+ "pooled" for SD3, SDXL, FLUX)
@@ -136,7 +137,6 @@ class _FlowImage:
     takes_image = True
 
     def image_latents(self: Any, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_latents
         vae = self.pipe.vae
         pixels = self.pipe.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
         latents = retrieve_latents(vae.encode(pixels.to(self.device, self.dtype)), generator=generator)
@@ -178,7 +178,6 @@ class StableDiffusion(Family):
         return scheduler.scale_model_input(x, t)
 
     def image_latents(self, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
         vae = self.pipe.vae
         size = {} if image.size == (width, height) else {"height": height, "width": width}
         pixels = self.pipe.image_processor.preprocess(image, **size).to(self.device, self.dtype)
@@ -226,7 +225,6 @@ class StableDiffusionXL(StableDiffusion):
         """As StableDiffusionXLImg2ImgPipeline (a base checkpoint: no aesthetic score): the image
         in the model's dtype, encoded by the (upcast) VAE, scaled (or normalized by the VAE's
         latents mean and std when it has them)."""
-        from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import retrieve_latents
         vae = self._upcast_vae()
         size = {} if image.size == (width, height) else {"height": height, "width": width}
         pixels = self.pipe.image_processor.preprocess(image, **size).to(self.device, self.dtype)

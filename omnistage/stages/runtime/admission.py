@@ -45,8 +45,13 @@ def images_by_reference(plan: GraphPlan, route: Route, ar: str,
     produced = {e.src_port for e in route.out_edges(ar)} | {port for src, port in route.produces.values() if src == ar}
     if not function or produced & {"states", "hidden"}:
         return None
-    module, _, attr = function.partition(":")
-    return getattr(importlib.import_module(module), attr)(images)
+    return _function(function)(images)
+
+
+def _function(name: str) -> Any:
+    """A kind's hook named "module:function"."""
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def without_stage(route: Route, stage: str) -> Route:
@@ -120,7 +125,5 @@ def resolve_params(plan: GraphPlan, route: Route, infos: Mapping[str, Mapping[st
     for name in route.stages:
         stage = plan.stages[name]
         if stage.kind.check_params:
-            module, _, attr = stage.kind.check_params.partition(":")
-            check = getattr(importlib.import_module(module), attr)
-            resolved.update(check(stage.options, infos.get(name, {}), resolved))
+            resolved.update(_function(stage.kind.check_params)(stage.options, infos.get(name, {}), resolved))
     return resolved
