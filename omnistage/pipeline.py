@@ -21,7 +21,7 @@ from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.handle import ChunkEvent, RequestHandle, Result
 from omnistage.stages.runtime.orchestrator import Orchestrator
 
-_INPUT_FIELDS = ("prompt", "messages", "images", "image", "audio", "video")
+_INPUT_FIELDS = ("prompt", "messages", "images", "image", "mask", "audio", "video")
 
 
 class Pipeline:
@@ -48,7 +48,7 @@ class Pipeline:
 
     def generate(self, *, timeout: float | None = 600, **kwargs: Any) -> Result:
         """Run one request to completion. Inputs: prompt, messages, images, image (to start an
-        image from), audio, video;
+        image from), mask (where that image is repainted), audio, video;
         everything else (max_tokens, temperature, seed, stop, ...) is a request parameter."""
         return self.submit(**kwargs).result(timeout)
 

@@ -2,9 +2,11 @@
 
 Extensions beyond OpenAI's fields: ``negative_prompt``, ``num_inference_steps``,
 ``guidance_scale``, ``seed`` (image i of ``n`` uses ``seed + i``), ``scheduler`` and, for edits,
-``strength`` (how much of the input image is noised away; default 0.8); any other field the
-diffusion stage does not read is refused (see ``fields``). An edit is image to image: the
-uploaded picture, noised ``strength`` of the way, denoised toward the prompt (no mask yet).
+``strength`` (how much of the input image is noised away; default 0.8, or 1.0 with a mask); any
+other field the diffusion stage does not read is refused (see ``fields``). An edit is image to
+image: the uploaded picture, noised ``strength`` of the way, denoised toward the prompt. With a
+``mask`` (the image's size) it is inpainting: only the mask's fully transparent pixels (or, for a
+mask without transparency, its white ones) are repainted, the rest of the picture is kept.
 """
 from __future__ import annotations
 
@@ -68,15 +70,19 @@ async def edits(request: Request) -> Response:
     """The openai client's ``images.edit``: a multipart form with the image file and the prompt."""
     body = await read_body(request)
     check_model(request, body, required=False)
-    if body.get("mask") is not None:
-        raise ApiError(400, "mask (inpainting) is not supported by this server; edits restyle the whole image",
-                       "mask", "unsupported_parameter")
     fields = body.multi if isinstance(body, FormBody) else list(body.items())
-    uploads = [v for k, v in fields if k in ("image", "image[]")]
+    inputs = {"image": await _upload(fields, ("image", "image[]"), "image")}
+    if body.get("mask") is not None:
+        inputs["mask"] = await _upload(fields, ("mask",), "mask")
+    return await _generate(request, body, generation_params(body, IMAGE_EDITS), inputs)
+
+
+async def _upload(fields: list[tuple[str, Any]], names: tuple[str, ...], param: str) -> bytes:
+    """The one file uploaded under ``names``; a 400 naming ``param`` for none, several or a text value."""
+    uploads = [v for k, v in fields if k in names]
     if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
-        raise ApiError(400, f"image must be exactly one uploaded file (got {len(uploads)})", "image")
-    data = await uploads[0].read()
-    return await _generate(request, body, generation_params(body, IMAGE_EDITS), {"image": data})
+        raise ApiError(400, f"{param} must be exactly one uploaded file (got {len(uploads)})", param)
+    return await uploads[0].read()
 
 
 async def _generate(request: Request, body: dict[str, Any], params: dict[str, Any], inputs: dict[str, Any]) -> Response:

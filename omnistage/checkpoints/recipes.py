@@ -81,9 +81,9 @@ def _vision_chat(s: ServeSettings) -> dict[str, Any]:
 
 def _diffusion(output: str, edits: bool = False) -> Callable[[ServeSettings], dict[str, Any]]:
     """text encode -> denoise -> VAE decode; ``edits``: the denoiser also takes a request's
-    input image (image to image: /v1/images/edits)."""
+    input image and mask (image to image and inpainting: /v1/images/edits)."""
     def recipe(s: ServeSettings) -> dict[str, Any]:
-        inputs = {"embeds": "text.embeds", **({"image": "request.image"} if edits else {})}
+        inputs = {"embeds": "text.embeds", **({"image": "request.image", "mask": "request.mask"} if edits else {})}
         return {"text": s.stage("text_encode", {"prompt": "request.prompt"}, max_batch=32),
                 "denoise": s.stage("diffusion", inputs, {"progress": "response.progress"}),
                 "decode": s.stage("vae_decode", {"latents": "denoise.latents"}, {output: f"response.{output}"})}

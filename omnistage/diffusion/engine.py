@@ -44,6 +44,7 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
     served: int = -1  # the engine step that last advanced it
     image: Any = None  # the input image it starts from (img2img), until its latents are made
+    mask: Any = None  # inpainting: the mask image (white repaints), then (mask, image latents, noise)
 
     @property
     def total(self) -> int:
@@ -77,9 +78,13 @@ class DiffusionEngine:
 
     # --- requests ----------------------------------------------------------------------
     def add(self, rid: str, params: GenerationParams, prompt: str | None = None,
-            embeds: tuple[Embeds, Embeds | None] | None = None, image: Any = None) -> None:
+            embeds: tuple[Embeds, Embeds | None] | None = None, image: Any = None, mask: Any = None) -> None:
         """``image``: a PIL image to start from (img2img): it is noised ``params.strength`` of the
-        way into the schedule, which then runs from there."""
+        way into the schedule, which then runs from there. ``mask`` (with an image; grayscale,
+        white repaints): inpainting, where after every step the latents outside the mask are
+        put back to the image's, noised to the next step's level."""
+        if mask is not None and image is None:
+            raise ValueError("a mask needs the image it applies to")
         if (prompt is None) == (embeds is None):
             raise ValueError("a diffusion request needs exactly one of a prompt or its embeddings")
         if prompt is not None and self.text is None:
@@ -87,7 +92,7 @@ class DiffusionEngine:
         if image is not None and self.family.first_step(params.steps, params.strength) >= params.steps:
             raise RequestRejected(f"strength {params.strength} of {params.steps} steps runs no step; raise either",
                                   param="strength")
-        job = Job(rid, params, self._order, prompt=prompt, image=image)
+        job = Job(rid, params, self._order, prompt=prompt, image=image, mask=mask)
         if embeds is not None:
             job.cond, job.uncond = embeds
             if params.cfg and job.uncond is None:
@@ -174,11 +179,34 @@ class DiffusionEngine:
         job.timesteps = scheduler.timesteps[start:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)
+        if job.mask is not None:
+            return self._inpaint(job)
         with torch.inference_mode():
             init = self.family.image_latents(job.image, p.height, p.width, job.generator)
         noise = randn_tensor(init.shape, generator=job.generator, device=init.device, dtype=init.dtype)
         job.latents = self.family.noised(scheduler, init, noise, job.timesteps[:1])  # type: ignore[index]
         job.image = None
+
+    def _inpaint(self, job: Job) -> None:
+        """As the inpaint pipelines do it for a text-to-image model: the image's latents and the
+        noise drawn in their order, a full-strength request starting from pure noise."""
+        p, family = job.params, self.family
+        with torch.inference_mode():
+            init = family.inpaint_latents(job.image, p.height, p.width, job.generator)
+        noise = randn_tensor(init.shape, generator=job.generator, device=init.device, dtype=init.dtype)
+        family.skip_masked_image(job.generator, p.height, p.width)  # type: ignore[arg-type]
+        job.latents = family.inpaint_start(job.scheduler, init, noise, job.timesteps[:1], p.strength)  # type: ignore[index]
+        job.mask = (family.latent_mask(job.mask, p.height, p.width), init, noise)
+        job.image = None
+
+    def _keep_unmasked(self, job: Job) -> None:
+        """After a step: outside the mask, the image's latents noised to the next step's level
+        (the last step: the image's own)."""
+        mask, init, noise = job.mask
+        nxt = job.index + 1
+        if nxt < job.total:
+            init = self.family.noised(job.scheduler, init, noise, job.timesteps[nxt:nxt + 1])  # type: ignore[index]
+        job.latents = (1 - mask) * init + mask * job.latents
 
     def _pick(self) -> list[Job]:
         if not self.running:
@@ -210,6 +238,8 @@ class DiffusionEngine:
                 noise, row = pred[row:row + 1], row + 1
             t = job.timesteps[job.index]  # type: ignore[index]
             job.latents = job.scheduler.step(noise, t, job.latents, **job.extra, return_dict=False)[0]
+            if job.mask is not None:
+                self._keep_unmasked(job)
             job.index += 1
             job.served = self.steps
         self.last_batch = len(batch)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from diffusers import ConfigMixin, DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -112,6 +113,34 @@ class Family:
         """The step an image-to-image request starts at (its pipeline's ``get_timesteps``)."""
         return steps - min(int(steps * strength), steps)
 
+    # --- inpainting (an input image and a mask; a model of the plain text-to-image kind) -----
+    def latent_mask(self, mask: Any, height: int, width: int) -> torch.Tensor:
+        """A mask (grayscale PIL, white repaints) on the latent grid: binarized at the request's
+        size, then resized (nearest) to the latents, as the inpaint pipelines do."""
+        processor = VaeImageProcessor(vae_scale_factor=self.vae_scale, do_normalize=False, do_binarize=True,
+                                      do_convert_grayscale=True)
+        pixels = processor.preprocess(mask, height=height, width=width)
+        grid = torch.nn.functional.interpolate(pixels, size=(height // self.vae_scale, width // self.vae_scale))
+        return grid.to(self.device, self.latent_dtype or self.dtype)
+
+    def inpaint_latents(self, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """The image's latents as the inpaint pipeline makes them (its img2img ones unless it differs)."""
+        return self.image_latents(image, height, width, generator)
+
+    def skip_masked_image(self, generator: torch.Generator, height: int, width: int) -> None:
+        """Advance ``generator`` past the draw the inpaint pipelines spend on the masked image's
+        posterior (its latents feed only dedicated inpainting models), so that every later draw
+        (an ancestral scheduler's noise) is the pipeline's."""
+        shape = (1, self.vae_config["latent_channels"], height // self.vae_scale, width // self.vae_scale)
+        randn_tensor(shape, generator=generator, device=torch.device(self.device), dtype=self.pipe.vae.dtype)
+
+    def inpaint_start(self, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                      strength: float) -> torch.Tensor:
+        """Where an inpainting request starts: pure noise at full strength, else the image noised to ``t``."""
+        if strength == 1.0:
+            return noise * scheduler.init_noise_sigma
+        return self.noised(scheduler, latents, noise, t)
+
     def row_inputs(self, params: Any) -> Embeds:
         """Per-request model inputs beside the text embeddings (stacked over the batch's rows
         like them): none unless the family takes one, such as FLUX's guidance."""
@@ -147,6 +176,10 @@ class _FlowImage:
 
     def first_step(self, steps: int, strength: float) -> int:
         return int(max(steps - min(steps * strength, steps), 0))
+
+    def inpaint_start(self, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                      strength: float) -> torch.Tensor:
+        return noise if strength == 1.0 else self.noised(scheduler, latents, noise, t)
 
 
 class StableDiffusion(Family):
@@ -226,14 +259,23 @@ class StableDiffusionXL(StableDiffusion):
         in the model's dtype, encoded by the (upcast) VAE, scaled (or normalized by the VAE's
         latents mean and std when it has them)."""
         vae = self._upcast_vae()
-        size = {} if image.size == (width, height) else {"height": height, "width": width}
-        pixels = self.pipe.image_processor.preprocess(image, **size).to(self.device, self.dtype)
-        latents = retrieve_latents(vae.encode(pixels.to(vae.dtype)), generator=generator).to(self.dtype)
+        latents = self._encoded(image, height, width, generator)
         if vae.config.get("latents_mean") is not None and vae.config.get("latents_std") is not None:
             mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
             std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
             return (latents - mean) * vae.config.scaling_factor / std
         return vae.config.scaling_factor * latents
+
+    def inpaint_latents(self, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """As StableDiffusionXLInpaintPipeline: scaled only, never normalized by mean and std."""
+        return self._upcast_vae().config.scaling_factor * self._encoded(image, height, width, generator)
+
+    def _encoded(self, image: Any, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """The image's VAE posterior sample (upcast VAE), in the model's dtype."""
+        vae = self._upcast_vae()
+        size = {} if image.size == (width, height) else {"height": height, "width": width}
+        pixels = self.pipe.image_processor.preprocess(image, **size).to(self.device, self.dtype)
+        return retrieve_latents(vae.encode(pixels.to(vae.dtype)), generator=generator).to(self.dtype)
 
     def _upcast_vae(self) -> Any:
         vae = self.pipe.vae

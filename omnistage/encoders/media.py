@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ def _read_path(path: str, kind: str, limits: MediaLimits, param: str) -> bytes:
         raise MediaError(f"cannot read {kind} file: {exc.strerror}", param=param) from None
 
 
+def _rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
 class LazyImage:
     """An image whose header is checked (format, declared type, pixel count) and whose pixels
     are decoded on first use. Given as file bytes, its ``fingerprint`` is taken over those bytes,
@@ -109,14 +114,15 @@ class LazyImage:
     def size(self) -> tuple[int, int]:
         return self._size
 
-    def decode(self) -> Image.Image:
-        """The RGB image (decoded once); a MediaError if the data past the header is broken."""
+    def decode(self, convert: Callable[[Image.Image], Image.Image] = _rgb) -> Image.Image:
+        """The RGB image (or what ``convert`` makes of the file's first frame), decoded once; a
+        MediaError if the data past the header is broken."""
         if self._image is None:
             raise RuntimeError("an image given by reference cannot be decoded here (its file stayed upstream)")
         if not self._decoded:
             try:
                 self._image.seek(0)  # first frame of an animation
-                self._image = self._image.convert("RGB")
+                self._image = convert(self._image)
             except (OSError, ValueError, SyntaxError) as exc:
                 raise MediaError(f"cannot decode image: {exc}", param=self.param) from None
             self._decoded, self.data = True, None
@@ -135,6 +141,21 @@ class LazyImage:
 def load_image(src: Any, limits: MediaLimits = DEFAULT_LIMITS, param: str = "images") -> Image.Image:
     """An RGB PIL image. Pixel count is checked from the header, before decoding."""
     return open_image(src, limits, param).decode()
+
+
+def load_mask(src: Any, limits: MediaLimits = DEFAULT_LIMITS, param: str = "mask") -> Image.Image:
+    """An inpainting mask as a grayscale image, white where the picture is repainted. A mask with
+    transparency reads as OpenAI's images API reads it (its fully transparent pixels are the ones
+    edited); one without, as diffusers reads it (white repaints, black keeps)."""
+    if isinstance(src, Image.Image):
+        return _mask_pixels(_check_pixels(src, limits, param))
+    return open_image(src, limits, param).decode(_mask_pixels)
+
+
+def _mask_pixels(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        return image.convert("RGBA").getchannel("A").point(lambda a: 255 if a == 0 else 0)
+    return image.convert("L")
 
 
 def file_digest(data: bytes) -> bytes:

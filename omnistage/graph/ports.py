@@ -14,6 +14,7 @@ REQUEST_FIELDS: Mapping[str, str] = frozen_dict({
     "messages": "messages",
     "images": "image",
     "image": "image",  # the one picture an image-to-image request starts from
+    "mask": "image",  # where that picture is repainted (inpainting)
     "audio": "audio",
     "video": "video",
 })

@@ -6,9 +6,9 @@ from pathlib import Path
 from omnistage.models.tokenizer import build_tokenizer
 
 
-def _tiny_vae(**extra):  # noqa: ANN003, ANN202 - AutoencoderKL keyword arguments
+def _tiny_vae(latent_channels: int = 4, **extra):  # noqa: ANN003, ANN202 - AutoencoderKL keyword arguments
     from diffusers import AutoencoderKL
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(16, 32),
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                          norm_num_groups=8, **extra).eval()
 
@@ -64,7 +64,8 @@ def _t5_config(tok, cls):  # noqa: ANN001, ANN202
 
 
 def build_sd3(out: Path) -> None:
-    """StableDiffusion3Pipeline: two CLIP text encoders with projection, T5, an MMDiT, flow matching."""
+    """StableDiffusion3Pipeline: two CLIP text encoders with projection, T5, an MMDiT, flow matching;
+    16 latent channels, as SD3's VAE has (its inpaint pipeline takes no other count)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
     tok, t5_tok = build_tokenizer(model_max_length=16), build_tokenizer(model_max_length=32)
@@ -76,10 +77,10 @@ def build_sd3(out: Path) -> None:
             eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)).eval()
 
     transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=64,
         pos_embed_max_size=32).eval()
-    vae = _tiny_vae(sample_size=32, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
+    vae = _tiny_vae(16, sample_size=32, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
                     use_post_quant_conv=False)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,

@@ -154,9 +154,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _inpaint_mask(size: int):
+    """An RGBA mask as OpenAI's API takes it (transparent where the picture is edited), and the
+    same mask as diffusers takes it (white where repainted)."""
+    from PIL import Image, ImageDraw
+    rgba = Image.new("RGBA", (size, size), (0, 0, 0, 255))
+    ImageDraw.Draw(rgba).rectangle((8, 4, 23, 19), fill=(0, 0, 0, 0))
+    white = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(white).rectangle((8, 4, 23, 19), fill=255)
+    return rgba, white
+
+
 def test_an_image_edit_restyles_the_upload_as_the_img2img_pipeline_does():
     """``images.edit`` of the openai client against ``serve`` of a Stable Diffusion checkpoint:
-    the PNG that comes back is StableDiffusionImg2ImgPipeline's image for the same request."""
+    the PNG that comes back is StableDiffusionImg2ImgPipeline's image for the same request, and
+    with a mask StableDiffusionInpaintPipeline's; a mask of another size or not an image is a 400."""
     import base64
 
     import torch
@@ -172,9 +184,22 @@ def test_an_image_edit_restyles_the_upload_as_the_img2img_pipeline_does():
         c, model = client(server, path)
         out = c.images.edit(model=model, image=("in.png", upload.getvalue(), "image/png"), prompt="a red cube",
                             size="32x32", response_format="b64_json", extra_body=settings)
-        with pytest.raises(openai.BadRequestError, match="mask"):
-            c.images.edit(model=model, image=("in.png", upload.getvalue(), "image/png"), prompt="a red cube",
-                          mask=("m.png", upload.getvalue(), "image/png"))
+        rgba, white = _inpaint_mask(32)
+        mask = io.BytesIO()
+        rgba.save(mask, format="PNG")
+        inpainted = c.images.edit(model=model, image=("in.png", upload.getvalue(), "image/png"), prompt="a red cube",
+                                  mask=("m.png", mask.getvalue(), "image/png"), size="32x32",
+                                  extra_body={"num_inference_steps": 4, "seed": 5, "guidance_scale": 7.5})
+        small = io.BytesIO()
+        rgba.resize((16, 16)).save(small, format="PNG")
+        for bad, why in ((small.getvalue(), "same size"), (b"not a picture", "decode")):
+            with pytest.raises(openai.BadRequestError, match=why) as info:
+                c.images.edit(model=model, image=("in.png", upload.getvalue(), "image/png"), prompt="a red cube",
+                              mask=("m.png", bad, "image/png"))
+            assert info.value.body["param"] == "mask"
+        with pytest.raises(openai.BadRequestError, match="decode") as info:
+            c.images.edit(model=model, image=("in.png", b"GIF89a broken", "image/gif"), prompt="a red cube")
+        assert info.value.body["param"] == "image"
         with pytest.raises(openai.BadRequestError, match="strength"):
             c.images.generate(model=model, prompt="a red cube", size="32x32", extra_body={"strength": 0.5})
         files = [("image[]", ("a.png", upload.getvalue(), "image/png")), ("image[]", ("b.png", upload.getvalue(), "image/png"))]
@@ -189,4 +214,11 @@ def test_an_image_edit_restyles_the_upload_as_the_img2img_pipeline_does():
     ref = pipe("a red cube", image=picture, strength=0.5, num_inference_steps=4, guidance_scale=7.5,
                generator=torch.Generator().manual_seed(3), output_type="np").images[0]
     assert got.shape == (32, 32, 3)
+    assert np.abs(got - np.round(ref * 255)).max() <= 1
+    from diffusers import StableDiffusionInpaintPipeline
+    inpaint = StableDiffusionInpaintPipeline.from_pretrained(path)
+    inpaint.set_progress_bar_config(disable=True)
+    ref = inpaint("a red cube", image=picture, mask_image=white, num_inference_steps=4, guidance_scale=7.5,
+                  height=32, width=32, generator=torch.Generator().manual_seed(5), output_type="np").images[0]
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(inpainted.data[0].b64_json))).convert("RGB")).astype(int)
     assert np.abs(got - np.round(ref * 255)).max() <= 1

@@ -22,4 +22,4 @@ def test_every_architecture_has_a_row_and_a_tiny_checkpoint(capsys):
     assert len(rows) == len(RECIPES) + 1  # + the Qwen2.5-Omni single-directory checkpoint
     assert all("`tiny:" in row for row in rows), [r for r in rows if "`tiny:" not in r]
     assert "| `StableDiffusionXLPipeline` | text (`text_encode`) → denoise (`diffusion`) → decode (`vae_decode`) | " \
-           "image, prompt | image | `tiny:sdxl` |" in rows
+           "image, mask, prompt | image | `tiny:sdxl` |" in rows

@@ -18,6 +18,14 @@ class FlowUniPC:
                                                    flow_shift=config["shift"])
 
 
+def reference(h, cls):
+    """Pipeline ``cls`` (img2img, inpaint) over the components of the harness's family."""
+    expected, optional = cls._get_signature_keys(cls)
+    pipe = cls(**{k: v for k, v in h.family.pipe.components.items() if k in {*expected, *optional}})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 SCHEDULERS_FLOW = {"unipc": FlowUniPC}
 SCHEDULERS = {"default": None, "euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler,
               "dpm++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
@@ -127,9 +135,7 @@ def test_sd_image_to_image_beside_text_to_image_equals_diffusers(harness, name):
     h.add("t", "a dog", height=32, width=32, seed=4, num_inference_steps=3)
     got = h.pixels(h.run())
     cls = StableDiffusionXLImg2ImgPipeline if name == "sdxl" else StableDiffusionImg2ImgPipeline
-    expected, optional = cls._get_signature_keys(cls)
-    ref_pipe = cls(**{k: v for k, v in h.family.pipe.components.items() if k in {*expected, *optional}})
-    ref_pipe.set_progress_bar_config(disable=True)
+    ref_pipe = reference(h, cls)
     own = ref_pipe.scheduler
     for rid, r in reqs.items():
         if r.get("scheduler"):
@@ -162,15 +168,84 @@ def test_flow_image_to_image_equals_diffusers(harness, name):
     h.add("t", "a tree", height=32, width=48, seed=4, num_inference_steps=2, guidance_scale=guidance)
     got = h.pixels(h.run())
     cls = FluxImg2ImgPipeline if name == "flux" else StableDiffusion3Img2ImgPipeline
-    expected, optional = cls._get_signature_keys(cls)
-    ref_pipe = cls(**{k: v for k, v in h.family.pipe.components.items() if k in {*expected, *optional}})
-    ref_pipe.set_progress_bar_config(disable=True)
+    ref_pipe = reference(h, cls)
     for rid, r in reqs.items():
         ref = ref_pipe(f"a house {rid}", image=image, strength=r["strength"], height=32, width=48,
                        num_inference_steps=r["num_inference_steps"], guidance_scale=guidance,
                        generator=torch.Generator().manual_seed(r["seed"]), output_type="np").images[0]
         assert np.abs(got[rid] - ref).max() < TOL, rid
     assert got["t"].shape == (32, 48, 3)
+
+
+INPAINT = {"sd": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline",
+           "sd3": "StableDiffusion3InpaintPipeline", "flux": "FluxInpaintPipeline"}
+
+
+def _mask(height: int, width: int):
+    """A grayscale mask, white (repaint) over a rectangle."""
+    from PIL import Image, ImageDraw
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle((4, 8, width - 9, height - 5), fill=255)
+    return mask
+
+
+@pytest.mark.parametrize("name", list(INPAINT))
+def test_inpainting_beside_other_requests_equals_the_inpaint_pipeline(harness, name):
+    """Masked edits (full and partial strength, an ancestral scheduler where the family has one)
+    batched with an img2img and a text-to-image request, each equal to the family's inpaint
+    pipeline; outside the mask the result is the picture's latents, so the blend is not a no-op."""
+    import diffusers
+    import torch
+    from PIL import Image
+
+    from omnistage.diffusion.params import parse_params
+    h = harness(name)
+    flow = name in ("sd3", "flux")
+    g = torch.Generator().manual_seed(2)
+    image = Image.fromarray((torch.rand(32, 48, 3, generator=g) * 255).byte().numpy())
+    mask = _mask(32, 48)
+    guidance = 3.5 if name == "flux" else 5.0
+    reqs = {"a": dict(seed=1, num_inference_steps=4, strength=1.0),
+            "b": dict(seed=2, num_inference_steps=5, strength=0.6, **({} if flow else {"scheduler": "euler_a"}))}
+    for rid, r in reqs.items():
+        h.engine.add(rid, parse_params(h.info, dict(height=32, width=48, guidance_scale=guidance, **r)),
+                     prompt=f"a boat {rid}", image=image, mask=mask)
+    h.engine.add("i", parse_params(h.info, dict(height=32, width=48, guidance_scale=guidance, seed=3,
+                                                num_inference_steps=3, strength=0.7)), prompt="a boat i", image=image)
+    h.add("t", "a lake", height=32, width=48, seed=4, num_inference_steps=2, guidance_scale=guidance)
+    latents = h.run()
+    got = h.pixels(latents)
+    # StableDiffusion3InpaintPipeline decodes without the VAE's shift factor (its text-to-image
+    # and img2img pipelines add it, as the encoding subtracts it): SD3 compares the latents.
+    output = "latent" if name == "sd3" else "np"
+    cls = getattr(diffusers, INPAINT[name])
+    ref_pipe = reference(h, cls)
+    own = ref_pipe.scheduler
+    for rid, r in reqs.items():
+        if r.get("scheduler"):
+            ref_pipe.scheduler = SCHEDULERS[r["scheduler"]].from_config(own.config)
+        ref = ref_pipe(f"a boat {rid}", image=image, mask_image=mask, strength=r["strength"], height=32, width=48,
+                       num_inference_steps=r["num_inference_steps"], guidance_scale=guidance,
+                       generator=torch.Generator().manual_seed(r["seed"]), output_type=output).images[0]
+        ref_pipe.scheduler = own
+        ours = latents[rid][0].numpy() if name == "sd3" else got[rid]
+        assert np.abs(ours - np.asarray(ref)).max() < TOL, rid
+    # Outside the mask the result is the picture's own latents (the last step puts them back), inside it is not.
+    with torch.no_grad():
+        init = h.family.inpaint_latents(image, 32, 48, torch.Generator().manual_seed(reqs["b"]["seed"]))
+    keep = (h.family.latent_mask(mask, 32, 48) == 0).expand_as(init)
+    assert 0 < keep.sum() < keep.numel()
+    assert torch.allclose(latents["b"][keep], init[keep], atol=1e-5)
+    assert (latents["b"][~keep] - init[~keep]).abs().max() > 0.1
+
+
+def test_a_mask_needs_an_image(harness):
+    from PIL import Image
+
+    from omnistage.diffusion.params import parse_params
+    h = harness("sd")
+    with pytest.raises(ValueError, match="mask"):
+        h.engine.add("m", parse_params(h.info, {}), prompt="x", mask=Image.new("L", (16, 16)))
 
 
 def test_image_to_image_refuses_a_strength_that_runs_no_step(harness):

@@ -8,6 +8,7 @@ submit-time check (``omnistage.diffusion.params.check_params``).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from omnistage.diffusion.output import encode_image, encode_video
 from omnistage.diffusion.params import GenerationParams, check_prompt, parse_params
 from omnistage.diffusion.schedulers import SchedulerFactory, scheduler_names
 from omnistage.diffusion.text import PromptCache, PromptEncoder, TextEncodeEngine, TextJob
-from omnistage.encoders.media import MediaLimits, load_image
+from omnistage.encoders.media import MediaLimits, load_image, load_mask
 from omnistage.errors import RequestRejected
 from omnistage.graph.options import DiffusionOptions
 from omnistage.graph.plan import StagePlan
@@ -76,14 +77,17 @@ class DiffusionStage(Stage):
     def add(self, request: StageRequest) -> None:
         p = parse_params(self._info, request.params)
         image = self._input_image(request)
+        mask = self._input_mask(request, image)
+        if mask is not None and request.params.get("strength") is None:
+            p = replace(p, strength=1.0)  # the masked area is painted anew, as the inpaint pipelines default
         embeds = request.inputs.get("embeds")
         if embeds is not None:
-            self.engine.add(request.rid, p, embeds=(embeds.cond, embeds.uncond), image=image)
+            self.engine.add(request.rid, p, embeds=(embeds.cond, embeds.uncond), image=image, mask=mask)
         elif self.engine.text is None:
             raise RequestRejected("this diffusion stage has no text encoder; wire a text_encode stage's embeds",
                                   param="prompt")
         else:
-            self.engine.add(request.rid, p, prompt=check_prompt(request.inputs.get("prompt")), image=image)
+            self.engine.add(request.rid, p, prompt=check_prompt(request.inputs.get("prompt")), image=image, mask=mask)
         self.params[request.rid] = p
 
     def _input_image(self, request: StageRequest) -> Any:
@@ -97,6 +101,19 @@ class DiffusionStage(Stage):
             raise RequestRejected(f"this model ({self.family.name}) does not start from an input image yet",
                                   param="image")
         return load_image(src, self.limits, "image")
+
+    def _input_mask(self, request: StageRequest, image: Any) -> Any:
+        """The inpainting mask (grayscale, white repaints; see ``load_mask``), the image's size."""
+        src = request.inputs.get("mask")
+        if src is None:
+            return None
+        if image is None:
+            raise RequestRejected("mask needs an image to edit", param="mask")
+        mask = load_mask(src, self.limits)
+        if mask.size != image.size:
+            raise RequestRejected(f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
+                                  f"{image.size[0]}x{image.size[1]}; they must be the same size", param="mask")
+        return mask
 
     def step(self) -> list[StageOutput]:
         finished = self.engine.step()
