@@ -105,6 +105,7 @@ RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
     "StableDiffusionXLPipeline": _diffusion("image", edits=True),
     "StableDiffusion3Pipeline": _diffusion("image", edits=True),
     "FluxPipeline": _diffusion("image", edits=True),
+    "QwenImagePipeline": _diffusion("image"),
     "WanPipeline": _diffusion("video"),
     "SpeechT5ForTextToSpeech": _speech,
     "WhisperForConditionalGeneration": _transcribe,

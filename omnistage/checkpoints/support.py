@@ -23,7 +23,7 @@ VISION_LMS = frozenset({"Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditi
 OMNI = "Qwen2_5OmniForConditionalGeneration"  # the released single-directory checkpoint
 OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"
 DIFFUSION_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
-                                 "FluxPipeline", "WanPipeline"})
+                                 "FluxPipeline", "QwenImagePipeline", "WanPipeline"})
 
 # Checkpoints that hold several sub-models, each loaded on its own (``models.<name>.component``):
 # component -> the architecture it is.

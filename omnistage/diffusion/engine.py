@@ -44,6 +44,7 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
     served: int = -1  # the engine step that last advanced it
     image: Any = None  # the input image it starts from (img2img), until its latents are made
+    text_key: tuple[Any, ...] = ()  # what of its embeddings' shapes must match a batch's (the family says)
     mask: Any = None  # inpainting: the mask image (white repaints), then (mask, image latents, noise)
 
     @property
@@ -53,7 +54,7 @@ class Job:
     @property
     def bucket(self) -> tuple[Any, ...]:
         assert self.latents is not None and self.cond is not None
-        return tuple(self.latents.shape), tuple((k, tuple(v.shape)) for k, v in sorted(self.cond.items()))
+        return tuple(self.latents.shape), self.text_key
 
 
 @dataclass
@@ -153,6 +154,7 @@ class DiffusionEngine:
                 job.uncond = next(embeds) if job.params.cfg else None
         for job in jobs:
             self._init(job)
+            job.text_key = self.family.text_key(job.cond)  # type: ignore[arg-type]
             self.running[job.rid] = job
         started = {j.rid for j in jobs}
         self.waiting = [j for j in self.waiting if j.rid not in started]
@@ -226,14 +228,14 @@ class DiffusionEngine:
             xs.append(self.family.scale_input(job.scheduler, x, t))
             ts.extend([t.float()] * len(rows))
             conds.extend(rows)
-        cond = {k: torch.stack([c[k] for c in conds]) for k in conds[0]}  # type: ignore[index]
+        cond = self.family.stack(conds)  # type: ignore[arg-type]
         with torch.inference_mode():
             pred = self.family.denoise(torch.cat(xs), torch.stack(ts).to(self.family.device), cond)
         row = 0
         for job in batch:
             if job.params.cfg:
                 uncond, text = pred[row:row + 1], pred[row + 1:row + 2]
-                noise, row = uncond + job.params.guidance * (text - uncond), row + 2
+                noise, row = self.family.guide(uncond, text, job.params.guidance), row + 2
             else:
                 noise, row = pred[row:row + 1], row + 1
             t = job.timesteps[job.index]  # type: ignore[index]

@@ -25,7 +25,7 @@ Embeds = dict[str, torch.Tensor]  # one prompt's embeddings: "embeds" (+ "pooled
 ROLES = ("text", "denoise", "vae")
 
 
-def _load_config(path: str, subfolder: str | None = None) -> Mapping[str, Any]:
+def load_config(path: str, subfolder: str | None = None) -> Mapping[str, Any]:
     """model_index.json, or a component's config.json (works for local dirs and hub ids)."""
     if subfolder is None:
         return DiffusionPipeline.load_config(path)
@@ -51,18 +51,19 @@ class Family:
     # guidance_scale > 1 runs classifier-free guidance (an unconditional row per request, from
     # the negative prompt); False: guidance is a model input or absent (FLUX), no negative prompt.
     classifier_free: ClassVar[bool] = True
+    negative_required: ClassVar[bool] = False  # guidance runs only for a request with a negative prompt
 
     def __init__(self, path: str, roles: set[str], dtype: torch.dtype, device: str,
                  max_sequence_length: int | None = None) -> None:
         self.path, self.roles, self.dtype, self.device = path, roles, dtype, device
         self.max_sequence_length = max_sequence_length
-        index = _load_config(path)
+        index = load_config(path)
         skip = {name: None for role, names in self.components.items() if role not in roles for name in names}
         skip.update({name: None for name in self.unused if name in index})
         self.pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **skip).to(device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.vae_config = _load_config(path, "vae")
-        self.denoiser_config = _load_config(path, self.components["denoise"][0])
+        self.vae_config = load_config(path, "vae")
+        self.denoiser_config = load_config(path, self.components["denoise"][0])
 
     # --- facts -------------------------------------------------------------------------
     @property
@@ -76,6 +77,7 @@ class Family:
     def info(self) -> dict[str, Any]:
         return {"family": self.name, "output": self.output, "size_multiple": self.size_multiple,
                 "vae_scale": self.vae_scale, "schedulers": [], "classifier_free": self.classifier_free,
+                "negative_required": self.negative_required,
                 "takes_image": self.takes_image, **self.defaults}
 
     def latent_shape(self, height: int, width: int, frames: int | None) -> tuple[int, ...]:
@@ -140,6 +142,19 @@ class Family:
         if strength == 1.0:
             return noise * scheduler.init_noise_sigma
         return self.noised(scheduler, latents, noise, t)
+
+    # --- batching -----------------------------------------------------------------------
+    def text_key(self, cond: Embeds) -> tuple[Any, ...]:
+        """What of a request's embeddings must be equal for it to share a forward: every shape."""
+        return tuple((k, tuple(v.shape)) for k, v in sorted(cond.items()))
+
+    def stack(self, rows: list[Embeds]) -> Embeds:
+        """The rows' embeddings as one batch."""
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def guide(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guidance of one request's two predictions."""
+        return uncond + scale * (cond - uncond)
 
     def row_inputs(self, params: Any) -> Embeds:
         """Per-request model inputs beside the text embeddings (stacked over the batch's rows
@@ -461,19 +476,3 @@ class Flux(_FlowImage, Family):
         vae = self.pipe.vae
         latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         return self.pipe.image_processor.postprocess(vae.decode(latents, return_dict=False)[0], output_type="np")
-
-
-FAMILIES: dict[str, type[Family]] = {
-    "StableDiffusionPipeline": StableDiffusion,
-    "StableDiffusionXLPipeline": StableDiffusionXL,
-    "StableDiffusion3Pipeline": StableDiffusion3,
-    "WanPipeline": Wan,
-    "FluxPipeline": Flux,
-}
-
-
-def family_class(path: str) -> type[Family]:
-    pipeline = _load_config(path).get("_class_name")
-    if pipeline not in FAMILIES:
-        raise ValueError(f"{path}: pipeline {pipeline!r} is not supported; supported: {', '.join(FAMILIES)}")
-    return FAMILIES[pipeline]

@@ -32,11 +32,13 @@ class GenerationParams:
     fps: int
     classifier_free: bool = True  # the family's guidance is classifier-free (else a model input)
     strength: float = 0.8  # with an input image: the share of the schedule run from it (img2img)
+    negative_required: bool = False  # guidance runs only with a negative prompt (Qwen-Image's true CFG)
 
     @property
     def cfg(self) -> bool:
         """Classifier-free guidance runs (doubling rows) exactly when the diffusers pipelines do."""
-        return self.classifier_free and self.guidance > 1.0
+        with_negative = bool(self.negative_prompt) or not self.negative_required
+        return self.classifier_free and self.guidance > 1.0 and with_negative
 
 
 def _is_int(value: Any) -> bool:
@@ -106,7 +108,7 @@ def parse_params(info: Mapping[str, Any], params: Mapping[str, Any]) -> Generati
     _check(_is_num(strength) and 0 < strength <= 1, f"strength must be a number in (0, 1], got {strength!r}",
            "strength")
     return GenerationParams(height, width, frames, steps, float(guidance), seed, scheduler, negative, fmt, fps,
-                            classifier_free, float(strength))
+                            classifier_free, float(strength), bool(info.get("negative_required", False)))
 
 
 def _frames(info: Mapping[str, Any], params: Mapping[str, Any]) -> int:

@@ -37,6 +37,7 @@ TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "sdxl": "StableDiffusionXLPipeline: two CLIP encoders, a UNet with text_time micro-conditioning, Euler",
     "sd3": "StableDiffusion3Pipeline: SD3Transformer2DModel (MMDiT), two CLIP encoders + T5, flow matching",
     "flux": "FluxPipeline (FLUX.1-dev layout): FluxTransformer2DModel with embedded guidance, CLIP + T5, flow matching",
+    "qwen-image": "QwenImagePipeline: QwenImageTransformer2DModel, AutoencoderKLQwenImage, a Qwen2.5-VL text encoder",
     "wan": "WanPipeline (Wan 2.1 text-to-video): WanTransformer3DModel, AutoencoderKLWan, UMT5 encoder",
     "qwen2.5-omni": "Qwen2_5OmniForConditionalGeneration: thinker, talker and token2wav (each also in its own dir), speakers",
     "speecht5": "SpeechT5ForTextToSpeech with a SpeechT5HifiGan vocoder (vocoder/) and named voices",

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from omnistage.models.catalog import GENERATOR_VERSION, TINY_MODELS, build_atomically, cache_root
-from omnistage.models.tiny_diffusion import build_flux, build_sd, build_sd3, build_sdxl, build_wan
+from omnistage.models.tiny_diffusion import build_flux, build_qwen_image, build_sd, build_sd3, build_sdxl, build_wan
 from omnistage.models.tiny_omni import build_qwen2_5_omni
+from omnistage.models.tiny_parts import QWEN2_5_VISION, text_config_kwargs, vl_model
 from omnistage.models.tiny_speech import build_speecht5
 from omnistage.models.tiny_text import (build_gemma2, build_gemma3, build_llama3, build_mistral, build_qwen3,
                                         build_qwen3_moe)
@@ -47,16 +48,10 @@ def _build_into(name: str, target: Path) -> None:
     build_atomically(target, build, GENERATOR_VERSION)
 
 
-def _text_config_kwargs(vocab: int) -> dict:
-    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                tie_word_embeddings=False, initializer_range=0.2)
-
-
 def build_qwen2(out: Path) -> None:
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
     tok = build_tokenizer()
-    config = Qwen2Config(**_text_config_kwargs(len(tok)), eos_token_id=tok.eos_token_id,
+    config = Qwen2Config(**text_config_kwargs(len(tok)), eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, bos_token_id=None)
     model = Qwen2ForCausalLM(config).eval()
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -67,7 +62,7 @@ def build_qwen2(out: Path) -> None:
 def build_llama(out: Path) -> None:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     tok = build_tokenizer()
-    config = LlamaConfig(**_text_config_kwargs(len(tok)), eos_token_id=tok.eos_token_id,
+    config = LlamaConfig(**text_config_kwargs(len(tok)), eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, bos_token_id=None)
     model = LlamaForCausalLM(config).eval()
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -83,14 +78,8 @@ def build_qwen2_vl(out: Path) -> None:
 
 
 def build_qwen2_5_vl(out: Path) -> None:
-    """Qwen2.5-VL: 3 vision blocks, the middle one full attention and the others windowed over
-    56x56 pixels (2x2 merged patches), so that images larger than one window (the tests' up to
-    224x224) are split into windows and reordered back; a real checkpoint's windows are 112."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
-                  tokens_per_second=2, initializer_range=0.2)
-    _build_vl(out, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, vision)
+    _build_vl(out, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, QWEN2_5_VISION)
 
 
 def _build_vl(out: Path, config_cls: Any, model_cls: Any, vision: dict[str, Any]) -> None:
@@ -100,14 +89,7 @@ def _build_vl(out: Path, config_cls: Any, model_cls: Any, vision: dict[str, Any]
     needs torchvision, which is kept out of the dependencies."""
     from transformers import GenerationConfig, Qwen2VLImageProcessorPil
     tok = build_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    text = dict(_text_config_kwargs(len(tok)), rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                                "mrope_section": [2, 3, 3]},
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-    config = config_cls(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                        vision_end_token_id=ids["<|vision_end|>"])
-    model = model_cls(config).eval()
+    model = vl_model(tok, config_cls, model_cls, vision)
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model.save_pretrained(out)
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224).save_pretrained(out)
@@ -145,6 +127,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl": build_sdxl,
     "sd3": build_sd3,
     "flux": build_flux,
+    "qwen-image": build_qwen_image,
     "wan": build_wan,
     "speecht5": build_speecht5,
     "qwen2.5-omni": build_qwen2_5_omni,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omnistage.models.tiny_parts import QWEN2_5_VISION, vl_model
 from omnistage.models.tokenizer import build_tokenizer
 
 
@@ -125,3 +126,26 @@ def build_flux(out: Path) -> None:
                         text_encoder_2=T5EncoderModel(_t5_config(t5_tok, T5Config)).eval(), tokenizer_2=t5_tok,
                         transformer=transformer)
     pipe.save_pretrained(out)
+
+
+def build_qwen_image(out: Path) -> None:
+    """QwenImagePipeline: a tiny Qwen2.5-VL as its text encoder (the last hidden states of the
+    prompt in the pipeline's template), QwenImageTransformer2DModel over 2x2-packed 4-channel
+    latents, AutoencoderKLQwenImage with latents mean and std, flow matching with dynamic shift."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = build_tokenizer()
+    text_encoder = vl_model(tok, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, QWEN2_5_VISION)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=text_encoder.config.text_config.hidden_size, guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4)).eval()
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.1, -0.1, 0.0, 0.2],
+                                 latents_std=[1.5, 2.0, 1.0, 2.5]).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192)
+    QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                      transformer=transformer).save_pretrained(out)

@@ -30,6 +30,7 @@ KINDS = {
     "sdxl": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
     "sd3": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
     "flux": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
+    "qwen-image": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
     "wan": {"text": "text_encode", "denoise": "diffusion", "decode": "vae_decode"},
     "whisper": {"listen": "transcribe"},
     "speecht5": {"speak": "tts"},

@@ -71,5 +71,5 @@ def test_a_config_feature_the_engine_lacks_is_refused(tmp_path):
 
 
 def test_the_diffusion_table_names_exactly_the_families_the_engine_has():
-    from omnistage.diffusion.families import FAMILIES
+    from omnistage.diffusion.registry import FAMILIES
     assert DIFFUSION_PIPELINES == set(FAMILIES)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from omnistage.diffusion.engine import DiffusionEngine, decode_batched
-from omnistage.diffusion.families import family_class
+from omnistage.diffusion.registry import family_class
 from omnistage.diffusion.params import parse_params
 from omnistage.diffusion.schedulers import SchedulerFactory, scheduler_names
 from omnistage.diffusion.text import PromptCache, PromptEncoder

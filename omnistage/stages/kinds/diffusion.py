@@ -15,7 +15,8 @@ import torch
 
 from omnistage.connectors.messages import Progress, PromptEmbeds
 from omnistage.diffusion.engine import DiffusionEngine, decode_batched
-from omnistage.diffusion.families import Family, family_class
+from omnistage.diffusion.families import Family
+from omnistage.diffusion.registry import family_class
 from omnistage.diffusion.output import encode_image, encode_video
 from omnistage.diffusion.params import GenerationParams, check_prompt, parse_params
 from omnistage.diffusion.schedulers import SchedulerFactory, scheduler_names
