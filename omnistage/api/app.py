@@ -65,6 +65,7 @@ def create_app(graph: str | Path | Any, api_key: str | None = None, max_body: in
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/images/generations", images.generations, methods=["POST"]),
         Route("/v1/images/edits", images.edits, methods=["POST"]),
         Route("/v1/audio/speech", audio.speech, methods=["POST"]),
@@ -256,10 +257,17 @@ def _loading(request: Request) -> Response | None:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 
+def _card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "omnistage"}
+
+
 async def models(request: Request) -> Response:
-    name = request.app.state.pipeline.plan.name
-    return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                                     "owned_by": "omnistage"}]})
+    return JSONResponse({"object": "list", "data": [_card(request.app.state.pipeline.plan.name)]})
+
+
+async def model(request: Request) -> Response:
+    """``GET /v1/models/{id}`` (the openai client's ``models.retrieve``): the served model, or a 404."""
+    return JSONResponse(_card(check_model(request, {"model": request.path_params["model"]})))
 
 
 async def health(request: Request) -> Response:

@@ -1,8 +1,9 @@
 """``POST /v1/audio/speech`` (streamed bytes) and ``POST /v1/audio/transcriptions`` (upload).
 
-Speech formats: ``wav`` (16-bit PCM at the model's rate, a streaming header whose sizes say
-"unknown"), ``pcm`` (raw 16-bit little-endian at 24 kHz, as OpenAI's pcm), ``flac`` (whole file
-at the end). Audio leaves as the TTS stage's vocoder produces it.
+Speech formats: ``mp3`` (the default, as OpenAI's), ``opus`` (Ogg) and ``aac`` (ADTS), encoded at
+24 kHz as the audio comes (``audio_codecs``); ``wav`` (16-bit PCM at the model's rate, a
+streaming header whose sizes say "unknown"), ``pcm`` (raw 16-bit little-endian at 24 kHz, as
+OpenAI's pcm), ``flac`` (whole file at the end). Audio leaves as the TTS stage's vocoder produces it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from omnistage.api.audio_codecs import MEDIA as CODEC_MEDIA
+from omnistage.api.audio_codecs import StreamEncoder, encode_clip
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.fields import SPEECH as SPEECH_FIELDS
 from omnistage.api.fields import TRANSCRIPTIONS
@@ -28,7 +31,7 @@ from omnistage.api.request import abort_on_failure, check_model, log_admitted, r
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent
 
 PCM_RATE = 24000
-MEDIA = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
+MEDIA = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", **CODEC_MEDIA}
 
 
 def pcm16(samples: torch.Tensor) -> bytes:
@@ -62,7 +65,7 @@ def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[s
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "input must be a non-empty string", "input")
-    fmt = body.get("response_format") or "wav"
+    fmt = body.get("response_format") or "mp3"
     if fmt not in MEDIA:
         raise ApiError(400, f"response_format must be one of {', '.join(MEDIA)}, got {fmt!r}", "response_format")
     return text, SPEECH_FIELDS.params(body), fmt
@@ -89,6 +92,7 @@ async def speech(request: Request) -> Response:
 
     async def body_bytes() -> AsyncIterator[bytes]:
         resampler, collected, finished = Resampler(rate), [], False
+        encoder = StreamEncoder(fmt, PCM_RATE) if fmt in CODEC_MEDIA else None
         try:
             if fmt == "wav":
                 yield wav_header(rate)
@@ -101,6 +105,8 @@ async def speech(request: Request) -> Response:
                         yield pcm16(samples)
                     elif fmt == "pcm":
                         yield pcm16(resampler.feed(samples, last))
+                    elif encoder is not None:
+                        yield encoder.feed(resampler.feed(samples, last))
                     else:
                         collected.append(samples)
                 if last or isinstance(event, ErrorEvent):
@@ -109,6 +115,8 @@ async def speech(request: Request) -> Response:
                 event = await anext(events)
             if fmt == "flac":
                 yield _flac(torch.cat(collected), rate)
+            if encoder is not None and isinstance(event, DoneEvent):
+                yield encoder.close()
             if isinstance(event, DoneEvent):  # (a failed request is counted by its status, not as a success)
                 request.app.state.metrics.observe(handle, event.meta, rate)
         finally:  # a client that goes away stops the request in every stage
@@ -132,8 +140,9 @@ async def transcriptions(request: Request) -> Response:
     if not isinstance(upload, UploadFile):
         raise ApiError(400, "file is required (a multipart upload of the audio)", "file")
     fmt = body.get("response_format") or "json"
-    if fmt not in ("json", "text", "verbose_json"):
-        raise ApiError(400, f"response_format must be json, text or verbose_json, got {fmt!r}", "response_format")
+    if fmt not in TRANSCRIPT_FORMATS:
+        raise ApiError(400, f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}, got {fmt!r}",
+                       "response_format")
     params = TRANSCRIPTIONS.params(body)
     inputs = _transcription_inputs(request, await upload.read())
     handle = request.app.state.pipeline.submit(**inputs, modalities=["text"], loop=asyncio.get_running_loop(),
@@ -146,10 +155,32 @@ async def transcriptions(request: Request) -> Response:
         return PlainTextResponse(text)
     tokens = sum(m.get("completion_tokens", 0) for m in result.meta.values())
     payload: dict[str, Any] = {"text": text}
-    if fmt == "verbose_json":
-        payload.update(task="transcribe", language=body.get("language") or "unknown", duration=None, segments=[])
+    if fmt in ("srt", "vtt", "verbose_json"):
+        timed = next((m for m in result.meta.values() if "segments" in m), None)
+        if timed is None:
+            raise ApiError(400, f"response_format {fmt} needs timed segments, which this graph's transcription "
+                                "(a chat model's) does not give; use json or text", "response_format")
+        if fmt != "verbose_json":
+            return PlainTextResponse(subtitles(timed["segments"], fmt), media_type=f"text/{fmt}")
+        payload.update(task="transcribe", duration=timed["duration"], segments=[
+            {"id": i, "start": start, "end": end, "text": seg} for i, (start, end, seg) in enumerate(timed["segments"])])
     payload["usage"] = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
     return JSONResponse(payload)
+
+
+TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+
+
+def subtitles(segments: list[tuple[float, float, str]], fmt: str) -> str:
+    """SubRip (``srt``) or WebVTT (``vtt``) cues, one per timed segment."""
+    def stamp(seconds: float) -> str:
+        ms = round(seconds * 1000)
+        clock = f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}"
+        return f"{clock},{ms % 1000:03d}" if fmt == "srt" else f"{clock}.{ms % 1000:03d}"
+    cues = [f"{stamp(start)} --> {stamp(end)}\n{text}\n" for start, end, text in segments]
+    if fmt == "srt":
+        return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
+    return "WEBVTT\n\n" + "\n".join(cues)
 
 
 TRANSCRIBE_INSTRUCTION = "Transcribe this audio."
@@ -166,7 +197,7 @@ def _transcription_inputs(request: Request, clip: bytes) -> dict[str, Any]:
 
 
 # --- spoken chat replies (modalities: ["text", "audio"]) -----------------------------------
-CHAT_FORMATS = ("wav", "pcm16", "flac")
+CHAT_FORMATS = ("wav", "pcm16", "flac", "mp3", "opus", "aac")
 
 
 def chat_audio(body: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
@@ -188,6 +219,8 @@ def encode_audio(samples: torch.Tensor, rate: int, fmt: str) -> bytes:
         return pcm16(Resampler(rate).feed(samples, last=True))
     if fmt == "flac":
         return _flac(samples, rate)
+    if fmt in CODEC_MEDIA:
+        return encode_clip(Resampler(rate).feed(samples, last=True), PCM_RATE, fmt)
     header = bytearray(wav_header(rate))
     data = pcm16(samples)
     header[4:8] = struct.pack("<I", 36 + len(data))

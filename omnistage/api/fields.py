@@ -19,7 +19,6 @@ from omnistage.api.errors import ApiError
 from omnistage.api.request import FormBody, number
 
 _NONE = (None,)
-_PENALTY = (None, 0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -50,15 +49,13 @@ CHAT = Fields(
     metadata=frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}),
     unsupported={"tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
                  "functions": (None, []), "function_call": (None, "none", "auto"),
-                 "response_format": (None, {"type": "text"}), "presence_penalty": _PENALTY,
-                 "frequency_penalty": _PENALTY, "logit_bias": (None, {}), "prediction": _NONE,
+                 "response_format": (None, {"type": "text"}), "prediction": _NONE,
                  "reasoning_effort": _NONE, "web_search_options": _NONE, "verbosity": _NONE},
 )
 
 COMPLETIONS = Fields(
     own=frozenset({"model", "prompt", "stream", "stream_options", "n", "max_tokens", "logprobs", "return_token_ids"}),
-    unsupported={"echo": (None, False), "best_of": (None, 1), "suffix": (None, ""), "presence_penalty": _PENALTY,
-                 "frequency_penalty": _PENALTY, "logit_bias": (None, {})},
+    unsupported={"echo": (None, False), "best_of": (None, 1), "suffix": (None, "")},
 )
 
 _GENERATION_NUMBERS: Mapping[str, type] = {"num_inference_steps": int, "guidance_scale": float, "seed": int,

@@ -219,7 +219,8 @@ class LLMEngine:
         samplers = [c.seq for c in plan.chunks if c.samples]
         # (a history only where a penalty reads it: building every sequence's token list each step is O(length))
         picked = sample_batch(result.logits, [s.sampling for s in samplers],
-                              [s.tokens if s.sampling.repetition_penalty != 1.0 else () for s in samplers])
+                              [s.tokens if s.sampling.repetition_penalty != 1.0 else () for s in samplers],
+                              [s.output for s in samplers])
         self._keep_hidden(plan, result)
         grew = self.scheduler.update(plan, {s.rid: p.token for s, p in zip(samplers, picked)})
         by_rid = {s.rid: p for s, p in zip(samplers, picked)}

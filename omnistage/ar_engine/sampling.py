@@ -1,7 +1,10 @@
 """Per-request sampling parameters and the batched token choice.
 
 Temperature 0 is greedy. A request with a seed draws from its own generator, so the tokens it
-gets do not depend on which other requests share its batch.
+gets do not depend on which other requests share its batch. A row's logits are adjusted in the
+order vLLM applies it: ``logit_bias`` added, then ``repetition_penalty`` (over prompt and output,
+as HF's), then OpenAI's ``frequency_penalty`` (times each token's count in the output so far) and
+``presence_penalty`` (once for every token the output holds) subtracted.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ class SamplingParams:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added to its logit
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
@@ -33,7 +39,9 @@ class SamplingParams:
     generator: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
-    def from_request(cls, params: Mapping[str, Any], default_max_tokens: int | None) -> SamplingParams:
+    def from_request(cls, params: Mapping[str, Any], default_max_tokens: int | None,
+                     vocab_size: int | None = None) -> SamplingParams:
+        """``vocab_size``: the model's logits width, which ``logit_bias`` token ids must be under."""
         get = params.get
         max_tokens = get("max_tokens")
         max_tokens = default_max_tokens if max_tokens is None else max_tokens
@@ -41,7 +49,10 @@ class SamplingParams:
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
         sp = cls(max_tokens=max_tokens, temperature=_num(get("temperature", 1.0)), top_p=_num(get("top_p", 1.0)),
                  top_k=get("top_k", 0), min_p=_num(get("min_p", 0.0)),
-                 repetition_penalty=_num(get("repetition_penalty", 1.0)), seed=get("seed"), stop=stop,
+                 repetition_penalty=_num(get("repetition_penalty", 1.0)),
+                 presence_penalty=_num(get("presence_penalty") or 0.0),
+                 frequency_penalty=_num(get("frequency_penalty") or 0.0),
+                 logit_bias=_logit_bias(get("logit_bias"), vocab_size), seed=get("seed"), stop=stop,
                  stop_token_ids=tuple(get("stop_token_ids") or ()), ignore_eos=get("ignore_eos", False),
                  logprobs=get("logprobs"))
         sp.validate()
@@ -55,6 +66,9 @@ class SamplingParams:
         _check(_is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p must be between 0 and 1", "min_p")
         _check(_is_num(self.repetition_penalty) and self.repetition_penalty > 0,
                "repetition_penalty must be > 0", "repetition_penalty")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(_is_num(value) and -2 <= value <= 2, f"{name} must be a number between -2 and 2", name)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop must be a string or a list of non-empty strings", "stop")
         _check(all(_is_int(t) for t in self.stop_token_ids), "stop_token_ids must be integers", "stop_token_ids")
         _check(self.seed is None or _is_int(self.seed), "seed must be an integer", "seed")
@@ -65,6 +79,12 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether a bias or a penalty changes this request's logits."""
+        return bool(self.logit_bias) or self.repetition_penalty != 1.0 or bool(self.presence_penalty) \
+            or bool(self.frequency_penalty)
 
     def find_stop(self, text: str, start: int = 0) -> int | None:
         """Index of the earliest stop string in ``text`` at or after ``start``."""
@@ -108,31 +128,63 @@ def _check(ok: bool, message: str, param: str) -> None:
         raise RequestRejected(message, param=param)
 
 
+def _logit_bias(value: Any, vocab_size: int | None) -> dict[int, float]:
+    """OpenAI's ``logit_bias``: token ids (JSON keys are strings) -> a bias between -100 and 100."""
+    if value is None:
+        return {}
+    _check(isinstance(value, Mapping), "logit_bias must map token ids to numbers", "logit_bias")
+    bias = {}
+    for key, amount in value.items():
+        token = int(key) if isinstance(key, str) and key.isdigit() else key
+        _check(_is_int(token) and token >= 0 and (vocab_size is None or token < vocab_size),
+               f"logit_bias key {key!r} is not a token id of this model"
+               + (f" (0 to {vocab_size - 1})" if vocab_size else ""), "logit_bias")
+        _check(_is_num(amount) and -100 <= amount <= 100, f"logit_bias value for {key!r} must be between -100 and 100",
+               "logit_bias")
+        bias[token] = float(amount)
+    return bias
+
+
 class Sampled(NamedTuple):
     token: int
     logprob: float | None = None
     top: tuple[tuple[int, float], ...] = ()
 
 
-def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams],
-                 histories: Sequence[Sequence[int]]) -> list[Sampled]:
-    """One token per row of ``logits`` ([rows, vocab], float32)."""
+def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams], histories: Sequence[Sequence[int]],
+                 outputs: Sequence[Sequence[int]] | None = None) -> list[Sampled]:
+    """One token per row of ``logits`` ([rows, vocab], float32). ``histories``: each row's prompt
+    and output tokens (read by ``repetition_penalty``); ``outputs``: its output tokens (read by the
+    frequency and presence penalties)."""
+    outputs = outputs if outputs is not None else [()] * len(params)
     logits = logits.float()
     if any(sp.suppress_token_ids for sp in params):
         logits = logits.clone()
         for row, sp in enumerate(params):
             logits[row, list(sp.suppress_token_ids)] = float("-inf")
-    if all(sp.greedy and sp.logprobs is None and sp.repetition_penalty == 1.0 for sp in params):
+    if all(sp.greedy and sp.logprobs is None and not sp.adjusts_logits for sp in params):
         return [Sampled(t) for t in torch.argmax(logits, dim=-1).tolist()]  # the common fast path
-    return [_sample_row(logits[row], sp, history) for row, (sp, history) in enumerate(zip(params, histories))]
+    return [_sample_row(_adjusted(logits[row], sp, history, output) if sp.adjusts_logits else logits[row], sp)
+            for row, (sp, history, output) in enumerate(zip(params, histories, outputs))]
 
 
-def _sample_row(logits: torch.Tensor, sp: SamplingParams, history: Sequence[int]) -> Sampled:
+def _adjusted(logits: torch.Tensor, sp: SamplingParams, history: Sequence[int], output: Sequence[int]) -> torch.Tensor:
+    """One row's logits after its bias and penalties (see the module docstring)."""
+    logits = logits.clone()
+    if sp.logit_bias:
+        ids = torch.tensor(list(sp.logit_bias), dtype=torch.long, device=logits.device)
+        logits[ids] += torch.tensor(list(sp.logit_bias.values()), dtype=logits.dtype, device=logits.device)
     if sp.repetition_penalty != 1.0 and history:
         seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
         picked = logits[seen]
-        logits = logits.clone()
         logits[seen] = torch.where(picked > 0, picked / sp.repetition_penalty, picked * sp.repetition_penalty)
+    if (sp.frequency_penalty or sp.presence_penalty) and output:
+        counts = torch.bincount(torch.tensor(output, dtype=torch.long), minlength=logits.numel()).to(logits)
+        logits -= sp.frequency_penalty * counts + sp.presence_penalty * (counts > 0).to(logits)
+    return logits
+
+
+def _sample_row(logits: torch.Tensor, sp: SamplingParams) -> Sampled:
     if sp.greedy:
         token = int(torch.argmax(logits))
     else:

@@ -18,6 +18,7 @@ class Clip:
     rid: str
     windows: list[np.ndarray]  # mono float32 at the feature extractor's rate, one per window
     max_tokens: int  # per window
+    rate: int = 16000  # the windows' sample rate
 
 
 def split_windows(samples: np.ndarray, window: int) -> list[np.ndarray]:
@@ -29,6 +30,8 @@ class Transcript:
     rid: str
     text: str
     tokens: int
+    segments: list[tuple[float, float, str]]  # (start s, end s, text) of each window that says something
+    duration: float  # seconds of audio
 
 
 class TranscribeEngine:
@@ -57,6 +60,9 @@ class TranscribeEngine:
         for clip in batch:
             ids = [r[:clip.max_tokens] for r in rows[at:at + len(clip.windows)]]
             at += len(clip.windows)
-            text = " ".join(t for t in (self._decode(i).strip() for i in ids) if t)
-            out.append(Transcript(clip.rid, text, sum(len(i) for i in ids)))
+            texts = [self._decode(i).strip() for i in ids]
+            bounds = np.cumsum([0] + [len(w) for w in clip.windows]) / clip.rate
+            segments = [(float(bounds[k]), float(bounds[k + 1]), t) for k, t in enumerate(texts) if t]
+            out.append(Transcript(clip.rid, " ".join(t for _, _, t in segments), sum(len(i) for i in ids), segments,
+                                  float(bounds[-1])))
         return out

@@ -86,7 +86,9 @@ def test_errors_have_openai_shape_and_the_server_keeps_serving(chat_server, payl
     ({"stream": "yes"}, "stream", "stream must be true or false"),
     ({"stream_options": "x"}, "stream_options", "stream_options must be an object"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools is not supported"),
-    ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty is not supported"),
+    ({"presence_penalty": 2.5}, "presence_penalty", "presence_penalty must be between -2 and 2"),
+    ({"logit_bias": {"99999999": 5}}, "logit_bias", "is not a token id of this model"),
+    ({"logit_bias": {"3": 101}}, "logit_bias", "must be between -100 and 100"),
 ])
 def test_unknown_and_out_of_range_parameters_are_refused_by_name(chat_server, extra, param, words):
     c = client(chat_server)
@@ -101,10 +103,22 @@ def test_what_clients_send_by_default_is_accepted(chat_server):
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, user="u1", store=False,
         metadata={"k": "v"}, presence_penalty=0, frequency_penalty=0.0, tools=[], extra_body={"top_k": 5})
     assert done.usage.completion_tokens >= 1
+    penalized = client(chat_server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, presence_penalty=1.0,
+        frequency_penalty=0.5, logit_bias={"7": 2.5})
+    assert penalized.usage.completion_tokens >= 1
     text = client(chat_server).completions.create(model=MODEL, prompt="x", max_tokens=2, echo=False, best_of=1)
     assert text.usage.completion_tokens >= 1
     with pytest.raises(openai.BadRequestError, match="unknown parameter 'max_token'"):
         client(chat_server).completions.create(model=MODEL, prompt="x", extra_body={"max_token": 2})
+
+
+def test_a_model_is_retrieved_by_its_id(chat_server):
+    c = client(chat_server)
+    assert c.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as err:
+        c.models.retrieve("no-such/model")
+    assert err.value.body["code"] == "model_not_found"
 
 
 def test_api_key_is_required(chat_server):

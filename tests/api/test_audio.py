@@ -67,9 +67,30 @@ def test_speech_flac_and_speed(default_server):
     assert abs(len(fast[0]) - len(normal[0]) / 2) <= 256  # one vocoder hop
 
 
+def test_speech_mp3_opus_aac_stream_the_wav_s_audio_and_mp3_is_the_default(default_server):
+    """Every compressed format streams (several pieces) and decodes to as much audio as the wav
+    holds (resampled to 24 kHz; the tiny vocoder's speech is too quiet for 16-bit, so its fidelity
+    is tested on a real signal in test_audio_codecs); no response_format gives mp3, as OpenAI's."""
+    from tests.api.test_audio_codecs import decoded
+    c = client(default_server)
+    text = "the quick brown fox jumps over the lazy dog"
+    wav = c.audio.speech.create(model=MODEL, input=text, voice="alloy", response_format="wav").content
+    seconds = (len(wav) - 44) / 2 / 16000
+    for fmt, media in (("mp3", "audio/mpeg"), ("opus", "audio/ogg"), ("aac", "audio/aac")):
+        with c.audio.speech.with_streaming_response.create(model=MODEL, input=text, voice="alloy",
+                                                           response_format=fmt) as response:
+            assert response.headers["content-type"] == media
+            pieces = [p for p in response.iter_bytes() if p]
+        assert len(pieces) > 1, fmt
+        got = decoded(b"".join(pieces), 24000)
+        assert abs(len(got) / 24000 - seconds) < 0.15, fmt  # codec delay and padding: a few frames
+    default = c.audio.speech.create(model=MODEL, input="hi there", voice="alloy").content
+    assert default[:3] == b"ID3"  # an MP3 stream
+
+
 @pytest.mark.parametrize("body, param", [
     ({"input": "hi", "voice": "bob"}, "voice"), ({"input": "hi", "speed": 9}, "speed"),
-    ({"input": ""}, "input"), ({"input": "hi", "response_format": "mp3"}, "response_format"),
+    ({"input": ""}, "input"), ({"input": "hi", "response_format": "ogg"}, "response_format"),
     ({"input": "hi", "vioce": "echo"}, "vioce"), ({"input": "hi", "speed": "fast"}, "speed"),
     ({"input": "hi", "instructions": "whisper it"}, "instructions"), ({"input": "hi", "seed": 3}, "seed"),
 ])
@@ -86,6 +107,28 @@ def test_transcription_upload(default_server):
     plain = httpx.post(f"{default_server.url}/v1/audio/transcriptions", data={"response_format": "text"},
                        files={"file": ("tone.wav", buf.getvalue(), "audio/wav")})
     assert plain.status_code == 200 and plain.text == out.text
+
+
+def test_transcription_segments_srt_and_vtt(default_server):
+    """A 5 s clip is three windows of the tiny Whisper (2 s): verbose_json gives each window that
+    says something as a segment with its times, and the duration; srt and vtt are those cues;
+    the segments' texts make the transcript."""
+    buf = io.BytesIO()
+    t = np.arange(16000 * 5) / 16000
+    sf.write(buf, (np.sin(2 * np.pi * 440 * t) * 0.3).astype(np.float32), 16000, format="WAV")
+    c = client(default_server)
+    verbose = c.audio.transcriptions.create(model=MODEL, file=("tone.wav", buf.getvalue()),
+                                            response_format="verbose_json")
+    assert verbose.duration == 5.0 and verbose.task == "transcribe"
+    spans = [(s.start, s.end) for s in verbose.segments]
+    assert spans and set(spans) <= {(0.0, 2.0), (2.0, 4.0), (4.0, 5.0)}
+    assert verbose.text == " ".join(s.text for s in verbose.segments)
+    srt = c.audio.transcriptions.create(model=MODEL, file=("tone.wav", buf.getvalue()), response_format="srt")
+    first = verbose.segments[0]
+    assert srt.startswith(f"1\n00:00:0{int(first.start)},000 --> 00:00:0{int(first.end)},000\n{first.text}\n")
+    vtt = c.audio.transcriptions.create(model=MODEL, file=("tone.wav", buf.getvalue()), response_format="vtt")
+    assert vtt.startswith("WEBVTT\n\n") and f"00:00:0{int(first.start)}.000 --> " in vtt
+    assert vtt.count(" --> ") == srt.count(" --> ") == len(verbose.segments)
 
 
 def test_bad_transcriptions(default_server):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from omnistage.ar_engine.engine import EngineConfig, EngineRequest, LLMEngine
 from omnistage.ar_engine.sampling import SamplingParams
@@ -105,6 +105,45 @@ def test_prefix_cache_hits_give_the_same_tokens(family):
     assert got["r0"] == first["warm"]
     for i, ids in enumerate(batch):
         assert got[f"r{i}"] == reference(ref, ids), f"{name} request {i}"
+
+
+class OpenAIPenalties(LogitsProcessor):
+    """HF generate with OpenAI's logit_bias, then frequency and presence penalties over the
+    generated tokens (the order vLLM applies them in)."""
+
+    def __init__(self, prompt_len, presence=0.0, frequency=0.0, bias=None):
+        self.prompt_len, self.presence, self.frequency, self.bias = prompt_len, presence, frequency, bias or {}
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        for token, amount in self.bias.items():
+            scores[0, token] += amount
+        counts = torch.bincount(input_ids[0, self.prompt_len:], minlength=scores.shape[-1]).to(scores)
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores)
+
+
+def test_penalties_and_logit_bias_equal_hf_generate_with_them_in_a_batch(family):
+    """presence/frequency penalties and logit_bias, each request its own, batched with plain
+    greedy ones: every request equals HF generate with the same adjustments (the plain ones with
+    none), and the adjustments change what is generated."""
+    name, tok, ref, paged = family
+    batch = prompts(tok, 12)
+    favored = tok.convert_tokens_to_ids(tok.tokenize(" story")[0])
+    settings = [dict(presence_penalty=1.5), dict(frequency_penalty=0.9), dict(frequency_penalty=-0.5, presence_penalty=0.8),
+                dict(logit_bias={favored: 4.0, 5: -100.0}), {}]
+    reqs = [(f"r{i}", ids, SamplingParams(max_tokens=NEW, temperature=0, **settings[i % len(settings)]))
+            for i, ids in enumerate(batch)]
+    got = run(LLMEngine(paged, tok, EngineConfig(num_blocks=256)), reqs)
+    changed = 0
+    for i, ids in enumerate(batch):
+        s = settings[i % len(settings)]
+        hf = OpenAIPenalties(len(ids), s.get("presence_penalty", 0.0), s.get("frequency_penalty", 0.0), s.get("logit_bias"))
+        with torch.inference_mode():
+            out = ref.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               max_new_tokens=NEW, do_sample=False, logits_processor=LogitsProcessorList([hf]))
+        assert got[f"r{i}"] == out[0, len(ids):].tolist(), f"{name} request {i} {s}"
+        changed += bool(s) and got[f"r{i}"] != reference(ref, ids)
+    assert changed >= 6
 
 
 def test_seeded_sampling_does_not_depend_on_the_batch(family):

@@ -37,6 +37,25 @@ def test_repetition_penalty_moves_away_from_seen_tokens():
     assert sample_batch(LOGITS, [sp(temperature=0, repetition_penalty=2.0)], [[1]])[0].token == 2
 
 
+def test_logit_bias_and_openai_penalties_read_the_output_only():
+    """A bias lifts a token; frequency and presence penalties count the generated tokens (not the
+    prompt's), per occurrence and once."""
+    assert sample_batch(LOGITS, [sp(temperature=0, logit_bias={0: 50.0})], [[]])[0].token == 0
+    top = int(torch.argmax(LOGITS[0]))
+    assert sample_batch(LOGITS, [sp(temperature=0, presence_penalty=2.0)], [[top]], [[]])[0].token == top
+    assert sample_batch(LOGITS, [sp(temperature=0, presence_penalty=2.0)], [[]], [[top]])[0].token != top
+    bias = SamplingParams.from_request({"logit_bias": {"3": -1.5}}, 4, vocab_size=8)
+    assert bias.logit_bias == {3: -1.5}
+
+
+@pytest.mark.parametrize("params", [{"logit_bias": {"8": 1}}, {"logit_bias": {"x": 1}}, {"logit_bias": {"1": 200}},
+                                    {"logit_bias": [1]}, {"frequency_penalty": 3}, {"presence_penalty": "a"}])
+def test_bad_bias_or_penalty_is_refused_by_name(params):
+    with pytest.raises(RequestRejected) as info:
+        SamplingParams.from_request(params, 4, vocab_size=8)
+    assert info.value.param == next(iter(params))
+
+
 def test_logprobs_are_log_softmax_values():
     out = sample_batch(LOGITS, [sp(temperature=0, logprobs=2)], [[]])[0]
     ref = torch.log_softmax(LOGITS[0], -1)

@@ -95,7 +95,7 @@ class ArStage(ProbingStage):
     def prepare(self, rid: str, inputs: dict[str, Any], params: Mapping[str, Any]) -> EngineRequest:
         """Decode, preprocess and tokenize a request. Touches no engine state, so a worker may
         run it off its main loop."""
-        return self.engine_request(rid, inputs, SamplingParams.from_request(params, self.options.max_tokens),
+        return self.engine_request(rid, inputs, self.sampling(params),
                                    bool(params.get("use_audio_in_video")))
 
     def probe_prepared(self, req: EngineRequest) -> list[int]:
@@ -109,6 +109,10 @@ class ArStage(ProbingStage):
         images = [i for i, span in enumerate(req.media) if isinstance(span.source, ImageItem)]
         return [k for k, i in enumerate(images) if i in cached]
 
+    def sampling(self, params: Mapping[str, Any]) -> SamplingParams:
+        """A request's sampling parameters, checked (``logit_bias`` against the model's vocabulary)."""
+        return SamplingParams.from_request(params, self.options.max_tokens, self.engine.runner.lm_head.out_features)
+
     def add(self, request: StageRequest) -> None:
         req = self.take_request(request)
         self.engine.add(req)
@@ -120,7 +124,7 @@ class ArStage(ProbingStage):
         """The engine request: prepared by an earlier probe, or built now; with embeddings."""
         req = self.prepared.pop(request.rid, None)
         if req is None:
-            sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
+            sampling = self.sampling(request.params)
             req = self.engine_request(request.rid, request.inputs, sampling,
                                       bool(request.params.get("use_audio_in_video")))
         self._attach_embeddings(req, (request.inputs.get("image_embeds") or []) + (request.inputs.get("audio_embeds") or []))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from omnistage.ar_engine.engine import EngineRequest, Prefilled
-from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.ar_engine.sequence import MediaSpan
 from omnistage.connectors.messages import KvHandoff, WireSpan
 from omnistage.encoders.vision import ImageItem
@@ -54,7 +53,7 @@ class DecodeStage(ArStage):
 
     def add(self, request: StageRequest) -> None:
         handoff: KvHandoff = request.inputs["kv"]
-        sampling = SamplingParams.from_request(request.params, self.options.max_tokens)
+        sampling = self.sampling(request.params)
         if handoff.rng is not None:
             sampling.rng().set_state(handoff.rng)
         if handoff.kv is None:  # the request ended with its first token

@@ -100,7 +100,7 @@ class TranscribeStage(Stage):
         max_tokens = request.params.get("max_tokens") or self.options.max_tokens
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise RequestRejected("max_tokens must be an integer >= 1", param="max_tokens")
-        self.engine.add(Clip(request.rid, split_windows(samples, self.window), max_tokens))
+        self.engine.add(Clip(request.rid, split_windows(samples, self.window), max_tokens, self.features.sampling_rate))
 
     def _transcribe(self, clips: list[np.ndarray], budget: int) -> list[list[int]]:
         feats = self.features(clips, sampling_rate=self.features.sampling_rate, return_tensors="pt").input_features
@@ -120,7 +120,8 @@ class TranscribeStage(Stage):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def step(self) -> list[StageOutput]:
-        return [StageOutput(t.rid, ports={"text": t.text}, finished=True, meta={"completion_tokens": t.tokens})
+        return [StageOutput(t.rid, ports={"text": t.text}, finished=True,
+                            meta={"completion_tokens": t.tokens, "segments": t.segments, "duration": t.duration})
                 for t in self.engine.step()]
 
     def abort(self, rid: str) -> None:
