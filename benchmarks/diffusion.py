@@ -13,7 +13,7 @@ drawn from {10, 20, 30, 40} (mixed), at one resolution.
 Two arrival patterns: a burst (all at t=0) and staggered arrivals (a fixed gap). Latency runs
 from a request's arrival to its image. Warm-up requests run first on every side.
 
-    python benchmarks/diffusion.py [--quick] [--model sd|sdxl|sd3|flux]
+    python benchmarks/diffusion.py [--quick] [--model sd|sdxl|sd3|flux|qwen-image]
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def scenario(path: Path, pipe: DiffusionPipeline, size: int, n: int, gap: float,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
-    parser.add_argument("--model", default="sd", choices=["sd", "sdxl", "sd3", "flux"])
+    parser.add_argument("--model", default="sd", choices=["sd", "sdxl", "sd3", "flux", "qwen-image"])
     parser.add_argument("--size", type=int, default=16, help="image side (16: the tiny checkpoints' native size)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
