@@ -45,7 +45,8 @@ class Job:
     served: int = -1  # the engine step that last advanced it
     image: Any = None  # the input image it starts from (img2img), until its latents are made
     text_key: tuple[Any, ...] = ()  # what of its embeddings' shapes must match a batch's (the family says)
-    mask: Any = None  # inpainting: the mask image (white repaints), then (mask, image latents, noise)
+    mask: Any = None  # inpainting: the mask image (white repaints), until its latent grid is made
+    inpaint: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (mask grid, image latents, noise)
 
     @property
     def total(self) -> int:
@@ -181,30 +182,26 @@ class DiffusionEngine:
         job.timesteps = scheduler.timesteps[start:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)
-        if job.mask is not None:
-            return self._inpaint(job)
+        family, first = self.family, job.timesteps[:1]  # type: ignore[index]
+        # Inpainting as the inpaint pipelines do it for a text-to-image model: their latents, the
+        # draw they spend on the masked image, a full-strength request starting from pure noise.
+        encode = family.image_latents if job.mask is None else family.inpaint_latents
         with torch.inference_mode():
-            init = self.family.image_latents(job.image, p.height, p.width, job.generator)
+            init = encode(job.image, p.height, p.width, job.generator)
         noise = randn_tensor(init.shape, generator=job.generator, device=init.device, dtype=init.dtype)
-        job.latents = self.family.noised(scheduler, init, noise, job.timesteps[:1])  # type: ignore[index]
-        job.image = None
-
-    def _inpaint(self, job: Job) -> None:
-        """As the inpaint pipelines do it for a text-to-image model: the image's latents and the
-        noise drawn in their order, a full-strength request starting from pure noise."""
-        p, family = job.params, self.family
-        with torch.inference_mode():
-            init = family.inpaint_latents(job.image, p.height, p.width, job.generator)
-        noise = randn_tensor(init.shape, generator=job.generator, device=init.device, dtype=init.dtype)
-        family.skip_masked_image(job.generator, p.height, p.width)  # type: ignore[arg-type]
-        job.latents = family.inpaint_start(job.scheduler, init, noise, job.timesteps[:1], p.strength)  # type: ignore[index]
-        job.mask = (family.latent_mask(job.mask, p.height, p.width), init, noise)
-        job.image = None
+        if job.mask is None:
+            job.latents = family.noised(scheduler, init, noise, first)
+        else:
+            family.skip_masked_image(job.generator, p.height, p.width)  # type: ignore[arg-type]
+            job.latents = family.inpaint_start(scheduler, init, noise, first, p.strength)
+            job.inpaint = (family.latent_mask(job.mask, p.height, p.width), init, noise)
+        job.image = job.mask = None
 
     def _keep_unmasked(self, job: Job) -> None:
         """After a step: outside the mask, the image's latents noised to the next step's level
         (the last step: the image's own)."""
-        mask, init, noise = job.mask
+        assert job.inpaint is not None
+        mask, init, noise = job.inpaint
         nxt = job.index + 1
         if nxt < job.total:
             init = self.family.noised(job.scheduler, init, noise, job.timesteps[nxt:nxt + 1])  # type: ignore[index]
@@ -240,7 +237,7 @@ class DiffusionEngine:
                 noise, row = pred[row:row + 1], row + 1
             t = job.timesteps[job.index]  # type: ignore[index]
             job.latents = job.scheduler.step(noise, t, job.latents, **job.extra, return_dict=False)[0]
-            if job.mask is not None:
+            if job.inpaint is not None:
                 self._keep_unmasked(job)
             job.index += 1
             job.served = self.steps
