@@ -112,9 +112,11 @@ def run_omnistage(path: Path, prompts: list[list[int]], warmup: list[list[int]],
 
 
 def run_vllm(python: Path, path: Path, prompts: list[list[int]], warmup: list[list[int]], new: int, batch: int,
-             max_len: int) -> dict:
+             max_len: int, json_schema: dict | None = None, rounds: int = 1) -> dict:
+    """``json_schema``: free and constrained runs, ``rounds`` of each (see vllm/offline.py)."""
     spec = {"model": str(path), "dtype": "float32", "max_batch": batch, "max_model_len": max_len,
-            "max_tokens_per_step": STEP_TOKENS, "new_tokens": new, "prompts": prompts, "warmup": warmup}
+            "max_tokens_per_step": STEP_TOKENS, "new_tokens": new, "prompts": prompts, "warmup": warmup,
+            "json_schema": json_schema, "rounds": rounds}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(KV_GIB), VLLM_TARGET_DEVICE="cpu", HF_HUB_OFFLINE="1",

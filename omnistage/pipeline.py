@@ -21,7 +21,7 @@ from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.handle import ChunkEvent, RequestHandle, Result
 from omnistage.stages.runtime.orchestrator import Orchestrator
 
-_INPUT_FIELDS = ("prompt", "messages", "images", "image", "mask", "audio", "video")
+_INPUT_FIELDS = ("prompt", "messages", "images", "image", "mask", "audio", "video", "input")
 
 
 class Pipeline:

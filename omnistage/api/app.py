@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from omnistage.api import audio, images, videos
+from omnistage.api import audio, embeddings, images, tools, videos
 from omnistage.api.convert import chat_inputs, choices_count, sampling_params, stream_settings, token_ids
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.errors import handle as handle_error
@@ -64,6 +64,7 @@ def create_app(graph: str | Path | Any, api_key: str | None = None, max_body: in
     app = Starlette(routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.create, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/images/generations", images.generations, methods=["POST"]),
@@ -132,27 +133,33 @@ async def _generate(request: Request, chat: bool) -> Response:
         request.app.state.pipeline.plan.route_for(frozenset(inputs), frozenset(modalities))
     spoken = audio.chat_audio(body) if chat else None
     params |= spoken[0] if spoken else {}
+    tooling, parser = tools.tool_request(body) if chat else None, None
+    if tooling is not None:
+        parser = await tools.tool_format(request) if tooling.choice != "none" else None
+        tools.checked_params(tooling, params, parser)
     stream, include_usage = stream_settings(body)
     handles = _submit(request, inputs, params, choices_count(body), modalities)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     if stream:
-        return await _stream(request, handles, rid, model, chat, include_usage, spoken is not None)
-    return await _complete(request, handles, rid, model, chat, spoken[1] if spoken else None)
+        return await _stream(request, handles, rid, model, chat, include_usage, spoken is not None, parser)
+    return await _complete(request, handles, rid, model, chat, spoken[1] if spoken else None, parser)
 
 
 async def _complete(request: Request, handles: list[RequestHandle], rid: str, model: str, chat: bool,
-                    audio_format: str | None = None) -> Response:
+                    audio_format: str | None = None, parser: Any = None) -> Response:
     results = await abort_on_failure(request, handles)
     choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for i, (handle, result) in enumerate(zip(handles, results)):
         request.app.state.metrics.observe(handle, result.meta, audio.sample_rate(request))
         text = result.text or ""
-        body = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+        reply, called = tools.message(text, parser)
+        body = {"message": reply} if chat else {"text": text}
         if audio_format is not None:  # as OpenAI: the text is the audio's transcript
             spoken = audio.message_audio(result.outputs["audio"], audio.sample_rate(request), audio_format, text)
             body["message"].update(content=None, audio=spoken)
         logprobs = result.outputs.get("logprobs")
-        choices.append({"index": i, **body, "finish_reason": result.finish_reason,
+        reason = "tool_calls" if called and result.finish_reason == "stop" else result.finish_reason
+        choices.append({"index": i, **body, "finish_reason": reason,
                         "logprobs": {"content": logprobs} if logprobs is not None else None})
         if "tokens" in result.outputs:
             choices[-1]["token_ids"] = result.outputs["tokens"]
@@ -164,7 +171,7 @@ async def _complete(request: Request, handles: list[RequestHandle], rid: str, mo
 
 
 async def _stream(request: Request, handles: list[RequestHandle], rid: str, model: str, chat: bool,
-                  include_usage: bool, spoken: bool = False) -> Response:
+                  include_usage: bool, spoken: bool = False, parser: Any = None) -> Response:
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
     async def pump(i: int, handle: RequestHandle) -> None:
@@ -192,6 +199,7 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
         pending, item = len(handles), first
         resamplers = [audio.Resampler(audio.sample_rate(request)) for _ in handles]
         audio_ids = ["audio_" + uuid.uuid4().hex for _ in handles]
+        calls = [parser.stream() if parser is not None else None for _ in handles]
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         try:
             if chat:
@@ -203,6 +211,9 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                     data = base64.b64encode(audio.pcm16(resamplers[i].feed(event.value))).decode()
                     yield chunk([{"index": i, "delta": {"audio": {"id": audio_ids[i], "data": data}},
                                   "finish_reason": None}])
+                elif isinstance(event, ChunkEvent) and event.modality == "text" and calls[i] is not None:
+                    for delta in tools.stream_deltas(calls[i], *calls[i].feed(event.value)):
+                        yield chunk([{"index": i, "delta": delta, "finish_reason": None}])
                 elif isinstance(event, ChunkEvent) and event.modality == "text":
                     delta = {"content": event.value} if chat else {"text": event.value}
                     if spoken:  # as OpenAI: with audio, text deltas are the audio's transcript
@@ -219,8 +230,13 @@ async def _stream(request: Request, handles: list[RequestHandle], rid: str, mode
                         tail = base64.b64encode(audio.pcm16(resamplers[i].feed(torch.zeros(0), last=True))).decode()
                         last = {"id": audio_ids[i], "data": tail, "expires_at": int(time.time()) + 3600}
                         yield chunk([{"index": i, "delta": {"audio": last}, "finish_reason": None}])
+                    if calls[i] is not None:
+                        for delta in tools.stream_deltas(calls[i], *calls[i].finish()):
+                            yield chunk([{"index": i, "delta": delta, "finish_reason": None}])
                     reasons = [m["finish_reason"] for m in event.meta.values() if "finish_reason" in m]
-                    done = {"index": i, "finish_reason": reasons[-1] if reasons else "stop"}
+                    reason = reasons[-1] if reasons else "stop"
+                    done = {"index": i, "finish_reason": "tool_calls" if calls[i] and calls[i].calls and reason == "stop"
+                            else reason}
                     yield chunk([{**done, "delta": {}} if chat else {**done, "text": ""}])
                     request.app.state.metrics.observe(handles[i], event.meta, audio.sample_rate(request))
                     usage["prompt_tokens"] = sum(m.get("prompt_tokens", 0) for m in event.meta.values())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import struct
 import time
 import uuid
@@ -61,14 +62,28 @@ class Resampler:
         return torch.from_numpy(out.copy())
 
 
-def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[str, Any], str, bool]:
+    """(input, parameters, format, whether to stream server-sent events)."""
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "input must be a non-empty string", "input")
     fmt = body.get("response_format") or "mp3"
     if fmt not in MEDIA:
         raise ApiError(400, f"response_format must be one of {', '.join(MEDIA)}, got {fmt!r}", "response_format")
-    return text, SPEECH_FIELDS.params(body), fmt
+    events = body.get("stream_format") or "audio"
+    if events not in ("audio", "sse"):
+        raise ApiError(400, f"stream_format must be audio or sse, got {events!r}", "stream_format")
+    return text, SPEECH_FIELDS.params(body), fmt, events == "sse"
+
+
+async def _sse(chunks: AsyncIterator[bytes], done: dict[str, Any]) -> AsyncIterator[str]:
+    """The audio bytes as OpenAI's speech events: ``speech.audio.delta`` (base64 ``audio``), then
+    ``speech.audio.done`` with the usage the stages reported (``done``, filled as the stream ends)."""
+    async for data in chunks:
+        if data:
+            yield f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': base64.b64encode(data).decode()})}\n\n"
+    if done:
+        yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': done})}\n\n"
 
 
 def sample_rate(request: Request) -> int:
@@ -80,7 +95,7 @@ def sample_rate(request: Request) -> int:
 async def speech(request: Request) -> Response:
     body = await read_body(request)
     check_model(request, body, required=False)
-    text, params, fmt = _speech_request(request, body)
+    text, params, fmt, sse = _speech_request(request, body)
     handle = request.app.state.pipeline.submit(prompt=text, modalities=["audio"], loop=asyncio.get_running_loop(),
                                                **params)
     log_admitted(request, [handle])
@@ -91,7 +106,7 @@ async def speech(request: Request) -> Response:
     rate = sample_rate(request)
 
     async def body_bytes() -> AsyncIterator[bytes]:
-        resampler, collected, finished = Resampler(rate), [], False
+        resampler, collected, finished, seconds = Resampler(rate), [], False, 0.0
         encoder = StreamEncoder(fmt, PCM_RATE) if fmt in CODEC_MEDIA else None
         try:
             if fmt == "wav":
@@ -101,6 +116,7 @@ async def speech(request: Request) -> Response:
                 last = isinstance(event, DoneEvent)
                 if isinstance(event, ChunkEvent) or last:
                     samples = event.value if isinstance(event, ChunkEvent) else torch.zeros(0)
+                    seconds += len(samples) / rate
                     if fmt == "wav":
                         yield pcm16(samples)
                     elif fmt == "pcm":
@@ -119,11 +135,23 @@ async def speech(request: Request) -> Response:
                 yield encoder.close()
             if isinstance(event, DoneEvent):  # (a failed request is counted by its status, not as a success)
                 request.app.state.metrics.observe(handle, event.meta, rate)
+                usage.update(_usage(event.meta, seconds))
         finally:  # a client that goes away stops the request in every stage
             if not finished:
                 request.app.state.pipeline.orchestrator.abort(handle.rid)
 
+    usage: dict[str, Any] = {}
+    if sse:
+        return StreamingResponse(_sse(body_bytes(), usage), media_type="text/event-stream")
     return StreamingResponse(body_bytes(), media_type=MEDIA[fmt])
+
+
+def _usage(meta: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Tokens the stages reported (0 where none did) and the seconds of audio made."""
+    prompt = sum(m.get("prompt_tokens", 0) for m in meta.values())
+    made = sum(m.get("completion_tokens", 0) for m in meta.values())
+    return {"input_tokens": prompt, "output_tokens": made, "total_tokens": prompt + made,
+            "audio_seconds": round(seconds, 3)}
 
 
 def _flac(samples: torch.Tensor, rate: int) -> bytes:

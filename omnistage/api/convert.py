@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from omnistage.api.errors import ApiError
@@ -18,12 +19,13 @@ def chat_inputs(body: dict[str, Any], media_dir: str | None = None) -> dict[str,
         raise ApiError(400, "messages must be a non-empty list", "messages")
     out, images, audio, video = [], [], [], None
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "developer"):
-            raise ApiError(400, f"messages[{i}] needs a role of system, user or assistant", f"messages[{i}].role")
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise ApiError(400, f"messages[{i}] needs a role of system, user, assistant or tool", f"messages[{i}].role")
         content = message.get("content")
         role = "system" if message["role"] == "developer" else message["role"]
+        extra = _tool_fields(message, i)
         if isinstance(content, str) or content is None:
-            out.append({"role": role, "content": content or ""})
+            out.append({"role": role, "content": content or "", **extra})
             continue
         if not isinstance(content, list):
             raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", f"messages[{i}].content")
@@ -46,7 +48,9 @@ def chat_inputs(body: dict[str, Any], media_dir: str | None = None) -> dict[str,
                 parts.append({"type": "audio"})
             else:
                 raise ApiError(400, f"unsupported content part type {kind!r}", f"{where}.type")
-        out.append({"role": role, "content": parts})
+        if role in ("tool", "assistant") and all(p["type"] == "text" for p in parts):
+            parts = "".join(p["text"] for p in parts)  # (templates print a tool result or a reply as a string)
+        out.append({"role": role, "content": parts, **extra})
     inputs: dict[str, Any] = {"messages": out}
     if images:
         inputs["images"] = images
@@ -55,6 +59,38 @@ def chat_inputs(body: dict[str, Any], media_dir: str | None = None) -> dict[str,
     if video is not None:
         inputs["video"] = video
     return inputs
+
+
+_ROLES = ("system", "user", "assistant", "developer", "tool")
+
+
+def _tool_fields(message: dict[str, Any], i: int) -> dict[str, Any]:
+    """A tool result's ``tool_call_id``; an assistant turn's ``tool_calls``, their arguments as
+    objects (chat templates render them with ``tojson``)."""
+    where = f"messages[{i}]"
+    if message["role"] == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise ApiError(400, f"{where} is a tool result and needs its tool_call_id", f"{where}.tool_call_id")
+        return {"tool_call_id": call_id}
+    calls = message.get("tool_calls")
+    if calls is None or message["role"] != "assistant":
+        return {}
+    if not isinstance(calls, list):
+        raise ApiError(400, f"{where}.tool_calls must be a list", f"{where}.tool_calls")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+            raise ApiError(400, f"{where}.tool_calls[{j}] needs a function with a name and arguments (a JSON string)",
+                           f"{where}.tool_calls[{j}]")
+        try:
+            arguments = json.loads(fn["arguments"])
+        except ValueError:
+            raise ApiError(400, f"{where}.tool_calls[{j}].function.arguments is not valid JSON",
+                           f"{where}.tool_calls[{j}].function.arguments") from None
+        out.append({"id": call.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": arguments}})
+    return {"tool_calls": out}
 
 
 def _url(value: Any, where: str) -> str:

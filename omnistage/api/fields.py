@@ -45,11 +45,10 @@ class Fields:
 
 CHAT = Fields(
     own=frozenset({"model", "messages", "stream", "stream_options", "n", "modalities", "audio", "logprobs",
-                   "top_logprobs", "max_tokens", "max_completion_tokens", "return_token_ids"}),
+                   "top_logprobs", "max_tokens", "max_completion_tokens", "return_token_ids", "tools", "tool_choice",
+                   "parallel_tool_calls"}),
     metadata=frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}),
-    unsupported={"tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
-                 "functions": (None, []), "function_call": (None, "none", "auto"),
-                 "response_format": (None, {"type": "text"}), "prediction": _NONE,
+    unsupported={"functions": (None, []), "function_call": (None, "none", "auto"), "prediction": _NONE,
                  "reasoning_effort": _NONE, "web_search_options": _NONE, "verbosity": _NONE},
 )
 
@@ -83,8 +82,8 @@ VIDEOS = Fields(
 )
 
 SPEECH = Fields(
-    own=frozenset({"model", "input", "response_format"}),
-    unsupported={"instructions": (None, ""), "stream_format": (None, "audio")},
+    own=frozenset({"model", "input", "response_format", "stream_format"}),
+    unsupported={"instructions": (None, "")},
     numeric={"speed": float},
 )
 
@@ -95,3 +94,5 @@ TRANSCRIPTIONS = Fields(
                  "include[]": _NONE, "chunking_strategy": _NONE, "stream": (None, False, "false")},
     numeric={"max_tokens": int},
 )
+
+EMBEDDINGS = Fields(own=frozenset({"model", "input", "encoding_format"}))

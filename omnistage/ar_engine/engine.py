@@ -16,6 +16,7 @@ import torch
 
 from omnistage.ar_engine.block_manager import BlockManager
 from omnistage.ar_engine.detokenize import IncrementalDetokenizer
+from omnistage.ar_engine.guided import GuideSpec, Guides
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.runner import ModelRunner, kv_shape, text_config
 from omnistage.ar_engine.sampling import Sampled, SamplingParams, sample_batch
@@ -108,6 +109,10 @@ class LLMEngine:
         self.states: dict[str, _State] = {}
         self.imports: deque[Prefilled] = deque()
         self.pinned: dict[str, list[int]] = {}  # prefix blocks a probe's answer holds cached, by request
+        self.max_seqs = max_seqs
+        self.guides: Guides | None = None  # made by the first request with structured output
+        self.matchers: dict[str, Any] = {}  # grammar matchers of requests with structured output
+        self.off_grammar: set[str] = set()  # requests whose sampled token their grammar refused
 
     @staticmethod
     def _plan_cache(model: Any, config: EngineConfig, max_seqs: int) -> CachePlan:
@@ -132,8 +137,25 @@ class LLMEngine:
             raise RequestRejected(f"request id {req.rid!r} is already running")
         seq = _sequence(req)
         seq.reuse_prefix = not (self.config.hidden_states == "all" and req.all_states)
+        self._guide(req.rid, req.sampling.guide)
         self.states[req.rid] = _State(seq, self._detokenizer(seq.prompt), hold=req.hold)
         self.scheduler.add(seq)
+
+    def compile_guide(self, spec: GuideSpec) -> None:
+        """Compile (and cache) a request's grammar now, so that a bad one is refused before it
+        is added; RequestRejected if it cannot be compiled."""
+        if self.tokenizer is None:
+            raise RequestRejected("this stage's model has no tokenizer to constrain", param=spec.param)
+        if self.guides is None:
+            vocab = self.runner.lm_head.out_features
+            self.guides = Guides(self.tokenizer, vocab, sorted(self.eos_ids), self.max_seqs)
+        self.guides.compile(spec)
+
+    def _guide(self, rid: str, spec: GuideSpec | None, output: list[int] | tuple[int, ...] = ()) -> None:
+        if spec is not None:
+            self.compile_guide(spec)
+            assert self.guides is not None
+            self.matchers[rid] = self.guides.matcher(spec, output)
 
     def _detokenizer(self, prompt: list[int]) -> IncrementalDetokenizer | None:
         return None if self.tokenizer is None else IncrementalDetokenizer(self.tokenizer, prompt)
@@ -143,6 +165,7 @@ class LLMEngine:
         req = item.request
         seq = _sequence(req)
         seq.output.append(item.first_token)
+        self._guide(req.rid, req.sampling.guide, seq.output)
         self.states[req.rid] = _State(seq, self._detokenizer(seq.prompt))
         self.imports.append(item)
 
@@ -154,6 +177,7 @@ class LLMEngine:
         kv = torch.stack([cache[:, slots] for cache in self.runner.kv_caches]).cpu()
         self.scheduler.finish(seq)
         self._unpin(rid)
+        self._unguide(rid)
         return kv
 
     def _slots(self, seq: Sequence, n: int) -> torch.Tensor:
@@ -196,8 +220,13 @@ class LLMEngine:
     def _unpin(self, rid: str) -> None:
         self.blocks.unpin(self.pinned.pop(rid, []))
 
+    def _unguide(self, rid: str) -> None:
+        self.matchers.pop(rid, None)
+        self.off_grammar.discard(rid)
+
     def abort(self, rid: str) -> None:
         self._unpin(rid)
+        self._unguide(rid)
         state = self.states.pop(rid, None)
         if state is not None:
             self.scheduler.finish(state.seq)
@@ -215,12 +244,23 @@ class LLMEngine:
         for chunk in plan.chunks:
             state = self.states[chunk.seq.rid]
             state.scheduled_at = state.scheduled_at or now
-        result = self.runner.run(plan)
         samplers = [c.seq for c in plan.chunks if c.samples]
+        guided = [(row, self.matchers[s.rid]) for row, s in enumerate(samplers) if s.rid in self.matchers]
+        if guided:  # the grammars' masks fill while the forward runs
+            assert self.guides is not None
+            filled = self.guides.start([m for _, m in guided], [row for row, _ in guided])
+        result = self.runner.run(plan)
+        logits = result.logits
+        if guided:
+            logits = logits.float()
+            self.guides.apply(filled, logits, [row for row, _ in guided])
         # (a history only where a penalty reads it: building every sequence's token list each step is O(length))
-        picked = sample_batch(result.logits, [s.sampling for s in samplers],
+        picked = sample_batch(logits, [s.sampling for s in samplers],
                               [s.tokens if s.sampling.repetition_penalty != 1.0 else () for s in samplers],
                               [s.output for s in samplers])
+        for row, matcher in guided:
+            if not matcher.accept_token(picked[row].token):  # (only if every token was masked off)
+                self.off_grammar.add(samplers[row].rid)
         self._keep_hidden(plan, result)
         grew = self.scheduler.update(plan, {s.rid: p.token for s, p in zip(samplers, picked)})
         by_rid = {s.rid: p for s, p in zip(samplers, picked)}
@@ -248,7 +288,8 @@ class LLMEngine:
     def _emit(self, seq: Sequence, sampled: Sampled) -> TokenOutput:
         state = self.states[seq.rid]
         token, sp = sampled.token, seq.sampling
-        stop_token = (token in self.eos_ids and not sp.ignore_eos) or token in sp.stop_token_ids
+        stop_token = (token in self.eos_ids and not sp.ignore_eos) or token in sp.stop_token_ids \
+            or seq.rid in self.off_grammar
         reason = None
         if not stop_token and state.detok is not None:
             state.text += state.detok.push(token)
@@ -277,6 +318,7 @@ class LLMEngine:
         if reason is not None:
             self.scheduler.finish(seq)
             self._unpin(seq.rid)
+            self._unguide(seq.rid)
             del self.states[seq.rid]
         elif state.hold:
             self.scheduler.detach(seq)  # until export_kv hands the prompt's K/V over

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from omnistage.ar_engine.guided import GuideSpec, guide_from_request
 from omnistage.errors import RequestRejected
 
 MAX_TOP_LOGPROBS = 20
@@ -36,6 +37,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; n: the chosen token's logprob and the top n
     suppress_token_ids: tuple[int, ...] = ()  # never sampled (set by a stage, not by requests)
+    guide: GuideSpec | None = None  # a grammar the output must match (``guided``)
     generator: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
@@ -54,7 +56,7 @@ class SamplingParams:
                  frequency_penalty=_num(get("frequency_penalty") or 0.0),
                  logit_bias=_logit_bias(get("logit_bias"), vocab_size), seed=get("seed"), stop=stop,
                  stop_token_ids=tuple(get("stop_token_ids") or ()), ignore_eos=get("ignore_eos", False),
-                 logprobs=get("logprobs"))
+                 logprobs=get("logprobs"), guide=guide_from_request(params))
         sp.validate()
         return sp
 

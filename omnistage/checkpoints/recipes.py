@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from omnistage.checkpoints.files import local_dir
-from omnistage.checkpoints.support import DIFFUSION_PIPELINES, OMNI, TEXT_LMS, VISION_LMS, architecture
+from omnistage.checkpoints.files import local_dir, read_json
+from omnistage.checkpoints.support import DIFFUSION_PIPELINES, EMBEDDERS, OMNI, TEXT_LMS, VISION_LMS, architecture
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,10 @@ def _speech(s: ServeSettings) -> dict[str, Any]:
     return {"speak": s.stage("tts", {"text": "request.prompt"}, {"audio": "response.audio"})}
 
 
+def _embed(s: ServeSettings) -> dict[str, Any]:
+    return {"embed": s.stage("embed", {"input": "request.input"}, {"embeddings": "response.embeddings"}, 64)}
+
+
 def _transcribe(s: ServeSettings) -> dict[str, Any]:
     return {"listen": s.stage("transcribe", {"audio": "request.audio"}, {"text": "response.text"})}
 
@@ -109,6 +113,7 @@ RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
     "WanPipeline": _diffusion("video"),
     "SpeechT5ForTextToSpeech": _speech,
     "WhisperForConditionalGeneration": _transcribe,
+    "BertModel": _embed,
 }
 assert set(RECIPES) - {OMNI} >= DIFFUSION_PIPELINES
 
@@ -136,6 +141,9 @@ def build_graph(ref: str, resolved: str, settings: ServeSettings) -> str:
     if arch == OMNI:  # one directory, as released: each stage loads its sub-model from it
         stages = omni_stages(settings)
         models = {sub: {"path": path, "dtype": settings.dtype, "component": sub} for sub in ("thinker", "talker", "token2wav")}
+    elif read_json(resolved, "modules.json") is not None and arch in EMBEDDERS:  # a sentence-transformers model
+        stages = _embed(settings)
+        models = {"main": {"path": path, "dtype": settings.dtype}}
     elif arch in RECIPES:
         stages = RECIPES[arch](settings)
         models = {"main": {"path": path, "dtype": settings.dtype}}

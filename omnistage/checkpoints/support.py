@@ -32,6 +32,9 @@ COMPONENTS: Mapping[str, Mapping[str, str]] = MappingProxyType({
                             "token2wav": "Qwen2_5OmniToken2WavModel"}),
 })
 
+# Embedding models: encoders, and decoders (Qwen3-Embedding is a Qwen3ForCausalLM) whose last token's
+# state is the vector (read through AutoModel: the base model without its LM head).
+EMBEDDERS = frozenset({"BertModel", "Qwen2Model", "Qwen2ForCausalLM", "Qwen3Model", "Qwen3ForCausalLM"})
 _GENERATORS = TEXT_LMS | VISION_LMS | {OMNI_THINKER}
 SUPPORTED: Mapping[str, frozenset[str]] = MappingProxyType({
     "ar": _GENERATORS,
@@ -43,6 +46,7 @@ SUPPORTED: Mapping[str, frozenset[str]] = MappingProxyType({
     "vae_decode": DIFFUSION_PIPELINES,
     "tts": frozenset({"SpeechT5ForTextToSpeech"}),
     "transcribe": frozenset({"WhisperForConditionalGeneration"}),
+    "embed": EMBEDDERS,
     "talker": frozenset({"Qwen2_5OmniTalkerForConditionalGeneration"}),
     "vocoder": frozenset({"Qwen2_5OmniToken2WavModel"}),
 })

@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from omnistage.graph.options import (ArOptions, DiffusionOptions, EncodeOptions, PythonOptions, TalkerOptions,
-                                     TranscribeOptions, TtsOptions, VocoderOptions)
-from omnistage.graph.params import GENERATION, SAMPLING, SPEECH, SPOKEN_REPLY, TRANSCRIPTION, ParamSpec
+from omnistage.graph.options import (ArOptions, DiffusionOptions, EmbedOptions, EncodeOptions, PythonOptions,
+                                     TalkerOptions, TranscribeOptions, TtsOptions, VocoderOptions)
+from omnistage.graph.params import EMBEDDING, GENERATION, SAMPLING, SPEECH, SPOKEN_REPLY, TRANSCRIPTION, ParamSpec
 from omnistage.graph.strict import frozen_dict
 
 
@@ -196,6 +196,16 @@ register_kind(KindSpec(
     outputs=(PortSpec("text", "text"),),
     needs_model=True,
     description="speech to text with an encoder-decoder (Whisper), batched greedy decoding",
+))
+register_kind(KindSpec(
+    name="embed",
+    factory="omnistage.stages.kinds.embed:build_embed",
+    options=EmbedOptions,
+    params=EMBEDDING,
+    inputs=(PortSpec("input", "text", required=True),),
+    outputs=(PortSpec("embeddings", "tensor"),),
+    needs_model=True,
+    description="text embeddings (an encoder or a decoder LM, pooled and normalized), batched across requests",
 ))
 register_kind(KindSpec(
     name="talker",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from omnistage.ar_engine.config import EngineConfig
 from omnistage.graph.params import ParamType
@@ -116,6 +117,24 @@ class TtsOptions:
             raise ValueError("context_frames must be >= 0")
         if not 0 < self.threshold < 1:
             raise ValueError("threshold must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Text embeddings. ``pooling`` "auto" and ``normalize`` unset: as the checkpoint says (its
+    sentence-transformers config, else CLS for an encoder and the last token for a decoder,
+    normalized); ``max_input_tokens``: the longest input (default: the checkpoint's
+    ``max_seq_length``, else its positions); ``matryoshka``: whether ``dimensions`` may shorten a
+    vector (default: the checkpoint's config)."""
+
+    pooling: Literal["auto", "mean", "cls", "last"] = "auto"
+    normalize: bool | None = None
+    max_input_tokens: int | None = None
+    matryoshka: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_input_tokens is not None and self.max_input_tokens <= 0:
+            raise ValueError("max_input_tokens must be > 0")
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,10 @@ SAMPLING = (
     ParamSpec("stop_token_ids", "ints", max_items=64),
     ParamSpec("ignore_eos", "bool", False),
     ParamSpec("logprobs", "int", ge=0, le=20, description="return the sampled token's logprob and this many alternatives"),
+    ParamSpec("response_format", "any", description="OpenAI's: json_object, json_schema or structural_tag output"),
+    ParamSpec("tools", "any", description="function tools the chat template renders (the chat API checks them)"),
+    ParamSpec("structured_outputs", "any",
+              description="vLLM's: one of json, regex, choice, grammar (EBNF), json_object, structural_tag"),
     ParamSpec("use_audio_in_video", "bool", False, description="a video file's sound track goes in with its frames"),
 )
 
@@ -164,6 +168,8 @@ SPEECH = (
     ParamSpec("voice", "str", description="default: the stage's default_voice"),
     ParamSpec("speed", "float", 1.0, ge=0.25, le=4.0),
 )
+
+EMBEDDING = (ParamSpec("dimensions", "int", ge=1, description="a Matryoshka model's first d values, renormalized"),)
 
 TRANSCRIPTION = (ParamSpec("max_tokens", "int", ge=1, description="tokens per audio window (default: the stage's)"),)
 

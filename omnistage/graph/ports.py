@@ -17,6 +17,7 @@ REQUEST_FIELDS: Mapping[str, str] = frozen_dict({
     "mask": "image",  # where that picture is repainted (inpainting)
     "audio": "audio",
     "video": "video",
+    "input": "text",  # what an embeddings request embeds (strings or token ids)
 })
 
 # response.<modality> -> the type a port must have to feed it.
@@ -25,7 +26,8 @@ RESPONSE_MODALITIES: Mapping[str, str] = frozen_dict({
     "image": "image",
     "audio": "audio",
     "video": "video",
-    "embedding": "media_embeds",
+    "embedding": "media_embeds",  # an encode stage's per-token embeddings
+    "embeddings": "tensor",  # one vector per input of an embeddings request
     "tokens": "tokens",  # the generated token ids (a request asks with return_token_ids: true)
     "logprobs": "any",  # per-token log probabilities of the text, when a request asks for them
     "progress": "any",  # denoising progress of an image or video request, streamed

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 # Bump when any builder changes, so cached checkpoints are rebuilt.
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 
 
 def cache_root() -> Path:
@@ -42,6 +42,7 @@ TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "qwen2.5-omni": "Qwen2_5OmniForConditionalGeneration: thinker, talker and token2wav (each also in its own dir), speakers",
     "speecht5": "SpeechT5ForTextToSpeech with a SpeechT5HifiGan vocoder (vocoder/) and named voices",
     "whisper": "WhisperForConditionalGeneration (2-second window) with its feature extractor",
+    "bert": "BertModel, 2 layers, with a sentence-transformers config (mean pooling, normalized)",
 })
 
 

@@ -18,8 +18,8 @@ from omnistage.models.tiny_diffusion import build_flux, build_qwen_image, build_
 from omnistage.models.tiny_omni import build_qwen2_5_omni
 from omnistage.models.tiny_parts import QWEN2_5_VISION, text_config_kwargs, vl_model
 from omnistage.models.tiny_speech import build_speecht5
-from omnistage.models.tiny_text import (build_gemma2, build_gemma3, build_llama3, build_mistral, build_qwen3,
-                                        build_qwen3_moe)
+from omnistage.models.tiny_text import (build_bert, build_gemma2, build_gemma3, build_llama3, build_mistral,
+                                        build_qwen3, build_qwen3_moe)
 from omnistage.models.tokenizer import build_tokenizer
 
 SEED = 1234
@@ -61,7 +61,7 @@ def build_qwen2(out: Path) -> None:
 
 def build_llama(out: Path) -> None:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-    tok = build_tokenizer()
+    tok = build_tokenizer(tools="llama")
     config = LlamaConfig(**text_config_kwargs(len(tok)), eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, bos_token_id=None)
     model = LlamaForCausalLM(config).eval()
@@ -113,6 +113,7 @@ def build_whisper(out: Path) -> None:
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "whisper": build_whisper,
+    "bert": build_bert,
     "qwen2": build_qwen2,
     "llama": build_llama,
     "mistral": build_mistral,

@@ -85,7 +85,7 @@ def test_errors_have_openai_shape_and_the_server_keeps_serving(chat_server, payl
     ({"top_logprobs": "abc"}, "top_logprobs", "top_logprobs must be an integer"),
     ({"stream": "yes"}, "stream", "stream must be true or false"),
     ({"stream_options": "x"}, "stream_options", "stream_options must be an object"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools is not supported"),
+    ({"functions": [{"name": "f"}]}, "functions", "functions is not supported"),
     ({"presence_penalty": 2.5}, "presence_penalty", "presence_penalty must be between -2 and 2"),
     ({"logit_bias": {"99999999": 5}}, "logit_bias", "is not a token id of this model"),
     ({"logit_bias": {"3": 101}}, "logit_bias", "must be between -100 and 100"),

@@ -88,7 +88,25 @@ def test_speech_mp3_opus_aac_stream_the_wav_s_audio_and_mp3_is_the_default(defau
     assert default[:3] == b"ID3"  # an MP3 stream
 
 
+def test_speech_as_server_sent_events_carries_the_same_audio(default_server):
+    """stream_format sse: speech.audio.delta events whose base64 audio joins into the bytes the
+    plain stream gives, then speech.audio.done with the usage."""
+    import json
+    body = {"input": "the quick brown fox", "voice": "alloy", "response_format": "pcm"}
+    plain = httpx.post(f"{default_server.url}/v1/audio/speech", json=body, timeout=120).content
+    events = []
+    with httpx.stream("POST", f"{default_server.url}/v1/audio/speech", json={**body, "stream_format": "sse"},
+                      timeout=120) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1) and len(events) > 2
+    assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == plain
+    assert events[-1]["type"] == "speech.audio.done"
+    assert events[-1]["usage"]["audio_seconds"] == pytest.approx(len(plain) / 2 / 24000, abs=0.01)
+
+
 @pytest.mark.parametrize("body, param", [
+    ({"input": "hi", "stream_format": "chunks"}, "stream_format"),
     ({"input": "hi", "voice": "bob"}, "voice"), ({"input": "hi", "speed": 9}, "speed"),
     ({"input": ""}, "input"), ({"input": "hi", "response_format": "ogg"}, "response_format"),
     ({"input": "hi", "vioce": "echo"}, "vioce"), ({"input": "hi", "speed": "fast"}, "speed"),

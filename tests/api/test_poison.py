@@ -37,7 +37,8 @@ POISON = {
     "stop as a number": (_chat(stop=5), 400, "stop", "a string or a list"),
     "audio to a graph that cannot hear": (_chat(messages=[{"role": "user", "content": [
         {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]), 400, None, "audio"),
-    "a tool call": (_chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools", "not supported"),
+    "a tool without a name": (_chat(tools=[{"type": "function", "function": {}}]), 400, "tools[0].function.name",
+                              "letters"),
     "not JSON": (b"{nope", 400, None, "not valid JSON"),
     "a JSON list": (b"[1, 2]", 400, None, "JSON object"),
 }

@@ -35,6 +35,7 @@ KINDS = {
     "whisper": {"listen": "transcribe"},
     "speecht5": {"speak": "tts"},
     "qwen2.5-omni": {"thinker": "ar", "talker": "talker", "vocoder": "vocoder"},
+    "bert": {"embed": "embed"},
 }
 
 
@@ -47,6 +48,20 @@ def test_each_architecture_gets_its_graph_and_the_printed_yaml_is_the_same_plan(
     again = compile_text(graph_text(path, ServeSettings()), resolve_model, check=check_model)
     assert again.stages.keys() == plan.stages.keys() and again.routes.keys() == plan.routes.keys()
     assert {s: st.model_path for s, st in again.stages.items()} == {s: st.model_path for s, st in plan.stages.items()}
+
+
+def test_a_sentence_transformers_checkpoint_is_served_as_embeddings(tmp_path):
+    """A decoder with a sentence-transformers config (as Qwen3-Embedding ships) gets the embed
+    graph, not chat; the packaged all-MiniLM-L6-v2 too."""
+    import shutil
+    target = tmp_path / "qwen2-embedder"
+    shutil.copytree(ensure_tiny("qwen2"), target)
+    (target / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", '
+                                         '"type": "sentence_transformers.models.Transformer"}]')
+    assert {s: st.kind.name for s, st in load_plan(str(target)).stages.items()} == {"embed": "embed"}
+    plan = load_plan("packaged:all-minilm-l6-v2")
+    assert {s: st.kind.name for s, st in plan.stages.items()} == {"embed": "embed"}
+    assert plan.stages["embed"].model_path == "packaged:all-minilm-l6-v2"
 
 
 def test_flags_land_in_the_graph():

@@ -90,13 +90,14 @@ class ArStage(ProbingStage):
         self.states = states
         self.talking: set[str] = set()  # requests whose states a talker takes
         self.prompts: dict[str, EngineRequest] = {}  # of those, until their first states went out
+        self._tools_rendered: bool | None = None  # whether the chat template renders tools (found once)
 
     # --- requests --------------------------------------------------------------------------
     def prepare(self, rid: str, inputs: dict[str, Any], params: Mapping[str, Any]) -> EngineRequest:
         """Decode, preprocess and tokenize a request. Touches no engine state, so a worker may
         run it off its main loop."""
         return self.engine_request(rid, inputs, self.sampling(params),
-                                   bool(params.get("use_audio_in_video")))
+                                   bool(params.get("use_audio_in_video")), params.get("tools"))
 
     def probe_prepared(self, req: EngineRequest) -> list[int]:
         """Keep a prepared request for its Admit; say which of its images (counted among images
@@ -110,8 +111,12 @@ class ArStage(ProbingStage):
         return [k for k, i in enumerate(images) if i in cached]
 
     def sampling(self, params: Mapping[str, Any]) -> SamplingParams:
-        """A request's sampling parameters, checked (``logit_bias`` against the model's vocabulary)."""
-        return SamplingParams.from_request(params, self.options.max_tokens, self.engine.runner.lm_head.out_features)
+        """A request's sampling parameters, checked (``logit_bias`` against the model's vocabulary,
+        a grammar by compiling it)."""
+        sp = SamplingParams.from_request(params, self.options.max_tokens, self.engine.runner.lm_head.out_features)
+        if sp.guide is not None:
+            self.engine.compile_guide(sp.guide)
+        return sp
 
     def add(self, request: StageRequest) -> None:
         req = self.take_request(request)
@@ -126,7 +131,7 @@ class ArStage(ProbingStage):
         if req is None:
             sampling = self.sampling(request.params)
             req = self.engine_request(request.rid, request.inputs, sampling,
-                                      bool(request.params.get("use_audio_in_video")))
+                                      bool(request.params.get("use_audio_in_video")), request.params.get("tools"))
         self._attach_embeddings(req, (request.inputs.get("image_embeds") or []) + (request.inputs.get("audio_embeds") or []))
         # Every position's states only for a request whose states someone takes; the others
         # keep none and may start from the prefix cache.
@@ -151,10 +156,10 @@ class ArStage(ProbingStage):
         return [done[id(s.source)][s.offset:s.offset + s.length] for s in spans]
 
     def engine_request(self, rid: str, inputs: dict[str, Any], sampling: SamplingParams,
-                       audio_in_video: bool = False) -> EngineRequest:
+                       audio_in_video: bool = False, tools: list[Any] | None = None) -> EngineRequest:
         """The request's token ids and media spans; ``audio_in_video``: a video file's sound track
-        goes in with its frames (Qwen2.5-Omni)."""
-        ids = self._token_ids(inputs)
+        goes in with its frames (Qwen2.5-Omni); ``tools``: rendered by the chat template."""
+        ids = self._token_ids(inputs, tools)
         images = inputs.get("images") or []
         video = inputs.get("video")
         clips = inputs.get("audio")
@@ -215,13 +220,17 @@ class ArStage(ProbingStage):
             if span.embeds is None and (embeds := self.media_cache.get(span.content_hash)) is not None:
                 span.embeds = embeds[span.offset:span.offset + span.length]
 
-    def _token_ids(self, inputs: dict[str, Any]) -> list[int]:
+    def _token_ids(self, inputs: dict[str, Any], tools: list[Any] | None = None) -> list[int]:
+        if tools and (inputs.get("messages") is None or not self._renders_tools()):
+            raise RequestRejected("tools need a chat request to a model whose chat template renders tools; "
+                                  "this one's does not", param="tools")
         if inputs.get("messages") is not None:
             messages = inputs["messages"]
             if not isinstance(messages, list) or not messages:
                 raise RequestRejected("messages must be a non-empty list", param="messages")
             try:
-                text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                text = self.tok.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                    tokenize=False)
             except (KeyError, TypeError, ValueError, TemplateError) as exc:  # what a template raises on messages it refuses
                 raise RequestRejected(f"messages do not fit the model's chat template: {exc}", param="messages") from None
             return list(self.tok(text, add_special_tokens=False)["input_ids"])
@@ -229,6 +238,18 @@ class ArStage(ProbingStage):
         if not isinstance(prompt, str):
             raise RequestRejected("prompt must be a string", param="prompt")
         return list(self.tok(prompt)["input_ids"])
+
+    def _renders_tools(self) -> bool:
+        """Whether the chat template puts tools in the prompt (many templates ignore them)."""
+        if self._tools_rendered is None:
+            probe = [{"type": "function", "function": {"name": "omnistage_probe_tool", "parameters": {}}}]
+            messages = [{"role": "user", "content": "x"}]
+            try:
+                with_tools = self.tok.apply_chat_template(messages, tools=probe, tokenize=False)
+                self._tools_rendered = "omnistage_probe_tool" in with_tools
+            except (KeyError, TypeError, ValueError, TemplateError):
+                self._tools_rendered = False
+        return self._tools_rendered
 
     def step(self) -> list[StageOutput]:
         outputs = []

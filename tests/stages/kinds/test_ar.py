@@ -74,3 +74,22 @@ def test_bad_parameters_are_rejected(stage, params, param):
     with pytest.raises(RequestRejected) as info:
         stage.add(StageRequest("x", {"prompt": "hi"}, params))
     assert info.value.param == param and info.value.status == 400
+
+
+def test_tools_are_rendered_or_refused_by_the_chat_template(stage):
+    """Tools reach the chat template; a template that ignores them refuses them (400 naming
+    tools) instead of answering as if they were not there."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    messages = [{"role": "user", "content": "hi"}]
+    plain = stage.engine_request("a", {"messages": messages}, stage.sampling({}))
+    with_tools = stage.engine_request("b", {"messages": messages}, stage.sampling({}), tools=tools)
+    assert '"name": "lookup"' in stage.tok.decode(with_tools.prompt) and len(with_tools.prompt) > len(plain.prompt)
+    template, stage.tok.chat_template = stage.tok.chat_template, (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}")
+    stage._tools_rendered = None
+    try:
+        with pytest.raises(RequestRejected) as err:
+            stage.engine_request("c", {"messages": messages}, stage.sampling({}), tools=tools)
+        assert err.value.param == "tools"
+    finally:
+        stage.tok.chat_template, stage._tools_rendered = template, None
