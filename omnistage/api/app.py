@@ -16,9 +16,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
-from omnistage.api import audio, embeddings, images, tools, videos
+from omnistage.api import audio, embeddings, images, realtime, tools, videos
 from omnistage.api.convert import chat_inputs, choices_count, sampling_params, stream_settings, token_ids
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.errors import handle as handle_error
@@ -71,11 +71,13 @@ def create_app(graph: str | Path | Any, api_key: str | None = None, max_body: in
         Route("/v1/images/edits", images.edits, methods=["POST"]),
         Route("/v1/audio/speech", audio.speech, methods=["POST"]),
         Route("/v1/audio/transcriptions", audio.transcriptions, methods=["POST"]),
+        Route("/v1/audio/translations", audio.translations, methods=["POST"]),
         Route("/v1/videos", videos.create, methods=["POST"]),
         Route("/v1/videos", videos.listing, methods=["GET"]),
         Route("/v1/videos/{video_id}", videos.retrieve, methods=["GET"]),
         Route("/v1/videos/{video_id}", videos.delete, methods=["DELETE"]),
         Route("/v1/videos/{video_id}/content", videos.content, methods=["GET"]),
+        WebSocketRoute("/v1/realtime", realtime.endpoint),
         Route("/health", health, methods=["GET"]),
         Route("/live", live, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -84,6 +86,7 @@ def create_app(graph: str | Path | Any, api_key: str | None = None, max_body: in
     app.state.pipeline: Pipeline | None = None  # set once every stage is ready
     app.state.loader: Loader | None = None
     app.state.max_body = max_body
+    app.state.api_key = api_key  # (the WebSocket route checks it itself: Guard sees HTTP only)
     app.state.media_dir = media_dir
     app.state.metrics = Metrics()
     app.state.videos = videos.VideoJobs()

@@ -27,7 +27,7 @@ from omnistage.api.audio_codecs import MEDIA as CODEC_MEDIA
 from omnistage.api.audio_codecs import StreamEncoder, encode_clip
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.fields import SPEECH as SPEECH_FIELDS
-from omnistage.api.fields import TRANSCRIPTIONS
+from omnistage.api.fields import TRANSCRIPTIONS, TRANSLATIONS
 from omnistage.api.request import abort_on_failure, check_model, log_admitted, read_body
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent
 
@@ -162,6 +162,15 @@ def _flac(samples: torch.Tensor, rate: int) -> bytes:
 
 
 async def transcriptions(request: Request) -> Response:
+    return await _speech_to_text(request, "transcribe")
+
+
+async def translations(request: Request) -> Response:
+    """Whisper's translate task: the audio's speech as English text."""
+    return await _speech_to_text(request, "translate")
+
+
+async def _speech_to_text(request: Request, task: str) -> Response:
     body = await read_body(request)
     check_model(request, body, required=False)
     upload = body.get("file")
@@ -171,8 +180,14 @@ async def transcriptions(request: Request) -> Response:
     if fmt not in TRANSCRIPT_FORMATS:
         raise ApiError(400, f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}, got {fmt!r}",
                        "response_format")
-    params = TRANSCRIPTIONS.params(body)
-    inputs = _transcription_inputs(request, await upload.read())
+    params = (TRANSCRIPTIONS if task == "transcribe" else TRANSLATIONS).params(body)
+    if "task" in params:
+        raise ApiError(400, "task is set by the endpoint (/v1/audio/transcriptions or /v1/audio/translations)", "task")
+    if "prompt" in params:  # (a request's "prompt" is a text input to the graph; Whisper's is a parameter)
+        params["initial_prompt"] = params.pop("prompt")
+    inputs = _transcription_inputs(request, await upload.read(), task)
+    if "messages" not in inputs:  # (Whisper's own task; a chat model gets an instruction instead)
+        params["task"] = task
     handle = request.app.state.pipeline.submit(**inputs, modalities=["text"], loop=asyncio.get_running_loop(),
                                                **params)
     log_admitted(request, [handle])
@@ -190,7 +205,7 @@ async def transcriptions(request: Request) -> Response:
                                 "(a chat model's) does not give; use json or text", "response_format")
         if fmt != "verbose_json":
             return PlainTextResponse(subtitles(timed["segments"], fmt), media_type=f"text/{fmt}")
-        payload.update(task="transcribe", duration=timed["duration"], segments=[
+        payload.update(task=task, language=_language_name(timed.get("language")), duration=timed["duration"], segments=[
             {"id": i, "start": start, "end": end, "text": seg} for i, (start, end, seg) in enumerate(timed["segments"])])
     payload["usage"] = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
     return JSONResponse(payload)
@@ -212,16 +227,25 @@ def subtitles(segments: list[tuple[float, float, str]], fmt: str) -> str:
 
 
 TRANSCRIBE_INSTRUCTION = "Transcribe this audio."
+TRANSLATE_INSTRUCTION = "Translate the speech in this audio into English."
 
 
-def _transcription_inputs(request: Request, clip: bytes) -> dict[str, Any]:
+def _transcription_inputs(request: Request, clip: bytes, task: str = "transcribe") -> dict[str, Any]:
     """The audio alone for a graph with a speech-to-text route (Whisper); for one whose model
-    takes audio in a chat (Qwen2.5-Omni's thinker), the audio with an instruction to transcribe."""
+    takes audio in a chat (Qwen2.5-Omni's thinker), the audio with an instruction to transcribe
+    (or translate)."""
     plan = request.app.state.pipeline.plan
     if "text" in plan.reachable_modalities(frozenset({"audio"})):
         return {"audio": [clip]}
-    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": TRANSCRIBE_INSTRUCTION}]}]
+    instruction = TRANSCRIBE_INSTRUCTION if task == "transcribe" else TRANSLATE_INSTRUCTION
+    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]}]
     return {"audio": [clip], "messages": messages}
+
+
+def _language_name(code: str | None) -> str:
+    """OpenAI's verbose_json names the language ("english"), as Whisper's table does."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+    return LANGUAGES.get(code or "en", code or "english")
 
 
 # --- spoken chat replies (modalities: ["text", "audio"]) -----------------------------------

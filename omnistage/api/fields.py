@@ -89,10 +89,16 @@ SPEECH = Fields(
 
 TRANSCRIPTIONS = Fields(
     own=frozenset({"model", "file", "response_format"}),
-    unsupported={"language": (None, ""), "prompt": (None, ""), "temperature": (None, 0, 0.0, "0", "0.0"),
-                 "timestamp_granularities": _NONE, "timestamp_granularities[]": _NONE, "include": _NONE,
-                 "include[]": _NONE, "chunking_strategy": _NONE, "stream": (None, False, "false")},
-    numeric={"max_tokens": int},
+    # (segment timestamps are what verbose_json gives; word timestamps are not implemented)
+    unsupported={"timestamp_granularities": (None, "segment", ["segment"]),
+                 "timestamp_granularities[]": (None, "segment"), "include": _NONE, "include[]": _NONE,
+                 "chunking_strategy": _NONE, "stream": (None, False, "false")},
+    numeric={"max_tokens": int, "temperature": float},
+)
+
+TRANSLATIONS = Fields(
+    own=frozenset({"model", "file", "response_format"}),
+    numeric={"max_tokens": int, "temperature": float},
 )
 
 EMBEDDINGS = Fields(own=frozenset({"model", "input", "encoding_format"}))

@@ -171,6 +171,14 @@ SPEECH = (
 
 EMBEDDING = (ParamSpec("dimensions", "int", ge=1, description="a Matryoshka model's first d values, renormalized"),)
 
-TRANSCRIPTION = (ParamSpec("max_tokens", "int", ge=1, description="tokens per audio window (default: the stage's)"),)
+TRANSCRIPTION = (
+    ParamSpec("max_tokens", "int", ge=1, description="tokens per audio window (default: the stage's)"),
+    ParamSpec("language", "str", description="the audio's language as an ISO-639-1 code (default: detected)"),
+    ParamSpec("initial_prompt", "str",
+              description="text the transcript continues (names, spelling, style): the API's prompt field"),
+    ParamSpec("temperature", "float", 0.0, ge=0, le=1, description="0 is greedy"),
+    ParamSpec("task", "str", "transcribe", choices=("transcribe", "translate"),
+              description="translate: into English (/v1/audio/translations sets it)"),
+)
 
 SPOKEN_REPLY = (ParamSpec("voice", "str", description="a speaker of the checkpoint (default: default_voice)"), SEED)

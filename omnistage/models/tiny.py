@@ -96,17 +96,36 @@ def _build_vl(out: Path, config_cls: Any, model_cls: Any, vision: dict[str, Any]
     tok.save_pretrained(out)
 
 
+# Whisper's control tokens (as its tokenizer names them), for a multilingual checkpoint: the
+# decoder starts with <|startoftranscript|>, a language, a task and <|notimestamps|>; a prompt
+# goes before them after <|startofprev|>.
+WHISPER_LANGUAGES = ("en", "fr", "de", "es", "zh")
+_WHISPER_CONTROL = ["<|startoftranscript|>", *(f"<|{lang}|>" for lang in WHISPER_LANGUAGES), "<|translate|>",
+                    "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+
+
 def build_whisper(out: Path) -> None:
-    """Whisper with a 2-second window (Whisper wants exactly 2 * max_source_positions mel frames)."""
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    """Multilingual Whisper with a 2-second window (Whisper wants exactly 2 * max_source_positions
+    mel frames): language and task tokens, language detection, prompts."""
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
     tok = build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": _WHISPER_CONTROL})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _WHISPER_CONTROL}
+    sot = ids["<|startoftranscript|>"]
     config = WhisperConfig(vocab_size=len(tok), d_model=64, encoder_layers=2, decoder_layers=2,
                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
                            decoder_ffn_dim=128, num_mel_bins=80, max_source_positions=100, max_target_positions=64,
                            pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
-                           eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
-                           init_std=0.2)
-    WhisperForConditionalGeneration(config).eval().save_pretrained(out)
+                           eos_token_id=tok.eos_token_id, decoder_start_token_id=sot, init_std=0.2)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.eos_token_id, is_multilingual=True,
+        lang_to_id={f"<|{lang}|>": ids[f"<|{lang}|>"] for lang in WHISPER_LANGUAGES},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        max_initial_timestamp_index=50, begin_suppress_tokens=[tok.eos_token_id], suppress_tokens=[])
+    model.save_pretrained(out)
     WhisperFeatureExtractor(feature_size=80, chunk_length=2).save_pretrained(out)
     tok.save_pretrained(out)
 

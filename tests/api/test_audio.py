@@ -149,6 +149,30 @@ def test_transcription_segments_srt_and_vtt(default_server):
     assert vtt.count(" --> ") == srt.count(" --> ") == len(verbose.segments)
 
 
+def test_translation_language_and_prompt(default_server):
+    """/v1/audio/translations runs Whisper's translate task; transcription takes a language and a
+    prompt, which change the transcript, and verbose_json names the language (detected when not
+    given); a language the model lacks, and word timestamps, are refused by name."""
+    buf = io.BytesIO()
+    sf.write(buf, (np.random.default_rng(5).standard_normal(16000) * 0.1).astype(np.float32), 16000, format="WAV")
+    wav, c = buf.getvalue(), client(default_server)
+    plain = c.audio.transcriptions.create(model=MODEL, file=("a.wav", wav), response_format="verbose_json")
+    assert plain.language in ("english", "french", "german", "spanish", "chinese")
+    french = c.audio.transcriptions.create(model=MODEL, file=("a.wav", wav), language="fr", response_format="verbose_json")
+    assert french.language == "french"
+    moved = {c.audio.transcriptions.create(model=MODEL, file=("a.wav", wav), **kw).text
+             for kw in ({}, {"language": "fr"}, {"language": "de"}, {"prompt": "red green blue"}, {"temperature": 0})}
+    assert len(moved) >= 3
+    translated = c.audio.translations.create(model=MODEL, file=("a.wav", wav), response_format="verbose_json")
+    assert translated.task == "translate" and isinstance(translated.text, str)
+    with pytest.raises(openai.BadRequestError) as err:
+        c.audio.transcriptions.create(model=MODEL, file=("a.wav", wav), language="xx")
+    assert err.value.body["param"] == "language"
+    with pytest.raises(openai.BadRequestError) as err:
+        c.audio.transcriptions.create(model=MODEL, file=("a.wav", wav), timestamp_granularities=["word"])
+    assert err.value.body["param"] in ("timestamp_granularities", "timestamp_granularities[]")
+
+
 def test_bad_transcriptions(default_server):
     url = f"{default_server.url}/v1/audio/transcriptions"
     missing = httpx.post(url, data={"model": MODEL})

@@ -15,7 +15,7 @@ def test_everything_not_the_endpoints_own_becomes_a_parameter():
 @pytest.mark.parametrize("fields, body, name", [
     (CHAT, {"functions": [{"name": "f"}]}, "functions"), (CHAT, {"prediction": {"type": "content"}}, "prediction"),
     (IMAGES, {"style": "vivid"}, "style"), (VIDEOS, {"input_reference": "x"}, "input_reference"),
-    (TRANSCRIPTIONS, {"language": "en"}, "language"), (CHAT, {"function_call": "f"}, "function_call"),
+    (TRANSCRIPTIONS, {"include": ["logprobs"]}, "include"), (CHAT, {"function_call": "f"}, "function_call"),
 ])
 def test_an_unimplemented_openai_field_is_refused_unless_it_asks_for_nothing(fields, body, name):
     with pytest.raises(ApiError) as info:

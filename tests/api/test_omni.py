@@ -2,6 +2,8 @@
 official openai client against a real server."""
 import base64
 import io
+import json
+import time
 
 import httpx
 import openai
@@ -181,3 +183,84 @@ def test_the_omni_client_example_saves_a_spoken_reply(omni_server, tmp_path):
     spec.loader.exec_module(example)
     got = example.converse(client(omni_server), MODEL, str(tmp_path / "reply.wav"), max_tokens=24)
     assert got["transcript"] and got["audio_seconds"] > 0 and (tmp_path / "reply.wav").stat().st_size > 44
+
+
+def _pcm24k(seconds=1.0, freq=330.0):
+    import numpy as np
+    t = np.arange(int(24000 * seconds)) / 24000
+    return (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2").tobytes()
+
+
+def _events(ws, until):
+    out = []
+    while True:
+        event = json.loads(ws.recv(timeout=120))
+        out.append(event)
+        if event["type"] == until:
+            return out
+
+
+def test_realtime_speaks_back_and_keeps_the_conversation(omni_server):
+    """A WebSocket client streams audio in, commits it, asks for a response and gets the answer's
+    transcript and speech; the answer is equal to the same spoken question sent to chat
+    completions; a second turn carries the first as context."""
+    from websockets.sync.client import connect
+    pcm = _pcm24k()
+    url = omni_server.url.replace("http", "ws") + f"/v1/realtime?model={MODEL}"
+    with connect(url) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+        ws.send(json.dumps({"type": "session.update", "session": {
+            "voice": "Ethan", "modalities": ["text", "audio"], "max_response_output_tokens": 8, "temperature": 0}}))
+        assert _events(ws, "session.updated")[-1]["session"]["voice"] == "Ethan"
+        for start in range(0, len(pcm), 9600):  # 0.2 s pieces, as a microphone sends them
+            ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                "audio": base64.b64encode(pcm[start:start + 9600]).decode()}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        ws.send(json.dumps({"type": "response.create"}))
+        events = _events(ws, "response.done")
+        kinds = [e["type"] for e in events]
+        assert "input_audio_buffer.committed" in kinds and "response.created" in kinds
+        transcript = "".join(e["delta"] for e in events if e["type"] == "response.audio_transcript.delta")
+        speech = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.audio.delta")
+        assert transcript and len(speech) > 2400 and events[-1]["response"]["status"] == "completed"
+        assert next(e for e in events if e["type"] == "response.audio_transcript.done")["transcript"] == transcript
+        first_prompt = events[-1]["response"]["usage"]["input_tokens"]
+        ws.send(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "And then?"}]}}))
+        ws.send(json.dumps({"type": "response.create"}))
+        second = _events(ws, "response.done")
+        assert second[-1]["response"]["usage"]["input_tokens"] > first_prompt  # the first turn is context
+    wav = io.BytesIO()
+    import numpy as np
+    import soundfile as sf
+    sf.write(wav, np.frombuffer(pcm, dtype="<i2"), 24000, format="WAV", subtype="PCM_16")
+    same = client(omni_server).chat.completions.create(
+        model=MODEL, max_tokens=8, temperature=0, messages=[{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"}}]}])
+    assert same.choices[0].message.content == transcript
+
+
+def test_realtime_cancel_stops_the_response_in_every_stage(omni_server):
+    from websockets.sync.client import connect
+    url = omni_server.url.replace("http", "ws") + "/v1/realtime"
+    pipe = omni_server.pipeline
+    with connect(url) as ws:
+        ws.recv(timeout=30)
+        ws.send(json.dumps({"type": "session.update", "session": {"max_response_output_tokens": 400}}))
+        ws.send(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me a long story"}]}}))
+        ws.send(json.dumps({"type": "response.create", "response": {}}))
+        _events(ws, "response.audio.delta")  # speaking
+        assert pipe.orchestrator.requests
+        ws.send(json.dumps({"type": "response.cancel"}))
+        done = _events(ws, "response.done")[-1]
+        assert done["response"]["status"] == "cancelled" and not pipe.orchestrator.requests
+        ws.send(json.dumps({"type": "response.cancel"}))  # nothing left to cancel
+        assert _events(ws, "error")[-1]["error"]["code"] == "response_cancel_not_active"
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # an empty buffer
+        assert _events(ws, "error")[-1]["error"]["param"] == "input_audio_buffer"
+        ws.send(json.dumps({"type": "session.update", "session": {"voice": 3}}))
+        assert _events(ws, "error")[-1]["error"]["param"] == "session.voice"
+    time.sleep(1)
+    running = {r.name: r.stats.get("running", 0) for r in pipe.orchestrator.table.all() if getattr(r, "stats", None)}
+    assert not any(running.values()), running

@@ -19,7 +19,7 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.options import TranscribeOptions, TtsOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
-from omnistage.speech.asr import Clip, TranscribeEngine, split_windows
+from omnistage.speech.asr import Clip, Decoding, TranscribeEngine, split_windows
 from omnistage.speech.params import check_speech
 from omnistage.speech.tts import SpeechJob, TtsEngine
 from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
@@ -100,28 +100,73 @@ class TranscribeStage(Stage):
         max_tokens = request.params.get("max_tokens") or self.options.max_tokens
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise RequestRejected("max_tokens must be an integer >= 1", param="max_tokens")
-        self.engine.add(Clip(request.rid, split_windows(samples, self.window), max_tokens, self.features.sampling_rate))
+        self.engine.add(Clip(request.rid, split_windows(samples, self.window), max_tokens, self.features.sampling_rate,
+                             self._decoding(request.params)))
 
-    def _transcribe(self, clips: list[np.ndarray], budget: int) -> list[list[int]]:
+    def _decoding(self, params: dict[str, Any]) -> Decoding:
+        """The request's language, task, prompt and temperature, checked against the model."""
+        config = self.model.generation_config
+        languages = {k.strip("<|>"): k for k in getattr(config, "lang_to_id", None) or {}}
+        language, task = params.get("language") or None, params.get("task") or "transcribe"
+        if language is not None and language not in languages and not (not languages and language == "en"):
+            offered = ", ".join(sorted(languages)) if languages else "en (an English-only model)"
+            raise RequestRejected(f"language {language!r} is not one of this model's: {offered}", param="language")
+        if task == "translate" and "translate" not in (getattr(config, "task_to_id", None) or {}):
+            raise RequestRejected("this model does not translate (an English-only Whisper)", param="task")
+        prompt = params.get("initial_prompt") or ""  # (OpenAI's "prompt": a request's prompt is a text input here)
+        ids: tuple[int, ...] = ()
+        if prompt.strip():
+            if getattr(config, "prev_sot_token_id", None) is None:
+                raise RequestRejected("this model takes no prompt", param="prompt")
+            ids = (config.prev_sot_token_id, *self.tokenizer.encode(" " + prompt.strip(), add_special_tokens=False))
+            if len(ids) > self.model.config.max_target_positions // 2 - 1:  # (Whisper keeps half its positions for it)
+                raise RequestRejected(f"prompt is {len(ids)} tokens; this model takes at most "
+                                      f"{self.model.config.max_target_positions // 2 - 1}", param="prompt")
+        return Decoding(language if languages else None, task, ids, float(params.get("temperature") or 0.0))
+
+    def _transcribe(self, clips: list[np.ndarray], budget: int,
+                    decoding: Decoding) -> tuple[list[list[int]], list[str | None]]:
         feats = self.features(clips, sampling_rate=self.features.sampling_rate, return_tensors="pt").input_features
-        # The decoder's positions hold its start tokens (up to 4: start, language, task, no
-        # timestamps) and the new ones: a window's budget never goes past them.
-        budget = min(budget, self.model.config.max_target_positions - 4)
+        feats = feats.to(self.model.device, self.model.dtype)
+        # The decoder's positions hold the prompt, its start tokens (up to 4: start, language,
+        # task, no timestamps) and the new ones: a window's budget never goes past them.
+        budget = min(budget, self.model.config.max_target_positions - 4 - len(decoding.prompt))
+        languages = self._languages(feats, decoding)
+        kwargs: dict[str, Any] = {"max_new_tokens": budget}
+        if languages[0] is not None:
+            kwargs.update(language=languages, task=decoding.task)
+        if decoding.prompt:
+            kwargs["prompt_ids"] = torch.tensor(decoding.prompt, device=self.model.device)
+        if decoding.temperature > 0:
+            kwargs.update(do_sample=True, temperature=decoding.temperature)
         with torch.inference_mode():
-            out = self.model.generate(feats.to(self.model.device, self.model.dtype), max_new_tokens=budget)
+            out = self.model.generate(feats, **kwargs)
         eos = self.model.generation_config.eos_token_id
         result = []
         for row in out.tolist():
             row = row[1:] if row and row[0] == self.model.generation_config.decoder_start_token_id else row
             result.append(row[:row.index(eos)] if eos in row else row)
-        return result
+        return result, languages
+
+    def _languages(self, feats: torch.Tensor, decoding: Decoding) -> list[str | None]:
+        """Each window's language: the asked one, else detected as ``generate`` would (None for an
+        English-only model)."""
+        lang_to_id = getattr(self.model.generation_config, "lang_to_id", None)
+        if not lang_to_id:
+            return [None] * len(feats)
+        if decoding.language is not None:
+            return [decoding.language] * len(feats)
+        by_id = {v: k.strip("<|>") for k, v in lang_to_id.items()}
+        with torch.inference_mode():
+            return [by_id[int(t)] for t in self.model.detect_language(feats).view(-1)]
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def step(self) -> list[StageOutput]:
         return [StageOutput(t.rid, ports={"text": t.text}, finished=True,
-                            meta={"completion_tokens": t.tokens, "segments": t.segments, "duration": t.duration})
+                            meta={"completion_tokens": t.tokens, "segments": t.segments, "duration": t.duration,
+                                  "language": t.language or "en"})
                 for t in self.engine.step()]
 
     def abort(self, rid: str) -> None:

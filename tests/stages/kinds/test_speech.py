@@ -44,6 +44,56 @@ def test_transcript_equals_whisper_generate(speech):
     path = ensure_tiny("whisper")
     model = WhisperForConditionalGeneration.from_pretrained(path).eval()
     feats = AutoFeatureExtractor.from_pretrained(path)([tone], sampling_rate=16000, return_tensors="pt").input_features
-    with torch.inference_mode():
-        ids = model.generate(feats, max_new_tokens=10)[0].tolist()
+    with torch.inference_mode():  # (the stage always names its task, as Whisper decodes; generate adds
+        # the task token on its own only when a language is given)
+        ids = model.generate(feats, max_new_tokens=10, task="transcribe")[0].tolist()
     assert got == AutoTokenizer.from_pretrained(path).decode(ids, skip_special_tokens=True).strip()
+
+
+def _wav(samples):
+    buf = io.BytesIO()
+    sf.write(buf, samples, 16000, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+DECODINGS = [{}, {"language": "fr"}, {"language": "de", "task": "translate"},
+             {"initial_prompt": "omnistage serves models"},
+             {"language": "en", "initial_prompt": "red green blue", "max_tokens": 5}]
+
+
+def test_language_task_and_prompt_each_equal_whisper_generate_in_one_batch(speech):
+    """Requests asking for different decodings, submitted together: each window's transcript
+    equals generate's with the same language (or its detection), task and prompt."""
+    rng = np.random.default_rng(3)
+    clips = [(np.sin(np.arange(16000) * 300 / 16000 * 2 * np.pi) * 0.2).astype(np.float32),
+             (rng.standard_normal(48000) * 0.1).astype(np.float32)]  # 3 s: two windows of the 2 s model
+    handles = [(speech.submit(audio=[_wav(c)], **{"max_tokens": 8, **d}), c, d) for d in DECODINGS for c in clips]
+    path = ensure_tiny("whisper")
+    model = WhisperForConditionalGeneration.from_pretrained(path).eval()
+    extractor, tok = AutoFeatureExtractor.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    texts = set()
+    for handle, clip, d in handles:
+        want = []
+        for start in range(0, len(clip), 32000):
+            feats = extractor([clip[start:start + 32000]], sampling_rate=16000, return_tensors="pt").input_features
+            kwargs = {"max_new_tokens": d.get("max_tokens", 8), "language": d.get("language"),
+                      "task": d.get("task", "transcribe")}
+            if "initial_prompt" in d:
+                kwargs["prompt_ids"] = torch.tensor([model.generation_config.prev_sot_token_id]
+                                                    + tok.encode(" " + d["initial_prompt"], add_special_tokens=False))
+            with torch.inference_mode():
+                ids = model.generate(feats, **kwargs)[0].tolist()
+            want.append(tok.decode(ids, skip_special_tokens=True).strip())
+        got = handle.result(120)
+        assert got.text == " ".join(t for t in want if t), d
+        texts.add(got.text)
+    assert len(texts) > 3  # the decodings differ
+
+
+@pytest.mark.parametrize("params, param", [({"language": "xx"}, "language"), ({"task": "summarize"}, "task"),
+                                           ({"temperature": 1.5}, "temperature"),
+                                           ({"initial_prompt": "word " * 40}, "prompt")])
+def test_a_bad_decoding_is_refused_naming_it(speech, params, param):
+    with pytest.raises(RequestRejected) as err:
+        speech.generate(audio=[_wav(np.zeros(1600, np.float32))], **params)
+    assert err.value.param == param
