@@ -181,6 +181,10 @@ async def _speech_to_text(request: Request, task: str) -> Response:
         raise ApiError(400, f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}, got {fmt!r}",
                        "response_format")
     params = (TRANSCRIPTIONS if task == "transcribe" else TRANSLATIONS).params(body)
+    stream = _stream_flag(body)
+    if stream and fmt not in ("json", "text"):
+        raise ApiError(400, f"stream gives the transcript's text as it comes: response_format json or text, not {fmt}",
+                       "response_format")
     if "task" in params:
         raise ApiError(400, "task is set by the endpoint (/v1/audio/transcriptions or /v1/audio/translations)", "task")
     if "prompt" in params:  # (a request's "prompt" is a text input to the graph; Whisper's is a parameter)
@@ -191,6 +195,8 @@ async def _speech_to_text(request: Request, task: str) -> Response:
     handle = request.app.state.pipeline.submit(**inputs, modalities=["text"], loop=asyncio.get_running_loop(),
                                                **params)
     log_admitted(request, [handle])
+    if stream:
+        return await _transcript_events(request, handle)
     (result,) = await abort_on_failure(request, [handle])
     request.app.state.metrics.observe(handle, result.meta)
     text = result.text or ""
@@ -212,6 +218,49 @@ async def _speech_to_text(request: Request, task: str) -> Response:
 
 
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+
+
+def _stream_flag(body: dict[str, Any]) -> bool:
+    value = body.get("stream")
+    if value in (None, False, "false"):
+        return False
+    if value in (True, "true"):
+        return True
+    raise ApiError(400, f"stream must be true or false, got {value!r}", "stream")
+
+
+async def _transcript_events(request: Request, handle: Any) -> Response:
+    """The transcript as OpenAI's events: ``transcript.text.delta`` as windows are decoded, then
+    ``transcript.text.done`` with the whole text and the usage."""
+    events = handle.aevents()
+    first = await anext(events)
+    if isinstance(first, ErrorEvent):  # nothing sent yet: a proper error status
+        return from_exception(first.error)
+
+    async def body() -> AsyncIterator[str]:
+        text, event, finished = "", first, False
+        try:
+            while True:
+                if isinstance(event, ChunkEvent) and event.modality == "text" and event.value:
+                    text += event.value
+                    yield f"data: {json.dumps({'type': 'transcript.text.delta', 'delta': event.value})}\n\n"
+                elif isinstance(event, DoneEvent):
+                    request.app.state.metrics.observe(handle, event.meta)
+                    tokens = sum(m.get("completion_tokens", 0) for m in event.meta.values())
+                    usage = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
+                    yield f"data: {json.dumps({'type': 'transcript.text.done', 'text': text, 'usage': usage})}\n\n"
+                elif isinstance(event, ErrorEvent):
+                    error = {"message": str(event.error), "type": "server_error", "param": None, "code": None}
+                    yield f"data: {json.dumps({'type': 'error', 'error': error})}\n\n"
+                if isinstance(event, (DoneEvent, ErrorEvent)):
+                    finished = True
+                    break
+                event = await anext(events)
+        finally:  # a client that goes away stops the request in every stage
+            if not finished:
+                request.app.state.pipeline.orchestrator.abort(handle.rid)
+
+    return StreamingResponse(body(), media_type="text/event-stream")
 
 
 def subtitles(segments: list[tuple[float, float, str]], fmt: str) -> str:

@@ -88,11 +88,11 @@ SPEECH = Fields(
 )
 
 TRANSCRIPTIONS = Fields(
-    own=frozenset({"model", "file", "response_format"}),
+    own=frozenset({"model", "file", "response_format", "stream"}),
     # (segment timestamps are what verbose_json gives; word timestamps are not implemented)
     unsupported={"timestamp_granularities": (None, "segment", ["segment"]),
                  "timestamp_granularities[]": (None, "segment"), "include": _NONE, "include[]": _NONE,
-                 "chunking_strategy": _NONE, "stream": (None, False, "false")},
+                 "chunking_strategy": _NONE},
     numeric={"max_tokens": int, "temperature": float},
 )
 

@@ -193,9 +193,9 @@ register_kind(KindSpec(
     options=TranscribeOptions,
     params=TRANSCRIPTION,
     inputs=(PortSpec("audio", "audio", required=True),),
-    outputs=(PortSpec("text", "text"),),
+    outputs=(PortSpec("text", "text", streaming=True),),
     needs_model=True,
-    description="speech to text with an encoder-decoder (Whisper), batched greedy decoding",
+    description="speech to text with an encoder-decoder (Whisper), batched window by window",
 ))
 register_kind(KindSpec(
     name="embed",

@@ -173,6 +173,24 @@ def test_translation_language_and_prompt(default_server):
     assert err.value.body["param"] in ("timestamp_granularities", "timestamp_granularities[]")
 
 
+def test_a_streamed_transcript_joins_into_the_whole(default_server):
+    import json
+    buf = io.BytesIO()
+    t = np.arange(16000 * 5) / 16000
+    sf.write(buf, (np.sin(2 * np.pi * 440 * t) * 0.3).astype(np.float32), 16000, format="WAV")
+    url = f"{default_server.url}/v1/audio/transcriptions"
+    files = {"file": ("tone.wav", buf.getvalue(), "audio/wav")}
+    whole = httpx.post(url, files=files, timeout=120).json()
+    with httpx.stream("POST", url, data={"stream": "true"}, files=files, timeout=120) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert {e["type"] for e in events[:-1]} <= {"transcript.text.delta"} and events[-1]["type"] == "transcript.text.done"
+    assert "".join(e["delta"] for e in events[:-1]) == events[-1]["text"] == whole["text"]
+    assert events[-1]["usage"]["output_tokens"] == whole["usage"]["output_tokens"]
+    refused = httpx.post(url, data={"stream": "true", "response_format": "srt"}, files=files)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "response_format"
+
+
 def test_bad_transcriptions(default_server):
     url = f"{default_server.url}/v1/audio/transcriptions"
     missing = httpx.post(url, data={"model": MODEL})

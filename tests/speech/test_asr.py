@@ -61,3 +61,23 @@ def test_clips_asking_for_different_decodings_run_in_one_call_each():
     out = {t.rid: t for t in eng.step()}
     assert sorted(calls, key=repr) == sorted([(2, "fr"), (2, None), (1, "de")], key=repr)
     assert [out[f"c{i}"].language for i in range(5)] == ["fr", "en", "fr", "de", "en"]
+
+
+def test_a_long_clip_comes_window_by_window_beside_others():
+    """With room for two windows a step, a 3-window clip and a 1-window clip share steps; the
+    long clip's deltas join into its transcript, and windows that say nothing add nothing."""
+    words = {4: "w4", 2: "", 3: "w3"}
+    calls = []
+
+    def transcribe(rows, budget, decoding):
+        calls.append([len(r) for r in rows])
+        return [[len(r)] for r in rows], [None] * len(rows)
+    eng = TranscribeEngine(transcribe, lambda ids: words[ids[0]], max_batch=2)
+    samples = np.arange(11, dtype=np.float32)
+    eng.add(Clip("long", split_windows(samples, 4), max_tokens=2))  # windows of 4, 4, 3 samples
+    eng.add(Clip("short", [samples[:2]], max_tokens=2))
+    steps = [eng.step() for _ in range(2)]
+    assert not eng.has_work() and calls == [[4, 4], [3, 2]]
+    assert [(t.rid, t.delta, t.finished) for t in steps[0]] == [("long", "w4 w4", False)]
+    assert [(t.rid, t.delta, t.finished) for t in steps[1]] == [("long", " w3", True), ("short", "", True)]
+    assert steps[1][0].text == "w4 w4 w3" and steps[1][0].tokens == 3

@@ -164,9 +164,9 @@ class TranscribeStage(Stage):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def step(self) -> list[StageOutput]:
-        return [StageOutput(t.rid, ports={"text": t.text}, finished=True,
+        return [StageOutput(t.rid, ports={"text": t.delta}, finished=t.finished,
                             meta={"completion_tokens": t.tokens, "segments": t.segments, "duration": t.duration,
-                                  "language": t.language or "en"})
+                                  "language": t.language or "en"} if t.finished else {})
                 for t in self.engine.step()]
 
     def abort(self, rid: str) -> None:
