@@ -144,18 +144,19 @@ class LLMEngine:
     def compile_guide(self, spec: GuideSpec) -> None:
         """Compile (and cache) a request's grammar now, so that a bad one is refused before it
         is added; RequestRejected if it cannot be compiled."""
+        self._guides(spec).compile(spec)
+
+    def _guides(self, spec: GuideSpec) -> Guides:
         if self.tokenizer is None:
             raise RequestRejected("this stage's model has no tokenizer to constrain", param=spec.param)
         if self.guides is None:
             vocab = self.runner.lm_head.out_features
             self.guides = Guides(self.tokenizer, vocab, sorted(self.eos_ids), self.max_seqs)
-        self.guides.compile(spec)
+        return self.guides
 
     def _guide(self, rid: str, spec: GuideSpec | None, output: list[int] | tuple[int, ...] = ()) -> None:
         if spec is not None:
-            self.compile_guide(spec)
-            assert self.guides is not None
-            self.matchers[rid] = self.guides.matcher(spec, output)
+            self.matchers[rid] = self._guides(spec).matcher(spec, output)
 
     def _detokenizer(self, prompt: list[int]) -> IncrementalDetokenizer | None:
         return None if self.tokenizer is None else IncrementalDetokenizer(self.tokenizer, prompt)

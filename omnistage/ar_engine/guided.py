@@ -29,6 +29,7 @@ import torch
 from omnistage.errors import RequestRejected
 
 Kind = Literal["json_schema", "json_object", "regex", "choice", "grammar", "structural_tag"]
+CACHED_GRAMMARS = 256  # compiled grammars an engine keeps, least recently used dropped first
 _EXTENSION_KEYS = {"json": "json_schema", "json_object": "json_object", "regex": "regex", "choice": "choice",
                    "grammar": "grammar", "structural_tag": "structural_tag"}
 
@@ -105,18 +106,28 @@ class Guides:
         self.xgr = xgr
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_ids))
         self.compiler = xgr.GrammarCompiler(info, cache_enabled=True)
+        self.compiled: dict[GuideSpec, Any] = {}
         self.vocab_size = vocab_size
         self.bitmask = xgr.allocate_token_bitmask(max_rows, vocab_size)
         self.batch = xgr.BatchGrammarMatcher()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="guided")
 
     def compile(self, spec: GuideSpec) -> Any:
-        """The compiled grammar (cached by its text); a spec xgrammar refuses is a RequestRejected."""
+        """The compiled grammar, cached by its spec (a request's is asked for when it is checked,
+        added and matched: the schema is converted once); a spec xgrammar refuses is a
+        RequestRejected."""
+        if spec in self.compiled:
+            self.compiled[spec] = self.compiled.pop(spec)  # (most recently used last)
+            return self.compiled[spec]
         try:
-            return self._compile(spec)
+            grammar = self._compile(spec)
         except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's errors for a bad schema, regex or EBNF
             raise RequestRejected(f"{spec.param} cannot be compiled into a grammar: {_first_line(exc)}",
                                   param=spec.param) from None
+        self.compiled[spec] = grammar
+        if len(self.compiled) > CACHED_GRAMMARS:
+            del self.compiled[next(iter(self.compiled))]
+        return grammar
 
     def _compile(self, spec: GuideSpec) -> Any:
         c = self.compiler

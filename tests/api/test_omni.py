@@ -261,6 +261,10 @@ def test_realtime_cancel_stops_the_response_in_every_stage(omni_server):
         assert _events(ws, "error")[-1]["error"]["param"] == "input_audio_buffer"
         ws.send(json.dumps({"type": "session.update", "session": {"voice": 3}}))
         assert _events(ws, "error")[-1]["error"]["param"] == "session.voice"
-    time.sleep(1)
-    running = {r.name: r.stats.get("running", 0) for r in pipe.orchestrator.table.all() if getattr(r, "stats", None)}
+    deadline = time.monotonic() + 10  # (replicas report their numbers every 0.5 s)
+    while time.monotonic() < deadline:
+        running = {r.name: r.stats.get("running", 0) for r in pipe.orchestrator.table.all()}
+        if not any(running.values()):
+            break
+        time.sleep(0.1)
     assert not any(running.values()), running
