@@ -3,7 +3,8 @@
 Speech formats: ``mp3`` (the default, as OpenAI's), ``opus`` (Ogg) and ``aac`` (ADTS), encoded at
 24 kHz as the audio comes (``audio_codecs``); ``wav`` (16-bit PCM at the model's rate, a
 streaming header whose sizes say "unknown"), ``pcm`` (raw 16-bit little-endian at 24 kHz, as
-OpenAI's pcm), ``flac`` (whole file at the end). Audio leaves as the TTS stage's vocoder produces it.
+OpenAI's pcm), ``flac`` (whole file at the end). Audio leaves as the TTS stage's vocoder produces it;
+``stream: false`` sends it whole instead, with its usage in ``x-usage-*`` headers (``usage``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.fields import SPEECH as SPEECH_FIELDS
 from omnistage.api.fields import TRANSCRIPTIONS, TRANSLATIONS
 from omnistage.api.request import abort_on_failure, check_model, log_admitted, read_body
+from omnistage.api.usage import token_usage, usage_headers
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent
 
 PCM_RATE = 24000
@@ -62,8 +64,9 @@ class Resampler:
         return torch.from_numpy(out.copy())
 
 
-def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[str, Any], str, bool]:
-    """(input, parameters, format, whether to stream server-sent events)."""
+def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[str, Any], str, str]:
+    """(input, parameters, format, delivery: ``audio`` streamed bytes, ``sse`` events or ``whole``:
+    the body at once, with its usage in headers)."""
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "input must be a non-empty string", "input")
@@ -73,7 +76,13 @@ def _speech_request(request: Request, body: dict[str, Any]) -> tuple[str, dict[s
     events = body.get("stream_format") or "audio"
     if events not in ("audio", "sse"):
         raise ApiError(400, f"stream_format must be audio or sse, got {events!r}", "stream_format")
-    return text, SPEECH_FIELDS.params(body), fmt, events == "sse"
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise ApiError(400, f"stream must be true or false, got {stream!r}", "stream")
+    if not stream and events == "sse":
+        raise ApiError(400, "stream false asks for the whole audio at once; stream_format sse streams it", "stream")
+    whole = not stream or fmt == "flac"  # (a FLAC file is written whole at the end anyway)
+    return text, SPEECH_FIELDS.params(body), fmt, "sse" if events == "sse" else "whole" if whole else "audio"
 
 
 async def _sse(chunks: AsyncIterator[bytes], done: dict[str, Any]) -> AsyncIterator[str]:
@@ -95,7 +104,7 @@ def sample_rate(request: Request) -> int:
 async def speech(request: Request) -> Response:
     body = await read_body(request)
     check_model(request, body, required=False)
-    text, params, fmt, sse = _speech_request(request, body)
+    text, params, fmt, delivery = _speech_request(request, body)
     handle = request.app.state.pipeline.submit(prompt=text, modalities=["audio"], loop=asyncio.get_running_loop(),
                                                **params)
     log_admitted(request, [handle])
@@ -126,7 +135,7 @@ async def speech(request: Request) -> Response:
                     else:
                         collected.append(samples)
                 if last or isinstance(event, ErrorEvent):
-                    finished = True
+                    finished, outcome["event"] = True, event
                     break
                 event = await anext(events)
             if fmt == "flac":
@@ -141,17 +150,20 @@ async def speech(request: Request) -> Response:
                 request.app.state.pipeline.orchestrator.abort(handle.rid)
 
     usage: dict[str, Any] = {}
-    if sse:
+    outcome: dict[str, Any] = {}
+    if delivery == "sse":
         return StreamingResponse(_sse(body_bytes(), usage), media_type="text/event-stream")
-    return StreamingResponse(body_bytes(), media_type=MEDIA[fmt])
+    if delivery == "audio":
+        return StreamingResponse(body_bytes(), media_type=MEDIA[fmt])
+    data = b"".join([chunk async for chunk in body_bytes()])
+    if isinstance(outcome.get("event"), ErrorEvent):  # nothing sent yet: a proper error status
+        return from_exception(outcome["event"].error)
+    return Response(data, media_type=MEDIA[fmt], headers=usage_headers(usage))
 
 
 def _usage(meta: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """Tokens the stages reported (0 where none did) and the seconds of audio made."""
-    prompt = sum(m.get("prompt_tokens", 0) for m in meta.values())
-    made = sum(m.get("completion_tokens", 0) for m in meta.values())
-    return {"input_tokens": prompt, "output_tokens": made, "total_tokens": prompt + made,
-            "audio_seconds": round(seconds, 3)}
+    """Tokens the stages reported and the seconds of audio made."""
+    return {**token_usage(meta), "audio_seconds": round(seconds, 3)}
 
 
 def _flac(samples: torch.Tensor, rate: int) -> bytes:
@@ -200,9 +212,10 @@ async def _speech_to_text(request: Request, task: str) -> Response:
     (result,) = await abort_on_failure(request, [handle])
     request.app.state.metrics.observe(handle, result.meta)
     text = result.text or ""
-    if fmt == "text":
-        return PlainTextResponse(text)
     tokens = sum(m.get("completion_tokens", 0) for m in result.meta.values())
+    usage = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
+    if fmt == "text":
+        return PlainTextResponse(text, headers=usage_headers(usage))
     payload: dict[str, Any] = {"text": text}
     if fmt in ("srt", "vtt", "verbose_json"):
         timed = next((m for m in result.meta.values() if "segments" in m), None)
@@ -210,10 +223,11 @@ async def _speech_to_text(request: Request, task: str) -> Response:
             raise ApiError(400, f"response_format {fmt} needs timed segments, which this graph's transcription "
                                 "(a chat model's) does not give; use json or text", "response_format")
         if fmt != "verbose_json":
-            return PlainTextResponse(subtitles(timed["segments"], fmt), media_type=f"text/{fmt}")
+            return PlainTextResponse(subtitles(timed["segments"], fmt), media_type=f"text/{fmt}",
+                                     headers=usage_headers(usage))
         payload.update(task=task, language=_language_name(timed.get("language")), duration=timed["duration"], segments=[
             {"id": i, "start": start, "end": end, "text": seg} for i, (start, end, seg) in enumerate(timed["segments"])])
-    payload["usage"] = {"type": "tokens", "input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}
+    payload["usage"] = usage
     return JSONResponse(payload)
 
 

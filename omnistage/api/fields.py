@@ -82,7 +82,7 @@ VIDEOS = Fields(
 )
 
 SPEECH = Fields(
-    own=frozenset({"model", "input", "response_format", "stream_format"}),
+    own=frozenset({"model", "input", "response_format", "stream_format", "stream"}),
     unsupported={"instructions": (None, "")},
     numeric={"speed": float},
 )

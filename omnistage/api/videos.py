@@ -25,6 +25,7 @@ from omnistage.api.errors import ApiError
 from omnistage.api.fields import VIDEOS
 from omnistage.api.images import generation_params
 from omnistage.api.request import check_model, log_admitted, number, read_body
+from omnistage.api.usage import token_usage, usage_headers
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 
 MAX_JOBS = 256
@@ -44,6 +45,7 @@ class VideoJob:
     completed_at: int | None = None
     error: dict[str, Any] | None = None
     content: bytes | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
     def view(self) -> dict[str, Any]:
@@ -61,8 +63,10 @@ class VideoJob:
                 self.progress = min(99, int(100 * step.step / max(1, step.steps)))
             elif isinstance(event, ChunkEvent) and event.modality == "video":
                 self.content = event.value["data"]
+                self.usage["video_seconds"] = round(event.value["frames"] / event.value["fps"], 3)
             elif isinstance(event, DoneEvent):
                 self.status, self.progress, self.completed_at = "completed", 100, int(time.time())
+                self.usage = {**token_usage(event.meta), **self.usage}
             elif isinstance(event, ErrorEvent):
                 self.status, self.completed_at = "failed", int(time.time())
                 self.error = {"code": "generation_failed", "message": str(event.error)}
@@ -137,7 +141,7 @@ async def content(request: Request) -> Response:
         raise ApiError(400, f"variant {variant!r} is not available; only video", "variant")
     if job.status != "completed" or job.content is None:
         raise ApiError(400, f"video {job.id} is not ready (status {job.status})", "video_id", "video_not_ready")
-    return Response(job.content, media_type="video/mp4")
+    return Response(job.content, media_type="video/mp4", headers=usage_headers(job.usage))
 
 
 async def delete(request: Request) -> Response:

@@ -1,6 +1,7 @@
 """/v1/audio/speech and /v1/audio/transcriptions with the official openai client and httpx."""
 import base64
 import io
+import json
 import struct
 
 import httpx
@@ -67,6 +68,22 @@ def test_speech_flac_and_speed(default_server):
     assert abs(len(fast[0]) - len(normal[0]) / 2) <= 256  # one vocoder hop
 
 
+def test_speech_sent_whole_says_its_usage_in_headers(default_server):
+    """stream false: the same bytes as the stream, at once, with x-usage-* headers that equal the
+    usage of the server-sent events' done event (flac is whole anyway and has them too)."""
+    body = {"input": "one two three", "voice": "echo", "response_format": "pcm"}
+    streamed = httpx.post(f"{default_server.url}/v1/audio/speech", json=body)
+    assert not any(k.startswith("x-usage-") for k in streamed.headers)  # (headers go before the audio is made)
+    whole = httpx.post(f"{default_server.url}/v1/audio/speech", json={**body, "stream": False})
+    assert whole.status_code == 200 and whole.content == streamed.content
+    with httpx.stream("POST", f"{default_server.url}/v1/audio/speech", json={**body, "stream_format": "sse"}) as r:
+        done = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")][-1]["usage"]
+    assert {k: whole.headers[f"x-usage-{k.replace('_', '-')}"] for k in done} == {k: str(v) for k, v in done.items()}
+    assert float(whole.headers["x-usage-audio-seconds"]) == pytest.approx(len(whole.content) / 2 / 24000, abs=0.01)
+    flac = httpx.post(f"{default_server.url}/v1/audio/speech", json={**body, "response_format": "flac"})
+    assert flac.headers["x-usage-audio-seconds"] == whole.headers["x-usage-audio-seconds"]
+
+
 def test_speech_mp3_opus_aac_stream_the_wav_s_audio_and_mp3_is_the_default(default_server):
     """Every compressed format streams (several pieces) and decodes to as much audio as the wav
     holds (resampled to 24 kHz; the tiny vocoder's speech is too quiet for 16-bit, so its fidelity
@@ -107,6 +124,7 @@ def test_speech_as_server_sent_events_carries_the_same_audio(default_server):
 
 @pytest.mark.parametrize("body, param", [
     ({"input": "hi", "stream_format": "chunks"}, "stream_format"),
+    ({"input": "hi", "stream": "no"}, "stream"), ({"input": "hi", "stream": False, "stream_format": "sse"}, "stream"),
     ({"input": "hi", "voice": "bob"}, "voice"), ({"input": "hi", "speed": 9}, "speed"),
     ({"input": ""}, "input"), ({"input": "hi", "response_format": "ogg"}, "response_format"),
     ({"input": "hi", "vioce": "echo"}, "vioce"), ({"input": "hi", "speed": "fast"}, "speed"),
@@ -125,6 +143,7 @@ def test_transcription_upload(default_server):
     plain = httpx.post(f"{default_server.url}/v1/audio/transcriptions", data={"response_format": "text"},
                        files={"file": ("tone.wav", buf.getvalue(), "audio/wav")})
     assert plain.status_code == 200 and plain.text == out.text
+    assert int(plain.headers["x-usage-output-tokens"]) == out.usage.output_tokens > 0
 
 
 def test_transcription_segments_srt_and_vtt(default_server):
@@ -147,6 +166,8 @@ def test_transcription_segments_srt_and_vtt(default_server):
     vtt = c.audio.transcriptions.create(model=MODEL, file=("tone.wav", buf.getvalue()), response_format="vtt")
     assert vtt.startswith("WEBVTT\n\n") and f"00:00:0{int(first.start)}.000 --> " in vtt
     assert vtt.count(" --> ") == srt.count(" --> ") == len(verbose.segments)
+    assert "x-usage-output-tokens" in c.audio.transcriptions.with_raw_response.create(
+        model=MODEL, file=("tone.wav", buf.getvalue()), response_format="srt").headers
 
 
 def test_translation_language_and_prompt(default_server):

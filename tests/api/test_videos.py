@@ -41,7 +41,8 @@ def test_seconds_and_size_set_frames_and_resolution(default_server):
         time.sleep(0.05)
         job = httpx.get(f"{default_server.url}/v1/videos/{job['id']}").json()
     assert job["status"] == "completed"
-    assert frames(httpx.get(f"{default_server.url}/v1/videos/{job['id']}/content").content) == 17
+    content = httpx.get(f"{default_server.url}/v1/videos/{job['id']}/content")
+    assert frames(content.content) == 17 and content.headers["x-usage-video-seconds"] == "2.125"
 
 
 def test_progress_is_reported_and_delete_cancels(default_server):
