@@ -36,12 +36,12 @@ def chat_inputs(body: dict[str, Any], media_dir: str | None = None) -> dict[str,
             if kind == "text":
                 parts.append({"type": "text", "text": str(part.get("text", ""))})
             elif kind == "image_url":
-                images.append(_media(_url(part.get("image_url"), where), "image", where, media_dir))
+                images.append(media_source(_url(part.get("image_url"), where), "image", where, media_dir))
                 parts.append({"type": "image"})
             elif kind == "video_url":
                 if video is not None:
                     raise ApiError(400, "at most one video per request", where)
-                video = _media(_url(part.get("video_url"), where), "video", where, media_dir)
+                video = media_source(_url(part.get("video_url"), where), "video", where, media_dir)
                 parts.append({"type": "video"})
             elif kind == "input_audio":
                 audio.append(_audio(part.get("input_audio"), where))
@@ -100,7 +100,9 @@ def _url(value: Any, where: str) -> str:
     return url
 
 
-def _media(url: str, kind: str, where: str, media_dir: str | None) -> str | bytes:
+def media_source(url: str, kind: str, where: str, media_dir: str | None) -> str | bytes:
+    """A request's media reference as the stages take it: a data URL as is, a local path (under
+    ``--media-dir`` only) as its bytes; a remote URL is refused."""
     if url.startswith("data:"):
         return url
     if url.startswith(("http://", "https://")):

@@ -114,6 +114,7 @@ RECIPES: dict[str, Callable[[ServeSettings], dict[str, Any]]] = {
     "SpeechT5ForTextToSpeech": _speech,
     "WhisperForConditionalGeneration": _transcribe,
     "BertModel": _embed,
+    "CLIPModel": _embed,
 }
 assert set(RECIPES) - {OMNI} >= DIFFUSION_PIPELINES
 

@@ -33,8 +33,9 @@ COMPONENTS: Mapping[str, Mapping[str, str]] = MappingProxyType({
 })
 
 # Embedding models: encoders, and decoders (Qwen3-Embedding is a Qwen3ForCausalLM) whose last token's
-# state is the vector (read through AutoModel: the base model without its LM head).
-EMBEDDERS = frozenset({"BertModel", "Qwen2Model", "Qwen2ForCausalLM", "Qwen3Model", "Qwen3ForCausalLM"})
+# state is the vector (read through AutoModel: the base model without its LM head); CLIP for text
+# and images in one space.
+EMBEDDERS = frozenset({"BertModel", "Qwen2Model", "Qwen2ForCausalLM", "Qwen3Model", "Qwen3ForCausalLM", "CLIPModel"})
 _GENERATORS = TEXT_LMS | VISION_LMS | {OMNI_THINKER}
 SUPPORTED: Mapping[str, frozenset[str]] = MappingProxyType({
     "ar": _GENERATORS,

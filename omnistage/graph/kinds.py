@@ -205,7 +205,8 @@ register_kind(KindSpec(
     inputs=(PortSpec("input", "text", required=True),),
     outputs=(PortSpec("embeddings", "tensor"),),
     needs_model=True,
-    description="text embeddings (an encoder or a decoder LM, pooled and normalized), batched across requests",
+    description="text embeddings (an encoder or a decoder LM, pooled and normalized) and CLIP's text and image "
+                "embeddings, batched across requests",
 ))
 register_kind(KindSpec(
     name="talker",

@@ -43,6 +43,7 @@ TINY_MODELS: Mapping[str, str] = MappingProxyType({
     "speecht5": "SpeechT5ForTextToSpeech with a SpeechT5HifiGan vocoder (vocoder/) and named voices",
     "whisper": "WhisperForConditionalGeneration (2-second window) with its feature extractor",
     "bert": "BertModel, 2 layers, with a sentence-transformers config (mean pooling, normalized)",
+    "clip": "CLIPModel: text and image towers projected into one space, with its image processor",
 })
 
 

@@ -15,10 +15,11 @@ import torch
 
 from omnistage.models.catalog import GENERATOR_VERSION, TINY_MODELS, build_atomically, cache_root
 from omnistage.models.tiny_diffusion import build_flux, build_qwen_image, build_sd, build_sd3, build_sdxl, build_wan
+from omnistage.models.tiny_embed import build_bert, build_clip
 from omnistage.models.tiny_omni import build_qwen2_5_omni
 from omnistage.models.tiny_parts import QWEN2_5_VISION, text_config_kwargs, vl_model
 from omnistage.models.tiny_speech import build_speecht5
-from omnistage.models.tiny_text import (build_bert, build_gemma2, build_gemma3, build_llama3, build_mistral,
+from omnistage.models.tiny_text import (build_gemma2, build_gemma3, build_llama3, build_mistral,
                                         build_qwen3, build_qwen3_moe)
 from omnistage.models.tokenizer import build_tokenizer
 
@@ -133,6 +134,7 @@ def build_whisper(out: Path) -> None:
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "whisper": build_whisper,
     "bert": build_bert,
+    "clip": build_clip,
     "qwen2": build_qwen2,
     "llama": build_llama,
     "mistral": build_mistral,

@@ -83,27 +83,3 @@ def build_gemma3(out: Path) -> None:
                               sliding_window=8, layer_types=["sliding_attention", "full_attention"] * 2,
                               tie_word_embeddings=False)
     _save(Gemma3ForCausalLM(config), tok, out)
-
-
-def build_bert(out: Path) -> None:
-    """An embedding model as sentence-transformers saves one: the encoder, then a mean-pooling and
-    a normalize module (modules.json), and a 64-token input limit."""
-    import json
-
-    from transformers import BertConfig, BertModel
-    tok = build_tokenizer()
-    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-                        initializer_range=0.2)
-    BertModel(config).eval().save_pretrained(out)
-    tok.save_pretrained(out)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
-    (out / "modules.json").write_text(json.dumps(modules, indent=2))
-    (out / "1_Pooling").mkdir()
-    (out / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 64, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}))
-    (out / "2_Normalize").mkdir()
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))

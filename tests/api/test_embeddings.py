@@ -51,3 +51,42 @@ def test_bad_embedding_requests_are_refused_by_name(embed_server, extra, param):
         client(embed_server).embeddings.create(model=MODEL, **extra) if "temperature" not in extra else \
             client(embed_server).embeddings.create(model=MODEL, input="hi", extra_body={"temperature": 1})
     assert err.value.body["param"] == param
+
+
+def test_clip_served_by_its_directory_embeds_text_and_images_in_one_space():
+    """omnistage serve DIR of a CLIP checkpoint: the openai client sends image items beside texts
+    and gets CLIP's own (normalized) features; a text model refuses an image item."""
+    import io
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from transformers import AutoImageProcessor, CLIPModel
+
+    from omnistage.checkpoints.target import load_plan
+    from tests.stages.kinds.test_embed import png
+    path = str(ensure_tiny("clip"))
+    model, tok, proc = CLIPModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), \
+        AutoImageProcessor.from_pretrained(path)
+    data = png(5)
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    with Server(load_plan(path)) as server:
+        done = client(server).embeddings.create(model=path, input=["a photo of a cat", {"image": url}],
+                                                encoding_format="float")
+        with pytest.raises(openai.BadRequestError) as err:
+            client(server).embeddings.create(model=path, input=[{"image": "https://example.com/cat.png"}])
+        assert err.value.body["param"] == "input[0].image"
+    with torch.inference_mode():
+        text = model.get_text_features(**tok("a photo of a cat", return_tensors="pt")).pooler_output[0]
+        pixels = proc(images=Image.open(io.BytesIO(data)).convert("RGB"), return_tensors="pt")["pixel_values"]
+        image = model.get_image_features(pixel_values=pixels).pooler_output[0]
+    want = F.normalize(torch.stack([text, image]), dim=-1).numpy()
+    np.testing.assert_allclose([d.embedding for d in done.data], want, rtol=1e-5, atol=1e-5)
+    assert done.usage.prompt_tokens == len(tok("a photo of a cat")["input_ids"])
+
+
+def test_a_text_model_refuses_an_image_item(embed_server):
+    url = "data:image/png;base64," + base64.b64encode(b"x").decode()
+    with pytest.raises(openai.BadRequestError) as err:
+        client(embed_server).embeddings.create(model=MODEL, input=["hi", {"image": url}])
+    assert err.value.body["param"] == "input" and "embeds text only" in err.value.body["message"]
