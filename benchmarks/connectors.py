@@ -35,7 +35,7 @@ def _receiver(protocol: str, run_dir: str, q: mp.Queue) -> None:
     torch.set_num_threads(1)
     ctx = zmq.Context()
     inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", run_dir, "bench-rx"), Decoder())
-    mail = Mailer(ctx, Encoder)
+    mail = Mailer(ctx, lambda _address: Encoder())
     q.put(inbox.address)
     reply = q.get()
     while not isinstance(msg := inbox.recv(), Shutdown):
@@ -58,7 +58,7 @@ def measure_transport(protocol: str, shm: bool, sizes: list[int]) -> dict[int, f
     ring = ShmRing(segment_name(session, "bench"), 4, max(sizes)) if shm else None
     inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", run_dir, "bench-tx"), Decoder())
     # Serving's send path: each destination's own sending thread, fed through a queue.
-    mail = Mailer(ctx, lambda: Encoder(ring, shm_threshold=0 if shm else 1 << 62))
+    mail = Mailer(ctx, lambda _address: Encoder(ring, shm_threshold=0 if shm else 1 << 62))
     out = {}
     try:
         peer = q.get(timeout=60)

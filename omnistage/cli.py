@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="json: one JSON object per log line (request ids included)")
+    serve.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="start every stage replica as a Ray actor: on the cluster at ADDRESS (auto: the one "
+                            "this host is in; ray://HOST:PORT), or on a local Ray started for it without one")
     serve.add_argument("--shutdown-timeout", type=float, default=10.0,
                        help="on SIGTERM/Ctrl-C, seconds open requests get to finish before they are aborted")
     bench = sub.add_parser("bench", help="load a running server and print latency percentiles (TTFT, ITL, ...)")
@@ -203,6 +206,10 @@ def _serve(args: argparse.Namespace) -> int:
             print(graph_text(args.graph, _settings(args)), end="")
         return 0
     plan = load_plan(args.graph, _settings(args))  # fail fast on a bad graph or an unsupported model
+    if args.ray is not None:
+        from omnistage.graph.compile import with_launcher
+        from omnistage.graph.schema import LauncherConfig
+        plan = with_launcher(plan, LauncherConfig("ray", args.ray or None, plan.config.launcher.namespace))
     prepare_models(plan)  # download, convert or build checkpoints visibly, before any worker starts
     from omnistage.logs import setup_logging
     setup_logging(args.log_level, args.log_format)

@@ -116,6 +116,7 @@ class Dest(msgspec.Struct, frozen=True, array_like=True):
     port: str  # destination input port, or the response modality when ``to_response``
     to_response: bool = False
     stream: bool = False  # send each delta as a Part while the request runs (a streamed input)
+    node: str = ""  # the receiver's node: tensors go through shared memory only within one node
 
 
 class Ready(msgspec.Struct, array_like=True):
@@ -123,6 +124,7 @@ class Ready(msgspec.Struct, array_like=True):
     replica: int
     pid: int
     address: str  # where this replica's inbox listens
+    node: str = ""  # the node it runs on ("" on this host's launcher; a Ray node id on Ray)
     # Static facts about the loaded model a kind's submit-time check needs (KindSpec.check_params).
     info: dict[str, Any] = {}
 

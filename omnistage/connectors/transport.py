@@ -17,6 +17,7 @@ import msgspec
 import zmq
 
 from omnistage.connectors.messages import Message
+from omnistage.connectors.shm import ShmRing
 from omnistage.connectors.wire import Decoder, Encoder
 
 log = logging.getLogger("omnistage.transport")
@@ -50,6 +51,27 @@ class Inbox:
         self._decoder.close()
 
 
+class Peers:
+    """Which node each destination address is on, as the messages naming it say, and so how a
+    tensor reaches it: through this process's shared-memory ring when the destination is on this
+    node, as zmq frames (over TCP) when it is not. An address never named is taken to be on this
+    node (one host's launcher names no nodes)."""
+
+    def __init__(self, node: str, ring: ShmRing | None, threshold: int) -> None:
+        self.node, self._ring, self._threshold = node, ring, threshold
+        self._nodes: dict[str, str] = {}
+
+    def learn(self, address: str, node: str) -> None:
+        if node:
+            self._nodes[address] = node
+
+    def local(self, address: str) -> bool:
+        return self._nodes.get(address, self.node) == self.node
+
+    def encoder(self, address: str) -> Encoder:
+        return Encoder(self._ring if self.local(address) else None, self._threshold)
+
+
 class Mailer:
     """One sending thread, socket and encoder per destination.
 
@@ -62,7 +84,7 @@ class Mailer:
     ends, and the next ``put`` to that destination starts a fresh one.
     """
 
-    def __init__(self, ctx: zmq.Context, make_encoder: Callable[[], Encoder], hwm: int = 1000,
+    def __init__(self, ctx: zmq.Context, make_encoder: Callable[[str], Encoder], hwm: int = 1000,
                  on_unsent: Callable[[Message, BaseException], None] | None = None) -> None:
         self.on_unsent = on_unsent or _log_unsent
         self._ctx = ctx
@@ -116,7 +138,7 @@ class Mailer:
     def _run(self, address: str, q: queue.SimpleQueue[Any]) -> None:
         sock = None
         try:
-            encoder = self._make_encoder()
+            encoder = self._make_encoder(address)  # (per destination: shared memory reaches only its own node)
             sock = self._ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, self._hwm)
             sock.setsockopt(zmq.SNDTIMEO, _RETRY_MS)

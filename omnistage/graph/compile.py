@@ -5,6 +5,8 @@ in (``omnistage.checkpoints.resolve_model``): the graph knows nothing about chec
 """
 from __future__ import annotations
 
+import importlib.util
+
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -16,7 +18,7 @@ from omnistage.graph.load import parse_graph, read_graph, source_lines, with_lin
 from omnistage.graph.placement import place
 from omnistage.graph.plan import REQUEST, Edge, GraphPlan, Route, StagePlan
 from omnistage.graph.ports import REQUEST_FIELDS, RESPONSE_MODALITIES, compatible
-from omnistage.graph.schema import GraphConfig, StageConfig
+from omnistage.graph.schema import GraphConfig, LauncherConfig, StageConfig
 from omnistage.graph.strict import frozen_dict, suggest
 
 # (reference as written, the graph file's directory) -> what a worker loads; raises ValueError(why not)
@@ -59,6 +61,7 @@ def compile_graph(config: GraphConfig, models: ModelResolver, base_dir: Path | N
     if not issues:
         _check_dangling(stages, issues)
     placement = place(config, issues) if not issues else {}
+    _check_launcher(config, issues)
     if issues:
         raise GraphConfigError(issues, source)
     stages = {name: replace(st, in_edges=_mark_streams(st)) for name, st in stages.items()}
@@ -206,6 +209,30 @@ def _topological_order(stages: Mapping[str, StagePlan], issues: list[ConfigIssue
         if not visit(name, []):
             return ()
     return tuple(order)
+
+
+def with_launcher(plan: GraphPlan, launcher: LauncherConfig, source: str = "command line") -> GraphPlan:
+    """``plan`` with its replicas started by ``launcher`` instead (``serve --ray``); checked as
+    the graph's own ``launcher`` section is."""
+    config = replace(plan.config, launcher=launcher)
+    issues: list[ConfigIssue] = []
+    _check_launcher(config, issues)
+    if issues:
+        raise GraphConfigError(issues, source)
+    return replace(plan, config=config)
+
+
+def _check_launcher(config: GraphConfig, issues: list[ConfigIssue]) -> None:
+    """Ray settings need the Ray launcher, and the Ray launcher needs Ray installed."""
+    assert not isinstance(config.launcher, str)
+    if config.launcher.kind == "ray":
+        if importlib.util.find_spec("ray") is None:
+            issues.append(ConfigIssue("launcher", "the ray launcher needs Ray: pip install 'omnistage[ray]'"))
+        return
+    for name, st in config.stages.items():
+        if st.resources.ray_resources:
+            issues.append(ConfigIssue(f"stages.{name}.resources.ray_resources",
+                                      "Ray resources place replicas on a Ray cluster: set launcher: ray (or serve --ray)"))
 
 
 def _check_dangling(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> None:

@@ -84,8 +84,13 @@ class ResourcesConfig:
     # "multimodal" ones requests with images, video or audio; each group has its own range and
     # the controller sizes them separately. Replaces ``replicas`` when given.
     groups: Mapping[str, int | ReplicaRange] = field(default_factory=frozen_dict)
+    # On Ray (``launcher: ray``): custom resources each replica asks for, which pin the stage to
+    # the nodes that offer them (``{diffusion_node: 1}`` on nodes started with that resource).
+    ray_resources: Mapping[str, float] = field(default_factory=frozen_dict)
 
     def __post_init__(self) -> None:
+        for name, amount in self.ray_resources.items():
+            _positive(f"ray_resources.{name}", amount)
         if isinstance(self.replicas, int):
             _positive("replicas", self.replicas)
         _positive("threads", self.threads, allow_zero=True)
@@ -176,6 +181,19 @@ class TransportConfig:
 
 
 @dataclass(frozen=True)
+class LauncherConfig:
+    """Where replicas run. ``local``: processes of this host. ``ray``: Ray actors placed by the
+    cluster (a replica asks for its threads as ``num_cpus``, a GPU as ``num_gpus: 1``, and its
+    stage's ``ray_resources``); ``address`` joins a running cluster ("auto": the one this host
+    belongs to, or a ``ray://`` client address), none starts a local one. ``launcher: ray`` is
+    short for ``{kind: ray}``."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    namespace: str = "omnistage"
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     """Replicas that die are started again: the first at once, each further one within
     ``window_s`` after ``backoff_s`` doubling up to ``max_backoff_s``; after ``max_restarts`` in
@@ -202,4 +220,9 @@ class GraphConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     elastic: ElasticConfig | None = None
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    launcher: LauncherConfig | Literal["local", "ray"] = field(default_factory=LauncherConfig)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.launcher, str):  # (the short form)
+            object.__setattr__(self, "launcher", LauncherConfig(kind=self.launcher))

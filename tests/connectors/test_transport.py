@@ -27,7 +27,7 @@ def _echo(address_queue, protocol, run_dir, session):
     ctx = zmq.Context()
     inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", run_dir, "echo"), Decoder())
     ring = ShmRing(segment_name(session, "echo"), 4, 8 << 20)
-    mail = Mailer(ctx, lambda: Encoder(ring, 1024))
+    mail = Mailer(ctx, lambda _address: Encoder(ring, 1024))
     address_queue.put(inbox.address)
     reply_to = address_queue.get()
     while not isinstance(msg := inbox.recv(), Shutdown):
@@ -47,7 +47,7 @@ def test_tensors_cross_real_processes(protocol, tmp_path):
     ctx = zmq.Context()
     ring = ShmRing(segment_name(session, "main"), 4, 8 << 20)
     inbox = Inbox(ctx, bind_address(protocol, "127.0.0.1", str(tmp_path), "main"), Decoder())
-    mail = Mailer(ctx, lambda: Encoder(ring, 1024))
+    mail = Mailer(ctx, lambda _address: Encoder(ring, 1024))
     try:
         peer = q.get(timeout=60)
         q.put(inbox.address)
@@ -80,7 +80,7 @@ def test_a_stuck_destination_does_not_hold_up_the_others(tmp_path):
     stuck.setsockopt(zmq.RCVHWM, 1)
     stuck.bind(f"ipc://{tmp_path}/stuck.sock")
     live = Inbox(ctx, f"ipc://{tmp_path}/live.sock", Decoder())
-    mail = Mailer(ctx, lambda: Encoder(None), hwm=1)
+    mail = Mailer(ctx, lambda _address: Encoder(None), hwm=1)
     try:
         big = torch.zeros(1 << 20, dtype=torch.uint8)
         for i in range(64):  # far more than the socket buffers hold: this destination blocks

@@ -18,6 +18,7 @@ from omnistage.graph.plan import REQUEST, GraphPlan, Route
 
 class Target(Protocol):
     address: str
+    node: str
 
 
 def probe_target(plan: GraphPlan, route: Route, inputs: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -102,8 +103,9 @@ def admission_messages(rid: str, route: Route, chosen: Mapping[str, Sequence[Tar
 def _dests(route: Route, stage: str, chosen: Mapping[str, Sequence[Target]], sink: str) -> dict[str, list[Dest]]:
     dests: dict[str, list[Dest]] = {}
     for edge in route.out_edges(stage):
-        dests.setdefault(edge.src_port, []).append(Dest(chosen[edge.dst_stage][0].address, edge.dst_port,
-                                                                 stream=edge.stream))
+        target = chosen[edge.dst_stage][0]
+        dests.setdefault(edge.src_port, []).append(Dest(target.address, edge.dst_port, stream=edge.stream,
+                                                        node=target.node))
     for modality, (src, port) in route.produces.items():
         if src == stage:
             dests.setdefault(port, []).append(Dest(sink, modality, to_response=True))

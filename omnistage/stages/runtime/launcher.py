@@ -136,6 +136,9 @@ class LocalLauncher:
             return runtime
         return table.add(stage, launch, device, group, threads)
 
+    def close(self) -> None:
+        pass
+
     def _free_slot(self) -> int | None:
         """A board slot no live replica holds (cleared: its last holder may have died mid-step),
         or None when all are held (that replica keeps its placed threads)."""

@@ -25,14 +25,15 @@ import zmq
 from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, ProbeResult, Ready, Shutdown,
                                            StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing, remove_segment, remove_segments, segment_name
-from omnistage.connectors.transport import Inbox, Mailer, bind_address
-from omnistage.connectors.wire import Decoder, Encoder, unsendable
+from omnistage.connectors.transport import Inbox, Mailer, Peers, bind_address
+from omnistage.connectors.wire import Decoder, unsendable
 from omnistage.errors import Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
 from omnistage.stages.runtime.admission import (admission_messages, images_by_reference, probe_target, resolve_params,
                                                 split, without_stage)
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 from omnistage.stages.runtime.launcher import LocalLauncher
+from omnistage.stages.runtime.ray_launcher import RayLauncher, connect
 from omnistage.stages.runtime.replicas import Replica, ReplicaState, ReplicaTable
 from omnistage.stages.runtime.supervisor import Supervisor
 
@@ -65,19 +66,22 @@ class Orchestrator:
         self.session = uuid.uuid4().hex[:10]
         self.run_dir = tempfile.mkdtemp(prefix=f"omnistage-{self.session}-")
         transport = plan.config.transport
+        on_ray = not in_process and plan.config.launcher.kind == "ray"
+        started_ray, self.node, host = connect(plan.config.launcher) if on_ray else (False, "", transport.host)
         self._ctx = zmq.Context()
         self._ring = (ShmRing(segment_name(self.session, "api"), transport.shm_slots, transport.shm_slot_mb << 20)
                       if transport.shm else None)
-        self._sink = Inbox(self._ctx, bind_address(transport.protocol, transport.host, self.run_dir, "sink"),
+        self._sink = Inbox(self._ctx, bind_address("tcp" if on_ray else transport.protocol, host, self.run_dir, "sink"),
                            Decoder(), transport.high_water_mark)
-        threshold = transport.shm_threshold_kb << 10
-        self._mail = Mailer(self._ctx, lambda: Encoder(self._ring, threshold), transport.high_water_mark,
-                            on_unsent=self._unsent)
+        self._peers = Peers(self.node, self._ring, transport.shm_threshold_kb << 10)
+        self._mail = Mailer(self._ctx, self._peers.encoder, transport.high_water_mark, on_unsent=self._unsent)
         self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()  # guards ``requests`` and the counters
         self._stopping = threading.Event()
         self.table = ReplicaTable(plan.order)
-        self.launcher = LocalLauncher(plan, self.session, self.run_dir, self._sink.address, in_process)
+        self.launcher: LocalLauncher | RayLauncher = (
+            RayLauncher(plan, self.session, self.run_dir, self._sink.address, self.node, started_ray) if on_ray
+            else LocalLauncher(plan, self.session, self.run_dir, self._sink.address, in_process))
         self.supervisor = Supervisor(self.table, self.start_replica, plan.config.supervisor)
         self.requests: dict[str, _Live] = {}
         self.infos: dict[str, dict[str, Any]] = {}  # stage -> the model facts its replicas reported
@@ -177,6 +181,7 @@ class Orchestrator:
         self._ctx.term()
         remove_segments(self.session)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.launcher.close()
 
     # --- requests -------------------------------------------------------------------------
     def submit(self, inputs: Mapping[str, Any], params: Mapping[str, Any] | None = None,
@@ -348,8 +353,9 @@ class Orchestrator:
             return  # it left the table meanwhile
         if isinstance(msg, Ready):
             self._mail.revive(msg.address)  # (a restarted replica may reuse a dead one's TCP port)
+            self._peers.learn(msg.address, msg.node)
             self.infos[msg.stage] = msg.info
-            self.table.set_state(replica, ReplicaState.READY, address=msg.address)
+            self.table.set_state(replica, ReplicaState.READY, address=msg.address, node=msg.node)
         elif isinstance(msg, StartFailed):
             self.table.set_state(replica, ReplicaState.DEAD, error=msg.error)
         else:

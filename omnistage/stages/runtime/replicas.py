@@ -60,6 +60,7 @@ class Replica:
     group: str | None = None  # a modality group of its stage (see ResourcesConfig.groups)
     threads: int = 1  # CPU threads it was started with
     address: str = ""  # its inbox, once Ready
+    node: str = ""  # the node it runs on, once Ready ("" for this host's launcher)
     state: ReplicaState = ReplicaState.STARTING
     error: str = ""  # why it is dead
     inflight: set[str] = field(default_factory=set)  # requests it holds
@@ -124,11 +125,13 @@ class ReplicaTable:
         return replica
 
     def set_state(self, replica: Replica, state: ReplicaState, *, address: str | None = None,
-                  error: str | None = None) -> None:
+                  error: str | None = None, node: str | None = None) -> None:
         with self._cond:
             replica.state = state
             if address is not None:
                 replica.address = address
+            if node is not None:
+                replica.node = node
             if error is not None:
                 replica.error = error
             self._cond.notify_all()

@@ -23,7 +23,7 @@ from typing import Any
 
 from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Part, Probe, ProbeResult,
                                            Shutdown, Stats)
-from omnistage.connectors.transport import Inbox, Mailer
+from omnistage.connectors.transport import Inbox, Mailer, Peers
 from omnistage.connectors.wire import unsendable
 from omnistage.errors import RequestRejected
 from omnistage.stages.worker.cores import CoreShare
@@ -63,8 +63,9 @@ class _Prepared:
 
 class StageWorker:
     def __init__(self, spec: WorkerSpec, stage: Stage, inbox: Inbox, mail: Mailer,
-                 cores: CoreShare | None = None) -> None:
+                 cores: CoreShare | None = None, peers: Peers | None = None) -> None:
         self.spec = spec
+        self.peers = peers  # where destinations run (how tensors reach them), learned from Admits
         self.cores = cores  # threads that follow this host's load, or fixed ones
         self.stage = stage
         self.streaming = {p.name for p in spec.plan.stages[spec.stage].outputs if p.streaming}
@@ -156,6 +157,10 @@ class StageWorker:
 
     def _apply(self, msg: Any) -> None:
         if isinstance(msg, Admit):
+            if self.peers is not None:
+                for dests in msg.routes.values():
+                    for dest in dests:
+                        self.peers.learn(dest.address, dest.node)
             if self.requests.admit(msg):
                 self._start(msg.rid)
         elif isinstance(msg, Part) and msg.rid in self.requests.started:

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import signal
+import threading
 import time
 import traceback
 
@@ -14,8 +15,8 @@ import zmq
 
 from omnistage.connectors.messages import Ready, StartFailed
 from omnistage.connectors.shm import ShmRing, segment_name
-from omnistage.connectors.transport import Inbox, Mailer, bind_address
-from omnistage.connectors.wire import Decoder, Encoder
+from omnistage.connectors.transport import Inbox, Mailer, Peers, bind_address
+from omnistage.connectors.wire import Decoder
 from omnistage.graph.plan import GraphPlan
 from omnistage.logs import setup_worker_logging
 from omnistage.stages.worker.cores import CoreShare, board_path
@@ -24,6 +25,7 @@ from omnistage.stages.worker.spec import WorkerSpec
 from omnistage.stages.worker.stage import ProbingStage, Stage, StreamingInputStage
 
 log = logging.getLogger("omnistage.worker")
+_IN_PROCESS_LOADS = threading.Lock()  # replicas run as threads of one process load one after another
 
 
 def build_stage(plan: GraphPlan, name: str, device: str) -> Stage:
@@ -54,38 +56,56 @@ def quiet_loading() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def where_am_i(spec: WorkerSpec) -> tuple[str, str]:
+    """(this replica's node, the host its inbox binds): on Ray, the node id and the address Ray
+    reports for the node, so that replicas on other nodes reach it; else "" and the graph's
+    ``transport.host``."""
+    if not spec.on_ray:
+        return "", spec.plan.config.transport.host
+    import ray
+    return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+
+
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a replica (process target or thread target)."""
     if not spec.in_process:
-        # The parent owns shutdown: Ctrl-C reaches the whole process group, but only the parent
-        # should act on it (it sends Shutdown to every worker).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not spec.on_ray:
+            # The parent owns shutdown: Ctrl-C reaches the whole process group, but only the
+            # parent should act on it (it sends Shutdown to every worker).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         setup_worker_logging()
         quiet_loading()
         if spec.device == "cpu":
             torch.set_num_threads(spec.threads)
     transport = spec.plan.config.transport
+    node, host = where_am_i(spec)
     ctx = zmq.Context()
     ring = ShmRing(segment_name(spec.session, spec.name), transport.shm_slots,
                    transport.shm_slot_mb << 20) if transport.shm else None
-    threshold = transport.shm_threshold_kb << 10
-    mail = Mailer(ctx, lambda: Encoder(ring, threshold), transport.high_water_mark)
+    peers = Peers(node, ring, transport.shm_threshold_kb << 10)
+    peers.learn(spec.sink, spec.sink_node)
+    mail = Mailer(ctx, peers.encoder, transport.high_water_mark)
     try:
         try:
             model = spec.plan.stages[spec.stage].model_path
             log.info("%s[%d]: loading %s on %s", spec.stage, spec.replica, model or "its function", spec.device)
             started = time.perf_counter()
-            stage = build_stage(spec.plan, spec.stage, spec.device)
+            if spec.in_process:  # (loaders patch process-wide state, such as meta-device init: one at a time)
+                with _IN_PROCESS_LOADS:
+                    stage = build_stage(spec.plan, spec.stage, spec.device)
+            else:
+                stage = build_stage(spec.plan, spec.stage, spec.device)
             log.info("%s[%d]: ready in %.1f s", spec.stage, spec.replica, time.perf_counter() - started)
-            inbox = Inbox(ctx, bind_address(transport.protocol, transport.host, spec.run_dir, spec.name),
-                          Decoder(), transport.high_water_mark)
+            protocol = "tcp" if spec.on_ray else transport.protocol
+            inbox = Inbox(ctx, bind_address(protocol, host, spec.run_dir, spec.name), Decoder(),
+                          transport.high_water_mark)
         except Exception:  # noqa: BLE001 - any load failure is reported to the orchestrator, then re-raised
             mail.put(spec.sink, StartFailed(spec.stage, spec.replica, traceback.format_exc()))
             raise
-        mail.put(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address, stage.info()))
+        mail.put(spec.sink, Ready(spec.stage, spec.replica, os.getpid(), inbox.address, node, stage.info()))
         cores = None if spec.core_slot is None else CoreShare(board_path(spec.run_dir), spec.core_slot, spec.board_cores)
         try:
-            StageWorker(spec, stage, inbox, mail, cores).run()
+            StageWorker(spec, stage, inbox, mail, cores, peers).run()
         finally:
             if cores is not None:
                 cores.close()

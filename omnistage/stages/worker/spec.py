@@ -21,6 +21,8 @@ class WorkerSpec:
     owner: int | None = None  # the pid of the process the replica serves; it exits when that one is gone
     core_slot: int | None = None  # its slot on the run's core board (threads follow load), or fixed threads
     board_cores: int = 1  # the cores load-following replicas share (the host's less fixed replicas' threads)
+    on_ray: bool = False  # a Ray actor: it binds on its node's address and names its node
+    sink_node: str = ""  # the node of the process at ``sink``
 
     @property
     def name(self) -> str:
