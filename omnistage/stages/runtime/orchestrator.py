@@ -33,7 +33,7 @@ from omnistage.stages.runtime.admission import (admission_messages, images_by_re
                                                 split, without_stage)
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 from omnistage.stages.runtime.launcher import LocalLauncher
-from omnistage.stages.runtime.ray_launcher import RayLauncher, connect
+from omnistage.stages.runtime.ray_launcher import RayLauncher, connect, cpus_asked
 from omnistage.stages.runtime.replicas import Replica, ReplicaState, ReplicaTable
 from omnistage.stages.runtime.supervisor import Supervisor
 
@@ -67,7 +67,7 @@ class Orchestrator:
         self.run_dir = tempfile.mkdtemp(prefix=f"omnistage-{self.session}-")
         transport = plan.config.transport
         on_ray = not in_process and plan.config.launcher.kind == "ray"
-        started_ray, self.node, host = connect(plan.config.launcher) if on_ray else (False, "", transport.host)
+        started_ray, self.node, host = connect(plan.config.launcher, cpus_asked(plan)) if on_ray else (False, "", transport.host)
         self._ctx = zmq.Context()
         self._ring = (ShmRing(segment_name(self.session, "api"), transport.shm_slots, transport.shm_slot_mb << 20)
                       if transport.shm else None)

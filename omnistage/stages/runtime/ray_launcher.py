@@ -2,7 +2,8 @@
 
 Each replica is one actor (its own process, on whichever node Ray picks) whose one call runs the
 same worker as a local replica, until Shutdown. Ray places it by what it asks for: its threads
-as ``num_cpus``, a GPU as ``num_gpus: 1`` (Ray sets the actor's visible device), and its stage's
+as ``num_cpus``, a GPU as ``num_gpus: 1`` (Ray sets the actor's visible device; a
+tensor-parallel replica asks for all its ranks' CPUs and GPUs, on one node), and its stage's
 ``ray_resources`` (custom resources that pin a stage to the nodes offering them). Model-loading
 arguments (the compiled plan) travel once through Ray; requests never do: replicas bind a ZeroMQ
 inbox on the address Ray reports for their node and report it in their Ready message, as local
@@ -15,6 +16,7 @@ when this process started its own local Ray, shuts it down.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from omnistage.graph.plan import GraphPlan
@@ -25,16 +27,25 @@ from omnistage.stages.worker.spec import WorkerSpec
 log = logging.getLogger("omnistage.ray")
 
 
-def connect(config: LauncherConfig) -> tuple[bool, str, str]:
-    """Join the cluster at ``config.address`` (or start a local one). (whether this call started
-    Ray, this process's node id, the address Ray reports for this node)."""
+def connect(config: LauncherConfig, cpus: int = 0) -> tuple[bool, str, str]:
+    """Join the cluster at ``config.address`` (or start a local one, offering at least ``cpus``
+    logical CPUs: what the graph's replicas ask for at most, as they share this host's cores by
+    load). (whether this call started Ray, this process's node id, the address Ray reports for
+    this node)."""
     import ray
     started = False
     if not ray.is_initialized():
+        local = {"num_cpus": max(os.cpu_count() or 1, cpus)} if config.address is None else {}
         ray.init(address=config.address, namespace=config.namespace, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=True)
+                 logging_level=logging.WARNING, log_to_driver=True, **local)
         started = config.address is None
     return started, ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+
+
+def cpus_asked(plan: GraphPlan) -> int:
+    """Logical CPUs every stage's largest replica count asks for on Ray."""
+    return sum(res.max_replicas * (res.threads or 1) * res.tensor_parallel
+               for res in (st.resources for st in plan.config.stages.values()))
 
 
 class _Worker:
@@ -100,8 +111,10 @@ class RayLauncher:
             gpu = device.startswith("cuda")
             spec = WorkerSpec(self.plan, stage, index, "cuda" if gpu else device, threads, self.session,
                               self.run_dir, self.sink, on_ray=True, sink_node=self.sink_node)
-            options = {"num_cpus": threads, "num_gpus": 1 if gpu else 0, "max_restarts": 0,
-                       "resources": dict(self.plan.stages[stage].config.resources.ray_resources),
+            resources = self.plan.stages[stage].config.resources
+            ranks = resources.tensor_parallel  # (its other ranks are processes the actor starts on its node)
+            options = {"num_cpus": threads * ranks, "num_gpus": ranks if gpu else 0, "max_restarts": 0,
+                       "resources": dict(resources.ray_resources),
                        "name": f"omnistage-{self.session}-{stage}-{index}"}
             actor = self._actor.options(**options).remote()
             return RayReplica(actor, actor.run.remote(spec))

@@ -25,8 +25,8 @@ NODES = ("node_a", "node_b", "node_c")
 def cluster():
     # Logical CPUs: a replica asks for its threads; the machine's two cores are shared as ever.
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "resources": {NODES[0]: 8}})
-    for name in NODES[1:]:
-        c.add_node(num_cpus=4, resources={name: 8})
+    for name in NODES[1:]:  # ("pool": a node class of two)
+        c.add_node(num_cpus=4, resources={name: 8, "pool": 8})
     c.wait_for_nodes()
     yield c
     ray.shutdown()
@@ -117,3 +117,23 @@ def test_a_killed_actor_fails_its_requests_is_restarted_and_no_actor_outlives_th
     for name in names:
         with pytest.raises(ValueError):
             ray.get_actor(name, namespace="omnistage")
+
+
+def test_a_lost_node_fails_its_requests_and_its_stage_restarts_on_another(cluster, tmp_path):
+    """(Last: it takes a node out of the module's cluster.) The denoiser may run on either node of
+    its class; the node it runs on goes away mid-request."""
+    graph = spread("text_to_image_split.yaml", {"denoise": "pool"}, cluster.address, tmp_path,
+                   supervisor={"backoff_s": 0.1})
+    with Pipeline.from_yaml(graph) as pipe:
+        lost = nodes_of(pipe)["denoise"]
+        handle = pipe.submit(prompt="a long one", num_inference_steps=200, height=128, width=128, seed=1)
+        assert next(iter(handle.events(timeout=60))).modality == "progress"
+        removed = time.monotonic()
+        cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == lost), allow_graceful=False)
+        with pytest.raises(StageDeadError, match="denoise"):
+            handle.result(timeout=60)
+        assert time.monotonic() - removed < 15
+        table = pipe.orchestrator.table
+        assert table.wait_until(lambda: table.ready_count("denoise") == 1, 120)
+        assert nodes_of(pipe)["denoise"] != lost
+        assert pipe.generate(prompt="after the restart", num_inference_steps=2, seed=2).outputs["image"]
