@@ -88,22 +88,28 @@ class _State:
 
 class LLMEngine:
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, max_seqs: int = 64, backend: Any = "auto",
-                 media_encoder: Any = None, eos_ids: frozenset[int] | None = None, input_embeds: bool = False) -> None:
+                 media_encoder: Any = None, eos_ids: frozenset[int] | None = None, input_embeds: bool = False,
+                 tp_size: int = 1) -> None:
         """``max_seqs``: sequences per step; ``tokenizer`` None: no text (a model over codec
         tokens); ``eos_ids`` overrides the model's end-of-sequence ids; ``input_embeds`` (with
         hidden_states "all"): also keep each position's input embedding (what a talker needs);
         ``backend`` "auto": the attention kernels for the model's device (``kernels.backend_for``),
-        None: the torch reference."""
+        None: the torch reference. ``tp_size`` > 1: ``model`` is rank 0's shard of a
+        tensor-parallel model whose other ranks ``parallel.follow`` (torch.distributed is set up)."""
         if backend == "auto":
             backend = backend_for(str(next(model.parameters()).device))
         self.config = config
         self.input_embeds = input_embeds
         self.tokenizer = tokenizer
-        self.cache = self._plan_cache(model, config, max_seqs)
+        self.cache = self._plan_cache(model, config, max_seqs, tp_size)
         self.blocks = BlockManager(self.cache.num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(config, max_seqs, self.blocks)
-        self.runner = ModelRunner(model, self.cache.num_blocks, config.block_size, backend=backend,
-                                  media_encoder=media_encoder)
+        runner_class = ModelRunner
+        if tp_size > 1:
+            from omnistage.ar_engine.parallel import ParallelRunner
+            runner_class = ParallelRunner
+        self.runner = runner_class(model, self.cache.num_blocks, config.block_size, backend=backend,
+                                   media_encoder=media_encoder, tp_size=tp_size)
         self.eos_ids = _eos_ids(model, tokenizer) if eos_ids is None else eos_ids
         self.max_model_len = self.cache.max_model_len
         self.states: dict[str, _State] = {}
@@ -115,8 +121,8 @@ class LLMEngine:
         self.off_grammar: set[str] = set()  # requests whose sampled token their grammar refused
 
     @staticmethod
-    def _plan_cache(model: Any, config: EngineConfig, max_seqs: int) -> CachePlan:
-        layers, kv_heads, head_dim = kv_shape(model.config)
+    def _plan_cache(model: Any, config: EngineConfig, max_seqs: int, tp_size: int) -> CachePlan:
+        layers, kv_heads, head_dim = kv_shape(model.config, tp_size)
         weight = next(model.parameters())
         cfg = text_config(model.config)
         # (getattr: a talker's config names some of these differently; they only size activations)
@@ -175,7 +181,7 @@ class LLMEngine:
         state = self.states.pop(rid)
         seq = state.seq
         slots = self._slots(seq, len(seq.prompt))
-        kv = torch.stack([cache[:, slots] for cache in self.runner.kv_caches]).cpu()
+        kv = self.runner.read_kv(slots)
         self.scheduler.finish(seq)
         self._unpin(rid)
         self._unguide(rid)
@@ -201,8 +207,7 @@ class LLMEngine:
             self.imports.popleft()
             self.blocks.allocate(seq)
             slots = self._slots(seq, len(seq.prompt))
-            for layer, cache in enumerate(self.runner.kv_caches):
-                cache[:, slots] = item.kv[layer].to(cache.device, cache.dtype)
+            self.runner.write_kv(slots, item.kv)
             seq.num_computed = len(seq.prompt)
             self.scheduler.adopt(seq)
             outs.append(self._emit(seq, Sampled(item.first_token)))

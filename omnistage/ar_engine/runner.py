@@ -19,6 +19,14 @@ from omnistage.ar_engine.sequence import StepPlan
 LONG_PREFILL = 64  # prefill chunks longer than this attend through SDPA even with a packed backend
 
 
+class StepInputs(NamedTuple):
+    inputs: torch.Tensor  # [T, hidden] the decoder's input embeddings, packed
+    positions: torch.Tensor  # [1, T], or [3, 1, T] (M-RoPE)
+    meta: AttentionMetadata
+    sample_rows: list[int]
+    embeds: torch.Tensor  # [T, embed] before the input projection (a talker's)
+
+
 class StepResult(NamedTuple):
     logits: torch.Tensor  # [rows that sample, vocab]
     hidden: torch.Tensor  # [T, hidden] last-layer states of every computed position
@@ -38,10 +46,11 @@ def text_config(config: Any) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def kv_shape(config: Any) -> tuple[int, int, int]:
+def kv_shape(config: Any, tp_size: int = 1) -> tuple[int, int, int]:
+    """(layers, KV heads, head_dim) of one rank's cache: the heads split over ``tp_size`` ranks."""
     cfg = text_config(config)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim
+    return cfg.num_hidden_layers, cfg.num_key_value_heads // tp_size, head_dim
 
 
 def final_logit_softcap(config: Any) -> float | None:
@@ -53,19 +62,22 @@ def final_logit_softcap(config: Any) -> float | None:
 
 class ModelRunner:
     def __init__(self, model: Any, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
-                 backend: Any = None, media_encoder: Callable[[list[Any]], list[torch.Tensor]] | None = None) -> None:
+                 backend: Any = None, media_encoder: Callable[[list[Any]], list[torch.Tensor]] | None = None,
+                 tp_size: int = 1) -> None:
+        """``tp_size``: the model is this rank's shard of a tensor-parallel one (``parallel``):
+        its cache holds its share of the KV heads, and its linear layers stay as sharded."""
         self.model = model
         self.block_size = block_size
         self.device = next(model.parameters()).device
         self.embed, self.project, self.decoder, self.lm_head = model_parts(model)
-        if backend is not None and backend.packs_linears:
+        if backend is not None and backend.packs_linears and tp_size == 1:
             self._pack(model)
         self.backend = backend
         self.media_encoder = media_encoder  # spans -> embeds, for spans that arrived without them
         # Qwen2-VL-style models (and the Omni talker) take 3-row (temporal, height, width) rotary positions.
         self.mrope = hasattr(getattr(model, "model", None), "get_rope_index") or self.project is not None
         self.final_softcap = final_logit_softcap(model.config)
-        layers, kv_heads, head_dim = kv_shape(model.config)
+        layers, kv_heads, head_dim = kv_shape(model.config, tp_size)
         dtype = kv_dtype or next(model.parameters()).dtype
         self.kv_caches = [torch.zeros(2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
                           for _ in range(layers)]
@@ -80,19 +92,38 @@ class ModelRunner:
             if head.weight is not self.embed.weight and model.get_output_embeddings() is head:
                 model.set_output_embeddings(self.lm_head)  # untied: drop the plain weight
 
+    def read_kv(self, slots: torch.Tensor) -> torch.Tensor:
+        """K/V at flat cache ``slots``: [layers, 2, n, kv_heads, head_dim], on the host."""
+        return torch.stack([cache[:, slots] for cache in self.kv_caches]).cpu()
+
+    def write_kv(self, slots: torch.Tensor, kv: torch.Tensor) -> None:
+        """Write ``kv`` ([layers, 2, n, kv_heads, head_dim]) at flat cache ``slots``."""
+        for layer, cache in enumerate(self.kv_caches):
+            cache[:, slots] = kv[layer].to(cache.device, cache.dtype)
+
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> StepResult:
+        return self.forward(self.prepare(plan))
+
+    @torch.inference_mode()
+    def prepare(self, plan: StepPlan) -> StepInputs:
+        """Everything the decoder needs for the step: what tensor-parallel ranks receive."""
         ids, positions, meta, sample_rows = self._prepare(plan)
         embeds = self._embed(plan, ids)
         inputs = embeds if self.project is None else self.project(embeds)
-        out = self.decoder(inputs_embeds=inputs.unsqueeze(0), position_ids=positions, omni_meta=meta,
+        return StepInputs(inputs, positions, meta, sample_rows, embeds)
+
+    @torch.inference_mode()
+    def forward(self, step: StepInputs) -> StepResult:
+        inputs, meta, sample_rows = step.inputs, step.meta, step.sample_rows
+        out = self.decoder(inputs_embeds=inputs.unsqueeze(0), position_ids=step.positions, omni_meta=meta,
                            use_cache=False)
         hidden = out.last_hidden_state[0]
         logits = self.lm_head(hidden[sample_rows]) if sample_rows else hidden.new_zeros((0, 1))
         if self.final_softcap is not None:
             # In the model's dtype, as XForCausalLM.forward does it (which the decoder call skips).
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
-        return StepResult(logits.float(), hidden, sample_rows, embeds)
+        return StepResult(logits.float(), hidden, sample_rows, step.embeds)
 
     def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
         """The step's packed inputs, built as whole tensors: each token's block-table row, position,
@@ -159,8 +190,11 @@ class ModelRunner:
             return pos.unsqueeze(0).expand(3, -1).unsqueeze(1)
         return torch.cat([_positions(c.seq, c.start, c.length, True) for c in chunks], dim=-1).unsqueeze(1)
 
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids)
+
     def _embed(self, plan: StepPlan, ids: torch.Tensor) -> torch.Tensor:
-        embeds = self.embed(ids)
+        embeds = self.token_embeddings(ids)
         self._fill_missing_media(plan)
         offset = 0
         for chunk in plan.chunks:

@@ -19,6 +19,9 @@ from omnistage.checkpoints.refs import parse_tiny
 # Causal LMs whose attention and logits the paged engine reproduces (tested against HF generate).
 TEXT_LMS = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Gemma2ForCausalLM",
                       "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Gemma3ForCausalLM"})
+# Families whose transformers tensor-parallel plan (heads and MLP columns split, row-parallel
+# outputs all-reduced) the engine runs, tested equal to one device.
+TENSOR_PARALLEL = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM"})
 VISION_LMS = frozenset({"Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"})
 OMNI = "Qwen2_5OmniForConditionalGeneration"  # the released single-directory checkpoint
 OMNI_THINKER = "Qwen2_5OmniThinkerForConditionalGeneration"
@@ -81,10 +84,10 @@ def component_architecture(ref: str, component: str | None) -> tuple[str, dict[s
     return parts[component], config
 
 
-def check_model(kind: str, ref: str, component: str | None = None) -> None:
+def check_model(kind: str, ref: str, component: str | None = None, tensor_parallel: int = 1) -> None:
     """Raise ValueError unless a stage of ``kind`` can run the checkpoint ``ref`` (resolved, as
-    ``refs.resolve_model`` returns it), or its sub-model ``component``. Kinds without a table
-    (user python stages) take anything.
+    ``refs.resolve_model`` returns it), or its sub-model ``component``, over ``tensor_parallel``
+    ranks. Kinds without a table (user python stages) take anything.
     A tiny or packaged checkpoint not built yet is not read (only supported ones are built)."""
     supported = SUPPORTED.get(kind)
     if supported is None:
@@ -103,3 +106,15 @@ def check_model(kind: str, ref: str, component: str | None = None) -> None:
     missing = unsupported_features(config) if kind in ("ar", "prefill", "decode") else []
     if missing:
         raise ValueError(f"{ref}: {arch} uses what the AR engine does not implement: {'; '.join(missing)}")
+    if tensor_parallel > 1 and kind in ("ar", "prefill", "decode"):  # (the graph refuses it for other kinds)
+        check_tensor_parallel(ref, arch, config, tensor_parallel)
+
+
+def check_tensor_parallel(ref: str, arch: str, config: Mapping[str, Any], size: int) -> None:
+    """A model split over ``size`` ranks: a family whose sharding is tested, heads that divide."""
+    if arch not in TENSOR_PARALLEL:
+        raise ValueError(f"{ref}: tensor_parallel runs {', '.join(sorted(TENSOR_PARALLEL))}, not {arch}")
+    for name in ("num_attention_heads", "num_key_value_heads"):
+        heads = config.get(name) or config["num_attention_heads"]
+        if heads % size:
+            raise ValueError(f"{ref}: tensor_parallel {size} does not divide its {name} ({heads})")

@@ -25,7 +25,8 @@ from omnistage.graph.strict import frozen_dict, suggest
 ModelResolver = Callable[[str, Path], str]
 # (stage kind, resolved reference, component or None) -> None; raises ValueError when the kind
 # cannot run that model
-ModelChecker = Callable[[str, str, "str | None"], None]
+ModelChecker = Callable[[str, str, "str | None", int], None]  # kind, model, component, tensor_parallel
+TENSOR_PARALLEL_KINDS = ("ar", "prefill", "decode")
 
 
 def compile_file(path: str | Path, models: ModelResolver, check: ModelChecker | None = None) -> GraphPlan:
@@ -91,7 +92,7 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
             return None
         if check is not None:
             try:
-                check(st.kind, model_path, model.component)
+                check(st.kind, model_path, model.component, st.resources.tensor_parallel)
             except ValueError as exc:
                 issues.append(ConfigIssue(f"{path}.model", f"model {st.model!r}: {exc}"))
                 return None
@@ -99,6 +100,9 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
     elif spec.needs_model:
         issues.append(ConfigIssue(f"{path}.model", f"stage kind {st.kind!r} needs a model"))
         return None
+    if st.resources.tensor_parallel > 1 and st.kind not in TENSOR_PARALLEL_KINDS:
+        issues.append(ConfigIssue(f"{path}.resources.tensor_parallel", f"stage kind {st.kind!r} runs on one device; "
+                                  f"tensor_parallel is for {', '.join(TENSOR_PARALLEL_KINDS)}"))
     inputs, outputs = spec.ports(st.options, st.inputs)
     in_edges = []
     for port, src in st.inputs.items():

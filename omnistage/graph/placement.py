@@ -22,7 +22,8 @@ def place(config: GraphConfig, issues: list[ConfigIssue], cores: int | None = No
     if config.elastic is not None and config.elastic.devices:
         return _place_on_pool(config, issues)
     cores = cores or os.cpu_count() or 1
-    cpu_replicas = sum(st.resources.initial_replicas for st in config.stages.values() if st.resources.device == "cpu")
+    cpu_replicas = sum(st.resources.initial_replicas * st.resources.tensor_parallel  # (a rank is a process)
+                       for st in config.stages.values() if st.resources.device == "cpu")
     share = max(1, cores // max(1, cpu_replicas))
     out = {}
     for name, st in config.stages.items():

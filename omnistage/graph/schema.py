@@ -87,8 +87,12 @@ class ResourcesConfig:
     # On Ray (``launcher: ray``): custom resources each replica asks for, which pin the stage to
     # the nodes that offer them (``{diffusion_node: 1}`` on nodes started with that resource).
     ray_resources: Mapping[str, float] = field(default_factory=frozen_dict)
+    # ar/prefill/decode: one replica as this many ranks (processes, each with its own device and
+    # ``threads``), the model's attention heads and MLP split across them.
+    tensor_parallel: int = 1
 
     def __post_init__(self) -> None:
+        _positive("tensor_parallel", self.tensor_parallel)
         for name, amount in self.ray_resources.items():
             _positive(f"ray_resources.{name}", amount)
         if isinstance(self.replicas, int):

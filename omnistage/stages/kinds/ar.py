@@ -17,15 +17,13 @@ from typing import Any
 
 import torch
 from jinja2 import TemplateError
-from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+from transformers import AutoImageProcessor, AutoTokenizer
 
-from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
 from omnistage.ar_engine.engine import EngineRequest, LLMEngine, TokenOutput
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.multimodal import is_vision_language, media_spans, takes_video
 from omnistage.ar_engine.sampling import SamplingParams
-from omnistage.checkpoints.inspect import language_model_class, read_config
-from omnistage.checkpoints.loading import (checkpoint_dir, component_kwargs, feature_extractor_dir, processor_dir,
+from omnistage.checkpoints.loading import (checkpoint_dir, feature_extractor_dir, processor_dir,
                                            torch_dtype)
 from omnistage.connectors.messages import MediaEmbedding, ThinkerStates
 from omnistage.encoders.cache import EncoderCache
@@ -36,39 +34,26 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.options import ArOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.omni.hearing import OmniAudioItem, OmniAudioTower, hears, prepare_omni_audio
+from omnistage.stages.kinds.ar_model import load_model
+from omnistage.stages.kinds.ar_ranks import start_ranks
 from omnistage.stages.kinds.image_refs import resolved
 from omnistage.stages.worker.stage import ProbingStage, StageOutput, StageRequest
 
 log = logging.getLogger("omnistage.worker")
 
 
-def load_model(path: str, dtype: torch.dtype, device: str, component: str | None = None) -> Any:
-    """A transformers model wired to the paged attention: a causal LM, or a vision-language model
-    (or Omni thinker) whose language model pages its KV while its vision and audio towers keep
-    sdpa; which one, its config says. ``component``: a sub-model of the checkpoint (an Omni
-    thinker in the released single-directory layout)."""
-    sub = component_kwargs(path, component)
-    config = sub.get("config") or read_config(path)
-    if language_model_class(config, path) == "causal_lm":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION,
-                                                     **sub)
-    else:
-        towers = {key: "sdpa" for key in config.sub_configs if key != "text_config"}
-        impl = {**towers, "text_config": ATTN_IMPLEMENTATION, "": ATTN_IMPLEMENTATION}
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=impl, **sub)
-    return model.to(device).eval()
-
-
 class ArStage(ProbingStage):
     def __init__(self, model: Any, tokenizer: Any, options: ArOptions, max_seqs: int,
                  image_processor: Any = None, device: str = "cpu", limits: MediaLimits | None = None,
-                 states: bool = False, audio_extractor: Any = None, encoded_upstream: bool = False) -> None:
+                 states: bool = False, audio_extractor: Any = None, encoded_upstream: bool = False,
+                 tp_size: int = 1) -> None:
         """``encoded_upstream``: an encode stage feeds this one image embeddings, so an image is
         decoded here only if the prefix cache loses it before its prefill (it decoded there).
         ``states``: emit what a talker conditions on (``states`` port; needs hidden_states "all";
         only requests routed to a talker compute every prompt position, the others may reuse the
         prefix cache).
-        ``audio_extractor``: the feature extractor of a model that hears (Qwen2.5-Omni thinker)."""
+        ``audio_extractor``: the feature extractor of a model that hears (Qwen2.5-Omni thinker).
+        ``tp_size`` > 1: ``model`` is rank 0's shard; the other ranks follow (``ar_ranks``)."""
         if states and options.hidden_states != "all":
             raise ValueError('a stage whose "states" port is wired must set options.hidden_states: all '
                              '(a talker conditions on every position of the prompt)')
@@ -85,7 +70,7 @@ class ArStage(ProbingStage):
         self.ears = OmniAudioTower(model) if audio_extractor is not None else None
         encoder = self._encode_media if self.tower or self.ears else None
         self.engine = LLMEngine(model, tokenizer, options, max_seqs, backend=backend_for(device), media_encoder=encoder,
-                                input_embeds=states)
+                                input_embeds=states, tp_size=tp_size)
         self.prepared: dict[str, EngineRequest] = {}  # probed requests waiting for their Admit
         self.states = states
         self.talking: set[str] = set()  # requests whose states a talker takes
@@ -311,7 +296,11 @@ def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
     path = checkpoint_dir(stage.model_path)
     dtype = torch_dtype(stage.model_dtype, path, device)
     started = time.perf_counter()
-    model = load_model(path, dtype, device, stage.model_component)
+    tp_size = stage.config.resources.tensor_parallel
+    if tp_size > 1:
+        # (each rank computes on as many threads as this worker was given)
+        start_ranks(tp_size, path, dtype, device, stage.config.resources.threads or torch.get_num_threads())
+    model = load_model(path, dtype, device, stage.model_component, tp_size)
     log.info("%s: loaded %s (%s, dtype %s%s) on %s in %.1f s", stage.name, stage.model_path,
              model.config.architectures[0] if model.config.architectures else model.config.model_type,
              str(dtype).removeprefix("torch."), ", the checkpoint's" if stage.model_dtype == "auto" else "", device,
@@ -326,7 +315,7 @@ def build_stage(cls: type[ArStage], stage: StagePlan, device: str) -> ArStage:
         tokenizer.chat_template = read_template(stage.options.chat_template)
     built = cls(model, tokenizer, stage.options, stage.config.batching.max_batch,
                 image_processor, device, states="states" in stage.used_outputs, audio_extractor=audio_extractor,
-                encoded_upstream=any(edge.dst_port == "image_embeds" for edge in stage.in_edges))
+                encoded_upstream=any(edge.dst_port == "image_embeds" for edge in stage.in_edges), tp_size=tp_size)
     log.info("%s: %s", stage.name, built.engine.cache.describe(dtype))
     return built
 
