@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from omnistage.ar_engine.attention import AttentionMetadata, PrefillSpan
-from omnistage.ar_engine.runner import ModelRunner, StepInputs, StepResult, text_config
+from omnistage.ar_engine.runner import ModelRunner, StepInputs, StepResult
 
 INIT, EMBED, STEP, READ_KV, WRITE_KV, STOP = 1, 2, 3, 4, 5, 6
 HEADER = 256  # int64 slots: operation, tensor count, then (dtype, ndim, 6 dims) per tensor
@@ -182,16 +182,3 @@ def follow(runner: ModelRunner) -> None:
             runner.write_kv(tensors[0].to(runner.device), _my_heads(tensors[1]))
         else:
             raise RuntimeError(f"unknown tensor-parallel operation {op}")
-
-
-def check_shardable(config: Any, size: int) -> None:
-    """Refuse a model whose heads do not split evenly over ``size`` ranks, or whose family has
-    no tensor-parallel plan in transformers."""
-    cfg = text_config(config)
-    if not getattr(cfg, "base_model_tp_plan", None):
-        raise ValueError(f"tensor_parallel: {cfg.model_type} has no tensor-parallel plan in transformers")
-    for name in ("num_attention_heads", "num_key_value_heads"):
-        heads = getattr(cfg, name, None) or cfg.num_attention_heads
-        if heads % size:
-            raise ValueError(f"tensor_parallel: {size} does not divide the model's {name} ({heads})")
-

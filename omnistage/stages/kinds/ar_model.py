@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
-from omnistage.ar_engine.parallel import check_shardable
 from omnistage.checkpoints.inspect import language_model_class, read_config
 from omnistage.checkpoints.loading import component_kwargs
+from omnistage.checkpoints.support import check_tensor_parallel
 
 
 def load_model(path: str, dtype: torch.dtype, device: str, component: str | None = None, tp_size: int = 1) -> Any:
@@ -26,7 +26,7 @@ def load_model(path: str, dtype: torch.dtype, device: str, component: str | None
     if tp_size > 1:
         if not is_lm or component is not None:
             raise ValueError("tensor_parallel runs causal language models only")
-        check_shardable(config, tp_size)
+        check_tensor_parallel(path, (config.architectures or [""])[0], config.to_dict(), tp_size)
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION,
                                                     distributed_config=shard_config(device, tp_size)).eval()
     if is_lm:

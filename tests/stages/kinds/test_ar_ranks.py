@@ -77,7 +77,7 @@ def test_a_dead_rank_fails_its_requests_and_the_replica_restarts(tmp_path):
         pipe.generate(**ASKS[0])
         (rank,) = ranks()
         handle = pipe.submit(prompt="long", max_tokens=4000, ignore_eos=True)
-        time.sleep(1.0)
+        next(handle.events(60))  # its first tokens: it is decoding
         os.kill(rank, signal.SIGKILL)
         started = time.monotonic()
         with pytest.raises(RequestFailed, match="crashed: RuntimeError: .*Connection"):
