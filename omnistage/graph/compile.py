@@ -221,9 +221,10 @@ def with_launcher(plan: GraphPlan, launcher: LauncherConfig, source: str = "comm
     config = replace(plan.config, launcher=launcher)
     issues: list[ConfigIssue] = []
     _check_launcher(config, issues)
+    placement = place(config, issues)  # (replica threads follow the launcher)
     if issues:
         raise GraphConfigError(issues, source)
-    return replace(plan, config=config)
+    return replace(plan, config=config, placement=placement)
 
 
 def _check_launcher(config: GraphConfig, issues: list[ConfigIssue]) -> None:

@@ -25,6 +25,8 @@ def place(config: GraphConfig, issues: list[ConfigIssue], cores: int | None = No
     cpu_replicas = sum(st.resources.initial_replicas * st.resources.tensor_parallel  # (a rank is a process)
                        for st in config.stages.values() if st.resources.device == "cpu")
     share = max(1, cores // max(1, cpu_replicas))
+    if config.launcher.kind == "ray" and config.elastic is not None:
+        share = config.elastic.threads  # (the pool is the cluster's: a CPU replica is one slot of it)
     out = {}
     for name, st in config.stages.items():
         res = st.resources

@@ -95,6 +95,9 @@ class ResourcesConfig:
         _positive("tensor_parallel", self.tensor_parallel)
         for name, amount in self.ray_resources.items():
             _positive(f"ray_resources.{name}", amount)
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"ray_resources.{name}: CPUs and GPUs come from threads and device, "
+                                 "not custom resources")
         if isinstance(self.replicas, int):
             _positive("replicas", self.replicas)
         _positive("threads", self.threads, allow_zero=True)

@@ -55,3 +55,30 @@ def test_groups_place_their_replicas():
 def test_bad_pools_and_ranges_are_reported(resources, devices, words):
     with pytest.raises(GraphConfigError, match=re.escape(words)):
         plan(resources, devices)
+
+
+
+def ray_plan(resources="{replicas: 2}", extra=""):
+    """BASE with ``extra`` for its elastic section."""
+    text = BASE.replace("RESOURCES", resources).replace("elastic:\n  devices: DEVICES", extra)
+    return compile_text(text, resolve_model)
+
+
+def test_an_elastic_graph_on_ray_without_a_pool_gives_cpu_replicas_a_slot_of_elastic_threads():
+    p = ray_plan(extra="launcher: ray\nelastic: {threads: 3}")
+    assert [s.threads for s in p.placement["chat"]] == [3, 3]
+    assert free_devices(p.config, p.placement) == []  # (the pool is read from the cluster when it runs)
+
+
+def test_serve_ray_places_as_the_graphs_own_launcher_section_does():
+    from omnistage.graph.compile import with_launcher
+    from omnistage.graph.schema import LauncherConfig
+    local = ray_plan(extra="elastic: {threads: 3}")
+    assert with_launcher(local, LauncherConfig("ray")).placement == ray_plan(extra="launcher: ray\nelastic: {threads: 3}").placement
+
+
+def test_ray_resources_need_the_ray_launcher_and_are_not_cpus_or_gpus():
+    with pytest.raises(GraphConfigError, match=r"stages\.chat\.resources\.ray_resources.*set launcher: ray"):
+        ray_plan("{ray_resources: {big: 1}}")
+    with pytest.raises(GraphConfigError, match=r"ray_resources\.GPU: CPUs and GPUs come from threads and device"):
+        ray_plan("{ray_resources: {GPU: 1}}", "launcher: ray")

@@ -111,14 +111,27 @@ class RayLauncher:
             gpu = device.startswith("cuda")
             spec = WorkerSpec(self.plan, stage, index, "cuda" if gpu else device, threads, self.session,
                               self.run_dir, self.sink, on_ray=True, sink_node=self.sink_node)
-            resources = self.plan.stages[stage].config.resources
-            ranks = resources.tensor_parallel  # (its other ranks are processes the actor starts on its node)
-            options = {"num_cpus": threads * ranks, "num_gpus": ranks if gpu else 0, "max_restarts": 0,
-                       "resources": dict(resources.ray_resources),
+            ask = dict(self.ask(stage, device, threads))
+            options = {"num_cpus": ask.pop("CPU"), "num_gpus": ask.pop("GPU"), "resources": ask, "max_restarts": 0,
                        "name": f"omnistage-{self.session}-{stage}-{index}"}
             actor = self._actor.options(**options).remote()
             return RayReplica(actor, actor.run.remote(spec))
         return table.add(stage, launch, device, group, threads)
+
+    def ask(self, stage: str, device: str, threads: int) -> dict[str, float]:
+        """What one replica of ``stage`` asks Ray for: its threads as CPUs and its GPU, times its
+        ranks (a tensor-parallel replica's other ranks are processes the actor starts on its
+        node), and its stage's custom resources."""
+        resources = self.plan.stages[stage].config.resources
+        ranks = resources.tensor_parallel
+        gpus = ranks if device.startswith("cuda") else 0
+        return {"CPU": threads * ranks, "GPU": gpus, **resources.ray_resources}
+
+    @staticmethod
+    def nodes() -> list[dict[str, Any]]:
+        """The cluster's nodes as Ray lists them (alive or not, with their total resources)."""
+        import ray
+        return ray.nodes()
 
     def close(self) -> None:
         if self.started_ray:
