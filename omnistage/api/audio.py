@@ -29,7 +29,7 @@ from omnistage.api.audio_codecs import StreamEncoder, encode_clip
 from omnistage.api.errors import ApiError, from_exception
 from omnistage.api.fields import SPEECH as SPEECH_FIELDS
 from omnistage.api.fields import TRANSCRIPTIONS, TRANSLATIONS
-from omnistage.api.request import abort_on_failure, check_model, log_admitted, read_body
+from omnistage.api.request import FormBody, abort_on_failure, check_model, log_admitted, read_body
 from omnistage.api.usage import token_usage, usage_headers
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent
 
@@ -201,9 +201,15 @@ async def _speech_to_text(request: Request, task: str) -> Response:
         raise ApiError(400, "task is set by the endpoint (/v1/audio/transcriptions or /v1/audio/translations)", "task")
     if "prompt" in params:  # (a request's "prompt" is a text input to the graph; Whisper's is a parameter)
         params["initial_prompt"] = params.pop("prompt")
+    granularities = _granularities(body, fmt) if task == "transcribe" else {"segment"}
+    if "word" in granularities:
+        params["word_timestamps"] = True
     inputs = _transcription_inputs(request, await upload.read(), task)
     if "messages" not in inputs:  # (Whisper's own task; a chat model gets an instruction instead)
         params["task"] = task
+    elif "word" in granularities:
+        raise ApiError(400, "this graph's transcription (a chat model's) has no word timestamps",
+                       "timestamp_granularities")
     handle = request.app.state.pipeline.submit(**inputs, modalities=["text"], loop=asyncio.get_running_loop(),
                                                **params)
     log_admitted(request, [handle])
@@ -225,13 +231,37 @@ async def _speech_to_text(request: Request, task: str) -> Response:
         if fmt != "verbose_json":
             return PlainTextResponse(subtitles(timed["segments"], fmt), media_type=f"text/{fmt}",
                                      headers=usage_headers(usage))
-        payload.update(task=task, language=_language_name(timed.get("language")), duration=timed["duration"], segments=[
-            {"id": i, "start": start, "end": end, "text": seg} for i, (start, end, seg) in enumerate(timed["segments"])])
+        payload.update(task=task, language=_language_name(timed.get("language")), duration=timed["duration"])
+        if "segment" in granularities:
+            payload["segments"] = [{"id": i, "start": start, "end": end, "text": seg}
+                                   for i, (start, end, seg) in enumerate(timed["segments"])]
+        if "word" in granularities:
+            payload["words"] = [{"word": word, "start": start, "end": end} for start, end, word in timed["words"]]
     payload["usage"] = usage
     return JSONResponse(payload)
 
 
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+GRANULARITIES = ("segment", "word")
+
+
+def _granularities(body: dict[str, Any], fmt: str) -> set[str]:
+    """``timestamp_granularities`` (a JSON list, or repeated ``timestamp_granularities[]`` form
+    fields as the openai client sends them): what verbose_json times; default segments."""
+    if isinstance(body, FormBody):
+        asked = [v for k, v in body.multi if k in ("timestamp_granularities", "timestamp_granularities[]")]
+    else:
+        asked = body.get("timestamp_granularities")
+        asked = [asked] if isinstance(asked, str) else asked
+    if asked is None or asked == []:
+        return {"segment"}
+    if not isinstance(asked, list) or any(g not in GRANULARITIES for g in asked):
+        raise ApiError(400, f"timestamp_granularities must be a list of {' and '.join(GRANULARITIES)}, got {asked!r}",
+                       "timestamp_granularities")
+    if fmt != "verbose_json":
+        raise ApiError(400, f"timestamp_granularities needs response_format verbose_json, not {fmt}",
+                       "timestamp_granularities")
+    return set(asked)
 
 
 def _stream_flag(body: dict[str, Any]) -> bool:

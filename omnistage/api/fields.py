@@ -88,11 +88,9 @@ SPEECH = Fields(
 )
 
 TRANSCRIPTIONS = Fields(
-    own=frozenset({"model", "file", "response_format", "stream"}),
-    # (segment timestamps are what verbose_json gives; word timestamps are not implemented)
-    unsupported={"timestamp_granularities": (None, "segment", ["segment"]),
-                 "timestamp_granularities[]": (None, "segment"), "include": _NONE, "include[]": _NONE,
-                 "chunking_strategy": _NONE},
+    own=frozenset({"model", "file", "response_format", "stream", "timestamp_granularities",
+                   "timestamp_granularities[]"}),
+    unsupported={"include": _NONE, "include[]": _NONE, "chunking_strategy": _NONE},
     numeric={"max_tokens": int, "temperature": float},
 )
 

@@ -179,6 +179,8 @@ TRANSCRIPTION = (
     ParamSpec("temperature", "float", 0.0, ge=0, le=1, description="0 is greedy"),
     ParamSpec("task", "str", "transcribe", choices=("transcribe", "translate"),
               description="translate: into English (/v1/audio/translations sets it)"),
+    ParamSpec("word_timestamps", "bool", False,
+              description="time each word (timestamp_granularities word); decodes with timestamp tokens"),
 )
 
 SPOKEN_REPLY = (ParamSpec("voice", "str", description="a speaker of the checkpoint (default: default_voice)"), SEED)

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 # Bump when any builder changes, so cached checkpoints are rebuilt.
-GENERATOR_VERSION = "6"
+GENERATOR_VERSION = "7"
 
 
 def cache_root() -> Path:

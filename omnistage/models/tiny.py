@@ -99,24 +99,43 @@ def _build_vl(out: Path, config_cls: Any, model_cls: Any, vision: dict[str, Any]
 
 # Whisper's control tokens (as its tokenizer names them), for a multilingual checkpoint: the
 # decoder starts with <|startoftranscript|>, a language, a task and <|notimestamps|>; a prompt
-# goes before them after <|startofprev|>.
+# goes before them after <|startofprev|>. Timestamp tokens <|0.00|>, <|0.02|>, ... follow
+# <|notimestamps|>, one per 20 ms of the window, as in Whisper's vocabulary.
 WHISPER_LANGUAGES = ("en", "fr", "de", "es", "zh")
 _WHISPER_CONTROL = ["<|startoftranscript|>", *(f"<|{lang}|>" for lang in WHISPER_LANGUAGES), "<|translate|>",
                     "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+_WHISPER_WINDOW_S = 2
+
+
+def whisper_tokenizer() -> Any:
+    """Whisper's own tokenizer class over the tiny BPE vocabulary, with its control and timestamp
+    tokens (what the ASR pipeline's word timestamps decode with)."""
+    import json
+
+    from tokenizers import AddedToken
+    from transformers import WhisperTokenizer
+    bpe = json.loads(build_tokenizer().backend_tokenizer.to_str())["model"]
+    tok = WhisperTokenizer(vocab=bpe["vocab"], merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+                                                        for m in bpe["merges"]], model_max_length=448)
+    tok.add_special_tokens({"additional_special_tokens": _WHISPER_CONTROL})
+    stamps = [f"<|{i * 0.02:.2f}|>" for i in range(_WHISPER_WINDOW_S * 50 + 1)]
+    tok.add_tokens([AddedToken(t, lstrip=False, rstrip=False, normalized=False, special=False) for t in stamps])
+    tok.pad_token = tok.eos_token
+    return tok
 
 
 def build_whisper(out: Path) -> None:
     """Multilingual Whisper with a 2-second window (Whisper wants exactly 2 * max_source_positions
-    mel frames): language and task tokens, language detection, prompts."""
+    mel frames): language and task tokens, language detection, prompts, timestamp tokens, and
+    alignment heads (cross-attention heads that word timestamps are read from)."""
     from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-    tok = build_tokenizer()
-    tok.add_special_tokens({"additional_special_tokens": _WHISPER_CONTROL})
+    tok = whisper_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in _WHISPER_CONTROL}
     sot = ids["<|startoftranscript|>"]
     config = WhisperConfig(vocab_size=len(tok), d_model=64, encoder_layers=2, decoder_layers=2,
                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-                           decoder_ffn_dim=128, num_mel_bins=80, max_source_positions=100, max_target_positions=64,
-                           pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
+                           decoder_ffn_dim=128, num_mel_bins=80, max_source_positions=_WHISPER_WINDOW_S * 50,
+                           max_target_positions=64, pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
                            eos_token_id=tok.eos_token_id, decoder_start_token_id=sot, init_std=0.2)
     model = WhisperForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
@@ -125,9 +144,10 @@ def build_whisper(out: Path) -> None:
         lang_to_id={f"<|{lang}|>": ids[f"<|{lang}|>"] for lang in WHISPER_LANGUAGES},
         task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
         no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        max_initial_timestamp_index=50, begin_suppress_tokens=[tok.eos_token_id], suppress_tokens=[])
+        max_initial_timestamp_index=50, begin_suppress_tokens=[tok.eos_token_id], suppress_tokens=[],
+        alignment_heads=[[1, 0], [1, 1], [1, 2], [1, 3]])
     model.save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=80, chunk_length=2).save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=80, chunk_length=_WHISPER_WINDOW_S).save_pretrained(out)
     tok.save_pretrained(out)
 
 

@@ -19,7 +19,7 @@ from omnistage.errors import RequestRejected
 from omnistage.graph.options import TranscribeOptions, TtsOptions
 from omnistage.graph.plan import StagePlan
 from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
-from omnistage.speech.asr import Clip, Decoding, TranscribeEngine, split_windows
+from omnistage.speech.asr import Clip, Decoded, Decoding, TranscribeEngine, Timed, split_windows
 from omnistage.speech.params import check_speech
 from omnistage.speech.tts import SpeechJob, TtsEngine
 from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
@@ -122,12 +122,16 @@ class TranscribeStage(Stage):
             if len(ids) > self.model.config.max_target_positions // 2 - 1:  # (Whisper keeps half its positions for it)
                 raise RequestRejected(f"prompt is {len(ids)} tokens; this model takes at most "
                                       f"{self.model.config.max_target_positions // 2 - 1}", param="prompt")
-        return Decoding(language if languages else None, task, ids, float(params.get("temperature") or 0.0))
+        words = bool(params.get("word_timestamps"))
+        if words and (not getattr(config, "alignment_heads", None) or not hasattr(self.tokenizer, "_decode_asr")):
+            raise RequestRejected("this model gives no word timestamps (its generation config has no alignment "
+                                  "heads, or its tokenizer is not Whisper's)", param="timestamp_granularities")
+        return Decoding(language if languages else None, task, ids, float(params.get("temperature") or 0.0), words)
 
-    def _transcribe(self, clips: list[np.ndarray], budget: int,
-                    decoding: Decoding) -> tuple[list[list[int]], list[str | None]]:
-        feats = self.features(clips, sampling_rate=self.features.sampling_rate, return_tensors="pt").input_features
-        feats = feats.to(self.model.device, self.model.dtype)
+    def _transcribe(self, clips: list[np.ndarray], budget: int, decoding: Decoding) -> list[Decoded]:
+        extracted = self.features(clips, sampling_rate=self.features.sampling_rate, return_tensors="pt",
+                                  return_attention_mask=decoding.words)
+        feats = extracted.input_features.to(self.model.device, self.model.dtype)
         # The decoder's positions hold the prompt, its start tokens (up to 4: start, language,
         # task, no timestamps) and the new ones: a window's budget never goes past them.
         budget = min(budget, self.model.config.max_target_positions - 4 - len(decoding.prompt))
@@ -139,14 +143,40 @@ class TranscribeStage(Stage):
             kwargs["prompt_ids"] = torch.tensor(decoding.prompt, device=self.model.device)
         if decoding.temperature > 0:
             kwargs.update(do_sample=True, temperature=decoding.temperature)
+        if decoding.words:
+            return self._timed(feats, extracted.attention_mask.to(self.model.device), kwargs, languages)
         with torch.inference_mode():
             out = self.model.generate(feats, **kwargs)
-        eos = self.model.generation_config.eos_token_id
+        return [Decoded(self._until_eos(row), language) for row, language in zip(out.tolist(), languages)]
+
+    def _until_eos(self, row: list[int]) -> list[int]:
+        config = self.model.generation_config
+        row = row[1:] if row and row[0] == config.decoder_start_token_id else row
+        return row[:row.index(config.eos_token_id)] if config.eos_token_id in row else row
+
+    def _timed(self, feats: torch.Tensor, mask: torch.Tensor, kwargs: dict[str, Any],
+               languages: list[str | None]) -> list[Decoded]:
+        """Decode with timestamp tokens and time each word as the ASR pipeline does: token times by
+        dynamic time warping over the alignment heads' cross-attention (``generate`` switches the
+        model to eager attention for them; it is switched back), grouped into words by the
+        tokenizer."""
+        attention = self.model.config._attn_implementation
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(feats, attention_mask=mask, return_timestamps=True,
+                                          return_token_timestamps=True, return_segments=True, **kwargs)
+        finally:
+            self.model.config._attn_implementation = attention
+        precision = self.features.chunk_length / self.model.config.max_source_positions
         result = []
-        for row in out.tolist():
-            row = row[1:] if row and row[0] == self.model.generation_config.decoder_start_token_id else row
-            result.append(row[:row.index(eos)] if eos in row else row)
-        return result, languages
+        for row, segments, language in zip(out["sequences"], out["segments"], languages):
+            times = torch.cat([segment["token_timestamps"] for segment in segments]) if segments else row[:0].float()
+            tokens = row[:len(times)]  # (a batch's shorter rows are padded)
+            _, words = self.tokenizer._decode_asr([{"tokens": tokens[None].cpu(), "token_timestamps": times[None].cpu()}],
+                                                  return_timestamps="word", return_language=None,
+                                                  time_precision=precision)
+            result.append(Decoded(self._until_eos(row.tolist()), language, _timed_words(words.get("chunks", []))))
+        return result
 
     def _languages(self, feats: torch.Tensor, decoding: Decoding) -> list[str | None]:
         """Each window's language: the asked one, else detected as ``generate`` would (None for an
@@ -166,7 +196,8 @@ class TranscribeStage(Stage):
     def step(self) -> list[StageOutput]:
         return [StageOutput(t.rid, ports={"text": t.delta}, finished=t.finished,
                             meta={"completion_tokens": t.tokens, "segments": t.segments, "duration": t.duration,
-                                  "language": t.language or "en"} if t.finished else {})
+                                  "language": t.language or "en",
+                                  **({"words": t.words} if t.words is not None else {})} if t.finished else {})
                 for t in self.engine.step()]
 
     def abort(self, rid: str) -> None:
@@ -177,6 +208,15 @@ class TranscribeStage(Stage):
 
     def stats(self) -> dict[str, float]:
         return {"waiting": float(len(self.engine.waiting))}
+
+
+def _timed_words(chunks: list[dict[str, Any]]) -> list[Timed]:
+    """The pipeline's word chunks as (start, end, word); a word with no end ends where it starts."""
+    out = []
+    for chunk in chunks:
+        start, end = chunk["timestamp"]
+        out.append((float(start), float(end if end is not None else start), chunk["text"].strip()))
+    return out
 
 
 def build_tts(stage: StagePlan, device: str) -> TtsStage:

@@ -97,3 +97,60 @@ def test_a_bad_decoding_is_refused_naming_it(speech, params, param):
     with pytest.raises(RequestRejected) as err:
         speech.generate(audio=[_wav(np.zeros(1600, np.float32))], **params)
     assert err.value.param == param
+
+
+def _pipeline_words(clip, max_tokens):
+    """transformers' ASR pipeline's word timestamps for ``clip`` (one window), decoding greedily
+    as the stage does (the pipeline's default is 5 beams): (text, [(start, end, word)])."""
+    from transformers import pipeline
+    asr = pipeline("automatic-speech-recognition", model=str(ensure_tiny("whisper")))
+    out = asr({"raw": clip, "sampling_rate": 16000}, return_timestamps="word",
+              generate_kwargs={"max_new_tokens": max_tokens, "num_beams": 1, "task": "transcribe"})
+    return out["text"].strip(), [(c["timestamp"][0], c["timestamp"][1], c["text"].strip()) for c in out["chunks"]]
+
+
+def _voiced(seed, n):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 16000
+    return (0.3 * np.sin(2 * np.pi * (200 + 300 * seed) * t) * (rng.random(n) > 0.3)).astype(np.float32)
+
+
+def test_word_timestamps_equal_the_asr_pipelines_window_by_window(speech):
+    """A 3 s clip is two windows of the 2 s model: each window's words are the pipeline's for
+    that window, the second's shifted by 2 s."""
+    clip = _voiced(0, 48000)
+    got = speech.generate(audio=[_wav(clip)], max_tokens=20, word_timestamps=True)
+    words = [tuple(w) for w in got.meta["listen"]["words"]]
+    first_text, first = _pipeline_words(clip[:32000], 20)
+    second_text, second = _pipeline_words(clip[32000:], 20)
+    assert words == first + [(a + 2.0, b + 2.0, w) for a, b, w in second]
+    assert got.text == " ".join(t for t in (first_text, second_text) if t)
+    assert len(words) > 3 and words[-1][0] >= 2.0
+    plain = speech.generate(audio=[_wav(clip)], max_tokens=20)
+    assert "words" not in plain.meta["listen"]
+
+
+def test_word_timestamps_batched_keep_the_text_and_stay_within_frames_of_alone():
+    """Three clips of different lengths in one step: the text is each clip's alone; a word's
+    times are within three 20 ms frames of alone (the alignment heads' attention is nearly flat
+    in a random model, so dynamic time warping meets ties that batched arithmetic can tip)."""
+    from transformers import AutoFeatureExtractor, AutoTokenizer, WhisperForConditionalGeneration
+
+    from omnistage.graph.options import TranscribeOptions
+    from omnistage.stages.kinds.speech import TranscribeStage
+    from omnistage.stages.worker.stage import StageRequest
+    path = ensure_tiny("whisper")
+    stage = TranscribeStage(WhisperForConditionalGeneration.from_pretrained(path).eval(),
+                            AutoFeatureExtractor.from_pretrained(path), AutoTokenizer.from_pretrained(path),
+                            TranscribeOptions(), max_batch=8)
+    clips = [_voiced(seed, n) for seed, n in [(0, 24000), (5, 32000), (7, 9000)]]
+    for i, clip in enumerate(clips):
+        stage.add(StageRequest(f"r{i}", {"audio": _wav(clip)}, {"max_tokens": 20, "word_timestamps": True}))
+    out = {o.rid: o for o in stage.step()}
+    assert stage.model.config._attn_implementation != "eager"  # (generate switched it for the timing; switched back)
+    for i, clip in enumerate(clips):
+        text, alone = _pipeline_words(clip, 20)
+        words = out[f"r{i}"].meta["words"]
+        assert out[f"r{i}"].ports["text"] == text
+        assert [w for _, _, w in words] == [w for _, _, w in alone]
+        assert max(max(abs(a - c), abs(b - d)) for (a, b, _), (c, d, _) in zip(words, alone)) <= 0.06 + 1e-6
