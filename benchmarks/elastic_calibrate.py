@@ -4,7 +4,8 @@ For each request type of ``benchmarks/elastic_sim.py`` this starts a one-stage g
 replica, one thread), times one request alone and a burst of ``max_batch`` at once (after a
 warm-up), and fits the simulator's model: a request takes ``steps`` engine steps, a step over
 ``b`` requests takes ``base_s + per_request_s * b``. The fit reproduces both measurements: the
-latency of a lone request and the throughput of a full batch.
+latency of a lone request and the throughput of a full batch. The models are saved, with the
+date and commit, to ``benchmarks/elastic_calibration.json``, which the simulator reads.
 
     python benchmarks/elastic_calibrate.py [request type ...]
 """
@@ -20,6 +21,11 @@ from pathlib import Path
 from PIL import Image
 
 from omnistage import Pipeline
+from omnistage.elastic.calibration import save
+from omnistage.elastic.sim import StageModel
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIBRATION = ROOT / "benchmarks" / "elastic_calibration.json"
 
 def stage(kind: str, inputs: str, output: str, batch: int, options: str = "{}") -> str:
     return (f"\n  s:\n    kind: {kind}\n    model: m\n    inputs: {{{inputs}}}\n    outputs: {{{output}}}\n"
@@ -77,11 +83,19 @@ def measure(name: str) -> dict:
 def main() -> None:
     print(f"{'request':14s} | {'alone s':>7s} | {'batch':>5s} | {'batch s':>7s} | {'steps':>5s} | "
           f"{'base_s':>8s} | {'per_request_s':>13s} | req/s per replica")
+    models = []
     for name in sys.argv[1:] or STAGES:
         r = measure(name)
         rate = r["max_batch"] / r["batch_s"]
         print(f"{name:14s} | {r['alone_s']:7.3f} | {r['max_batch']:5d} | {r['batch_s']:7.3f} | {r['steps']:5d} | "
               f"{r['base_s']:8.5f} | {r['per_request_s']:13.6f} | {rate:.1f}")
+        models.append(StageModel(name, round(r["base_s"], 6), round(r["per_request_s"], 6), r["steps"], r["max_batch"]))
+    if sys.argv[1:]:
+        print("(not saved: a calibration holds every request type, measured together)")
+        return
+    cal = save(CALIBRATION, models, ROOT)
+    print(f"saved to {CALIBRATION.relative_to(ROOT)}: measured {cal.date} at {cal.commit[:10] or 'no commit'}"
+          + (" (uncommitted engine changes)" if cal.dirty else ""))
 
 
 if __name__ == "__main__":

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
+from omnistage.elastic.calibration import load, staleness
 from omnistage.elastic.sim import StageModel, best_static, shifting_trace, simulate
 from omnistage.graph.schema import ElasticConfig
 
-# Measured by benchmarks/elastic_calibrate.py on this machine (one replica, one thread).
-MODELS = [StageModel("llm/text", base_s=0.00125, per_request_s=0.000098, steps=128, max_batch=64),
-          StageModel("llm/multimodal", base_s=0.00126, per_request_s=0.000100, steps=128, max_batch=64),
-          StageModel("image", base_s=0.00327, per_request_s=0.012969, steps=20, max_batch=32),
-          StageModel("speech", base_s=0.00210, per_request_s=0.000300, steps=50, max_batch=16)]
+ROOT = Path(__file__).resolve().parent.parent
+# Measured by benchmarks/elastic_calibrate.py (one replica, one thread), with its date and commit.
+CALIBRATION = load(ROOT / "benchmarks" / "elastic_calibration.json")
+MODELS = [CALIBRATION.model(name) for name in ("llm/text", "llm/multimodal", "image", "speech")]
 SLO = {"llm/text": 2.0, "llm/multimodal": 2.0, "image": 10.5, "speech": 2.0}
 POLICY = replace(ElasticConfig(), reload_s=5.0)
 PHASE_S, LOAD, POPULAR = 100.0, 0.7, 0.6
@@ -69,6 +70,9 @@ def main() -> None:
     args = parser.parse_args()
     models = [MODELS[0], MODELS[2]] if args.two else MODELS
     sizes = [8] if args.quick else [8, 16, 32, 64]
+    stale = staleness(CALIBRATION, ROOT)
+    print(f"service times measured {CALIBRATION.date} at commit {CALIBRATION.commit[:10]}"
+          + (f"; STALE: {stale}: rerun benchmarks/elastic_calibrate.py" if stale else "; the engines have not changed since"))
     print(f"{'devices':>7s} | {'offered req/s':>13s} | {'elastic goodput':>15s} | {'p99 s':>6s} | {'actions':>7s} | "
           f"{'best static split':42s} | {'goodput':>7s} | {'p99 s':>6s} | ratio")
     print("-" * 129)

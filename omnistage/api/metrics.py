@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from omnistage.stages.runtime.goodput import Goodput
 from omnistage.stages.runtime.handle import RequestHandle
 from omnistage.stages.runtime.replicas import Replica, ReplicaState
 
@@ -62,6 +63,11 @@ class Metrics:
                                     ["stage", "group"], registry=r)
         self.actions = Gauge("omnistage_elastic_action", "Elastic actions taken (value: unix time), with their reason",
                              ["seq", "kind", "stage", "replica", "device", "reason"], registry=r)
+        self.slo_requests = Counter("omnistage_slo_requests", "Requests each elastic unit served, by whether they "
+                                    "met its latency SLO (failed ones missed it)", ["unit", "result"], registry=r)
+        self.goodput = Gauge("omnistage_goodput_requests_per_second",
+                             "Requests that met the unit's SLO per second, over the last minute", ["unit"], registry=r)
+        self._slo_shown: dict[tuple[str, str], int] = {}
         self._gauges: dict[str, Gauge] = {}
         self._shown = 0
         self._restarts_shown = 0
@@ -105,6 +111,16 @@ class Metrics:
         for restart in restarts[self._restarts_shown:]:
             self.restarts.labels(restart.stage, restart.reason[:200]).inc()
         self._restarts_shown = len(restarts)
+
+    def slo(self, goodput: Goodput) -> None:
+        """The orchestrator's SLO counts (each request counted once) and goodput rates."""
+        for result, counts in (("met", goodput.met), ("missed", goodput.missed)):
+            for unit, n in dict(counts).items():
+                shown = self._slo_shown.get((unit, result), 0)
+                self.slo_requests.labels(unit, result).inc(n - shown)
+                self._slo_shown[(unit, result)] = n
+        for unit, rate in goodput.rate().items():
+            self.goodput.labels(unit).set(rate)
 
     def render(self, replicas: list[Replica], actions: list | None = None,
                groups: dict[str, list[str]] | None = None) -> bytes:

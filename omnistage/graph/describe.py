@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from omnistage.graph.placement import free_devices
 from omnistage.graph.plan import GraphPlan
+from omnistage.graph.schema import SloBounds
+from omnistage.graph.slo import slo_of
 
 
 def describe(plan: GraphPlan) -> str:
@@ -27,6 +29,12 @@ def describe(plan: GraphPlan) -> str:
         for slot in plan.placement[name]:
             group = f", {slot.group} group" if slot.group else ""
             lines.append(f"  {name}[{slot.index}] on {slot.device} ({slot.threads} thread(s){group})")
+    lines.append("latency SLOs (seconds from arrival):")
+    for name in plan.order:
+        config = plan.stages[name].config
+        groups = config.slo.groups if config.slo is not None else {}
+        lines.append(f"  {name}: {_bounds(slo_of(config))}"
+                     + "".join(f"; {group}: {_bounds(b)}" for group, b in groups.items()))
     elastic = plan.config.elastic
     if elastic is not None:
         free = free_devices(plan.config, plan.placement)
@@ -36,3 +44,9 @@ def describe(plan: GraphPlan) -> str:
             for group, (lo, hi, _) in plan.stages[name].config.resources.group_ranges().items():
                 lines.append(f"  {name}{'/' + group if group else ''}: {lo}..{hi} replicas")
     return "\n".join(lines)
+
+
+def _bounds(bounds: SloBounds) -> str:
+    shown = [f"{name[:-2]} {value:g}" for name, value in (("ttft_s", bounds.ttft_s), ("ttfp_s", bounds.ttfp_s),
+                                                          ("e2e_s", bounds.e2e_s)) if value is not None]
+    return ", ".join(shown) or "none"

@@ -157,6 +157,36 @@ class ElasticConfig:
 
 
 @dataclass(frozen=True)
+class SloBounds:
+    """Latency bounds of a request, in seconds from its arrival at the graph: ``ttft_s`` to its
+    first output, ``ttfp_s`` to its first audio, ``e2e_s`` to its last output. A request meets
+    them when each bound given holds (a bound on an output it never gave is checked at its end)."""
+
+    e2e_s: float | None = None
+    ttft_s: float | None = None
+    ttfp_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("e2e_s", "ttft_s", "ttfp_s"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class SloConfig(SloBounds):
+    """A stage's latency objective (omnistage.graph.slo has the defaults), with ``groups``
+    overriding it per modality group (``{multimodal: {e2e_s: 4.0}}``)."""
+
+    groups: Mapping[str, SloBounds] = field(default_factory=frozen_dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = sorted(set(self.groups) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"unknown group {unknown[0]!r}; groups are {', '.join(GROUPS)}")
+
+
+@dataclass(frozen=True)
 class StageConfig:
     kind: str
     model: str | None = None
@@ -164,6 +194,7 @@ class StageConfig:
     outputs: Mapping[str, str] = field(default_factory=frozen_dict)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    slo: SloConfig | None = None  # None: the kind's default (omnistage.graph.slo)
     # Kind-specific; parsed into the kind's own options class by the loader.
     options: Mapping[str, Any] = field(default_factory=frozen_dict)
 

@@ -70,7 +70,7 @@ class RequestHandle:
         self._async: asyncio.Queue[Event] | None = asyncio.Queue() if loop is not None else None
         self.closed = False
         self.created_at = time.perf_counter()
-        self.first_at: float | None = None  # first chunk (time to first token)
+        self.first_at: float | None = None  # first output chunk (time to first token; progress reports are not output)
         self.first_audio_at: float | None = None  # first audio packet
         self.audio_samples = 0
         self.finished_at: float | None = None
@@ -80,7 +80,7 @@ class RequestHandle:
         if self.closed:
             return
         now = time.perf_counter()
-        if self.first_at is None and isinstance(event, ChunkEvent):
+        if self.first_at is None and isinstance(event, ChunkEvent) and event.modality != "progress":
             self.first_at = now
         if isinstance(event, ChunkEvent) and event.modality == "text":
             self.token_times.append(now)

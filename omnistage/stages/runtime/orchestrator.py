@@ -33,6 +33,7 @@ from omnistage.stages.runtime.admission import (admission_messages, images_by_re
                                                 split, without_stage)
 from omnistage.stages.runtime.handle import ChunkEvent, DoneEvent, ErrorEvent, RequestHandle
 from omnistage.stages.runtime.launcher import LocalLauncher
+from omnistage.stages.runtime.goodput import Goodput
 from omnistage.stages.runtime.ray_launcher import RayLauncher, connect, cpus_asked
 from omnistage.stages.runtime.replicas import Replica, ReplicaState, ReplicaTable
 from omnistage.stages.runtime.supervisor import Supervisor
@@ -88,6 +89,7 @@ class Orchestrator:
         # Requests admitted to and completed by each elastic unit (read by the elastic controller).
         self.arrivals: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self.completions: dict[str, int] = dict.fromkeys(plan.units(), 0)
+        self.goodput = Goodput(plan)  # requests within their SLO, per unit
         self._threads: list[threading.Thread] = []
         self._monitor_thread: threading.Thread | None = None
         self.broken = ""  # why the orchestrator cannot serve (one of its threads died), or ""
@@ -213,6 +215,7 @@ class Orchestrator:
         except Overloaded:
             with self._lock:
                 self.requests.pop(rid, None)
+            self.goodput.failed(route.stages, group)  # (refused for want of capacity: it misses its SLO)
             raise
         with self._lock:
             admitted = self.requests.get(rid) is live
@@ -294,6 +297,8 @@ class Orchestrator:
         live = self._release(rid, notify_stages)
         if live is not None:
             live.handle.push(ErrorEvent(error))
+            if not isinstance(error, RequestRejected):  # (a request a stage refused was the client's mistake)
+                self.goodput.failed(live.route.stages, live.group)
 
     def _release(self, rid: str, notify_stages: bool) -> _Live | None:
         """Forget a running request; with ``notify_stages`` tell its live replicas to drop it."""
@@ -377,6 +382,7 @@ class Orchestrator:
                 del self.requests[msg.rid]
         if finished:
             live.handle.push(DoneEvent(live.meta))
+            self.goodput.finished(live.route.stages, live.group, live.handle)
 
     def _send(self) -> None:
         """Hand each message to its destination's own sending thread (never blocks)."""

@@ -18,3 +18,12 @@ def torch_threads(text: str) -> str:
     """How many threads torch runs this step on, in the worker."""
     import torch
     return str(torch.get_num_threads())
+
+
+def pause(text: str) -> str:
+    """Sleeps ``text`` seconds ("fail": raises)."""
+    import time
+    if text == "fail":
+        raise RuntimeError("asked to fail")
+    time.sleep(float(text))
+    return text

@@ -1,0 +1,62 @@
+"""Goodput per elastic unit: requests that met their SLO (omnistage.graph.slo), and their rate.
+
+Every request a unit served counts there once it ends: as met when its latencies (from its
+handle) are within the unit's bounds, else as missed; a failed request is missed in every unit
+it was sent to. ``rate()`` is the met requests per second over the last ``window_s``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from omnistage.graph.plan import GraphPlan
+from omnistage.graph.slo import met, slo_of
+from omnistage.stages.runtime.handle import RequestHandle
+
+WINDOW_S = 60.0
+
+
+class Goodput:
+    def __init__(self, plan: GraphPlan, window_s: float = WINDOW_S) -> None:
+        self.plan, self.window_s = plan, window_s
+        self.met: dict[str, int] = dict.fromkeys(plan.units(), 0)
+        self.missed: dict[str, int] = dict.fromkeys(plan.units(), 0)
+        self._recent: deque[tuple[float, str]] = deque()  # (monotonic time, unit) of each met request
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def finished(self, stages: Iterable[str], group: str, handle: RequestHandle) -> None:
+        end = handle.finished_at if handle.finished_at is not None else time.perf_counter()
+        ttft = None if handle.first_at is None else handle.first_at - handle.created_at
+        ttfp = None if handle.first_audio_at is None else handle.first_audio_at - handle.created_at
+        e2e = end - handle.created_at
+        for stage in stages:
+            self._count(self.plan.unit(stage, group), met(slo_of(self.plan.stages[stage].config, group), e2e, ttft, ttfp))
+
+    def failed(self, stages: Iterable[str], group: str) -> None:
+        for stage in stages:
+            self._count(self.plan.unit(stage, group), False)
+
+    def rate(self) -> dict[str, float]:
+        """Met requests per second per unit over the last ``window_s`` (or since the start)."""
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            counts = dict.fromkeys(self.met, 0)
+            for _, unit in self._recent:
+                counts[unit] += 1
+        span = max(1e-3, min(self.window_s, now - self._started))
+        return {unit: n / span for unit, n in counts.items()}
+
+    def _count(self, unit: str, ok: bool) -> None:
+        with self._lock:
+            (self.met if ok else self.missed)[unit] += 1
+            if ok:
+                self._recent.append((time.monotonic(), unit))
+                self._trim(time.monotonic())
+
+    def _trim(self, now: float) -> None:
+        while self._recent and self._recent[0][0] < now - self.window_s:
+            self._recent.popleft()

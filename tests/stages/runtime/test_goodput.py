@@ -1,0 +1,39 @@
+"""Goodput per unit: a finished request counts as met when within its unit's SLO, else missed;
+a failed one is missed, one refused as the client's mistake is not counted; /metrics shows the
+counts once each and the rate."""
+import pytest
+
+from omnistage import Pipeline
+from omnistage.api.metrics import Metrics
+from omnistage.errors import RequestFailed
+
+GRAPH = """
+name: slo
+stages:
+  post:
+    kind: python
+    inputs: {text: request.prompt}
+    outputs: {text: response.text}
+    slo: {e2e_s: 0.3}
+    options: {function: "tests.stages.runtime.user_functions:pause", outputs: {text: text}}
+"""
+
+
+def test_requests_count_as_met_or_missed_against_their_units_slo(tmp_path):
+    graph = tmp_path / "slo.yaml"
+    graph.write_text(GRAPH)
+    with Pipeline.from_yaml(graph, in_process=True) as pipe:
+        goodput = pipe.orchestrator.goodput
+        for text in ("0", "0", "0.6"):
+            assert pipe.generate(prompt=text).text == text
+        with pytest.raises(RequestFailed):
+            pipe.generate(prompt="fail")
+        assert (goodput.met, goodput.missed) == ({"post": 2}, {"post": 2})
+        assert 0 < goodput.rate()["post"]
+        metrics = Metrics("m")
+        for _ in range(2):  # (each request counted once, however often /metrics is read)
+            metrics.slo(goodput)
+        text = metrics.render([]).decode()
+        assert 'omnistage_slo_requests_total{result="met",unit="post"} 2.0' in text
+        assert 'omnistage_slo_requests_total{result="missed",unit="post"} 2.0' in text
+        assert 'omnistage_goodput_requests_per_second{unit="post"}' in text
