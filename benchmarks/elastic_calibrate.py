@@ -1,7 +1,8 @@
 """Service-time models for the elastic simulator, measured on real worker processes.
 
 For each request type of ``benchmarks/elastic_sim.py`` this starts a one-stage graph (one
-replica, one thread), times one request alone and a burst of ``max_batch`` at once (after a
+replica, one thread), times one request alone (median of three) and a burst of ``max_batch`` at
+once (median of three, after a
 warm-up), and fits the simulator's model: a request takes ``steps`` engine steps, a step over
 ``b`` requests takes ``base_s + per_request_s * b``. The fit reproduces both measurements: the
 latency of a lone request and the throughput of a full batch. The models are saved, with the
@@ -70,10 +71,13 @@ def measure(name: str) -> dict:
             start = time.perf_counter()
             pipe.generate(**request(name))
             alone.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        for handle in [pipe.submit(**request(name)) for _ in range(batch)]:
-            handle.result(600)
-        full = time.perf_counter() - start
+        fulls = []
+        for _ in range(3):  # (the median of three full batches: one is at the mercy of the machine's noise)
+            start = time.perf_counter()
+            for handle in [pipe.submit(**request(name)) for _ in range(batch)]:
+                handle.result(600)
+            fulls.append(time.perf_counter() - start)
+        full = statistics.median(fulls)
     one = statistics.median(alone)
     per = max(0.0, (full - one) / (steps * (batch - 1)))
     return {"name": name, "alone_s": one, "batch_s": full, "steps": steps, "max_batch": batch,
