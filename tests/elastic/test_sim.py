@@ -77,3 +77,19 @@ def test_a_move_between_groups_of_one_stage_serves_at_once():
     late = out.latencies["llm/multimodal"][-100:]
     assert max(late) < 2.0  # served by the regrouped replicas long before a reload could end
     assert len(out.latencies["llm/text"]) + len(out.latencies["llm/multimodal"]) >= len(trace) - 40
+
+
+def test_the_controller_keeps_the_dear_type_alive_where_the_best_static_split_gives_it_up():
+    """Two types, one 13x dearer per request, the mix shifting 80/20 -> 20/80 -> 50/50: the best
+    static split serves the cheap type and lets the dear one's requests miss; the controller keeps
+    serving both (most dear requests within their SLO)."""
+    trace = shifting_trace(90.0, [device_demand(0.8), device_demand(0.2), device_demand(0.5)], seed=2)
+    slo = {"chat": 1.0, "image": 3.0}
+    split, _ = best_static([FAST, SLOW], trace, 6, 90.0, slo, dt=0.02)
+    static = simulate([FAST, SLOW], split, trace, 90.0, dt=0.02)
+    elastic = simulate([FAST, SLOW], {"chat": 3, "image": 3}, trace, 90.0, policy=POLICY, dt=0.02)
+    offered = sum(1 for a in trace if a.stage == "image")
+
+    def dear_on_time(run):
+        return sum(1 for lat in run.latencies["image"] if lat <= slo["image"]) / offered
+    assert dear_on_time(elastic) > 0.6 and dear_on_time(elastic) > dear_on_time(static) + 0.2
