@@ -52,6 +52,8 @@ class Scaler:
         self._ray = launcher if isinstance(launcher, RayLauncher) and not (config.elastic and config.elastic.devices) else None
         self._threads = config.elastic.threads if config.elastic is not None else 1
         self._start_timeout = config.transport.startup_timeout_s
+        self._kinds = {"cuda" if st.resources.device.startswith("cuda") else st.resources.device
+                       for st in config.stages.values()}  # (the devices the graph's stages ask for)
         self.free: list[str] = free_devices(config, orchestrator.plan.placement)
         self.log: list[LoggedAction] = []
         self._handoff: dict[Replica, str] = {}  # draining replica -> unit that gets its device
@@ -164,10 +166,8 @@ class Scaler:
         if self._ray is None:
             return
         room = self._rooms()
-        kinds = {"cuda" if st.config.resources.device.startswith("cuda") else st.config.resources.device
-                 for st in self.orch.plan.stages.values()}
         with self._lock:
-            self.free = ray_pool.slots(room, kinds, self._threads)
+            self.free = ray_pool.slots(room, self._kinds, self._threads)
 
     def _rooms(self) -> list[ray_pool.Room]:
         assert self._ray is not None

@@ -3,8 +3,9 @@
 A clip longer than the model's window is cut into windows, transcribed window by window and
 joined. Each step runs one batched ``generate`` over the windows of up to ``max_batch`` waiting
 clips per kind of decoding they ask for (language, task, prompt, temperature, word timestamps:
-Whisper's ``generate`` takes one of each per call) and token budget. Whisper features have a fixed window, so windows batch
-without padding effects and each transcript equals what ``generate`` gives for that window alone.
+Whisper's ``generate`` takes one of each per call) and token budget. Whisper features have a
+fixed window, so windows batch without padding effects and each transcript equals what
+``generate`` gives for that window alone.
 A clip without a language has it detected per window, as ``generate`` does; the task token is
 always there (``generate`` adds it by itself only with a language), as Whisper decodes.
 """
@@ -113,17 +114,17 @@ class TranscribeEngine:
             rows += [(clip, start + k) for k in range(take)]
         by_decoding = groupby(sorted(rows, key=_call_key), key=_call_key)
         for _, group in by_decoding:
-            group_rows = list(group)
-            self._run(group_rows, group_rows[0][0].decoding)
+            self._run(list(group))
         touched = list(dict.fromkeys(clip.rid for clip, _ in rows))
         out = [self._emit(clip) for clip in self.waiting if clip.rid in touched]
         self.waiting = [c for c in self.waiting if not c.done]
         return out
 
-    def _run(self, rows: list[tuple[Clip, int]], decoding: Decoding) -> None:
+    def _run(self, rows: list[tuple[Clip, int]]) -> None:
         """One ``generate`` call for rows of one decoding and budget."""
         # (A sampled window's draws depend on its batch: temperature > 0 is not repeatable.)
-        decoded = self._transcribe([clip.windows[k] for clip, k in rows], rows[0][0].max_tokens, decoding)
+        first = rows[0][0]
+        decoded = self._transcribe([clip.windows[k] for clip, k in rows], first.max_tokens, first.decoding)
         for (clip, k), window in zip(rows, decoded):
             clip.language = window.language if k == 0 else clip.language
             clip.ids.append(window.ids)  # (rows of a clip come in window order)

@@ -23,7 +23,7 @@ class Goodput:
         self.plan, self.window_s = plan, window_s
         self.met: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self.missed: dict[str, int] = dict.fromkeys(plan.units(), 0)
-        self._recent: deque[tuple[float, str]] = deque()  # (monotonic time, unit) of each met request
+        self._recent: dict[str, deque[float]] = {unit: deque() for unit in self.met}  # when each met request ended
         self._started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -42,21 +42,18 @@ class Goodput:
     def rate(self) -> dict[str, float]:
         """Met requests per second per unit over the last ``window_s`` (or since the start)."""
         now = time.monotonic()
-        with self._lock:
-            self._trim(now)
-            counts = dict.fromkeys(self.met, 0)
-            for _, unit in self._recent:
-                counts[unit] += 1
         span = max(1e-3, min(self.window_s, now - self._started))
-        return {unit: n / span for unit, n in counts.items()}
+        with self._lock:
+            return {unit: len(self._trim(times, now)) / span for unit, times in self._recent.items()}
 
     def _count(self, unit: str, ok: bool) -> None:
         with self._lock:
             (self.met if ok else self.missed)[unit] += 1
             if ok:
-                self._recent.append((time.monotonic(), unit))
-                self._trim(time.monotonic())
+                now = time.monotonic()
+                self._trim(self._recent[unit], now).append(now)
 
-    def _trim(self, now: float) -> None:
-        while self._recent and self._recent[0][0] < now - self.window_s:
-            self._recent.popleft()
+    def _trim(self, times: deque[float], now: float) -> deque[float]:
+        while times and times[0] < now - self.window_s:
+            times.popleft()
+        return times
