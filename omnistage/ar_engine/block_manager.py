@@ -15,7 +15,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from omnistage.ar_engine.sequence import Sequence
+from omnistage.ar_engine.sequence import Sequence, token_bytes
 
 
 @dataclass
@@ -25,11 +25,9 @@ class Block:
     hash: bytes | None = None
 
 
-def chain_hash(parent: bytes | None, keys: tuple) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(parent or b"root")
-    h.update(repr(keys).encode())
-    return h.digest()
+def chain_hash(parent: bytes | None, keys: bytes) -> bytes:
+    """A block's hash: its parent's chained with its keys (``Sequence.block_keys``)."""
+    return hashlib.blake2b((parent or b"root") + keys, digest_size=16).digest()
 
 
 class BlockManager:
@@ -52,12 +50,16 @@ class BlockManager:
     # --- admission --------------------------------------------------------------------------
     def _hash_blocks(self, seq: Sequence, num_blocks: int) -> list[bytes]:
         """Extend ``seq.block_hashes`` to its first ``num_blocks`` full blocks."""
-        bs = self.block_size
-        while len(seq.block_hashes) < num_blocks:
-            b = len(seq.block_hashes)
-            keys = seq.block_keys(b * bs, bs)
-            seq.block_hashes.append(chain_hash(seq.block_hashes[-1] if b else None, keys))
-        return seq.block_hashes[:num_blocks]
+        bs, hashes = self.block_size, seq.block_hashes
+        first = len(hashes)
+        if first < num_blocks and not seq.media:  # token ids only: one slice of the tokens for all the blocks
+            tokens = seq.token_slice(first * bs, (num_blocks - first) * bs)
+            for i in range(0, len(tokens), bs):
+                hashes.append(chain_hash(hashes[-1] if hashes else None, token_bytes(tokens[i:i + bs])))
+        while len(hashes) < num_blocks:
+            b = len(hashes)
+            hashes.append(chain_hash(hashes[-1] if b else None, seq.block_keys(b * bs, bs)))
+        return hashes[:num_blocks]
 
     def _prefix_hashes(self, seq: Sequence) -> list[bytes]:
         """Hashes of the full blocks before the last token (that one is always computed)."""

@@ -6,7 +6,8 @@ tokens stand, runs the decoder and the LM head on the rows that sample.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -16,7 +17,44 @@ from omnistage.ar_engine.packing import PackedLinear, can_pack, pack_linears
 from omnistage.ar_engine.sequence import StepPlan
 
 
-LONG_PREFILL = 64  # prefill chunks longer than this attend through SDPA even with a packed backend
+# With a packed backend, a prefill chunk of at least SDPA_ROWS tokens whose (query, key) pairs number
+# at least SDPA_PAIRS attends through SDPA: its matrix multiplies beat the kernel's row-by-row loop
+# there (a fresh 64-token prompt, or 17 new tokens after a cached 1600-token prefix; measured with
+# 4 heads of 16 and 12 heads of 64). Below, SDPA's fixed cost per call is the larger.
+SDPA_ROWS, SDPA_PAIRS = 8, 4096
+
+
+def attends_by_sdpa(chunk: Any) -> bool:
+    return chunk.length >= SDPA_ROWS and chunk.length * (chunk.start + chunk.length) >= SDPA_PAIRS
+
+
+# A CPU step of fewer multiply-adds than this runs on one thread. Splitting it gains nothing (a
+# 2-layer, 64-hidden model's steps of up to 64 tokens take the same time on one core as on two),
+# and waking a second core that has gone idle costs far more: on this 2-vCPU machine half such
+# steps took 12-18 ms on two threads instead of 2.2 ms, as the second core woke from idle.
+SMALL_STEP_MACS = 1 << 24
+
+
+def step_macs(plan: StepPlan, linear_params: int, attention_unit: int) -> int:
+    """A step's multiply-adds: every token through every linear layer (the LM head counted for
+    all, an upper bound), plus each (query, key) pair times ``attention_unit`` (layers x query
+    heads x head_dim x 2, for scores and values)."""
+    tokens = sum(c.length for c in plan.chunks)
+    pairs = sum(c.length * c.start + c.length * (c.length + 1) // 2 for c in plan.chunks)
+    return tokens * linear_params + pairs * attention_unit
+
+
+@contextmanager
+def threads_at_most(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if before <= n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class StepInputs(NamedTuple):
@@ -81,6 +119,10 @@ class ModelRunner:
         dtype = kv_dtype or next(model.parameters()).dtype
         self.kv_caches = [torch.zeros(2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
                           for _ in range(layers)]
+        self.linear_params = sum(m.in_features * m.out_features for m in (*self.decoder.modules(), self.lm_head)
+                                 if hasattr(m, "in_features") and hasattr(m, "out_features"))
+        q_heads = text_config(model.config).num_attention_heads // tp_size
+        self.attention_unit = layers * q_heads * head_dim * 2
 
     def _pack(self, model: Any) -> None:
         """The decoder's linear layers and the LM head, packed for oneDNN (``packing``); a tied LM
@@ -103,7 +145,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> StepResult:
-        return self.forward(self.prepare(plan))
+        small = self.device.type == "cpu" and step_macs(plan, self.linear_params, self.attention_unit) < SMALL_STEP_MACS
+        with threads_at_most(1) if small else nullcontext():
+            return self.forward(self.prepare(plan))
 
     @torch.inference_mode()
     def prepare(self, plan: StepPlan) -> StepInputs:
@@ -151,7 +195,7 @@ class ModelRunner:
                                  ctx_lens=(pos + 1).to(torch.int32).to(dev), backend=self.backend)
         if self.backend is None or not self.backend.packed:
             self._split_metadata(meta, chunks, offsets, tables)
-        elif any(c.length > LONG_PREFILL for c in chunks):
+        elif any(attends_by_sdpa(c) for c in chunks):
             self._long_prefills(meta, chunks, offsets, tables, rows)
         return torch.tensor(ids, dtype=torch.long, device=dev), self._positions(chunks, pos).to(dev), meta, sample_rows
 
@@ -167,10 +211,10 @@ class ModelRunner:
 
     def _long_prefills(self, meta: AttentionMetadata, chunks: list[Any], offsets: torch.Tensor,
                        tables: torch.Tensor, rows: torch.Tensor) -> None:
-        """Long prefill chunks go to SDPA as spans (matrix multiplies beat the kernel's row-by-row
-        loop there); the kernel takes every other token."""
+        """Long prefill chunks go to SDPA as spans (``attends_by_sdpa``); the kernel takes every other
+        token."""
         dev = self.device
-        long = [i for i, c in enumerate(chunks) if c.length > LONG_PREFILL]
+        long = [i for i, c in enumerate(chunks) if attends_by_sdpa(c)]
         meta.prefills = [self._span(chunks[i], int(offsets[i]), tables[i]) for i in long]
         is_long = torch.zeros(len(chunks), dtype=torch.bool)
         is_long[long] = True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -109,12 +110,17 @@ class Sequence:
                 return (span.content_hash, span.offset + pos - span.start)
         return self.token(pos)
 
-    def block_keys(self, start: int, n: int) -> tuple:
-        """``token_key`` of positions [start, start+n); token ids as they are where no media
-        placeholder falls in the range."""
+    def block_keys(self, start: int, n: int) -> bytes:
+        """What positions [start, start+n) contribute to their block's hash: the token ids' bytes
+        where no media placeholder falls in the range, else every ``token_key`` (tagged apart)."""
         if any(span.start < start + n and start < span.start + span.length for span in self.media):
-            return tuple(self.token_key(p) for p in range(start, start + n))
-        return tuple(self.token_slice(start, n))
+            return b"m" + repr(tuple(self.token_key(p) for p in range(start, start + n))).encode()
+        return token_bytes(self.token_slice(start, n))
+
+
+def token_bytes(tokens: list[int]) -> bytes:
+    """Token ids as the prefix cache hashes them (8 bytes each, after a tag)."""
+    return b"t" + array("q", tokens).tobytes()
 
 
 class Chunk(NamedTuple):

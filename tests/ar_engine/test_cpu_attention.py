@@ -85,25 +85,32 @@ def test_decode_signature_reads_row_i_of_the_tables(backend):
 
 
 def test_engine_with_long_and_short_prompts_equals_the_reference_backend(backend):
-    """Long prefill chunks go through SDPA, the other tokens through the kernel, in one step."""
+    """Long prefill chunks go through SDPA, the other tokens through the kernel, in one step; so
+    does a short chunk after a long cached prefix."""
     from omnistage.ar_engine.config import EngineConfig
     from omnistage.ar_engine.engine import EngineRequest, LLMEngine
-    from omnistage.ar_engine.runner import LONG_PREFILL
+    from omnistage.ar_engine.runner import attends_by_sdpa
     from omnistage.ar_engine.sampling import SamplingParams
+    from omnistage.ar_engine.sequence import Chunk
     from omnistage.models.tiny import ensure_tiny
     from omnistage.stages.kinds.ar import load_model
     path = ensure_tiny("qwen2")
-    prompts = [list(range(5, 5 + n)) for n in (3, LONG_PREFILL + 90, 20, 2 * LONG_PREFILL + 7)]
+    prefix = list(range(5, 405))
+    waves = [[list(range(5, 5 + n)) for n in (3, 154, 20, 135)], [prefix], [prefix + [7] * 12, prefix[:30] + [9] * 3]]
+    assert [attends_by_sdpa(Chunk(None, 0, n)) for n in (3, 154, 20, 135)] == [False, True, False, True]
+    assert attends_by_sdpa(Chunk(None, 400, 12)) and not attends_by_sdpa(Chunk(None, 400, 3))
 
     def run(which):
         engine = LLMEngine(load_model(str(path), torch.float32, "cpu"), None, EngineConfig(num_blocks=128, max_model_len=512),
                            backend=which, eos_ids=frozenset())
-        for i, ids in enumerate(prompts):
-            engine.add(EngineRequest(f"r{i}", ids, SamplingParams(max_tokens=6, temperature=0)))
         out = {}
-        while engine.has_work():
-            for step in engine.step():
-                out.setdefault(step.rid, []).extend(step.tokens)
+        for w, wave in enumerate(waves):
+            for i, ids in enumerate(wave):
+                engine.add(EngineRequest(f"r{w}.{i}", ids, SamplingParams(max_tokens=6, temperature=0)))
+            while engine.has_work():
+                for step in engine.step():
+                    out.setdefault(step.rid, []).extend(step.tokens)
+        assert engine.blocks.hits >= len(prefix) // engine.blocks.block_size  # the third wave reused the prefix
         return out
 
     assert run(backend) == run(None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import shutil
 import tempfile
 import threading
@@ -76,7 +75,6 @@ class Orchestrator:
                            Decoder(), transport.high_water_mark)
         self._peers = Peers(self.node, self._ring, transport.shm_threshold_kb << 10)
         self._mail = Mailer(self._ctx, self._peers.encoder, transport.high_water_mark, on_unsent=self._unsent)
-        self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()  # guards ``requests`` and the counters
         self._stopping = threading.Event()
         self.table = ReplicaTable(plan.order)
@@ -97,8 +95,7 @@ class Orchestrator:
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        for target in (self._receive, self._send):
-            self._spawn(target)
+        self._spawn(self._receive)
         for stage in self.plan.order:
             for slot in self.plan.placement[stage]:
                 self.start_replica(stage, slot.device, slot.threads, slot.group)
@@ -141,7 +138,7 @@ class Orchestrator:
 
     def _tell_to_exit(self, replica: Replica) -> None:
         if replica.address and replica.state in (ReplicaState.READY, ReplicaState.DRAINING):
-            self._out.put((replica.address, Shutdown()))
+            self._mail.put(replica.address, Shutdown())
 
     def _wait_ready(self, timeout: float) -> None:
         def settled() -> bool:
@@ -165,7 +162,6 @@ class Orchestrator:
         replicas = self.table.all()
         for replica in replicas:
             self._tell_to_exit(replica)
-        self._out.put(None)
         deadline = time.monotonic() + CLOSE_WAIT_S  # one deadline for all: closing is bounded
         for replica in replicas:
             replica.runtime.stop(timeout=max(0.0, deadline - time.monotonic()))
@@ -232,7 +228,7 @@ class Orchestrator:
             ar = target[1]
             fields = {e.src_port: inputs[e.src_port] for e in route.edges if e.src_stage == REQUEST and e.dst_stage == ar
                       and not (refs is not None and e.src_port == "images")}
-            self._out.put((chosen[ar][0].address, Probe(rid, fields, live.params, self._sink.address, refs)))
+            self._mail.put(chosen[ar][0].address, Probe(rid, fields, live.params, self._sink.address, refs))
         return handle
 
     def _pick(self, rid: str, route: Route, target: tuple[str, str] | None, images: int,
@@ -269,7 +265,7 @@ class Orchestrator:
         self.table.release(rid, let_go)
         for address, msg in admission_messages(rid, route, live.chosen, live.inputs, live.params, self._sink.address,
                                                have_inputs, image_groups):
-            self._out.put((address, msg))
+            self._mail.put(address, msg)
 
     def _on_probe(self, msg: ProbeResult) -> None:
         live = self.requests.get(msg.rid)
@@ -310,7 +306,7 @@ class Orchestrator:
         if notify_stages:
             for replica in live.replicas:
                 if replica.state is ReplicaState.READY:
-                    self._out.put((replica.address, Abort(rid)))
+                    self._mail.put(replica.address, Abort(rid))
         return live
 
     # --- threads --------------------------------------------------------------------------
@@ -383,11 +379,6 @@ class Orchestrator:
         if finished:
             live.handle.push(DoneEvent(live.meta))
             self.goodput.finished(live.route.stages, live.group, live.handle)
-
-    def _send(self) -> None:
-        """Hand each message to its destination's own sending thread (never blocks)."""
-        while (item := self._out.get()) is not None:
-            self._mail.put(*item)
 
     def _monitor(self) -> None:
         while not self._stopping.wait(MONITOR_PERIOD_S):

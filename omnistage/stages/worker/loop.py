@@ -1,7 +1,8 @@
 """A stage replica's loop: gathers each request's inputs, runs the stage, forwards outputs.
 
-Three threads. The reader turns inbox messages into a queue; the sender drains a queue into
-sockets; the main loop below touches only queues and the stage. The same class runs in a
+Two threads of its own. The reader turns inbox messages into a queue; the main loop below
+touches only that queue, the stage, and the Mailer (whose ``put`` never blocks: each
+destination has its own sending thread). The same class runs in a
 spawned process (production) or in a thread (the in-process twin used for debugging).
 
 Errors (see ``stage.Stage``): a request the client got wrong fails alone with its 4xx; an
@@ -71,7 +72,6 @@ class StageWorker:
         self.streaming = {p.name for p in spec.plan.stages[spec.stage].outputs if p.streaming}
         self._inbox, self._mail = inbox, mail
         self._in: queue.Queue[Any] = queue.Queue()
-        self._out: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._stop = threading.Event()
         self.requests = Gather()
         self.held: dict[str, dict[str, Any]] = defaultdict(dict)  # outputs bound for other stages
@@ -89,10 +89,7 @@ class StageWorker:
     def run(self) -> None:
         reader = threading.Thread(target=self._supervised, args=(self._read,), name=f"{self.spec.name}-reader",
                                   daemon=True)
-        sender = threading.Thread(target=self._supervised, args=(self._send,), name=f"{self.spec.name}-sender",
-                                  daemon=True)
         reader.start()
-        sender.start()
         try:
             while self._handle_messages(block=not self.stage.has_work()):
                 if self.stage.has_work():
@@ -101,8 +98,6 @@ class StageWorker:
         finally:
             self._stop.set()
             self._pool.shutdown(cancel_futures=True)
-            self._out.put(None)
-            sender.join()
             reader.join()
             self._inbox.close()
 
@@ -115,7 +110,7 @@ class StageWorker:
         values = dict(self.stage.stats())
         values.update(step_seconds=self._step_ema, admitted=float(len(self.requests.admitted)),
                       first_output_seconds=self._first_output_ema, internal_errors=float(self.internal_errors))
-        self._out.put((self.spec.sink, Stats(self.spec.stage, self.spec.replica, values)))
+        self._mail.put(self.spec.sink, Stats(self.spec.stage, self.spec.replica, values))
 
     def _step(self) -> list[StageOutput]:
         if self.cores is not None:
@@ -136,7 +131,6 @@ class StageWorker:
         """A broken step (or I/O thread) is a crashed stage: fail what it holds, then die loudly."""
         for rid in list(self.requests.admitted):
             self._fail(rid, f"stage {self.spec.stage!r} crashed: {why}")
-        self._out.put(None)
 
     def _handle_messages(self, block: bool) -> bool:
         """Apply queued messages; False once Shutdown arrives."""
@@ -179,7 +173,7 @@ class StageWorker:
             if msg.rid in self.requests.admitted:
                 self._fail(msg.rid, msg.error)
             else:  # finished here already (its Done or onward data was lost): the sink must still hear
-                self._out.put((self.spec.sink, Failed(msg.rid, self.spec.stage, self.spec.replica, msg.error, 500)))
+                self._mail.put(self.spec.sink, Failed(msg.rid, self.spec.stage, self.spec.replica, msg.error, 500))
         elif isinstance(msg, _IoDied):
             self._crash(msg.error)
             raise WorkerCrashed(msg.error)
@@ -239,10 +233,10 @@ class StageWorker:
         except Exception as exc:  # noqa: BLE001 - one request's unexpected failure must not end the replica
             self._probe_failed(msg, self._internal_error(msg.rid, "prepare the request", exc), 500)
             return
-        self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, covered)))
+        self._mail.put(msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, covered))
 
     def _probe_failed(self, msg: Probe, error: str, status: int) -> None:
-        self._out.put((msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, [], error, status)))
+        self._mail.put(msg.sink, ProbeResult(msg.rid, self.spec.stage, self.spec.replica, [], error, status))
         self._forget(msg.rid)
 
     # --- outputs --------------------------------------------------------------------------
@@ -268,7 +262,7 @@ class StageWorker:
             if out.finished or out.error is not None:
                 finished.append((admit, out))
         for sink, items in chunks.items():
-            self._out.put((sink, Chunks(items)))
+            self._mail.put(sink, Chunks(items))
         for admit, out in finished:
             if out.error is not None:
                 self._fail(out.rid, out.error, out.status, out.param)
@@ -283,7 +277,7 @@ class StageWorker:
                 if dest.to_response:
                     chunks.setdefault(admit.sink, []).append(Chunk(out.rid, dest.port, value))
                 elif dest.stream:
-                    self._out.put((dest.address, Part(out.rid, dest.port, value)))
+                    self._mail.put(dest.address, Part(out.rid, dest.port, value))
                 elif port in self.streaming:
                     self.held[out.rid][port] = concat(self.held[out.rid].get(port), value)
                 else:
@@ -298,15 +292,15 @@ class StageWorker:
             return
         for port, dest in onward:
             message = Part(admit.rid, dest.port, None, last=True) if dest.stream else Data(admit.rid, dest.port, held[port])
-            self._out.put((dest.address, message))
+            self._mail.put(dest.address, message)
         meta = dict(out.meta, stage_seconds=time.perf_counter() - self._arrived.get(admit.rid, time.perf_counter()))
-        self._out.put((admit.sink, Done(admit.rid, self.spec.stage, self.spec.replica, meta)))
+        self._mail.put(admit.sink, Done(admit.rid, self.spec.stage, self.spec.replica, meta))
         self._forget(admit.rid)
 
     def _fail(self, rid: str, error: str, status: int = 500, param: str | None = None) -> None:
         admit = self.requests.admitted.get(rid)
         if admit is not None:
-            self._out.put((admit.sink, Failed(rid, self.spec.stage, self.spec.replica, error, status, param)))
+            self._mail.put(admit.sink, Failed(rid, self.spec.stage, self.spec.replica, error, status, param))
         self.stage.abort(rid)
         self._forget(rid)
 
@@ -348,11 +342,6 @@ class StageWorker:
                 self._in.put(msg)
                 if isinstance(msg, Shutdown):
                     return
-
-    def _send(self) -> None:
-        """Hand each message to its destination's own sending thread (never blocks)."""
-        while (item := self._out.get()) is not None:
-            self._mail.put(*item)
 
 
 def _alive(pid: int) -> bool:
