@@ -7,7 +7,9 @@ ignored on every side so all do the same work), all arriving at once.
   * HF static batches: left-padded model.generate over consecutive groups of MAX_BATCH (the
     stage's max_batch), so both sides may batch as many requests
 Latency is from arrival (t=0) to the request's last token. Then prefix caching: time to first
-token of a request whose long prefix is cached, against one whose prefix is new.
+token of a request whose long prefix is cached, against one whose prefix is new. Then
+interactive use: requests one at a time, 50 ms apart, time to first token on both sides (HF:
+``generate`` of one new token, in-process).
 Run for the tiny checkpoint and a ~100M-parameter Qwen2 config (random weights, same tokenizer).
 
     python benchmarks/ar_engine.py [--quick]
@@ -94,7 +96,41 @@ def run_omnistage(path: Path, prompts: list[str], new: int, warmup: list[str]) -
             total = time.perf_counter() - start
             latencies = [handle.finished_at - start for handle in handles]
             ttft = prefix_ttft(pipe, new)
+
+            def first(prompt: str) -> None:
+                next(iter(pipe.stream(prompt=prompt, temperature=0, max_tokens=1, ignore_eos=True)))
+            ttft["idle_ttft"] = one_at_a_time(first, workload(IDLE_REQUESTS, seed=2))
     return summarize("omnistage", latencies, total, tokens) | ttft
+
+
+IDLE_REQUESTS, IDLE_GAP_S = 40, 0.05
+
+
+def one_at_a_time(first_token, prompts: list[str]) -> list[float]:
+    """Seconds to each prompt's first token, sent one at a time IDLE_GAP_S apart, sorted."""
+    first_token(prompts[0])  # warm-up
+    times = []
+    for prompt in prompts:
+        time.sleep(IDLE_GAP_S)
+        start = time.perf_counter()
+        first_token(prompt)
+        times.append(time.perf_counter() - start)
+    return sorted(times)
+
+
+def hf_idle_ttft(path: Path) -> list[float]:
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+
+    def first(prompt: str) -> None:
+        with torch.inference_mode():
+            model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=1, do_sample=False,
+                           pad_token_id=tok.pad_token_id)
+    return one_at_a_time(first, workload(IDLE_REQUESTS, seed=2))
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def prefix_ttft(pipe: Pipeline, new: int, prefix_words: int = 512, trials: int = 5) -> dict:
@@ -164,16 +200,25 @@ def main() -> None:
         table(f"{name}: {n} prompts of 8-256 words, {new} new tokens each", rows)
         print(f"prefix cache TTFT (512-word shared prefix): cached {ours['ttft_cached'] * 1000:.1f} ms, "
               f"fresh {ours['ttft_fresh'] * 1000:.1f} ms")
+        ours["hf_idle_ttft"] = hf_idle_ttft(path)
+        print(f"one at a time, {IDLE_GAP_S * 1000:.0f} ms apart ({IDLE_REQUESTS} prompts of 8-256 words), TTFT p50/p90: "
+              f"omnistage {percentile(ours['idle_ttft'], 0.5) * 1000:.1f}/{percentile(ours['idle_ttft'], 0.9) * 1000:.1f} ms, "
+              f"HF generate {percentile(ours['hf_idle_ttft'], 0.5) * 1000:.1f}/"
+              f"{percentile(ours['hf_idle_ttft'], 0.9) * 1000:.1f} ms")
         results[name] = rows
     rows, *medium = results.values()
 
     def prefix_ratio(model_rows: list[dict]) -> str:
         return f"{model_rows[0]['ttft_cached'] / model_rows[0]['ttft_fresh']:.3f}"
+
+    def idle_ratio(model_rows: list[dict]) -> str:
+        ours = model_rows[0]
+        return f"{percentile(ours['idle_ttft'], 0.5) / percentile(ours['hf_idle_ttft'], 0.5):.2f}"
     # The ~100M model's prefix ratio too: on the tiny one, a cached request's fixed costs (tokenizing
     # the prompt, one step's LM-head read, the hop to the worker) weigh against a cheap prefill.
-    extra = f" prefix_ttft_ratio_100m={prefix_ratio(medium[0])}" if medium else ""
+    extra = f" prefix_ttft_ratio_100m={prefix_ratio(medium[0])} idle_ttft_ratio_100m={idle_ratio(medium[0])}" if medium else ""
     print(f"RESULT speedup={rows[0]['tok_s'] / rows[1]['tok_s']:.2f} static_ratio={rows[0]['tok_s'] / rows[2]['tok_s']:.2f} "
-          f"prefix_ttft_ratio={prefix_ratio(rows)}{extra}")
+          f"prefix_ttft_ratio={prefix_ratio(rows)} idle_ttft_ratio={idle_ratio(rows)}{extra}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def _reference(chunks, tables, cache, q, block_size, scale, window, softcap):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("block_size,head_dim", [(16, 64), (4, 24), (16, 128)])
+@pytest.mark.parametrize("block_size,head_dim", [(16, 64), (4, 24), (16, 128), (8, 16)])
 def test_packed_attention_equals_the_reference(backend, dtype, block_size, head_dim):
     g = torch.Generator().manual_seed(0)
     for window, softcap, factor in FEATURES:

@@ -8,6 +8,9 @@
 // float32 softmax: the same order of operations as the torch reference.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -17,8 +20,31 @@ namespace {
 
 constexpr int LANES = 16;  // independent accumulators: the compiler turns them into one vector register
 
+#if defined(__AVX512F__)
+// Sixteen elements of the cache's dtype as sixteen floats.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const double* p) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_loadu_pd(p))),
+                            _mm512_cvtpd_ps(_mm512_loadu_pd(p + 8)), 1);
+}
+inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#endif
+
 template <typename T>
 inline float dot(const float* a, const T* b, int64_t n) {
+#if defined(__AVX512F__)
+  if (n % 16 == 0) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t x = 0; x < n; x += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + x), load16(b + x), acc);
+    return _mm512_reduce_add_ps(acc);
+  }
+#endif
   float acc[LANES] = {0};
   int64_t x = 0;
   for (; x + LANES <= n; x += LANES)
@@ -31,6 +57,13 @@ inline float dot(const float* a, const T* b, int64_t n) {
 
 template <typename T>
 inline void axpy(float* y, float w, const T* x, int64_t n) {
+#if defined(__AVX512F__)
+  if (n % 16 == 0) {
+    const __m512 wv = _mm512_set1_ps(w);
+    for (int64_t i = 0; i < n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(wv, load16(x + i), _mm512_loadu_ps(y + i)));
+    return;
+  }
+#endif
   for (int64_t i = 0; i < n; ++i) y[i] += w * static_cast<float>(x[i]);
 }
 
@@ -60,8 +93,9 @@ void attend_rows(const torch::Tensor& q, const torch::Tensor& kv, const torch::T
       const int32_t* table = tp + static_cast<int64_t>(rp[r]) * width;
       scores.resize(heads * n);
       for (int64_t x = 0; x < heads * dim; ++x) qf[x] = static_cast<float>(qp[r * heads * dim + x]);
-      for (int64_t p = lo; p < len; ++p) {
-        const T* key = kp + (static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size) * slot_stride;
+      for (int64_t p = lo, blk = lo / block_size, off = lo % block_size; p < len; ++p) {
+        const T* key = kp + (static_cast<int64_t>(table[blk]) * block_size + off) * slot_stride;
+        if (++off == block_size) off = 0, ++blk;
         for (int64_t h = 0; h < heads; ++h) {
           float s = dot(qf.data() + h * dim, key + (h / group) * dim, dim) * fscale;
           if (fcap > 0) s = std::tanh(s / fcap) * fcap;
@@ -77,15 +111,128 @@ void attend_rows(const torch::Tensor& q, const torch::Tensor& kv, const torch::T
         for (int64_t i = 0; i < n; ++i) sc[i] *= inv;
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t p = lo; p < len; ++p) {
-        const T* value = kp + value_offset
-            + (static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size) * slot_stride;
+      for (int64_t p = lo, blk = lo / block_size, off = lo % block_size; p < len; ++p) {
+        const T* value = kp + value_offset + (static_cast<int64_t>(table[blk]) * block_size + off) * slot_stride;
+        if (++off == block_size) off = 0, ++blk;
         for (int64_t h = 0; h < heads; ++h) axpy(acc.data() + h * dim, scores[h * n + p - lo], value + (h / group) * dim, dim);
       }
       for (int64_t x = 0; x < heads * dim; ++x) op[r * heads * dim + x] = static_cast<T>(acc[x]);
     }
   });
 }
+
+
+#if defined(__AVX512F__)
+// exp(x) for x <= 0, sixteen at a time: Cephes' single-precision range reduction and polynomial.
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+// Softmax of sc[0, n) in place.
+inline void softmax(float* sc, int64_t n) {
+  __m512 top = _mm512_set1_ps(sc[0]);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(sc + i));
+  float m = _mm512_reduce_max_ps(top);
+  for (; i < n; ++i) m = std::max(m, sc[i]);
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  for (i = 0; i + 16 <= n; i += 16) {
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sc + i), mv));
+    _mm512_storeu_ps(sc + i, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  if (i < n) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, sc + i), mv));
+    _mm512_mask_storeu_ps(sc + i, k, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(sc + i, _mm512_mul_ps(_mm512_loadu_ps(sc + i), inv));
+  for (; i < n; ++i) sc[i] *= _mm512_cvtss_f32(inv);
+}
+
+// attend_rows for head_dim D (a multiple of 16), one query head at a time: its query and its output
+// accumulators stay in registers while the row's keys, then values, stream past.
+template <typename T, int D>
+void attend_rows_simd(const torch::Tensor& q, const torch::Tensor& kv, const torch::Tensor& tables,
+                      const torch::Tensor& table_rows, const torch::Tensor& ctx_lens, torch::Tensor& out,
+                      int64_t block_size, double scale, int64_t window, double softcap) {
+  constexpr int V = D / 16;
+  const int64_t rows = q.size(0), heads = q.size(1);
+  const int64_t kv_heads = kv.size(2), group = heads / kv_heads, width = tables.size(1);
+  const int64_t slot_stride = kv.stride(1), value_offset = kv.stride(0);
+  const T* qp = q.data_ptr<T>();
+  const T* kp = kv.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int32_t* tp = tables.data_ptr<int32_t>();
+  const int32_t* rp = table_rows.data_ptr<int32_t>();
+  const int32_t* lp = ctx_lens.data_ptr<int32_t>();
+  const float fscale = static_cast<float>(scale), fcap = static_cast<float>(softcap);
+
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> slots;
+    std::vector<float> scores;
+    float qf[D], res[D];
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t len = lp[r];
+      const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window) : 0;
+      const int64_t n = len - lo;
+      const int32_t* table = tp + static_cast<int64_t>(rp[r]) * width;
+      slots.resize(n);
+      scores.resize(n);
+      for (int64_t p = lo, i = 0; p < len; ++p, ++i)
+        slots[i] = (static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size) * slot_stride;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T* keys = kp + (h / group) * D;
+        const T* values = keys + value_offset;
+        for (int x = 0; x < D; ++x) qf[x] = static_cast<float>(qp[(r * heads + h) * D + x]);
+        __m512 qv[V];
+        for (int c = 0; c < V; ++c) qv[c] = _mm512_loadu_ps(qf + 16 * c);
+        float* sc = scores.data();
+        for (int64_t i = 0; i < n; ++i) {
+          const T* k = keys + slots[i];
+          __m512 a = _mm512_mul_ps(qv[0], load16(k));
+          for (int c = 1; c < V; ++c) a = _mm512_fmadd_ps(qv[c], load16(k + 16 * c), a);
+          float s = _mm512_reduce_add_ps(a) * fscale;
+          if (fcap > 0) s = std::tanh(s / fcap) * fcap;
+          sc[i] = s;
+        }
+        softmax(sc, n);
+        __m512 acc[2][V];
+        for (int c = 0; c < V; ++c) acc[0][c] = acc[1][c] = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 2 <= n; i += 2)  // two positions at a time: two independent chains of FMAs
+          for (int u = 0; u < 2; ++u) {
+            const __m512 w = _mm512_set1_ps(sc[i + u]);
+            const T* v = values + slots[i + u];
+            for (int c = 0; c < V; ++c) acc[u][c] = _mm512_fmadd_ps(w, load16(v + 16 * c), acc[u][c]);
+          }
+        if (i < n) {
+          const __m512 w = _mm512_set1_ps(sc[i]);
+          for (int c = 0; c < V; ++c) acc[0][c] = _mm512_fmadd_ps(w, load16(values + slots[i] + 16 * c), acc[0][c]);
+        }
+        for (int c = 0; c < V; ++c) _mm512_storeu_ps(res + 16 * c, _mm512_add_ps(acc[0][c], acc[1][c]));
+        for (int x = 0; x < D; ++x) op[(r * heads + h) * D + x] = static_cast<T>(res[x]);
+      }
+    }
+  });
+}
+#endif
 
 }  // namespace
 
@@ -98,7 +245,19 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor kv, torch::Tensor t
   TORCH_CHECK(q.scalar_type() == kv.scalar_type(), "q and the KV cache must share a dtype");
   TORCH_CHECK(q.size(1) % kv.size(2) == 0, "query heads must be a multiple of KV heads");
   auto out = torch::empty_like(q);
+  const auto rows_idx = table_rows.contiguous();
+  const auto lens = ctx_lens.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
+#if defined(__AVX512F__)
+    switch (q.size(2)) {
+      case 16: return attend_rows_simd<scalar_t, 16>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
+      case 32: return attend_rows_simd<scalar_t, 32>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
+      case 64: return attend_rows_simd<scalar_t, 64>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
+      case 128: return attend_rows_simd<scalar_t, 128>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
+      case 256: return attend_rows_simd<scalar_t, 256>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
+      default: break;
+    }
+#endif
     attend_rows<scalar_t>(q, kv, tables, table_rows.contiguous(), ctx_lens.contiguous(), out, block_size, scale,
                           window, softcap);
   });
