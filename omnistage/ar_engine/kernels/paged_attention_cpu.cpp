@@ -67,20 +67,36 @@ inline void axpy(float* y, float w, const T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += w * static_cast<float>(x[i]);
 }
 
+// One call's inputs as raw pointers and sizes.
 template <typename T>
-void attend_rows(const torch::Tensor& q, const torch::Tensor& kv, const torch::Tensor& tables,
-                 const torch::Tensor& table_rows, const torch::Tensor& ctx_lens, torch::Tensor& out,
-                 int64_t block_size, double scale, int64_t window, double softcap) {
-  const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
-  const int64_t kv_heads = kv.size(2), group = heads / kv_heads, width = tables.size(1);
-  const int64_t slot_stride = kv.stride(1), value_offset = kv.stride(0);
-  const T* qp = q.data_ptr<T>();
-  const T* kp = kv.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  const int32_t* tp = tables.data_ptr<int32_t>();
-  const int32_t* rp = table_rows.data_ptr<int32_t>();
-  const int32_t* lp = ctx_lens.data_ptr<int32_t>();
-  const float fscale = static_cast<float>(scale), fcap = static_cast<float>(softcap);
+struct Call {
+  int64_t rows, heads, dim, group, width, slot_stride, value_offset, block_size, window;
+  const T* qp;
+  const T* kp;
+  T* op;
+  const int32_t *tp, *rp, *lp;
+  float scale, cap;
+
+  Call(const torch::Tensor& q, const torch::Tensor& kv, const torch::Tensor& tables, const torch::Tensor& table_rows,
+       const torch::Tensor& ctx_lens, torch::Tensor& out, int64_t block_size_, double scale_, int64_t window_,
+       double softcap)
+      : rows(q.size(0)), heads(q.size(1)), dim(q.size(2)), group(q.size(1) / kv.size(2)), width(tables.size(1)),
+        slot_stride(kv.stride(1)), value_offset(kv.stride(0)), block_size(block_size_), window(window_),
+        qp(q.data_ptr<T>()), kp(kv.data_ptr<T>()), op(out.data_ptr<T>()), tp(tables.data_ptr<int32_t>()),
+        rp(table_rows.data_ptr<int32_t>()), lp(ctx_lens.data_ptr<int32_t>()), scale(static_cast<float>(scale_)),
+        cap(static_cast<float>(softcap)) {}
+};
+
+template <typename T>
+void attend_rows(const Call<T>& a) {
+  const int64_t rows = a.rows, heads = a.heads, dim = a.dim, group = a.group, width = a.width;
+  const int64_t slot_stride = a.slot_stride, value_offset = a.value_offset, block_size = a.block_size;
+  const int64_t window = a.window;
+  const T* qp = a.qp;
+  const T* kp = a.kp;
+  T* op = a.op;
+  const int32_t *tp = a.tp, *rp = a.rp, *lp = a.lp;
+  const float fscale = a.scale, fcap = a.cap;
 
   // One task per row, every head inside it: a position's keys (and values) for all KV heads are one
   // contiguous run of memory, so a block is streamed once from start to end.
@@ -169,47 +185,35 @@ inline void softmax(float* sc, int64_t n) {
 // attend_rows for head_dim D (a multiple of 16), one query head at a time: its query and its output
 // accumulators stay in registers while the row's keys, then values, stream past.
 template <typename T, int D>
-void attend_rows_simd(const torch::Tensor& q, const torch::Tensor& kv, const torch::Tensor& tables,
-                      const torch::Tensor& table_rows, const torch::Tensor& ctx_lens, torch::Tensor& out,
-                      int64_t block_size, double scale, int64_t window, double softcap) {
+void attend_rows_simd(const Call<T>& a) {
   constexpr int V = D / 16;
-  const int64_t rows = q.size(0), heads = q.size(1);
-  const int64_t kv_heads = kv.size(2), group = heads / kv_heads, width = tables.size(1);
-  const int64_t slot_stride = kv.stride(1), value_offset = kv.stride(0);
-  const T* qp = q.data_ptr<T>();
-  const T* kp = kv.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  const int32_t* tp = tables.data_ptr<int32_t>();
-  const int32_t* rp = table_rows.data_ptr<int32_t>();
-  const int32_t* lp = ctx_lens.data_ptr<int32_t>();
-  const float fscale = static_cast<float>(scale), fcap = static_cast<float>(softcap);
-
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  const float scale = a.scale, cap = a.cap;  // locals: stores to float scores may alias the struct's
+  at::parallel_for(0, a.rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> slots;
     std::vector<float> scores;
     float qf[D], res[D];
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t len = lp[r];
-      const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window) : 0;
+      const int64_t len = a.lp[r];
+      const int64_t lo = a.window > 0 ? std::max<int64_t>(0, len - a.window) : 0;
       const int64_t n = len - lo;
-      const int32_t* table = tp + static_cast<int64_t>(rp[r]) * width;
+      const int32_t* table = a.tp + static_cast<int64_t>(a.rp[r]) * a.width;
       slots.resize(n);
       scores.resize(n);
       for (int64_t p = lo, i = 0; p < len; ++p, ++i)
-        slots[i] = (static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size) * slot_stride;
-      for (int64_t h = 0; h < heads; ++h) {
-        const T* keys = kp + (h / group) * D;
-        const T* values = keys + value_offset;
-        for (int x = 0; x < D; ++x) qf[x] = static_cast<float>(qp[(r * heads + h) * D + x]);
+        slots[i] = (static_cast<int64_t>(table[p / a.block_size]) * a.block_size + p % a.block_size) * a.slot_stride;
+      for (int64_t h = 0; h < a.heads; ++h) {
+        const T* keys = a.kp + (h / a.group) * D;
+        const T* values = keys + a.value_offset;
+        for (int x = 0; x < D; ++x) qf[x] = static_cast<float>(a.qp[(r * a.heads + h) * D + x]);
         __m512 qv[V];
         for (int c = 0; c < V; ++c) qv[c] = _mm512_loadu_ps(qf + 16 * c);
         float* sc = scores.data();
         for (int64_t i = 0; i < n; ++i) {
           const T* k = keys + slots[i];
-          __m512 a = _mm512_mul_ps(qv[0], load16(k));
-          for (int c = 1; c < V; ++c) a = _mm512_fmadd_ps(qv[c], load16(k + 16 * c), a);
-          float s = _mm512_reduce_add_ps(a) * fscale;
-          if (fcap > 0) s = std::tanh(s / fcap) * fcap;
+          __m512 prod = _mm512_mul_ps(qv[0], load16(k));
+          for (int c = 1; c < V; ++c) prod = _mm512_fmadd_ps(qv[c], load16(k + 16 * c), prod);
+          float s = _mm512_reduce_add_ps(prod) * scale;
+          if (cap > 0) s = std::tanh(s / cap) * cap;
           sc[i] = s;
         }
         softmax(sc, n);
@@ -227,7 +231,7 @@ void attend_rows_simd(const torch::Tensor& q, const torch::Tensor& kv, const tor
           for (int c = 0; c < V; ++c) acc[0][c] = _mm512_fmadd_ps(w, load16(values + slots[i] + 16 * c), acc[0][c]);
         }
         for (int c = 0; c < V; ++c) _mm512_storeu_ps(res + 16 * c, _mm512_add_ps(acc[0][c], acc[1][c]));
-        for (int x = 0; x < D; ++x) op[(r * heads + h) * D + x] = static_cast<T>(res[x]);
+        for (int x = 0; x < D; ++x) a.op[(r * a.heads + h) * D + x] = static_cast<T>(res[x]);
       }
     }
   });
@@ -248,18 +252,18 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor kv, torch::Tensor t
   const auto rows_idx = table_rows.contiguous();
   const auto lens = ctx_lens.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
+    const Call<scalar_t> a(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
 #if defined(__AVX512F__)
-    switch (q.size(2)) {
-      case 16: return attend_rows_simd<scalar_t, 16>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
-      case 32: return attend_rows_simd<scalar_t, 32>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
-      case 64: return attend_rows_simd<scalar_t, 64>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
-      case 128: return attend_rows_simd<scalar_t, 128>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
-      case 256: return attend_rows_simd<scalar_t, 256>(q, kv, tables, rows_idx, lens, out, block_size, scale, window, softcap);
+    switch (a.dim) {
+      case 16: return attend_rows_simd<scalar_t, 16>(a);
+      case 32: return attend_rows_simd<scalar_t, 32>(a);
+      case 64: return attend_rows_simd<scalar_t, 64>(a);
+      case 128: return attend_rows_simd<scalar_t, 128>(a);
+      case 256: return attend_rows_simd<scalar_t, 256>(a);
       default: break;
     }
 #endif
-    attend_rows<scalar_t>(q, kv, tables, table_rows.contiguous(), ctx_lens.contiguous(), out, block_size, scale,
-                          window, softcap);
+    attend_rows<scalar_t>(a);
   });
   return out;
 }
