@@ -24,7 +24,8 @@ import zmq
 
 from omnistage.connectors.messages import Data, Shutdown
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
-from omnistage.connectors.transport import Inbox, Mailer, bind_address
+from omnistage.connectors.mailer import Mailer
+from omnistage.connectors.transport import Inbox, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 
 SIZES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]

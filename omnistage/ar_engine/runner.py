@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from omnistage.ar_engine.attention import AttentionMetadata, PrefillSpan
-from omnistage.ar_engine.packing import PackedLinear, can_pack, pack_linears
+from omnistage.ar_engine.packing import PackedLinear, pack_linears, worth_packing
 from omnistage.ar_engine.sequence import StepPlan
 
 
@@ -125,11 +125,12 @@ class ModelRunner:
         self.attention_unit = layers * q_heads * head_dim * 2
 
     def _pack(self, model: Any) -> None:
-        """The decoder's linear layers and the LM head, packed for oneDNN (``packing``); a tied LM
+        """The decoder's linear layers and the LM head, packed for oneDNN where they are large
+        enough to gain from it (``packing``); a tied LM
         head gets a packed copy (its weight stays in use as the token embedding)."""
         pack_linears(self.decoder)
         head = self.lm_head
-        if type(head) is torch.nn.Linear and can_pack(head.weight.dtype, head.weight.device):
+        if worth_packing(head):
             self.lm_head = PackedLinear(head)
             if head.weight is not self.embed.weight and model.get_output_embeddings() is head:
                 model.set_output_embeddings(self.lm_head)  # untied: drop the plain weight

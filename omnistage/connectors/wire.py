@@ -225,6 +225,31 @@ class Decoder:
         self._readers.close()
 
 
+def is_light(msg: Message, depth: int = 4) -> bool:
+    """Whether ``msg`` holds no tensor, array or big bytes (searched ``depth`` containers deep;
+    anything deeper counts as heavy): cheap to encode on any thread."""
+    if type(msg) is Chunks:
+        return all(_light(c.value, depth) for c in msg.items)
+    field = _BLOB_FIELDS.get(type(msg))
+    return field is None or _light(getattr(msg, field), depth)
+
+
+def _light(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind in (str, int, float, bool) or value is None:
+        return True
+    if kind in (bytes, bytearray):
+        return len(value) < _LIGHT_BYTES
+    if depth == 0 or isinstance(value, (torch.Tensor, np.ndarray)):
+        return False
+    if kind is dict:
+        return all(_light(v, depth - 1) for v in value.values())
+    if kind in (list, tuple):
+        return all(_light(v, depth - 1) for v in value)
+    return False  # a struct or object of some other kind: it may hold tensors
+
+
+_LIGHT_BYTES = 16 * 1024
 # The field of each message type that carries request values (where big bytes may be).
 _BLOB_FIELDS = {Data: "value", Part: "value", Chunk: "value", Probe: "inputs"}
 

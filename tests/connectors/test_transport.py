@@ -7,7 +7,8 @@ import zmq
 
 from omnistage.connectors.messages import Data, Shutdown
 from omnistage.connectors.shm import ShmRing, remove_segments, segment_name
-from omnistage.connectors.transport import Inbox, Mailer, bind_address
+from omnistage.connectors.mailer import Mailer
+from omnistage.connectors.transport import Inbox, bind_address
 from omnistage.connectors.wire import Decoder, Encoder
 
 
@@ -74,7 +75,7 @@ def test_tensors_cross_real_processes(protocol, tmp_path):
 
 
 def test_a_stuck_destination_does_not_hold_up_the_others(tmp_path):
-    from omnistage.connectors.transport import Mailer
+    from omnistage.connectors.mailer import Mailer
     ctx = zmq.Context()
     stuck = ctx.socket(zmq.PULL)  # bound but never read: its queue fills up
     stuck.setsockopt(zmq.RCVHWM, 1)

@@ -24,7 +24,8 @@ import zmq
 from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, ProbeResult, Ready, Shutdown,
                                            StartFailed, Stats)
 from omnistage.connectors.shm import ShmRing, remove_segment, remove_segments, segment_name
-from omnistage.connectors.transport import Inbox, Mailer, Peers, bind_address
+from omnistage.connectors.mailer import Mailer
+from omnistage.connectors.transport import Inbox, Peers, bind_address
 from omnistage.connectors.wire import Decoder, unsendable
 from omnistage.errors import Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError
 from omnistage.graph.plan import REQUEST, GraphPlan, Route

@@ -24,7 +24,8 @@ from typing import Any
 
 from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Done, Failed, Part, Probe, ProbeResult,
                                            Shutdown, Stats)
-from omnistage.connectors.transport import Inbox, Mailer, Peers
+from omnistage.connectors.mailer import Mailer
+from omnistage.connectors.transport import Inbox, Peers
 from omnistage.connectors.wire import unsendable
 from omnistage.errors import RequestRejected
 from omnistage.stages.worker.cores import CoreShare

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -15,7 +16,8 @@ import zmq
 
 from omnistage.connectors.messages import Ready, StartFailed
 from omnistage.connectors.shm import ShmRing, segment_name
-from omnistage.connectors.transport import Inbox, Mailer, Peers, bind_address
+from omnistage.connectors.mailer import Mailer
+from omnistage.connectors.transport import Inbox, Peers, bind_address
 from omnistage.connectors.wire import Decoder
 from omnistage.graph.plan import GraphPlan
 from omnistage.logs import setup_worker_logging
@@ -25,6 +27,7 @@ from omnistage.stages.worker.spec import WorkerSpec
 from omnistage.stages.worker.stage import ProbingStage, Stage, StreamingInputStage
 
 log = logging.getLogger("omnistage.worker")
+SWITCH_INTERVAL_S = 0.0005
 _IN_PROCESS_LOADS = threading.Lock()  # replicas run as threads of one process load one after another
 
 
@@ -77,6 +80,7 @@ def worker_main(spec: WorkerSpec) -> None:
         quiet_loading()
         if spec.device == "cpu":
             torch.set_num_threads(spec.threads)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
     transport = spec.plan.config.transport
     node, host = where_am_i(spec)
     ctx = zmq.Context()
