@@ -53,9 +53,10 @@ class BlockManager:
         bs, hashes = self.block_size, seq.block_hashes
         first = len(hashes)
         if first < num_blocks and not seq.media:  # token ids only: one slice of the tokens for all the blocks
-            tokens = seq.token_slice(first * bs, (num_blocks - first) * bs)
-            for i in range(0, len(tokens), bs):
-                hashes.append(chain_hash(hashes[-1] if hashes else None, token_bytes(tokens[i:i + bs])))
+            raw = token_bytes(seq.token_slice(first * bs, (num_blocks - first) * bs))[1:]
+            step = 8 * bs  # (token_bytes' 8 bytes per id; each block's keys are its own run, tagged)
+            for i in range(0, len(raw), step):
+                hashes.append(chain_hash(hashes[-1] if hashes else None, b"t" + raw[i:i + step]))
         while len(hashes) < num_blocks:
             b = len(hashes)
             hashes.append(chain_hash(hashes[-1] if b else None, seq.block_keys(b * bs, bs)))

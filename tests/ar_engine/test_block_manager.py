@@ -81,3 +81,16 @@ def test_pinned_prefix_outlives_eviction_until_unpinned():
     assert bm.cached_prefix_tokens(seq("b", [1, 2, 3, 4, 6])) == 4
     bm.unpin(pinned)
     assert bm.num_free == 4
+
+
+def test_token_blocks_hash_as_their_keys_chained():
+    from omnistage.ar_engine.block_manager import chain_hash
+    s = seq("a", [5, 1 << 40, 7, 0, 3, 2, 9, 11, 4])
+    bm = BlockManager(8, 4)
+    want, parent = [], None
+    for b in range(2):
+        parent = chain_hash(parent, s.block_keys(4 * b, 4))
+        want.append(parent)
+    assert bm._hash_blocks(s, 1) == want[:1]  # extended a block at a time or all at once: the same
+    assert bm._hash_blocks(s, 2) == want
+    assert BlockManager(8, 4)._hash_blocks(seq("b", s.tokens), 2) == want
