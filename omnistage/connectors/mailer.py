@@ -42,6 +42,14 @@ class _Encoded:
 
 
 @dataclass
+class _Failed:
+    """A message its putter could not encode: its destination's thread reports it."""
+
+    msg: Message
+    error: BaseException
+
+
+@dataclass
 class _Outbox:
     """One destination: what waits for its thread, its socket once the thread opened it, and
     whether a thread is sending on that socket now."""
@@ -84,18 +92,22 @@ class Mailer:
             with box.cond:
                 if box.dead:
                     continue  # its thread ended a moment ago: a fresh one takes the message
-                if box.busy or box.pending or box.sock is None or not is_light(msg):
+                if (box.busy or box.pending or box.sock is None
+                        or not is_light(msg, box.encoder.inline_bytes)):  # type: ignore[union-attr]
                     box.pending.append(msg)
-                    box.cond.notify()
+                    box.cond.notify_all()
                     return
                 box.busy = True
             break
-        left = self._send_now(box, msg)
-        with box.cond:
-            box.busy = False
-            if left is not None:
-                box.pending.appendleft(left)
-            box.cond.notify()
+        left: Any = msg
+        try:
+            left = self._send_now(box, msg)
+        finally:  # whatever happens, the socket is free again and what is unsent goes to the thread
+            with box.cond:
+                box.busy = False
+                if left is not None:
+                    box.pending.appendleft(left)
+                box.cond.notify_all()
 
     def _box(self, address: str) -> _Outbox | None:
         with self._lock:
@@ -113,13 +125,13 @@ class Mailer:
     @staticmethod
     def _send_now(box: _Outbox, msg: Message) -> Any:
         """Send ``msg`` from the putting thread (its caller holds ``busy``); what is left for the
-        destination's thread: None once sent, else the message (it could not be encoded: the
-        thread reports it) or its frames (the peer cannot take it now)."""
+        destination's thread: None once sent, else the encoding error (the thread reports it) or
+        the frames (the peer cannot take them now; a light message's frames hold no shared memory)."""
         assert box.encoder is not None
         try:
             frames = box.encoder.encode(msg)
-        except _ENCODE_ERRORS:
-            return msg
+        except _ENCODE_ERRORS as exc:
+            return _Failed(msg, exc)
         try:
             box.sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
             return None
@@ -160,7 +172,7 @@ class Mailer:
 
     # --- a destination's thread ---------------------------------------------------------------
     def _run(self, address: str, box: _Outbox) -> None:
-        sock = None
+        sock, error = None, None
         try:
             encoder = self._make_encoder(address)  # (per destination: shared memory reaches only its own node)
             sock = self._ctx.socket(zmq.PUSH)
@@ -175,14 +187,34 @@ class Mailer:
                 finally:
                     with box.cond:
                         box.busy = False
-                        box.cond.notify()
-        except zmq.ContextTerminated:
-            return
+                        box.cond.notify_all()
+        except (zmq.ContextTerminated, _Stop):
+            pass  # shutting down, or the peer is gone: nothing to report
         except Exception as exc:  # noqa: BLE001 - this destination's thread ends: its queue fails, a put starts anew
-            self._abandon(address, box, exc)
+            error = exc
         finally:
+            left = self._retire(address, box)
             if sock is not None:
                 sock.close(linger=0 if address in self._dropped else 2000)
+        if error is not None:
+            log.error("sending to %s failed; its queued messages fail", address, exc_info=error)
+            for item in left:
+                if item is not None and item is not _DROP:
+                    self._unsent(item.msg if isinstance(item, (_Encoded, _Failed)) else item, error)
+
+    def _retire(self, address: str, box: _Outbox) -> list[Any]:
+        """This destination's thread ends: once no putter sends on its socket, the box is dead (a
+        later put starts a fresh one); what was still queued is returned."""
+        with self._lock:
+            if self._boxes.get(address) is box:
+                del self._boxes[address]
+        with box.cond:
+            while box.busy:
+                box.cond.wait()
+            box.dead, box.sock = True, None
+            left = list(box.pending)
+            box.pending.clear()
+        return left
 
     @staticmethod
     def _next(box: _Outbox) -> Any:
@@ -195,6 +227,9 @@ class Mailer:
             return item
 
     def _deliver(self, address: str, box: _Outbox, sock: Any, item: Any) -> None:
+        if isinstance(item, _Failed):
+            self._unsent(item.msg, item.error)
+            return
         if isinstance(item, _Encoded):
             frames = item.frames
         else:
@@ -212,23 +247,6 @@ class Mailer:
             self.on_unsent(msg, exc)
         except Exception:  # noqa: BLE001 - reporting one lost message must not lose the rest
             log.exception("could not report an unsent %s", type(msg).__name__)
-
-    def _abandon(self, address: str, box: _Outbox, exc: BaseException) -> None:
-        """This destination's thread cannot go on: its queue's messages fail (unless it stopped
-        because the peer is gone or we are shutting down), a later put starts anew."""
-        with self._lock:
-            if self._boxes.get(address) is box:
-                del self._boxes[address]
-        with box.cond:
-            box.dead = True
-            left = list(box.pending)
-            box.pending.clear()
-        if isinstance(exc, _Stop):
-            return
-        log.error("sending to %s failed; its queued messages fail", address, exc_info=exc)
-        for item in left:
-            if item is not None and item is not _DROP:
-                self._unsent(item.msg if isinstance(item, _Encoded) else item, exc)
 
     @staticmethod
     def _send(sock: Any, frames: list[Any]) -> bool:

@@ -109,11 +109,13 @@ def _lift(value: Any, threshold: int) -> Any:
 
 
 class Encoder:
-    """Encodes messages; not thread-safe (one per sending thread)."""
+    """Encodes messages; not thread-safe (one thread at a time)."""
 
     def __init__(self, shm: ShmRing | None = None, shm_threshold: int = 64 * 1024) -> None:
         self._shm = shm
         self._threshold = shm_threshold
+        # The largest bytes value that stays in the message body (never takes a shared-memory slot).
+        self.inline_bytes = min(_LIGHT_BYTES, shm_threshold) - 1 if shm is not None else _LIGHT_BYTES - 1
         self._frames: list[Any] = []
         self._body = msgspec.msgpack.Encoder(enc_hook=self._hook)
         self._header = msgspec.msgpack.Encoder()
@@ -225,27 +227,28 @@ class Decoder:
         self._readers.close()
 
 
-def is_light(msg: Message, depth: int = 4) -> bool:
-    """Whether ``msg`` holds no tensor, array or big bytes (searched ``depth`` containers deep;
-    anything deeper counts as heavy): cheap to encode on any thread."""
+def is_light(msg: Message, max_bytes: int = 16 * 1024 - 1, depth: int = 4) -> bool:
+    """Whether ``msg`` holds no tensor, array or bytes value longer than ``max_bytes`` (searched
+    ``depth`` containers deep; anything deeper counts as heavy): cheap to encode on any thread,
+    and, with ``max_bytes`` at most an encoder's ``inline_bytes``, encoded without shared memory."""
     if type(msg) is Chunks:
-        return all(_light(c.value, depth) for c in msg.items)
+        return all(_light(c.value, max_bytes, depth) for c in msg.items)
     field = _BLOB_FIELDS.get(type(msg))
-    return field is None or _light(getattr(msg, field), depth)
+    return field is None or _light(getattr(msg, field), max_bytes, depth)
 
 
-def _light(value: Any, depth: int) -> bool:
+def _light(value: Any, max_bytes: int, depth: int) -> bool:
     kind = type(value)
     if kind in (str, int, float, bool) or value is None:
         return True
     if kind in (bytes, bytearray):
-        return len(value) < _LIGHT_BYTES
+        return len(value) <= max_bytes
     if depth == 0 or isinstance(value, (torch.Tensor, np.ndarray)):
         return False
     if kind is dict:
-        return all(_light(v, depth - 1) for v in value.values())
+        return all(_light(v, max_bytes, depth - 1) for v in value.values())
     if kind in (list, tuple):
-        return all(_light(v, depth - 1) for v in value)
+        return all(_light(v, max_bytes, depth - 1) for v in value)
     return False  # a struct or object of some other kind: it may hold tensors
 
 

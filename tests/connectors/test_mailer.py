@@ -48,3 +48,21 @@ def test_a_message_with_a_tensor_or_big_bytes_is_heavy():
     assert not is_light(Chunks([Chunk("r", "text", "a"), Chunk("r", "audio", torch.zeros(4))]))
     assert not is_light(Data("r", "x", b"\0" * (1 << 20)))
     assert not is_light(Data("r", "x", [[[[["too deep to look"]]]]]))
+
+
+def test_a_message_that_cannot_be_encoded_is_reported_and_the_next_one_goes(tmp_path):
+    ctx = zmq.Context()
+    inbox = Inbox(ctx, f"ipc://{tmp_path}/in.sock", Decoder())
+    unsent = []
+    mail = Mailer(ctx, lambda _address: Encoder(None), on_unsent=lambda msg, exc: unsent.append((msg.rid, type(exc))))
+    try:
+        mail.put(inbox.address, Data("first", "x", "hello"))  # (opens the socket: the rest may go at once)
+        assert inbox.recv(timeout_ms=10_000).rid == "first"
+        mail.put(inbox.address, Data("bad", "x", 1 << 70))  # light, but beyond 64 bits
+        mail.put(inbox.address, Data("next", "x", "still here"))
+        assert inbox.recv(timeout_ms=10_000).rid == "next"
+        assert unsent == [("bad", OverflowError)]
+    finally:
+        mail.close(timeout=1)
+        inbox.close()
+        ctx.term()
