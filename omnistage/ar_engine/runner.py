@@ -18,14 +18,16 @@ from omnistage.ar_engine.sequence import StepPlan
 
 
 # With a packed backend, a prefill chunk of at least SDPA_ROWS tokens whose (query, key) pairs number
-# at least SDPA_PAIRS attends through SDPA: its matrix multiplies beat the kernel's row-by-row loop
-# there (a fresh 64-token prompt, or 17 new tokens after a cached 1600-token prefix; measured with
-# 4 heads of 16 and 12 heads of 64). Below, SDPA's fixed cost per call is the larger.
-SDPA_ROWS, SDPA_PAIRS = 8, 4096
+# at least SDPA_PAIRS attends through SDPA where heads have at least SDPA_MIN_HEAD_DIM dimensions:
+# there its matrix multiplies beat the kernel's row-by-row loop (12 heads of 64: 40 new tokens after
+# a cached 1600-token prefix, or a fresh 1582-token prompt). With smaller heads the kernel was the
+# faster everywhere measured (4 heads of 16: a fresh 1582-token prompt 20.7 against 34.8 ms per step).
+SDPA_ROWS, SDPA_PAIRS, SDPA_MIN_HEAD_DIM = 32, 1 << 15, 64
 
 
-def attends_by_sdpa(chunk: Any) -> bool:
-    return chunk.length >= SDPA_ROWS and chunk.length * (chunk.start + chunk.length) >= SDPA_PAIRS
+def attends_by_sdpa(chunk: Any, head_dim: int) -> bool:
+    return (head_dim >= SDPA_MIN_HEAD_DIM and chunk.length >= SDPA_ROWS
+            and chunk.length * (chunk.start + chunk.length) >= SDPA_PAIRS)
 
 
 # A CPU step of fewer multiply-adds than this runs on one thread. Splitting it gains nothing (a
@@ -116,6 +118,7 @@ class ModelRunner:
         self.mrope = hasattr(getattr(model, "model", None), "get_rope_index") or self.project is not None
         self.final_softcap = final_logit_softcap(model.config)
         layers, kv_heads, head_dim = kv_shape(model.config, tp_size)
+        self.head_dim = head_dim
         dtype = kv_dtype or next(model.parameters()).dtype
         self.kv_caches = [torch.zeros(2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
                           for _ in range(layers)]
@@ -196,7 +199,7 @@ class ModelRunner:
                                  ctx_lens=(pos + 1).to(torch.int32).to(dev), backend=self.backend)
         if self.backend is None or not self.backend.packed:
             self._split_metadata(meta, chunks, offsets, tables)
-        elif any(attends_by_sdpa(c) for c in chunks):
+        elif any(attends_by_sdpa(c, self.head_dim) for c in chunks):
             self._long_prefills(meta, chunks, offsets, tables, rows)
         return torch.tensor(ids, dtype=torch.long, device=dev), self._positions(chunks, pos).to(dev), meta, sample_rows
 
@@ -215,7 +218,7 @@ class ModelRunner:
         """Long prefill chunks go to SDPA as spans (``attends_by_sdpa``); the kernel takes every other
         token."""
         dev = self.device
-        long = [i for i, c in enumerate(chunks) if attends_by_sdpa(c)]
+        long = [i for i, c in enumerate(chunks) if attends_by_sdpa(c, self.head_dim)]
         meta.prefills = [self._span(chunks[i], int(offsets[i]), tables[i]) for i in long]
         is_long = torch.zeros(len(chunks), dtype=torch.bool)
         is_long[long] = True

@@ -84,9 +84,19 @@ def test_decode_signature_reads_row_i_of_the_tables(backend):
     assert torch.allclose(backend.decode_attention(q, cache, tables, lens, 16, 0.125), want, atol=1e-5)
 
 
-def test_engine_with_long_and_short_prompts_equals_the_reference_backend(backend):
+def test_sdpa_takes_long_chunks_of_large_heads_only():
+    from omnistage.ar_engine.runner import attends_by_sdpa
+    from omnistage.ar_engine.sequence import Chunk
+    assert [attends_by_sdpa(Chunk(None, 0, n), 64) for n in (31, 182, 100, 400)] == [False, True, False, True]
+    assert attends_by_sdpa(Chunk(None, 1600, 40), 128) and not attends_by_sdpa(Chunk(None, 1600, 17), 64)
+    assert not attends_by_sdpa(Chunk(None, 0, 1600), 16)
+
+
+def test_engine_with_long_and_short_prompts_equals_the_reference_backend(backend, monkeypatch):
     """Long prefill chunks go through SDPA, the other tokens through the kernel, in one step; so
-    does a short chunk after a long cached prefix."""
+    does a short chunk after a long cached prefix. (The tiny model's heads of 16 would all go to
+    the kernel: the thresholds are lowered to mix both here.)"""
+    from omnistage.ar_engine import runner
     from omnistage.ar_engine.config import EngineConfig
     from omnistage.ar_engine.engine import EngineRequest, LLMEngine
     from omnistage.ar_engine.runner import attends_by_sdpa
@@ -97,8 +107,11 @@ def test_engine_with_long_and_short_prompts_equals_the_reference_backend(backend
     path = ensure_tiny("qwen2")
     prefix = list(range(5, 405))
     waves = [[list(range(5, 5 + n)) for n in (3, 154, 20, 135)], [prefix], [prefix + [7] * 12, prefix[:30] + [9] * 3]]
-    assert [attends_by_sdpa(Chunk(None, 0, n)) for n in (3, 154, 20, 135)] == [False, True, False, True]
-    assert attends_by_sdpa(Chunk(None, 400, 12)) and not attends_by_sdpa(Chunk(None, 400, 3))
+    monkeypatch.setattr(runner, "SDPA_MIN_HEAD_DIM", 16)
+    monkeypatch.setattr(runner, "SDPA_ROWS", 8)
+    monkeypatch.setattr(runner, "SDPA_PAIRS", 4096)
+    assert [attends_by_sdpa(Chunk(None, 0, n), 16) for n in (3, 154, 20, 135)] == [False, True, False, True]
+    assert attends_by_sdpa(Chunk(None, 400, 12), 16) and not attends_by_sdpa(Chunk(None, 400, 3), 16)
 
     def run(which):
         engine = LLMEngine(load_model(str(path), torch.float32, "cpu"), None, EngineConfig(num_blocks=128, max_model_len=512),
