@@ -61,7 +61,7 @@ def two_way(models: list[StageModel], devices: int):
 def run(models: list[StageModel], devices: int, two: bool) -> dict:
     trace, duration = (two_way if two else rotating)(MODELS, devices)
     even = {m.name: devices // len(models) + (i < devices % len(models)) for i, m in enumerate(models)}
-    elastic = simulate(models, even, trace, duration, policy=POLICY, interval_s=POLICY.interval_s, dt=0.05)
+    elastic = simulate(models, even, trace, duration, policy=POLICY, interval_s=POLICY.interval_s, dt=0.05, slo=SLO)
     split, static_goodput = best_static(models, trace, devices, duration, SLO, dt=0.05)
     static = simulate(models, split, trace, duration, dt=0.05)
     return {"devices": devices, "requests": len(trace), "offered": len(trace) / duration, "elastic": elastic,

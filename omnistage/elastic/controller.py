@@ -5,7 +5,9 @@ Metrics per stage: waiting and running come from the replicas' Stats; the arriva
 requests the orchestrator admitted to the stage over the interval; the service rate of one
 replica from completions over the interval: while the stage has a queue they measure its
 capacity (smoothed); without one they are a lower bound (a replica does at least what it did).
-It starts from ``SERVICE_RATE_PRIOR``.
+It starts from ``SERVICE_RATE_PRIOR``. A request's wait budget (how long it may queue and still
+meet its SLO) comes from the slack of recently finished requests (``Goodput.wait_budget``),
+or is its SLO's tightest bound while none has finished.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
 from omnistage.elastic.scaler import Scaler
 from omnistage.graph.schema import ElasticConfig
+from omnistage.graph.slo import slo_of
 from omnistage.stages.runtime.orchestrator import Orchestrator
 from omnistage.stages.runtime.replicas import ReplicaState
 
@@ -75,9 +78,17 @@ class Controller:
             loads[unit] = StageLoad(waiting=waiting, running=running,
                                     arrival_rate=(self.orch.arrivals[unit] - arrivals[unit]) / span,
                                     service_rate=self.service_rate[unit], replicas=counted,
-                                    min_replicas=lo, max_replicas=hi)
+                                    min_replicas=lo, max_replicas=hi, wait_budget_s=self._wait_budget(stage, group, unit))
         self._seen = (dict(self.orch.arrivals), dict(self.orch.completions), now)
         return Snapshot(now, loads, free_devices=len(self.scaler.free))
+
+    def _wait_budget(self, stage: str, group: str | None, unit: str) -> float | None:
+        """From the slack of the unit's finished requests; before any, its tightest bound."""
+        budget = self.orch.goodput.wait_budget(unit)
+        if budget is not None:
+            return budget
+        bounds = slo_of(self.orch.plan.stages[stage].config, group)
+        return min((b for b in (bounds.e2e_s, bounds.ttft_s, bounds.ttfp_s) if b is not None), default=None)
 
     def units(self) -> list[tuple[str, str | None, int, int]]:
         """(stage, group, min, max) for every stage and modality group the controller sizes."""

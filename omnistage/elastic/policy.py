@@ -25,6 +25,9 @@ from dataclasses import dataclass, field, replace
 
 from omnistage.graph.schema import ElasticConfig
 
+MIN_SAVED = 1.0  # requests within their SLO over the horizon: less counts as none
+TAIL_HORIZONS = 4.0
+
 
 @dataclass(frozen=True)
 class StageLoad:
@@ -35,6 +38,13 @@ class StageLoad:
     replicas: int  # ready or starting
     min_replicas: int = 1
     max_replicas: int = 1
+    # How long a request may wait for a batch slot and still meet its SLO (its bound less its own
+    # time in service); None where not known, and then only queueing counts.
+    wait_budget_s: float | None = None
+    # Arrival rates of the recent snapshots, oldest first, ``interval_s`` apart: their shape (its
+    # bursts) is what ``lost`` replays, scaled to ``arrival_rate``.
+    rate_history: tuple[float, ...] = ()
+    interval_s: float = 1.0
 
     def delay(self, replicas: int | None = None) -> float:
         """Queueing delay a request arriving now would see."""
@@ -84,7 +94,7 @@ def decide(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> list[Ac
     may_gain = {s for s in loads if snap.time - state.last_give.get(s, -1e18) >= config.cooldown_s}
     may_give = {s for s in loads if snap.time - state.last_gain.get(s, -1e18) >= config.cooldown_s}
     short = [s for s in loads if s in may_gain and state.short.get(s, 0) >= _patience(loads[s], config)]
-    short.sort(key=lambda s: -_saved(loads[s], config, config.reload_s))
+    short.sort(key=lambda s: _worth(loads[s], config, config.reload_s, target[s] - loads[s].replicas), reverse=True)
     for stage in short:
         actions = _grow_to(loads, target, snap.free_devices, config, stage, may_give)
         if actions:
@@ -105,7 +115,10 @@ def allocate(loads: Mapping[str, StageLoad], devices: int, config: ElasticConfig
     the devices do not reach, at full utilization, or, when even that does not reach, as many as
     keep the overload least; the rest go one by one to the unit whose queueing (backlog
     included) they cut most. Savings shrink as a unit grows, so this greedy order minimizes the
-    queueing."""
+    queueing. Where the units' wait budgets are known, goodput decides instead: from every unit's
+    minimum, each device goes where it keeps the most requests within their SLO (``_fill``)."""
+    if any(load.wait_budget_s is not None for load in loads.values()):
+        return _fill({s: load.min_replicas for s, load in loads.items()}, loads, devices, config)
     steady = {s: replace(load, waiting=0.0) for s, load in loads.items()}
     for utilization in (config.target_utilization, 1.0):
         need = {s: needed_replicas(load, config, utilization) for s, load in steady.items()}
@@ -116,18 +129,33 @@ def allocate(loads: Mapping[str, StageLoad], devices: int, config: ElasticConfig
 
 
 def _fill(target: dict[str, int], loads: Mapping[str, StageLoad], devices: int, config: ElasticConfig) -> dict[str, int]:
-    """``target`` plus the remaining devices, each to the unit whose queueing it cuts most (a
-    device left idle helps no one); a device that would cut nothing stays unassigned."""
+    """``target`` plus the remaining devices, each to the unit it is worth most to
+    (``_device_value``: the requests it keeps within their SLO, then the queueing it cuts); a
+    device worth nothing to any unit stays unassigned."""
     target = dict(target)
     for _ in range(devices - sum(target.values())):
         open_ = [s for s in loads if target[s] < loads[s].max_replicas]
         if not open_:
             break
-        best = max(open_, key=lambda s: _gain(loads[s], target[s], config))
-        if _gain(loads[best], target[best], config) <= 1e-9:
+        spare = devices - sum(target.values())
+        values = {s: _device_value(loads[s], target[s], spare, config) for s in open_}
+        best = max(open_, key=values.__getitem__)
+        if max(values[best]) <= 1e-9:
             break
         target[best] += 1
     return target
+
+
+def _device_value(load: StageLoad, replicas: int, spare: int, config: ElasticConfig) -> tuple[float, float]:
+    """What one more device is worth to a unit with ``replicas``: first the requests it keeps
+    within their SLO over the horizon (``lost``, each replica at ``target_utilization``), per device over the best of up to ``spare``
+    more (one device alone saves little for a unit several short, the last of them much), when
+    that is at least ``MIN_SAVED``; then the request-seconds of queueing it cuts."""
+    h, u = config.horizon_s, config.target_utilization
+    now = lost(load, replicas, h, utilization=u)
+    room = min(spare, load.max_replicas - replicas)
+    saved = max(((now - lost(load, replicas + k, h, utilization=u)) / k for k in range(1, room + 1)), default=0.0)
+    return (saved if saved >= MIN_SAVED else 0.0), _gain(load, replicas, config)
 
 
 def needed_replicas(load: StageLoad, config: ElasticConfig, utilization: float | None = None) -> int:
@@ -150,6 +178,62 @@ def queueing(load: StageLoad, replicas: int, horizon: float, later: int | None =
     return total + rest
 
 
+def lost(load: StageLoad, replicas: int, horizon: float, later: int | None = None, after_s: float = 0.0,
+         utilization: float = 1.0) -> float:
+    """Requests expected to miss their SLO over ``horizon`` seconds with ``replicas`` (``later``
+    of them from ``after_s`` on), each serving ``utilization`` of its measured rate; none without
+    a wait budget. Arrivals follow the unit's recent rates snapshot by snapshot (``rate_history``,
+    repeated, scaled to ``arrival_rate``: the bursts it saw, at the current level), or
+    ``arrival_rate`` throughout without a history. An arriving request misses while the backlog
+    it finds is more than the unit serves within the budget, ``capacity * wait_budget_s`` (a
+    fluid backlog, as in ``queueing``: it grows at arrival rate less capacity). A history longer
+    than the horizon is replayed whole and its count scaled to the horizon; the arrivals after it
+    that a backlog left at its end would still make late are added (``_drain_tail``)."""
+    if load.wait_budget_s is None:
+        return 0.0
+    later = replicas if later is None else later
+    budget = max(load.wait_budget_s, 0.0)
+    history = load.rate_history or (load.arrival_rate,)
+    mean = statistics.fmean(history)
+    rates = [r * load.arrival_rate / mean for r in history] if mean > 0 else [load.arrival_rate]
+    step = load.interval_s if load.rate_history else horizon
+    span = max(horizon, step * len(rates))  # the whole history, so that its bursts count
+    missed, backlog, t, i = 0.0, load.waiting, 0.0, 0
+    while t < span - 1e-9:
+        end = min(span, (i + 1) * step, after_s if t < after_s else span)
+        capacity = (replicas if t < after_s else later) * utilization * max(load.service_rate, 1e-6)
+        part, backlog = _missed(rates[i % len(rates)], capacity, budget, backlog, end - t)
+        missed += part
+        if end >= (i + 1) * step - 1e-9:
+            i += 1
+        t = end
+    return missed * horizon / span + _drain_tail(load, later * utilization, budget, backlog, horizon)
+
+
+def _drain_tail(load: StageLoad, replicas: float, budget: float, backlog: float, horizon: float) -> float:
+    """Arrivals after the horizon that still find a backlog beyond the budget (a queue served
+    in order makes them late until it drains), up to ``TAIL_HORIZONS`` horizons: so a unit
+    whose backlog outlasts the horizon is not taken for lost whatever it gets."""
+    capacity = replicas * max(load.service_rate, 1e-6)
+    excess, drain = backlog - capacity * budget, capacity - load.arrival_rate
+    if excess <= 0:
+        return 0.0
+    lasts = excess / drain if drain > 0 else float("inf")
+    return load.arrival_rate * min(lasts, TAIL_HORIZONS * horizon)
+
+
+def _missed(rate: float, capacity: float, budget: float, backlog: float, span: float) -> tuple[float, float]:
+    """(arrivals over ``span`` that find a backlog beyond ``capacity * budget``, the backlog after)."""
+    limit, slope = capacity * budget, rate - capacity
+    if slope > 0:
+        over = span - min(span, max(0.0, (limit - backlog) / slope))
+    elif slope < 0:
+        over = min(span, max(0.0, (backlog - limit) / -slope))
+    else:
+        over = span if backlog > limit else 0.0
+    return rate * over, max(0.0, backlog + slope * span)
+
+
 def _segment(load: StageLoad, replicas: int, backlog: float, span: float) -> tuple[float, float]:
     if span <= 0:
         return 0.0, backlog
@@ -165,10 +249,14 @@ def _gain(load: StageLoad, replicas: int, config: ElasticConfig) -> float:
     return queueing(load, replicas, config.horizon_s) - queueing(load, replicas + 1, config.horizon_s)
 
 
-def _saved(load: StageLoad, config: ElasticConfig, reload_s: float) -> float:
-    """Request-seconds of queueing one more replica saves over the horizon (serving after ``reload_s``)."""
-    now = queueing(load, load.replicas, config.horizon_s)
-    return now - queueing(load, load.replicas, config.horizon_s, later=load.replicas + 1, after_s=reload_s)
+def _worth(load: StageLoad, config: ElasticConfig, reload_s: float, upto: int = 1) -> tuple[float, float]:
+    """What one more replica serving after ``reload_s`` saves a unit over the horizon: (requests
+    kept within their SLO, per replica over the best of up to ``upto`` more, as in
+    ``_device_value``; request-seconds of queueing)."""
+    n, h, u = load.replicas, config.horizon_s, config.target_utilization
+    now = lost(load, n, h, utilization=u)
+    kept = max((now - lost(load, n, h, later=n + k, after_s=reload_s, utilization=u)) / k for k in range(1, max(upto, 1) + 1))
+    return kept, queueing(load, n, h) - queueing(load, n, h, later=n + 1, after_s=reload_s)
 
 
 def same_stage(unit: str, other: str) -> bool:
@@ -178,9 +266,22 @@ def same_stage(unit: str, other: str) -> bool:
     return bool(slash) and other.partition("/")[0] == stage and "/" in other
 
 
-def _lost(load: StageLoad, config: ElasticConfig) -> float:
-    """Request-seconds of queueing a donor adds over the horizon with one replica fewer."""
-    return queueing(load, load.replicas - 1, config.horizon_s) - queueing(load, load.replicas, config.horizon_s)
+def _cost(load: StageLoad, config: ElasticConfig) -> tuple[float, float]:
+    """What a donor loses over the horizon with one replica fewer: (requests that then miss
+    their SLO, request-seconds of queueing)."""
+    n, h, u = load.replicas, config.horizon_s, config.target_utilization
+    return (lost(load, n - 1, h, utilization=u) - lost(load, n, h, utilization=u),
+            queueing(load, n - 1, h) - queueing(load, n, h))
+
+
+def _move_value(worth: tuple[float, float], cost: tuple[float, float], config: ElasticConfig) -> tuple[float, float] | None:
+    """A move's net (requests kept within their SLO, request-seconds of queueing saved), or None
+    where it does not pay: it pays when it keeps ``min_goodput_gain`` requests more, or when it
+    costs none (to within ``MIN_SAVED``) and saves ``min_gain`` request-seconds of queueing."""
+    kept, queue = worth[0] - cost[0], worth[1] - cost[1]
+    if kept >= config.min_goodput_gain or (kept > -MIN_SAVED and queue >= config.min_gain):
+        return kept, queue
+    return None
 
 
 def _sustained(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> dict[str, StageLoad]:
@@ -196,7 +297,8 @@ def _sustained(snap: Snapshot, config: ElasticConfig, state: PolicyState) -> dic
         recent = state.rates.setdefault(stage, [])
         recent.append(load.arrival_rate)
         del recent[:-keep]
-        out[stage] = replace(load, arrival_rate=_rate(recent, short, config.interval_s))
+        out[stage] = replace(load, arrival_rate=_rate(recent, short, config.interval_s), rate_history=tuple(recent),
+                             interval_s=config.interval_s)
     return out
 
 
@@ -258,18 +360,22 @@ def _grow(loads: Mapping[str, StageLoad], target: Mapping[str, int], free: int, 
            f"({load.arrival_rate:.2f} req/s, {load.waiting:.0f} waiting, delay {load.delay():.2f} s)")
     if free > 0:
         return Action("add", stage, reason=f"{why}; a device is free")
-    best: tuple[float, str] | None = None
+    best: tuple[tuple[float, float], str] | None = None
     for donor, other in loads.items():
         if donor == stage or donor not in may_give or other.replicas <= max(other.min_replicas, target[donor]):
             continue
-        gain = _saved(load, config, 0.0 if same_stage(stage, donor) else config.reload_s) - _lost(other, config)
-        if gain >= config.min_gain and (best is None or gain > best[0]):
-            best = (gain, donor)
+        worth = _worth(load, config, 0.0 if same_stage(stage, donor) else config.reload_s,
+                       target[stage] - load.replicas)
+        value = _move_value(worth, _cost(other, config), config)
+        if value is not None and (best is None or value > best[0]):
+            best = (value, donor)
     if best is None:
         return None
-    how = "regrouping one (no reload)" if same_stage(stage, best[1]) else "moving one"
-    return Action("move", stage, donor=best[1], reason=f"{why}; {how} from {best[1]!r} saves ~{best[0]:.0f} "
-                                                         f"request-seconds of queueing over {config.horizon_s:.0f} s")
+    (kept, queue), donor = best
+    how = "regrouping one (no reload)" if same_stage(stage, donor) else "moving one"
+    what = (f"keeps ~{kept:.0f} more requests within their SLO" if kept >= config.min_goodput_gain
+            else f"saves ~{queue:.0f} request-seconds of queueing")
+    return Action("move", stage, donor=donor, reason=f"{why}; {how} from {donor!r} {what} over {config.horizon_s:.0f} s")
 
 
 def _record(state: PolicyState, now: float, actions: list[Action]) -> list[Action]:

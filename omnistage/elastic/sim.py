@@ -80,10 +80,12 @@ class SimResult:
 
 def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace: Sequence[Arrival],
              duration: float, policy: ElasticConfig | None = None, interval_s: float = 1.0,
-             dt: float = 0.02, max_replicas: int | None = None, free: int = 0) -> SimResult:
+             dt: float = 0.02, max_replicas: int | None = None, free: int = 0,
+             slo: Mapping[str, float] | None = None) -> SimResult:
     """Run ``trace`` on ``allocation`` (devices per stage) plus ``free`` devices in the pool;
-    ``policy=None`` keeps it static. Requests still unfinished at ``duration`` count as missing
-    their SLO (no latency)."""
+    ``policy=None`` keeps it static. With ``slo`` (seconds per stage) the policy knows each
+    unit's wait budget: its SLO less a request's time at a full batch. Requests still
+    unfinished at ``duration`` count as missing their SLO (no latency)."""
     by_name = {m.name: m for m in models}
     replicas = [_Replica(stage) for stage, n in allocation.items() for _ in range(n)]
     replicas += [_Replica(None) for _ in range(free)]
@@ -103,7 +105,7 @@ def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace:
         _finish_drains(replicas, now, policy)
         now += dt
         if policy is not None and now >= next_control:
-            snap = _snapshot(now, models, replicas, queues, seen_in_window, interval_s, limit)
+            snap = _snapshot(now, models, replicas, queues, seen_in_window, interval_s, limit, slo)
             for action in decide(snap, policy, state):
                 actions.append((now, action))
                 _apply(action, replicas, now, policy)
@@ -146,14 +148,15 @@ def _finish_drains(replicas: list[_Replica], now: float, policy: ElasticConfig |
 
 def _snapshot(now: float, models: Sequence[StageModel], replicas: list[_Replica],
               queues: Mapping[str, deque[_Request]], seen: Mapping[str, int], interval_s: float,
-              limit: int) -> Snapshot:
+              limit: int, slo: Mapping[str, float] | None) -> Snapshot:
     loads = {}
     for m in models:
         mine = [r for r in replicas if r.stage == m.name and not r.draining]
         running = sum(len(r.active) for r in mine)
         loads[m.name] = StageLoad(waiting=len(queues[m.name]), running=running, arrival_rate=seen[m.name] / interval_s,
                                   service_rate=m.capacity, replicas=len(mine), min_replicas=m.min_replicas,
-                                  max_replicas=limit)
+                                  max_replicas=limit, wait_budget_s=None if slo is None else
+                                  slo[m.name] - m.steps * m.step_s(m.max_batch))
     return Snapshot(now, loads, free_devices=sum(1 for r in replicas if r.stage is None))
 
 

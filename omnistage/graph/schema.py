@@ -139,18 +139,19 @@ class ElasticConfig:
     high_delay_s: float = 2.0
     low_delay_s: float = 0.2
     patience: int = 2
-    cooldown_s: float = 3.0
+    cooldown_s: float = 10.0
     reload_s: float = 10.0
     horizon_s: float = 15.0
     target_utilization: float = 0.8
     rate_window_s: float = 20.0
     min_gain: float = 100.0
+    min_goodput_gain: float = 50.0
 
     def __post_init__(self) -> None:
         for name in ("interval_s", "high_delay_s", "horizon_s", "target_utilization", "threads", "patience",
                      "rate_window_s"):
             _positive(name, getattr(self, name))
-        for name in ("low_delay_s", "cooldown_s", "reload_s", "min_gain"):
+        for name in ("low_delay_s", "cooldown_s", "reload_s", "min_gain", "min_goodput_gain"):
             _positive(name, getattr(self, name), allow_zero=True)
         if self.low_delay_s >= self.high_delay_s:
             raise ValueError("low_delay_s must be below high_delay_s")

@@ -33,9 +33,16 @@ def slo_of(stage: StageConfig, group: str | None = None) -> SloBounds:
     return SloBounds(stage.slo.e2e_s, stage.slo.ttft_s, stage.slo.ttfp_s)
 
 
-def met(bounds: SloBounds, e2e: float, ttft: float | None = None, ttfp: float | None = None) -> bool:
-    """Whether a request that finished ``e2e`` s after its arrival (first output after ``ttft``,
-    first audio after ``ttfp``; None: it gave none, so its end counts) met ``bounds``."""
+def slack(bounds: SloBounds, e2e: float, ttft: float | None = None, ttfp: float | None = None) -> float | None:
+    """How much later a request that finished ``e2e`` s after its arrival (first output after
+    ``ttft``, first audio after ``ttfp``; None: it gave none, so its end counts) could have done
+    so and still met ``bounds``: negative when it missed them; None when there are none."""
     checks = ((bounds.e2e_s, e2e), (bounds.ttft_s, e2e if ttft is None else ttft),
               (bounds.ttfp_s, e2e if ttfp is None else ttfp))
-    return all(bound is None or took <= bound for bound, took in checks)
+    return min((bound - took for bound, took in checks if bound is not None), default=None)
+
+
+def met(bounds: SloBounds, e2e: float, ttft: float | None = None, ttfp: float | None = None) -> bool:
+    """Whether such a request met ``bounds`` (``slack``)."""
+    left = slack(bounds, e2e, ttft, ttfp)
+    return left is None or left >= 0

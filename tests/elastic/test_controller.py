@@ -35,3 +35,6 @@ def test_the_controller_moves_a_slot_to_image_generation_when_the_load_shifts():
         outputs = [h.result(300).outputs for h in chat + handles]
         assert sum("image" in o for o in outputs) == len(handles) and sum("text" in o for o in outputs) == 8
         assert pipe.orchestrator.completions["image"] == len(handles)  # each exactly once
+        # the policy's wait budgets: from the finished requests' slack, within the 2 s default SLO
+        budgets = [load.wait_budget_s for load in controller.snapshot().stages.values()]
+        assert all(budget is not None and budget < 2.0 for budget in budgets), budgets

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from omnistage.elastic.policy import PolicyState, Snapshot, StageLoad, allocate, decide, queueing
+from omnistage.elastic.policy import PolicyState, Snapshot, StageLoad, allocate, decide, lost, queueing
 from omnistage.graph.schema import ElasticConfig
 
 # one snapshot a second; rates over 8 s, the quarter window is 3 snapshots
@@ -11,9 +11,9 @@ CONFIG = ElasticConfig(interval_s=1.0, rate_window_s=8.0, high_delay_s=1.0, low_
                        cooldown_s=10.0, reload_s=5.0, horizon_s=30.0, min_gain=100.0)
 
 
-def load(rate, replicas, waiting=0.0, service=10.0, running=0.0, lo=1, hi=8):
+def load(rate, replicas, waiting=0.0, service=10.0, running=0.0, lo=1, hi=8, budget=None):
     return StageLoad(waiting=waiting, running=running, arrival_rate=rate, service_rate=service, replicas=replicas,
-                     min_replicas=lo, max_replicas=hi)
+                     min_replicas=lo, max_replicas=hi, wait_budget_s=budget)
 
 
 def run(stages_at, times, free=0, config=CONFIG, state=None):
@@ -128,3 +128,42 @@ def test_queueing_of_a_growing_backlog():
     assert fluid == pytest.approx(0.5 * 5 * 30 ** 2 + 0.99 ** 2 / 0.01 * 30)
     helped = queueing(load(rate=15, replicas=1, waiting=0), 1, 30.0, later=2, after_s=10.0)
     assert helped < fluid
+
+
+def test_lost_requests_of_a_queue():
+    assert lost(load(rate=15, replicas=1), 1, 30.0) == 0  # no SLO known: nothing counts as lost
+    # 5/s more than it serves: the backlog passes the 10 its 1 s budget covers after 2 s, and
+    # it never drains: four horizons more of arrivals count as late
+    assert lost(load(rate=15, replicas=1, budget=1.0), 1, 30.0) == pytest.approx(15 * 28 + 15 * 4 * 30)
+    assert lost(load(rate=5, replicas=1, budget=1.0), 1, 30.0) == 0
+    # 50 queued drain at 5/s: arrivals find more than the 10 a second's budget serves for 8 s
+    assert lost(load(rate=5, replicas=1, waiting=50, budget=1.0), 1, 30.0) == pytest.approx(5 * 8)
+    # 200 queued outlast the horizon: 30 s of late arrivals, then 8 s more while the rest drains;
+    # a second replica drains the part beyond its budget (20) within 12 s
+    assert lost(load(rate=5, replicas=1, waiting=200, budget=1.0), 1, 30.0) == pytest.approx(5 * 30 + 5 * 8)
+    assert lost(load(rate=5, replicas=1, waiting=200, budget=1.0), 2, 30.0) == pytest.approx(5 * 12)
+    # a second replica after 2 s: the 40 left drain at 15/s below the 20 its budget serves in 4/3 s
+    helped = lost(load(rate=5, replicas=1, waiting=50, budget=1.0), 1, 30.0, later=2, after_s=2.0)
+    assert helped == pytest.approx(5 * 2 + 5 * 4 / 3)
+
+
+def test_allocate_gives_the_dear_unit_only_its_minimum_when_devices_cannot_serve_both():
+    """Chats are cheap and many, images dear and few: 9 devices do not serve both at the target
+    utilization. Kept within their SLO, the chats are worth more requests; by queueing alone the
+    images' long waits would draw a device from them."""
+    loads = {"chat": load(rate=60, replicas=4, budget=1.0), "image": load(rate=3, replicas=4, service=0.5, budget=3.0)}
+    assert allocate(loads, 9, CONFIG) == {"chat": 8, "image": 1}
+    by_queueing = {s: replace(v, wait_budget_s=None) for s, v in loads.items()}
+    assert allocate(by_queueing, 9, CONFIG) == {"chat": 7, "image": 2}
+
+
+def test_a_move_that_keeps_more_requests_within_their_slo_pays():
+    """The chats run at 86% of their capacity: by queueing they have enough, but their bursts
+    would make chats late, and they are many; the images, few and already late, give one up."""
+    stages = {"chat": load(rate=60, replicas=7, budget=1.0), "image": load(rate=2, replicas=2, service=0.5, waiting=10,
+                                                                             budget=3.0)}
+    moves = [a for acts in run(lambda t: stages, range(6)) for a in acts]
+    assert moves and (moves[0].kind, moves[0].stage, moves[0].donor) == ("move", "chat", "image")
+    assert "requests within their SLO" in moves[0].reason
+    by_queueing = {s: replace(v, wait_budget_s=None) for s, v in stages.items()}
+    assert all(a == [] for a in run(lambda t: by_queueing, range(6)))

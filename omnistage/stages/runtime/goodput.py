@@ -3,6 +3,10 @@
 Every request a unit served counts there once it ends: as met when its latencies (from its
 handle) are within the unit's bounds, else as missed; a failed request is missed in every unit
 it was sent to. ``rate()`` is the met requests per second over the last ``window_s``.
+``wait_budget(unit)`` is how long a request may queue and still meet the unit's bounds, read
+from the slack of the last ``SLACK_SAMPLES`` finished requests: its 90th percentile, the slack
+of a request that hardly waited (the elastic policy counts the requests a queue would make late
+with it).
 """
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ from collections import deque
 from collections.abc import Iterable
 
 from omnistage.graph.plan import GraphPlan
-from omnistage.graph.slo import met, slo_of
+from omnistage.graph.slo import slack, slo_of
 from omnistage.stages.runtime.handle import RequestHandle
 
 WINDOW_S = 60.0
+SLACK_SAMPLES = 200
 
 
 class Goodput:
@@ -24,6 +29,7 @@ class Goodput:
         self.met: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self.missed: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self._recent: dict[str, deque[float]] = {unit: deque() for unit in self.met}  # when each met request ended
+        self._slack: dict[str, deque[float]] = {unit: deque(maxlen=SLACK_SAMPLES) for unit in self.met}
         self._started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -33,7 +39,12 @@ class Goodput:
         ttfp = None if handle.first_audio_at is None else handle.first_audio_at - handle.created_at
         e2e = end - handle.created_at
         for stage in stages:
-            self._count(self.plan.unit(stage, group), met(slo_of(self.plan.stages[stage].config, group), e2e, ttft, ttfp))
+            left = slack(slo_of(self.plan.stages[stage].config, group), e2e, ttft, ttfp)
+            unit = self.plan.unit(stage, group)
+            self._count(unit, left is None or left >= 0)
+            if left is not None:
+                with self._lock:
+                    self._slack[unit].append(left)
 
     def failed(self, stages: Iterable[str], group: str) -> None:
         for stage in stages:
@@ -45,6 +56,13 @@ class Goodput:
         span = max(1e-3, min(self.window_s, now - self._started))
         with self._lock:
             return {unit: len(self._trim(times, now)) / span for unit, times in self._recent.items()}
+
+    def wait_budget(self, unit: str) -> float | None:
+        """Seconds a request of ``unit`` may queue and still meet its bounds (None before any
+        finished)."""
+        with self._lock:
+            samples = sorted(self._slack[unit])
+        return samples[int(0.9 * (len(samples) - 1))] if samples else None
 
     def _count(self, unit: str, ok: bool) -> None:
         with self._lock:

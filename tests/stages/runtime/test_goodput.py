@@ -1,6 +1,6 @@
 """Goodput per unit: a finished request counts as met when within its unit's SLO, else missed;
 a failed one is missed, one refused as the client's mistake is not counted; /metrics shows the
-counts once each and the rate."""
+counts once each and the rate; the wait budget comes from the slack of finished requests."""
 import pytest
 
 from omnistage import Pipeline
@@ -24,12 +24,15 @@ def test_requests_count_as_met_or_missed_against_their_units_slo(tmp_path):
     graph.write_text(GRAPH)
     with Pipeline.from_yaml(graph, in_process=True) as pipe:
         goodput = pipe.orchestrator.goodput
+        assert goodput.wait_budget("post") is None  # nothing finished yet
         for text in ("0", "0", "0.6"):
             assert pipe.generate(prompt=text).text == text
         with pytest.raises(RequestFailed):
             pipe.generate(prompt="fail")
         assert (goodput.met, goodput.missed) == ({"post": 2}, {"post": 2})
         assert 0 < goodput.rate()["post"]
+        # slack: ~0.3 s twice, -0.3 s once: a request may queue nearly the whole 0.3 s
+        assert 0.2 < goodput.wait_budget("post") < 0.3
         metrics = Metrics("m")
         for _ in range(2):  # (each request counted once, however often /metrics is read)
             metrics.slo(goodput)
