@@ -13,8 +13,9 @@ The same trace runs on
     settings, a 5 s model reload) moves devices
   * every static split (each type at least one device); the best by goodput is reported
 Goodput counts requests finished within their SLO per second: 2 s for chat, image chat and
-speech, 1.25x a full batch's time for image generation (printed; a full batch of 32 takes 12.5 s
-in the 2026-12-04 calibration, so 15.6 s). A second trace
+speech, 1.25x a full batch's time for image generation (printed; a full batch of 32 takes 9.45 s
+in the 2026-12-05 calibration, so 11.8 s). The controller is given each unit's wait budget (its
+SLO less a full batch's time), so it aims at goodput. A second trace
 shifts between text chat and image generation only (device demand 80/20, 20/80, 50/50). Each
 table's ceiling column is offered / best static: no allocation can pass it, as goodput cannot
 exceed what is offered.

@@ -3,18 +3,22 @@
 Per unit (a stage, or a modality group of one) the policy reads a *sustained* arrival rate (the
 mean over ``rate_window_s``, or the last quarter of it when that differs significantly: shifts
 show within a quarter window, noise and lone bursts do not). From the rates it computes a
-*target allocation* of all devices (``allocate``): every unit what serves its rate at
-``target_utilization`` (or at full utilization, or the least overload, when the devices do not
-reach), the rest where they cut queueing most. A unit below its target for ``patience``
+*target allocation* of all devices (``allocate``). Where the units' wait budgets are known (how
+long a request may queue and still meet its SLO), it aims at goodput: each device goes where it
+keeps the most requests within their SLO (``lost``: the recent arrivals replayed through a
+fluid queue), then where it cuts queueing most. Without budgets every unit gets what serves its
+rate at ``target_utilization`` (or at full utilization, or the least overload, when the devices
+do not reach), the rest where they cut queueing most. A unit below its target for ``patience``
 snapshots is *short* (hysteresis) and takes free devices (``add``) or devices of units above
-their own target (``move``, a role switch), as long as the move pays: the queueing it saves the
-receiver over ``horizon_s``, with the new replica serving only after ``reload_s``, must exceed
-the queueing it adds to the donor by ``min_gain`` request-seconds (``queueing``: a fluid model
-of each queue). Between two modality groups of one stage ("stage/text" and "stage/multimodal") a
-move reloads nothing (the replica only changes group), so it serves its new group at once. A
-unit that gave a replica up does not take one for ``cooldown_s``, and the other way round. A
-unit above its target that stayed idle with capacity to spare for a whole rate window returns
-one replica to the pool (``remove``). See docs/elastic.md.
+their own target (``move``, a role switch), as long as the move pays over ``horizon_s``, the new
+replica serving only after ``reload_s``: it keeps ``min_goodput_gain`` more requests within
+their SLO than the donor loses, or, losing the donor none, it saves ``min_gain`` request-seconds
+of queueing (``queueing``: a fluid model of each queue) more than it adds to the donor. Between
+two modality groups of one stage ("stage/text" and "stage/multimodal") a move reloads nothing
+(the replica only changes group), so it serves its new group at once. A unit that gave a replica
+up does not take one for ``cooldown_s``, and the other way round. A unit above its target that
+stayed idle with capacity to spare for a whole rate window returns one replica to the pool
+(``remove``). See docs/elastic.md.
 """
 from __future__ import annotations
 
