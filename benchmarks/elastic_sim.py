@@ -18,7 +18,10 @@ in the 2026-12-05 calibration, so 11.8 s). The controller is given each unit's w
 SLO less a full batch's time), so it aims at goodput. A second trace
 shifts between text chat and image generation only (device demand 80/20, 20/80, 50/50). Each
 table's ceiling column is offered / best static: no allocation can pass it, as goodput cannot
-exceed what is offered.
+exceed what is offered. A second table per trace runs both sides again with early shedding
+(``slo: {shed: true}``: a request predicted to wait past its budget is refused on arrival) and
+compares elastic with shedding against the best static split with shedding (like with like),
+and, for reference, against the best static split without it.
 
     python benchmarks/elastic_sim.py [--quick] [--two]
 """
@@ -59,33 +62,51 @@ def two_way(models: list[StageModel], devices: int):
     return shifting_trace(PHASE_S * len(phases), phases), PHASE_S * len(phases)
 
 
-def run(models: list[StageModel], devices: int, two: bool) -> dict:
+def run(models: list[StageModel], devices: int, two: bool, shed: bool = False) -> dict:
     trace, duration = (two_way if two else rotating)(MODELS, devices)
     even = {m.name: devices // len(models) + (i < devices % len(models)) for i, m in enumerate(models)}
-    elastic = simulate(models, even, trace, duration, policy=POLICY, interval_s=POLICY.interval_s, dt=0.05, slo=SLO)
-    split, static_goodput = best_static(models, trace, devices, duration, SLO, dt=0.05)
-    static = simulate(models, split, trace, duration, dt=0.05)
+    elastic = simulate(models, even, trace, duration, policy=POLICY, interval_s=POLICY.interval_s, dt=0.05, slo=SLO,
+                       shed=shed)
+    split, static_goodput = best_static(models, trace, devices, duration, SLO, dt=0.05, shed=shed)
+    static = simulate(models, split, trace, duration, dt=0.05, slo=SLO, shed=shed)
     return {"devices": devices, "requests": len(trace), "offered": len(trace) / duration, "elastic": elastic,
-            "split": split, "static": static_goodput, "static_p99": static.p99()}
+            "split": split, "static": static_goodput, "static_p99": static.p99(), "static_shed": static.shed}
 
 
-def table(models: list[StageModel], sizes: list[int], two: bool) -> tuple[float, float]:
-    """One trace on every size: (smallest elastic / best static ratio, smallest ceiling). The
-    ceiling is offered / best static: what an elastic allocation that served every request within
-    its SLO would reach."""
+def shed_table(models: list[StageModel], sizes: list[int], two: bool, unshed_static: list[float]) -> float:
+    """Both sides shedding: the smallest elastic / best static ratio."""
+    print(f"{'devices':>7s} | {'elastic goodput':>15s} | {'refused':>7s} | {'best static split':42s} | {'goodput':>7s} | "
+          f"{'refused':>7s} | ratio | vs static without shedding")
+    print("-" * 130)
+    ratios = []
+    for n, before in zip(sizes, unshed_static):
+        r = run(models, n, two, shed=True)
+        e = r["elastic"]
+        split = " / ".join(f"{v} {k}" for k, v in r["split"].items())
+        ratios.append(e.goodput(SLO) / max(r["static"], 1e-9))
+        print(f"{n:7d} | {e.goodput(SLO):15.1f} | {e.shed:7d} | {split:42s} | {r['static']:7.1f} | "
+              f"{r['static_shed']:7d} | {ratios[-1]:5.2f} | {e.goodput(SLO) / max(before, 1e-9):.2f}")
+    return min(ratios)
+
+
+def table(models: list[StageModel], sizes: list[int], two: bool) -> tuple[float, float, list[float]]:
+    """One trace on every size: (smallest elastic / best static ratio, smallest ceiling, the best
+    static goodput per size). The ceiling is offered / best static: what an elastic allocation
+    that served every request within its SLO would reach."""
     print(f"{'devices':>7s} | {'offered req/s':>13s} | {'elastic goodput':>15s} | {'p99 s':>6s} | {'actions':>7s} | "
           f"{'best static split':42s} | {'goodput':>7s} | {'p99 s':>6s} | ratio | ceiling")
     print("-" * 139)
-    ratios, ceilings = [], []
+    ratios, ceilings, statics = [], [], []
     for n in sizes:
         r = run(models, n, two)
         e = r["elastic"]
         split = " / ".join(f"{v} {k}" for k, v in r["split"].items())
         ratios.append(e.goodput(SLO) / max(r["static"], 1e-9))
         ceilings.append(r["offered"] / max(r["static"], 1e-9))
+        statics.append(r["static"])
         print(f"{n:7d} | {r['offered']:13.1f} | {e.goodput(SLO):15.1f} | {e.p99():6.2f} | {len(e.actions):7d} | "
               f"{split:42s} | {r['static']:7.1f} | {r['static_p99']:6.2f} | {ratios[-1]:5.2f} | {ceilings[-1]:.2f}")
-    return min(ratios), min(ceilings)
+    return min(ratios), min(ceilings), statics
 
 
 def main() -> None:
@@ -101,11 +122,16 @@ def main() -> None:
     result = []
     if not args.two:
         print("rotating trace (four types)")
-        ratio, ceiling = table(MODELS, sizes, False)
-        result += [f"goodput_ratio={ratio:.2f}", f"ceiling={ceiling:.2f}"]
+        ratio, ceiling, statics = table(MODELS, sizes, False)
+        print("rotating trace, both sides shedding")
+        shed = shed_table(MODELS, sizes, False, statics)
+        result += [f"goodput_ratio={ratio:.2f}", f"ceiling={ceiling:.2f}", f"shed_ratio={shed:.2f}"]
     print("two-type trace (text chat / image generation)")
-    two_ratio, two_ceiling = table([MODELS[0], MODELS[2]], sizes, True)
-    result += [f"two_type_ratio={two_ratio:.2f}", f"two_type_ceiling={two_ceiling:.2f}"]
+    two_ratio, two_ceiling, statics = table([MODELS[0], MODELS[2]], sizes, True)
+    print("two-type trace, both sides shedding")
+    two_shed = shed_table([MODELS[0], MODELS[2]], sizes, True, statics)
+    result += [f"two_type_ratio={two_ratio:.2f}", f"two_type_ceiling={two_ceiling:.2f}",
+               f"two_type_shed_ratio={two_shed:.2f}"]
     print("RESULT " + " ".join(result))
 
 

@@ -321,6 +321,6 @@ async def metrics(request: Request) -> Response:
               if plan.stages[stage].config.resources.groups}
     request.app.state.metrics.restarted(pipeline.orchestrator.supervisor.log)
     request.app.state.metrics.api_errors.set(pipeline.orchestrator.internal_errors)
-    request.app.state.metrics.slo(pipeline.orchestrator.goodput)
+    request.app.state.metrics.slo(pipeline.orchestrator.goodput, pipeline.orchestrator.shedder.shed)
     body = request.app.state.metrics.render(pipeline.orchestrator.table.all(), log, groups)
     return Response(body, media_type="text/plain; version=0.0.4")

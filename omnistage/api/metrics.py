@@ -67,6 +67,8 @@ class Metrics:
                                     "met its latency SLO (failed ones missed it)", ["unit", "result"], registry=r)
         self.goodput = Gauge("omnistage_goodput_requests_per_second",
                              "Requests that met the unit's SLO per second, over the last minute", ["unit"], registry=r)
+        self.shed = Counter("omnistage_shed_requests", "Requests refused at admission because they would queue "
+                            "past the unit's SLO (also counted as missed)", ["unit"], registry=r)
         self._slo_shown: dict[tuple[str, str], int] = {}
         self._gauges: dict[str, Gauge] = {}
         self._shown = 0
@@ -112,12 +114,13 @@ class Metrics:
             self.restarts.labels(restart.stage, restart.reason[:200]).inc()
         self._restarts_shown = len(restarts)
 
-    def slo(self, goodput: Goodput) -> None:
-        """The orchestrator's SLO counts (each request counted once) and goodput rates."""
-        for result, counts in (("met", goodput.met), ("missed", goodput.missed)):
+    def slo(self, goodput: Goodput, shed: dict[str, int] | None = None) -> None:
+        """The orchestrator's SLO counts (each request counted once), goodput rates and the
+        requests shed per unit."""
+        for result, counts in (("met", goodput.met), ("missed", goodput.missed), ("shed", shed or {})):
             for unit, n in dict(counts).items():
                 shown = self._slo_shown.get((unit, result), 0)
-                self.slo_requests.labels(unit, result).inc(n - shown)
+                (self.shed.labels(unit) if result == "shed" else self.slo_requests.labels(unit, result)).inc(n - shown)
                 self._slo_shown[(unit, result)] = n
         for unit, rate in goodput.rate().items():
             self.goodput.labels(unit).set(rate)

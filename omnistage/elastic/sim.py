@@ -9,7 +9,10 @@ what it holds), then reloads for ``reload_s``, then serves its new stage; a remo
 into the free pool, from which ``add`` loads a stage. Units named "stage/group" are modality
 groups of one stage: a move between two of them changes the replica's group at once (it goes on
 with the requests it holds and takes its new group's). Time advances in ticks of ``dt`` seconds;
-the controller runs every ``interval_s``.
+the controller runs every ``interval_s``. With ``shed``, a request that would wait past its wait
+budget is refused on arrival, as a stage with ``slo: {shed: true}`` does
+(omnistage.stages.runtime.shedding); the simulator predicts the wait from its models' exact
+rates, where the real stage measures its replicas' pace.
 """
 from __future__ import annotations
 
@@ -68,6 +71,7 @@ class SimResult:
     latencies: dict[str, list[float]]
     actions: list[tuple[float, Action]]
     duration: float
+    shed: int = 0  # requests refused on arrival
 
     def goodput(self, slo: Mapping[str, float]) -> float:
         good = sum(1 for stage, lats in self.latencies.items() for lat in lats if lat <= slo[stage])
@@ -81,11 +85,12 @@ class SimResult:
 def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace: Sequence[Arrival],
              duration: float, policy: ElasticConfig | None = None, interval_s: float = 1.0,
              dt: float = 0.02, max_replicas: int | None = None, free: int = 0,
-             slo: Mapping[str, float] | None = None) -> SimResult:
+             slo: Mapping[str, float] | None = None, shed: bool = False) -> SimResult:
     """Run ``trace`` on ``allocation`` (devices per stage) plus ``free`` devices in the pool;
     ``policy=None`` keeps it static. With ``slo`` (seconds per stage) the policy knows each
-    unit's wait budget: its SLO less a request's time at a full batch. Requests still
-    unfinished at ``duration`` count as missing their SLO (no latency)."""
+    unit's wait budget: its SLO less a request's time at a full batch; with ``shed`` too, a
+    request predicted to wait longer is refused. Requests refused or still unfinished at
+    ``duration`` count as missing their SLO (no latency)."""
     by_name = {m.name: m for m in models}
     replicas = [_Replica(stage) for stage, n in allocation.items() for _ in range(n)]
     replicas += [_Replica(None) for _ in range(free)]
@@ -93,13 +98,19 @@ def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace:
     latencies: dict[str, list[float]] = {m.name: [] for m in models}
     arrivals, done_in_window = deque(sorted(trace, key=lambda a: a.time)), {m.name: 0 for m in models}
     seen_in_window = {m.name: 0 for m in models}
-    state, actions, now, next_control = PolicyState(), [], 0.0, interval_s
+    state, actions, now, next_control, refused = PolicyState(), [], 0.0, interval_s, 0
     limit = max_replicas or len(replicas)
+    if shed and slo is None:
+        raise ValueError("shedding needs the SLOs")
     while now < duration:
         while arrivals and arrivals[0].time <= now:
             a = arrivals.popleft()
-            queues[a.stage].append(_Request(a.stage, a.time, by_name[a.stage].steps))
             seen_in_window[a.stage] += 1
+            model = by_name[a.stage]
+            if shed and _predicted_wait(model, replicas, queues[a.stage], now) > slo[a.stage] - _full_batch_s(model):
+                refused += 1
+                continue
+            queues[a.stage].append(_Request(a.stage, a.time, model.steps))
         for rep in replicas:
             _tick(rep, by_name, queues, latencies, done_in_window, now, dt)
         _finish_drains(replicas, now, policy)
@@ -111,7 +122,21 @@ def simulate(models: Sequence[StageModel], allocation: Mapping[str, int], trace:
                 _apply(action, replicas, now, policy)
             seen_in_window = {m.name: 0 for m in models}
             next_control += interval_s
-    return SimResult(latencies, actions, duration)
+    return SimResult(latencies, actions, duration, refused)
+
+
+def _full_batch_s(model: StageModel) -> float:
+    return model.steps * model.step_s(model.max_batch)
+
+
+def _predicted_wait(model: StageModel, replicas: list[_Replica], queue: deque[_Request], now: float) -> float:
+    """How long a request arriving now would wait for a batch slot of ``model``'s stage: the
+    requests ahead of it beyond the free slots, at the ready replicas' full-batch rate."""
+    ready = [r for r in replicas if r.stage == model.name and not r.draining and now >= r.ready_at]
+    ahead = len(queue) + 1 - sum(model.max_batch - len(r.active) for r in ready)
+    if ahead <= 0:
+        return 0.0
+    return ahead / (len(ready) * model.capacity) if ready else float("inf")
 
 
 def _tick(rep: _Replica, models: Mapping[str, StageModel], queues: Mapping[str, deque[_Request]],
@@ -156,7 +181,7 @@ def _snapshot(now: float, models: Sequence[StageModel], replicas: list[_Replica]
         loads[m.name] = StageLoad(waiting=len(queues[m.name]), running=running, arrival_rate=seen[m.name] / interval_s,
                                   service_rate=m.capacity, replicas=len(mine), min_replicas=m.min_replicas,
                                   max_replicas=limit, wait_budget_s=None if slo is None else
-                                  slo[m.name] - m.steps * m.step_s(m.max_batch))
+                                  slo[m.name] - _full_batch_s(m))
     return Snapshot(now, loads, free_devices=sum(1 for r in replicas if r.stage is None))
 
 
@@ -178,14 +203,14 @@ def _apply(action: Action, replicas: list[_Replica], now: float, policy: Elastic
 
 
 def best_static(models: Sequence[StageModel], trace: Sequence[Arrival], devices: int, duration: float,
-                slo: Mapping[str, float], dt: float = 0.05) -> tuple[dict[str, int], float]:
+                slo: Mapping[str, float], dt: float = 0.05, shed: bool = False) -> tuple[dict[str, int], float]:
     """The static split of ``devices`` (every stage at least ``min_replicas``) with the highest
     goodput on ``trace``, and that goodput. Without the controller the stages do not interact,
     so each stage is simulated alone per replica count and the best split is found by dynamic
     programming over the stages. Above 32 devices the counts are sampled (every ``devices/32``);
     a count between two samples is credited with the goodput of the larger one, which can only
-    overstate the static splits."""
-    good = {m.name: _goodput_by_count(m, [a for a in trace if a.stage == m.name], devices, duration, slo, dt)
+    overstate the static splits. ``shed``: the stages shed (``simulate``)."""
+    good = {m.name: _goodput_by_count(m, [a for a in trace if a.stage == m.name], devices, duration, slo, dt, shed)
             for m in models}
     best: dict[int, tuple[float, dict[str, int]]] = {0: (0.0, {})}
     for m in models:
@@ -201,12 +226,12 @@ def best_static(models: Sequence[StageModel], trace: Sequence[Arrival], devices:
 
 
 def _goodput_by_count(model: StageModel, trace: Sequence[Arrival], devices: int, duration: float,
-                      slo: Mapping[str, float], dt: float) -> list[float]:
+                      slo: Mapping[str, float], dt: float, shed: bool) -> list[float]:
     stride = max(1, -(-devices // 32))
     counts = sorted({*range(1, min(devices, 32) + 1), *range(stride, devices + 1, stride), devices})
     measured: dict[int, float] = {}
     for n in counts:
-        measured[n] = simulate([model], {model.name: n}, trace, duration, dt=dt).goodput(slo)
+        measured[n] = simulate([model], {model.name: n}, trace, duration, dt=dt, slo=slo, shed=shed).goodput(slo)
         if measured[n] * duration >= len(trace):  # every request on time: more replicas cannot help
             break
     top = max(measured)

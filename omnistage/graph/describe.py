@@ -34,7 +34,8 @@ def describe(plan: GraphPlan) -> str:
         config = plan.stages[name].config
         groups = config.slo.groups if config.slo is not None else {}
         lines.append(f"  {name}: {_bounds(slo_of(config))}"
-                     + "".join(f"; {group}: {_bounds(b)}" for group, b in groups.items()))
+                     + "".join(f"; {group}: {_bounds(b)}" for group, b in groups.items())
+                     + ("; sheds what would queue past it (503)" if config.slo is not None and config.slo.shed else ""))
     elastic = plan.config.elastic
     if elastic is not None:
         free = free_devices(plan.config, plan.placement)

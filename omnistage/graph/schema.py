@@ -176,9 +176,11 @@ class SloBounds:
 @dataclass(frozen=True)
 class SloConfig(SloBounds):
     """A stage's latency objective (omnistage.graph.slo has the defaults), with ``groups``
-    overriding it per modality group (``{multimodal: {e2e_s: 4.0}}``)."""
+    overriding it per modality group (``{multimodal: {e2e_s: 4.0}}``). ``shed``: refuse (503) at
+    admission a request that would queue past its bounds (omnistage.stages.runtime.shedding)."""
 
     groups: Mapping[str, SloBounds] = field(default_factory=frozen_dict)
+    shed: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -111,3 +111,20 @@ def test_knowing_the_slos_the_controller_keeps_more_requests_within_them():
     def dear_on_time(run):
         return sum(1 for lat in run.latencies["image"] if lat <= slo["image"]) / offered
     assert dear_on_time(by_goodput) > dear_on_time(static) + 0.2  # (47% against 13% here)
+
+
+def test_shedding_refuses_what_would_be_late_and_keeps_the_rest_within_the_slo():
+    """An overloaded static stage: without shedding its FIFO queue makes nearly every request
+    late; refusing those predicted to wait past their budget keeps the admitted ones at most a
+    little past it (the prediction is a fluid one: requests that joined together finish
+    together). Underloaded, nothing is refused."""
+    slo = {"chat": 0.5, "image": 3.0}
+    overload = shifting_trace(30.0, [{"chat": 2.0 * FAST.capacity}], seed=3)
+    queued = simulate([FAST], {"chat": 1}, overload, 30.0, dt=0.005, slo=slo)
+    shed = simulate([FAST], {"chat": 1}, overload, 30.0, dt=0.005, slo=slo, shed=True)
+    assert queued.shed == 0 and shed.shed > len(overload) / 3
+    assert shed.goodput(slo) > 3 * queued.goodput(slo)
+    assert sum(lat <= slo["chat"] for lat in shed.latencies["chat"]) >= 0.6 * len(shed.latencies["chat"])
+    assert max(shed.latencies["chat"]) < 1.1 * slo["chat"] < min(sorted(queued.latencies["chat"])[100:])
+    calm = shifting_trace(30.0, [{"chat": 0.5 * FAST.capacity}], seed=3, burst_factor=1.0)
+    assert simulate([FAST], {"chat": 1}, calm, 30.0, dt=0.005, slo=slo, shed=True).shed == 0

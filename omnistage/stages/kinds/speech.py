@@ -35,14 +35,20 @@ class TtsStage(Stage):
         hop = math.prod(vocoder.config.upsample_rates)
         self.sample_rate = vocoder.config.sampling_rate
         self.engine = TtsEngine(self._generate, vocoder, hop, max_batch, options.chunk_frames, options.context_frames)
+        self._silent: list[str] = []  # requests with nothing to say, answered by the next step
 
     def info(self) -> dict[str, Any]:
         return {"sample_rate": self.sample_rate, "voices": sorted(self.voices)}
 
     def add(self, request: StageRequest) -> None:
+        """Blank text (an upstream stage's empty reply: the API refuses a blank input) is
+        answered with no audio."""
         text = request.inputs.get("text")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
             raise RequestRejected("input must be a non-empty string", param="input")
+        if not text.strip():
+            self._silent.append(request.rid)
+            return
         if len(text) > self.options.max_input_chars:
             raise RequestRejected(f"input must be at most {self.options.max_input_chars} characters", param="input")
         ids = self.tokenizer(text)["input_ids"]
@@ -70,15 +76,20 @@ class TtsStage(Stage):
         return min(self.options.maxlenratio, fits)
 
     def step(self) -> list[StageOutput]:
-        return [StageOutput(c.rid, ports={"audio": c.samples}, finished=c.last,
-                            meta={"sample_rate": self.sample_rate} if c.last else {})
-                for c in self.engine.step()]
+        silent, self._silent = self._silent, []
+        return [StageOutput(rid, ports={"audio": torch.zeros(0)}, finished=True, meta={"sample_rate": self.sample_rate})
+                for rid in silent] + [
+            StageOutput(c.rid, ports={"audio": c.samples}, finished=c.last,
+                        meta={"sample_rate": self.sample_rate} if c.last else {})
+            for c in (self.engine.step() if self.engine.has_work() else [])]
 
     def abort(self, rid: str) -> None:
+        if rid in self._silent:
+            self._silent.remove(rid)
         self.engine.abort(rid)
 
     def has_work(self) -> bool:
-        return self.engine.has_work()
+        return bool(self._silent) or self.engine.has_work()
 
     def stats(self) -> dict[str, float]:
         return {"waiting": float(len(self.engine.waiting)), "running": float(len(self.engine.speaking))}

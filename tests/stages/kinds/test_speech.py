@@ -36,6 +36,13 @@ def test_a_long_input_stops_at_the_decoders_position_table_and_the_stage_lives_o
     assert speech.generate(prompt="hi", modalities=["audio"]).outputs["audio"].numel() > 0
 
 
+def test_blank_text_from_upstream_is_answered_with_no_audio(speech):
+    """An upstream stage's blank reply (a chat that said nothing) gives an empty clip, not a
+    failure; the API refuses a blank input itself (tests/api)."""
+    silent = speech.generate(prompt="  ", modalities=["audio"])
+    assert silent.outputs["audio"].numel() == 0 and silent.meta["speak"]["sample_rate"] == 16000
+
+
 def test_transcript_equals_whisper_generate(speech):
     tone = (np.sin(np.arange(16000) * 300 / 16000 * 2 * np.pi) * 0.2).astype(np.float32)
     buf = io.BytesIO()
