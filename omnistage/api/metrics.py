@@ -119,8 +119,8 @@ class Metrics:
         requests shed per unit."""
         for result, counts in (("met", goodput.met), ("missed", goodput.missed), ("shed", shed or {})):
             for unit, n in dict(counts).items():
-                shown = self._slo_shown.get((unit, result), 0)
-                (self.shed.labels(unit) if result == "shed" else self.slo_requests.labels(unit, result)).inc(n - shown)
+                counter = self.shed.labels(unit) if result == "shed" else self.slo_requests.labels(unit, result)
+                counter.inc(n - self._slo_shown.get((unit, result), 0))
                 self._slo_shown[(unit, result)] = n
         for unit, rate in goodput.rate().items():
             self.goodput.labels(unit).set(rate)

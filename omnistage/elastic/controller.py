@@ -17,7 +17,7 @@ import time
 from omnistage.elastic.policy import Action, PolicyState, Snapshot, StageLoad, decide
 from omnistage.elastic.scaler import Scaler
 from omnistage.graph.schema import ElasticConfig
-from omnistage.graph.slo import slo_of
+from omnistage.graph.slo import slo_of, tightest
 from omnistage.stages.runtime.orchestrator import Orchestrator
 from omnistage.stages.runtime.replicas import ReplicaState
 
@@ -87,8 +87,7 @@ class Controller:
         budget = self.orch.goodput.wait_budget(unit)
         if budget is not None:
             return budget
-        bounds = slo_of(self.orch.plan.stages[stage].config, group)
-        return min((b for b in (bounds.e2e_s, bounds.ttft_s, bounds.ttfp_s) if b is not None), default=None)
+        return tightest(slo_of(self.orch.plan.stages[stage].config, group))
 
     def units(self) -> list[tuple[str, str | None, int, int]]:
         """(stage, group, min, max) for every stage and modality group the controller sizes."""

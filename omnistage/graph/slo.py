@@ -33,6 +33,11 @@ def slo_of(stage: StageConfig, group: str | None = None) -> SloBounds:
     return SloBounds(stage.slo.e2e_s, stage.slo.ttft_s, stage.slo.ttfp_s)
 
 
+def tightest(bounds: SloBounds) -> float | None:
+    """The smallest of ``bounds`` (None: there are none)."""
+    return min((b for b in (bounds.e2e_s, bounds.ttft_s, bounds.ttfp_s) if b is not None), default=None)
+
+
 def slack(bounds: SloBounds, e2e: float, ttft: float | None = None, ttfp: float | None = None) -> float | None:
     """How much later a request that finished ``e2e`` s after its arrival (first output after
     ``ttft``, first audio after ``ttfp``; None: it gave none, so its end counts) could have done

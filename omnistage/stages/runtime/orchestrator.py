@@ -56,7 +56,7 @@ class _Live:
     probing: tuple[str, str] | None = None  # (encode stage, AR stage) while a probe is out
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     group: str = "text"  # modality group: arrivals and completions count in it
-    queued: set[str] = field(default_factory=set)  # stages where it found no free batch slot
+    queued: set[str] = field(default_factory=set)  # stages that shed where it found no free batch slot
 
     @property
     def replicas(self) -> list[Replica]:
@@ -91,7 +91,7 @@ class Orchestrator:
         self.arrivals: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self.completions: dict[str, int] = dict.fromkeys(plan.units(), 0)
         self.goodput = Goodput(plan)  # requests within their SLO, per unit
-        self.shedder = Shedder(plan)  # refuses requests that would queue past their SLO
+        self.shedder = Shedder(plan, self.goodput)  # refuses requests that would queue past their SLO
         self._threads: list[threading.Thread] = []
         self._monitor_thread: threading.Thread | None = None
         self.broken = ""  # why the orchestrator cannot serve (one of its threads died), or ""
@@ -239,7 +239,7 @@ class Orchestrator:
               group: str, queued: set[str]) -> dict[str, list[Replica]]:
         """A replica of every stage on the route (several encoders when the images may be split
         across them); none is held if any stage has no capacity or sheds the request. The
-        stages where it will wait for a batch slot are added to ``queued``."""
+        stages that shed where it will wait for a batch slot are added to ``queued``."""
         chosen: dict[str, list[Replica]] = {}
         try:
             for stage in route.stages:
@@ -247,7 +247,8 @@ class Orchestrator:
                 depth = self.plan.stages[stage].config.batching.queue_depth
                 chosen[stage] = self.table.pick(stage, rid, depth, at_most, group)
                 first = chosen[stage][0]
-                if self.shedder.admit(stage, group, first, len(self.table.held(first)) - 1):
+                ahead = len(self.table.held(first)) - 1
+                if self.shedder.sheds(stage) and self.shedder.admit(stage, group, first, ahead):
                     queued.add(stage)
         except Overloaded:
             self.table.release(rid, [r for reps in chosen.values() for r in reps])
@@ -374,7 +375,8 @@ class Orchestrator:
         replica = self.table.get(msg.stage, msg.replica)
         if replica is not None:  # (also for a request forgotten here meanwhile: the replica no longer holds it)
             self.table.release(msg.rid, [replica])
-            self.shedder.completed(replica, len(self.table.held(replica)))
+            if self.shedder.sheds(msg.stage):
+                self.shedder.completed(replica, len(self.table.held(replica)))
         with self._lock:
             live = self.requests.get(msg.rid)
             if live is None:
@@ -387,8 +389,7 @@ class Orchestrator:
                 del self.requests[msg.rid]
         if finished:
             live.handle.push(DoneEvent(live.meta))
-            self.goodput.finished(live.route.stages, live.group, live.handle)
-            self.shedder.finished(live.route.stages, live.group, live.handle, live.queued)
+            self.goodput.finished(live.route.stages, live.group, live.handle, live.queued)
 
     def _monitor(self) -> None:
         while not self._stopping.wait(MONITOR_PERIOD_S):

@@ -18,25 +18,23 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 
 from omnistage.errors import Overloaded
 from omnistage.graph.plan import GraphPlan
-from omnistage.graph.slo import slack, slo_of
-from omnistage.stages.runtime.handle import RequestHandle
+from omnistage.graph.slo import slo_of, tightest
+from omnistage.stages.runtime.goodput import Goodput
 from omnistage.stages.runtime.replicas import Replica
 
 GAP_SAMPLES = 16  # completions per replica its pace is read from
-SLACK_SAMPLES = 64  # unqueued requests per unit the budget is read from
 
 
 class Shedder:
-    def __init__(self, plan: GraphPlan) -> None:
+    def __init__(self, plan: GraphPlan, goodput: Goodput) -> None:
         self.plan = plan
+        self.goodput = goodput  # keeps the slack of requests that found a free slot
         self.shed: dict[str, int] = dict.fromkeys(plan.units(), 0)  # requests refused, per unit
         self._gaps: dict[tuple[str, int], deque[float]] = {}
         self._full_since: dict[tuple[str, int], float] = {}  # a full replica's last completion
-        self._slack: dict[str, deque[float]] = {unit: deque(maxlen=SLACK_SAMPLES) for unit in plan.units()}
         self._lock = threading.Lock()
 
     def sheds(self, stage: str) -> bool:
@@ -45,11 +43,10 @@ class Shedder:
 
     def admit(self, stage: str, group: str, replica: Replica, ahead: int) -> bool:
         """Whether the request queues at ``replica`` (which held ``ahead`` requests before it).
-        Raises Overloaded (503) when the stage sheds and the wait would exceed the budget."""
-        max_batch = self.plan.stages[stage].config.batching.max_batch
-        queued = ahead + 1 - max_batch
-        if queued <= 0 or not self.sheds(stage):
-            return queued > 0
+        Raises Overloaded (503) when the wait would exceed the budget (a stage that sheds)."""
+        queued = ahead + 1 - self.plan.stages[stage].config.batching.max_batch
+        if queued <= 0:
+            return False
         wait, budget = self.predicted_wait(replica, queued), self.wait_budget(stage, group)
         if wait is not None and budget is not None and wait > budget:
             unit = self.plan.unit(stage, group)
@@ -68,12 +65,8 @@ class Shedder:
 
     def wait_budget(self, stage: str, group: str) -> float | None:
         """How long a request of the unit may queue and still meet its tightest bound."""
-        with self._lock:
-            samples = list(self._slack[self.plan.unit(stage, group)])
-        if samples:
-            return statistics.median(samples)
-        bounds = slo_of(self.plan.stages[stage].config, group)
-        return min((b for b in (bounds.e2e_s, bounds.ttft_s, bounds.ttfp_s) if b is not None), default=None)
+        calm = self.goodput.calm_slack(self.plan.unit(stage, group))
+        return calm if calm is not None else tightest(slo_of(self.plan.stages[stage].config, group))
 
     def completed(self, replica: Replica, still_held: int) -> None:
         """``replica`` finished a request and now holds ``still_held``."""
@@ -85,16 +78,3 @@ class Shedder:
                 self._gaps.setdefault(key, deque(maxlen=GAP_SAMPLES)).append(now - since)
             if full:
                 self._full_since[key] = now
-
-    def finished(self, stages: Iterable[str], group: str, handle: RequestHandle, queued: set[str]) -> None:
-        """A request ended; its slack counts toward the budget of the units where it did not queue."""
-        end = handle.finished_at if handle.finished_at is not None else time.perf_counter()
-        ttft = None if handle.first_at is None else handle.first_at - handle.created_at
-        ttfp = None if handle.first_audio_at is None else handle.first_audio_at - handle.created_at
-        for stage in stages:
-            if stage in queued:
-                continue
-            left = slack(slo_of(self.plan.stages[stage].config, group), end - handle.created_at, ttft, ttfp)
-            if left is not None:
-                with self._lock:
-                    self._slack[self.plan.unit(stage, group)].append(left)

@@ -9,6 +9,7 @@ from omnistage.errors import Overloaded
 from omnistage.graph.compile import compile_text
 from omnistage.checkpoints import resolve_model
 from omnistage.stages.runtime.replicas import Replica
+from omnistage.stages.runtime.goodput import Goodput
 from omnistage.stages.runtime.shedding import Shedder
 
 GRAPH = """
@@ -61,7 +62,7 @@ def test_a_stage_that_sheds_refuses_what_would_queue_past_its_slo(tmp_path, shed
 
 def test_pace_counts_only_completions_that_left_the_replica_full():
     plan = compile_text(GRAPH.format(shed="true"), resolve_model)
-    shedder = Shedder(plan)
+    shedder = Shedder(plan, Goodput(plan))
     replica = Replica("post", 0, runtime=None)
     assert shedder.admit("post", "text", replica, ahead=5)  # queued, but no pace yet: admitted
     shedder.completed(replica, still_held=0)  # not full after it: no gap starts
