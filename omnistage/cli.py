@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omnistage.errors import GraphConfigError, OmnistageError
+from omnistage.graph.gpu_budget import GIB, GpuBudgetError
 from omnistage.models.catalog import TINY_MODELS
 
 if TYPE_CHECKING:
     from omnistage.checkpoints.recipes import ServeSettings
+    from omnistage.graph.plan import GraphPlan
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the checkout's example graphs
 DEFAULT_GRAPH = Path(__file__).resolve().parent / "graphs" / "default.yaml"  # ships with the package
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     val = sub.add_parser("validate", help="check graph files or models and print their plans")
     val.add_argument("graph", nargs="+", help="a graph file, or a model (checkpoint directory, hub id, tiny:NAME)")
     add_model_flags(val)
+    val.add_argument("--gpu-memory-gib", type=float, default=None,
+                     help="also divide each GPU the graph uses, as cards of this many GiB, among the replicas "
+                          "placed on it, and print the shares (refused when over-committed)")
     run = sub.add_parser("run", help="run requests through a graph (or a model) offline and print the results")
     run.add_argument("graph", help="a graph file, or a model")
     add_model_flags(run)
@@ -166,10 +171,18 @@ def _validate(args: argparse.Namespace) -> int:
             if built is not None:
                 print(built)
             print(describe(plan))
-        except GraphConfigError as exc:
+            if args.gpu_memory_gib is not None:
+                print(_gpu_tables(plan, args.gpu_memory_gib))
+        except (GraphConfigError, GpuBudgetError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = 1
     return status
+
+
+def _gpu_tables(plan: GraphPlan, gib: float) -> str:
+    from omnistage.checkpoints.gpu_needs import gpu_budgets
+    budgets = gpu_budgets(plan, int(gib * GIB))
+    return "\n".join(["GPU memory:", *(b.table() for b in budgets.values())] if budgets else ["GPU memory: no stage on a GPU"])
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,23 +15,30 @@ from typing import Any
 from PIL import Image
 
 from omnistage.checkpoints import resolve_model
+from omnistage.checkpoints.gpu_needs import gpu_budgets
 from omnistage.checkpoints.support import check_model
 from omnistage.elastic.controller import Controller
 from omnistage.graph.compile import compile_file
+from omnistage.graph.gpu_budget import shares
 from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.handle import ChunkEvent, RequestHandle, Result
 from omnistage.stages.runtime.orchestrator import Orchestrator
 
+log = logging.getLogger("omnistage")
 _INPUT_FIELDS = ("prompt", "messages", "images", "image", "mask", "audio", "video", "input")
 
 
 class Pipeline:
     def __init__(self, plan: GraphPlan, in_process: bool = False) -> None:
-        """Start every stage replica; returns once all are ready (raises StageStartError). A graph
+        """Start every stage replica; returns once all are ready (raises StageStartError, or
+        GpuBudgetError when the replicas placed on a GPU need more than it has). A graph
         with an ``elastic`` section also gets its controller (``enabled: false``: only the scaler's
         actions, driven by hand)."""
         self.plan = plan
-        self.orchestrator = Orchestrator(plan, in_process=in_process)
+        budgets = gpu_budgets(plan)  # (raises GpuBudgetError for an over-committed GPU, before anything starts)
+        for budget in budgets.values():
+            log.info("GPU memory divided among its replicas:\n%s", budget.table())
+        self.orchestrator = Orchestrator(plan, in_process=in_process, gpu_shares=shares(budgets))
         self.orchestrator.start()
         self.controller: Controller | None = None
         if plan.config.elastic is not None:

@@ -24,8 +24,10 @@ ALLOWED: dict[str, set[str]] = {
     **{engine: {"omnistage.errors"} for engine in ENGINES},
     "omnistage.connectors": {"omnistage.errors"},
     "omnistage.graph": {"omnistage.errors", "omnistage.ar_engine.config"},
-    # The engine's pure table of config features it lacks (checked at validate time).
-    "omnistage.checkpoints": {"omnistage.errors", "omnistage.graph", "omnistage.models", "omnistage.ar_engine.features"},
+    # The engine's pure table of config features it lacks (checked at validate time), and its pure
+    # settings and shape arithmetic (the GPU budget sizes a KV cache before any engine starts).
+    "omnistage.checkpoints": {"omnistage.errors", "omnistage.graph", "omnistage.models", "omnistage.ar_engine.features",
+                              "omnistage.ar_engine.config", "omnistage.ar_engine.shape"},
     "omnistage.stages.worker": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.logs"},
     "omnistage.stages.kinds": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.checkpoints",
                                "omnistage.stages.worker", *ENGINES},

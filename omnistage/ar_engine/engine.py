@@ -18,11 +18,12 @@ from omnistage.ar_engine.block_manager import BlockManager
 from omnistage.ar_engine.detokenize import IncrementalDetokenizer
 from omnistage.ar_engine.guided import GuideSpec, Guides
 from omnistage.ar_engine.kernels import backend_for
-from omnistage.ar_engine.runner import ModelRunner, kv_shape, text_config
+from omnistage.ar_engine.runner import ModelRunner
 from omnistage.ar_engine.sampling import Sampled, SamplingParams, sample_batch
 from omnistage.ar_engine.config import EngineConfig
-from omnistage.ar_engine.memory import CachePlan, ModelShape, plan_cache
+from omnistage.ar_engine.memory import CachePlan, plan_cache
 from omnistage.ar_engine.scheduler import Scheduler
+from omnistage.ar_engine.shape import shape_from_config
 from omnistage.ar_engine.sequence import MediaSpan, Sequence, StepPlan
 from omnistage.errors import RequestRejected
 
@@ -122,14 +123,8 @@ class LLMEngine:
 
     @staticmethod
     def _plan_cache(model: Any, config: EngineConfig, max_seqs: int, tp_size: int) -> CachePlan:
-        layers, kv_heads, head_dim = kv_shape(model.config, tp_size)
         weight = next(model.parameters())
-        cfg = text_config(model.config)
-        # (getattr: a talker's config names some of these differently; they only size activations)
-        shape = ModelShape(layers, kv_heads, head_dim, weight.element_size(),
-                           getattr(cfg, "max_position_embeddings", None) or 1 << 20,
-                           getattr(cfg, "num_attention_heads", 1), getattr(cfg, "hidden_size", 0),
-                           getattr(cfg, "intermediate_size", 0), getattr(cfg, "vocab_size", 0))
+        shape = shape_from_config(model.config.to_dict(), weight.element_size(), tp_size)
         return plan_cache(config, shape, max_seqs, weight.device)
 
     # --- requests --------------------------------------------------------------------------

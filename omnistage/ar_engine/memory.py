@@ -1,10 +1,11 @@
 """How big the KV cache is, decided once when an engine starts, and said in one line.
 
 Explicit settings win (``num_blocks``, then ``kv_cache_mb``). Otherwise the cache takes what the
-device has to spare once the weights are loaded: on a GPU, ``memory_utilization`` (default 0.9,
-as vLLM's ``--gpu-memory-utilization``) of its total memory minus what this process holds (the
-weights) and room for one step's activations, and never more than is free (several AR stages on
-one GPU: give each its share, adding up to less than 1; they start at the same time); on a
+device has to spare once the weights are loaded: on a GPU, ``memory_utilization`` (default: the
+share the process is capped at, when it shares the card with other replicas, see
+graph/gpu_budget.py; else 0.9, as vLLM's ``--gpu-memory-utilization``) of its total memory minus
+what this process holds (the weights) and room for one step's activations, and never more than
+is free; on a
 CPU, ``memory_utilization`` (default 0.1) of the RAM available then, but never more than
 ``max_seqs`` sequences of ``max_model_len`` tokens need (a CPU's RAM is shared with every other
 stage and process). A cache that cannot hold one sequence of ``max_model_len`` is refused.
@@ -13,35 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
 from omnistage.ar_engine.config import EngineConfig
+from omnistage.ar_engine.shape import ModelShape
 
 GPU_UTILIZATION = 0.9
 CPU_UTILIZATION = 0.1
-
-
-class ModelShape(NamedTuple):
-    """What sizes a cache and a step's activations, from the model's (text) config."""
-
-    layers: int
-    kv_heads: int
-    head_dim: int
-    itemsize: int  # bytes per weight / cache element
-    context_len: int  # max_position_embeddings
-    heads: int = 1
-    hidden: int = 0
-    intermediate: int = 0
-    vocab: int = 0
-
-    def activation_bytes(self, step_tokens: int, max_len: int, max_seqs: int) -> int:
-        """A step's peak beside the cache, as the torch path computes it: MLP and projections of
-        its tokens, a prefill chunk's float32 scores over its whole context, the logits."""
-        tokens = min(step_tokens, max_len)
-        mlp = tokens * (2 * self.intermediate + 6 * self.hidden) * self.itemsize
-        return mlp + self.heads * tokens * max_len * 4 + max_seqs * self.vocab * 4
 
 
 @dataclass(frozen=True)
@@ -69,7 +49,7 @@ def plan_cache(config: EngineConfig, shape: ModelShape, max_seqs: int, device: t
     max_len = config.max_model_len or shape.context_len
     if max_len > shape.context_len:
         raise ValueError(f"max_model_len {max_len} is longer than the model's context ({shape.context_len} tokens)")
-    block_bytes = 2 * shape.layers * shape.kv_heads * shape.head_dim * config.block_size * shape.itemsize
+    block_bytes = shape.block_bytes(config.block_size)
     if config.num_blocks is not None:
         blocks, source = config.num_blocks, "num_blocks"
     elif config.kv_cache_mb is not None:
@@ -87,7 +67,7 @@ def plan_cache(config: EngineConfig, shape: ModelShape, max_seqs: int, device: t
 def _from_memory(config: EngineConfig, shape: ModelShape, block_bytes: int, max_len: int, max_seqs: int,
                  device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
-        share = config.memory_utilization or GPU_UTILIZATION
+        share = config.memory_utilization or process_share(device) or GPU_UTILIZATION
         free, total = torch.cuda.mem_get_info(device)
         activations = shape.activation_bytes(config.max_tokens_per_step, max_len, max_seqs)
         spare = min(share * total - torch.cuda.memory_reserved(device), free) - activations
@@ -99,6 +79,13 @@ def _from_memory(config: EngineConfig, shape: ModelShape, block_bytes: int, max_
     blocks = min(int(share * available) // block_bytes, need)
     capped = " (all that max_seqs sequences of max_model_len need)" if blocks == need else ""
     return blocks, f"{share:g} of {available / (1 << 30):.1f} GiB available RAM{capped}"
+
+
+def process_share(device: torch.device) -> float | None:
+    """The share of the GPU this process is capped at (its replica's share of a card it shares
+    with others, see graph/gpu_budget.py), None: not capped."""
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    return fraction if fraction < 1 else None
 
 
 def available_ram() -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from omnistage.ar_engine.config import EngineConfig
 from omnistage.errors import ConfigIssue, GraphConfigError
 from omnistage.graph.kinds import registry
 from omnistage.graph.load import parse_graph, read_graph, source_lines, with_lines
@@ -100,6 +101,7 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
     elif spec.needs_model:
         issues.append(ConfigIssue(f"{path}.model", f"stage kind {st.kind!r} needs a model"))
         return None
+    issues += _gpu_share_issues(path, st)
     if st.resources.tensor_parallel > 1 and st.kind not in TENSOR_PARALLEL_KINDS:
         issues.append(ConfigIssue(f"{path}.resources.tensor_parallel", f"stage kind {st.kind!r} runs on one device; "
                                   f"tensor_parallel is for {', '.join(TENSOR_PARALLEL_KINDS)}"))
@@ -123,6 +125,19 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
             response[port] = modality
     return StagePlan(name, spec, st, st.options, model_path, dtype, inputs, outputs, tuple(in_edges),
                      frozen_dict(response), params=spec.params_for(st.options), model_component=component)
+
+
+def _gpu_share_issues(path: str, st: StageConfig) -> list[ConfigIssue]:
+    share = st.resources.gpu_memory_utilization
+    if share is None:
+        return []
+    if not st.resources.device.startswith("cuda"):
+        return [ConfigIssue(f"{path}.resources.gpu_memory_utilization",
+                            f"is a share of a GPU; the stage runs on {st.resources.device!r}")]
+    if isinstance(st.options, EngineConfig) and st.options.memory_utilization is not None:
+        return [ConfigIssue(f"{path}.resources.gpu_memory_utilization",
+                            "and options.memory_utilization both give the stage's share of its GPU; give one")]
+    return []
 
 
 def _check_edges(stages: Mapping[str, StagePlan], issues: list[ConfigIssue]) -> None:

@@ -40,6 +40,21 @@ def place(config: GraphConfig, issues: list[ConfigIssue], cores: int | None = No
     return frozen_dict(out)
 
 
+def rank_device(device: str, rank: int) -> str:
+    """The device of ``rank`` in a replica placed on ``device``."""
+    if not device.startswith("cuda"):
+        return device
+    base = int(device.partition(":")[2] or 0)
+    return f"cuda:{base + rank}"
+
+
+def gpu_device(device: str) -> str | None:
+    """The card a placement device names ("cuda" is the current one, cuda:0), None: not a GPU."""
+    if not device.startswith("cuda"):
+        return None
+    return device if ":" in device else "cuda:0"
+
+
 def matches(device: str, wanted: str) -> bool:
     """A pool device serves a stage asking for ``wanted``: "cpu", "cuda" (any GPU) or exact."""
     return device == wanted or (wanted == "cuda" and device.startswith("cuda:"))

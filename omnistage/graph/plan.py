@@ -62,6 +62,22 @@ class StagePlan:
         return next(p for p in self.outputs if p.name == port)
 
 
+def diffusion_roles(stage: StagePlan) -> set[str]:
+    """The parts of a diffusers pipeline a text_encode, diffusion or vae_decode stage runs: "text"
+    (its text encoders), "denoise" (the transformer or UNet), "vae" (decodes, or encodes input
+    images). A diffusion stage encodes its own prompt when one reaches its ``prompt`` port."""
+    if stage.kind.name == "text_encode":
+        return {"text"}
+    if stage.kind.name == "vae_decode":
+        return {"vae"}
+    roles = {"denoise"}
+    if any(p.name == "prompt" for p in stage.inputs) and any(e.dst_port == "prompt" for e in stage.in_edges):
+        roles.add("text")
+    if {"image", "video"} & stage.used_outputs or any(e.dst_port == "image" for e in stage.in_edges):
+        roles.add("vae")
+    return roles
+
+
 @dataclass(frozen=True)
 class Route:
     """What one kind of request visits: stages (in topological order) and the live edges."""

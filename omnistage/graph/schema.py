@@ -90,9 +90,15 @@ class ResourcesConfig:
     # ar/prefill/decode: one replica as this many ranks (processes, each with its own device and
     # ``threads``), the model's attention heads and MLP split across them.
     tensor_parallel: int = 1
+    # On a GPU: the share of its memory each replica (each rank) may use, weights, activations
+    # and caches together; a KV cache grows into the rest. Unset: the replicas on a card divide
+    # what the set ones leave of 0.9, in proportion to their needs (graph/gpu_budget.py).
+    gpu_memory_utilization: float | None = None
 
     def __post_init__(self) -> None:
         _positive("tensor_parallel", self.tensor_parallel)
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         for name, amount in self.ray_resources.items():
             _positive(f"ray_resources.{name}", amount)
             if name in ("CPU", "GPU"):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from omnistage.ar_engine.config import EngineConfig
-from omnistage.ar_engine.memory import ModelShape, plan_cache
+from omnistage.ar_engine.memory import plan_cache
+from omnistage.ar_engine.shape import ModelShape
 
 CPU = torch.device("cpu")
 

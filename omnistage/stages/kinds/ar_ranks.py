@@ -22,18 +22,11 @@ import torch
 import torch.distributed as dist
 
 from omnistage.ar_engine.parallel import follow, follower_runner, init_group
+from omnistage.graph.placement import rank_device
 from omnistage.stages.kinds.ar_model import load_model
 
 log = logging.getLogger("omnistage.worker")
 PARENT_POLL_S = 1.0
-
-
-def rank_device(device: str, rank: int) -> str:
-    """The device of ``rank`` in a replica placed on ``device``."""
-    if not device.startswith("cuda"):
-        return device
-    base = int(device.partition(":")[2] or 0)
-    return f"cuda:{base + rank}"
 
 
 def start_ranks(size: int, path: str, dtype: torch.dtype, device: str, threads: int) -> list[subprocess.Popen]:

@@ -24,7 +24,7 @@ from omnistage.diffusion.text import PromptCache, PromptEncoder, TextEncodeEngin
 from omnistage.encoders.media import MediaLimits, load_image, load_mask
 from omnistage.errors import RequestRejected
 from omnistage.graph.options import DiffusionOptions
-from omnistage.graph.plan import StagePlan
+from omnistage.graph.plan import StagePlan, diffusion_roles
 from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
 from omnistage.stages.worker.stage import Stage, StageOutput, StageRequest
 
@@ -213,18 +213,15 @@ class VaeDecodeStage(Stage):
 
 
 def build_diffusion(stage: StagePlan, device: str) -> DiffusionStage:
-    roles = {"denoise"}
-    if any(p.name == "prompt" for p in stage.inputs) and any(e.dst_port == "prompt" for e in stage.in_edges):
-        roles.add("text")
-    if {"image", "video"} & stage.used_outputs or any(e.dst_port == "image" for e in stage.in_edges):
-        roles.add("vae")  # decodes, or encodes input images
-    return DiffusionStage(load_family(stage, device, roles), stage.options, stage.config.batching.max_batch,
-                          stage.used_outputs)
+    return DiffusionStage(load_family(stage, device, diffusion_roles(stage)), stage.options,
+                          stage.config.batching.max_batch, stage.used_outputs)
 
 
 def build_text_encode(stage: StagePlan, device: str) -> TextEncodeStage:
-    return TextEncodeStage(load_family(stage, device, {"text"}), stage.options, stage.config.batching.max_batch)
+    return TextEncodeStage(load_family(stage, device, diffusion_roles(stage)), stage.options,
+                           stage.config.batching.max_batch)
 
 
 def build_vae_decode(stage: StagePlan, device: str) -> VaeDecodeStage:
-    return VaeDecodeStage(load_family(stage, device, {"vae"}), stage.options, stage.config.batching.max_batch)
+    return VaeDecodeStage(load_family(stage, device, diffusion_roles(stage)), stage.options,
+                          stage.config.batching.max_batch)

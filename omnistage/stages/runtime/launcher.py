@@ -18,9 +18,11 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from omnistage.graph.kinds import registry
+from omnistage.graph.placement import gpu_device
 from omnistage.graph.plan import GraphPlan
 from omnistage.stages.runtime.replicas import Replica, ReplicaRuntime, ReplicaTable
 from omnistage.stages.worker.cores import SLOTS, clear_slot, create_board, host_cores
@@ -115,8 +117,10 @@ class ThreadReplica:
 class LocalLauncher:
     """Replicas as processes (or threads) of this host, talking to the sink at ``sink``."""
 
-    def __init__(self, plan: GraphPlan, session: str, run_dir: str, sink: str, in_process: bool = False) -> None:
+    def __init__(self, plan: GraphPlan, session: str, run_dir: str, sink: str, in_process: bool = False,
+                 gpu_shares: Mapping[tuple[str, str], float] | None = None) -> None:
         self.plan, self.session, self.run_dir, self.sink, self.in_process = plan, session, run_dir, sink, in_process
+        self.gpu_shares = dict(gpu_shares or {})  # (stage, card) -> its processes' share there
         self._slots: dict[int, ReplicaRuntime] = {}  # core-board slot -> the replica that holds it
         # Load-following replicas share the cores that replicas with a fixed thread count leave.
         fixed = sum(st.config.resources.threads * st.config.resources.initial_replicas for st in plan.stages.values()
@@ -128,13 +132,19 @@ class LocalLauncher:
     def start(self, table: ReplicaTable, stage: str, device: str, threads: int, group: str | None = None) -> Replica:
         def launch(index: int) -> ReplicaRuntime:
             slot = self._free_slot() if self._follows_load(stage, device) else None
-            spec = WorkerSpec(self.plan, stage, index, device, threads, self.session, self.run_dir, self.sink,
-                              self.in_process, None if self.in_process else os.getpid(), slot, self._board_cores)
+            spec = self.spec(stage, index, device, threads, slot)
             runtime = ThreadReplica(spec) if self.in_process else ProcessReplica(spec)
             if slot is not None:
                 self._slots[slot] = runtime
             return runtime
         return table.add(stage, launch, device, group, threads)
+
+    def spec(self, stage: str, index: int, device: str, threads: int, slot: int | None = None) -> WorkerSpec:
+        """What replica ``index`` of ``stage`` is told (a process on a GPU: its share of the card)."""
+        share = None if self.in_process else self.gpu_shares.get((stage, gpu_device(device) or ""))
+        return WorkerSpec(self.plan, stage, index, device, threads, self.session, self.run_dir, self.sink,
+                          self.in_process, None if self.in_process else os.getpid(), slot, self._board_cores,
+                          gpu_share=share)
 
     def close(self) -> None:
         pass

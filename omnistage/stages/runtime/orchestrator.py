@@ -64,7 +64,9 @@ class _Live:
 
 
 class Orchestrator:
-    def __init__(self, plan: GraphPlan, in_process: bool = False) -> None:
+    def __init__(self, plan: GraphPlan, in_process: bool = False,
+                 gpu_shares: Mapping[tuple[str, str], float] | None = None) -> None:
+        """``gpu_shares``: (stage, card) -> the share of the card its processes there are capped at."""
         self.plan = plan
         self.session = uuid.uuid4().hex[:10]
         self.run_dir = tempfile.mkdtemp(prefix=f"omnistage-{self.session}-")
@@ -83,7 +85,7 @@ class Orchestrator:
         self.table = ReplicaTable(plan.order)
         self.launcher: LocalLauncher | RayLauncher = (
             RayLauncher(plan, self.session, self.run_dir, self._sink.address, self.node, started_ray) if on_ray
-            else LocalLauncher(plan, self.session, self.run_dir, self._sink.address, in_process))
+            else LocalLauncher(plan, self.session, self.run_dir, self._sink.address, in_process, gpu_shares))
         self.supervisor = Supervisor(self.table, self.start_replica, plan.config.supervisor)
         self.requests: dict[str, _Live] = {}
         self.infos: dict[str, dict[str, Any]] = {}  # stage -> the model facts its replicas reported

@@ -80,6 +80,8 @@ def worker_main(spec: WorkerSpec) -> None:
         quiet_loading()
         if spec.device == "cpu":
             torch.set_num_threads(spec.threads)
+        if spec.gpu_share is not None:  # (an overrun fails this replica, not a neighbour on the card)
+            torch.cuda.set_per_process_memory_fraction(spec.gpu_share, torch.device(spec.device))
         sys.setswitchinterval(SWITCH_INTERVAL_S)
     transport = spec.plan.config.transport
     node, host = where_am_i(spec)

@@ -23,6 +23,7 @@ class WorkerSpec:
     board_cores: int = 1  # the cores load-following replicas share (the host's less fixed replicas' threads)
     on_ray: bool = False  # a Ray actor: it binds on its node's address and names its node
     sink_node: str = ""  # the node of the process at ``sink``
+    gpu_share: float | None = None  # on a GPU: the share of its memory the process is capped at
 
     @property
     def name(self) -> str:

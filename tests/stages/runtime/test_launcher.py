@@ -57,3 +57,14 @@ def test_cores_a_fixed_replica_holds_are_not_shared(tmp_path):
     graph.write_text(text)
     with Pipeline.from_yaml(graph) as pipe:
         assert _read(pipe, "x") == str(max(1, (os.cpu_count() or 1) - 1))
+
+
+def test_a_replica_on_a_gpu_is_told_its_stages_share_of_that_card(tmp_path):
+    from omnistage.graph.compile import compile_file
+    from omnistage.stages.runtime.launcher import LocalLauncher
+    plan = compile_file(GRAPH, str)
+    launcher = LocalLauncher(plan, "s", str(tmp_path), "ipc://x", gpu_shares={("env", "cuda:0"): 0.4})
+    assert launcher.spec("env", 3, "cuda", 1).gpu_share == 0.4  # ("cuda": the current card)
+    assert launcher.spec("env", 0, "cuda:1", 1).gpu_share is None and launcher.spec("env", 0, "cpu", 1).gpu_share is None
+    in_process = LocalLauncher(plan, "s", str(tmp_path), "ipc://x", in_process=True, gpu_shares={("env", "cuda:0"): 0.4})
+    assert in_process.spec("env", 0, "cuda:0", 1).gpu_share is None  # (threads of this process: no cap)
