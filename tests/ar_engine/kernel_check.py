@@ -47,7 +47,7 @@ def check_decode(dtype: torch.dtype, block_size: int, head_dim: int, window, sof
 
 if __name__ == "__main__":
     for dtype in (torch.float32, torch.float16):
-        for block_size, head_dim in ((16, 16), (4, 24)):
+        for block_size, head_dim in ((16, 16), (4, 24), (16, 64), (16, 128), (8, 256)):
             check_store(dtype, block_size, head_dim)
             for window, softcap, scale_factor in FEATURES:
                 check_decode(dtype, block_size, head_dim, window, softcap, scale_factor)

@@ -5,8 +5,10 @@ head_dim]``; a decode row ``s`` attends to the first ``ctx_lens[s]`` positions o
 ``block_tables[s]``. The decode kernel runs one program per (row, query head) and walks the
 row's blocks with an online softmax, so no context is ever gathered into a padded tensor; with a
 sliding window it starts at the window's first block, and softcapped scores are capped before
-masking, as in the reference.
-Tested against the reference under ``TRITON_INTERPRET=1`` (fp32/fp16).
+masking, as in the reference. Offsets into the cache are 64-bit (slots and block ids widened
+before they are scaled), so a cache may pass 2^31 elements.
+Tested against the reference under ``TRITON_INTERPRET=1`` (fp32/fp16, and a sparse memory-mapped
+cache past 2^31 elements).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_t, stride_h
                      cache_slot_stride, cache_head_stride, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     token = tl.program_id(0)
     head = tl.program_id(1)
-    slot = tl.load(slot_ptr + token)
+    slot = tl.load(slot_ptr + token).to(tl.int64)  # (offsets into the cache in 64 bits: it may pass 2^31 elements)
     d = tl.arange(0, BLOCK_D)
     mask = d < HEAD_DIM
     src = token * stride_t + head * stride_h + d
@@ -28,7 +30,7 @@ def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_t, stride_h
     k = tl.load(key_ptr + src, mask=mask)
     v = tl.load(value_ptr + src, mask=mask)
     tl.store(cache_ptr + dst, k.to(cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(cache_ptr + cache_kv_stride + dst, v.to(cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(cache_ptr + (dst + cache_kv_stride), v.to(cache_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -58,13 +60,13 @@ def _paged_decode_kernel(q_ptr, cache_ptr, table_ptr, ctx_ptr, out_ptr, scale, w
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     offs = tl.arange(0, BLOCK_SIZE)
     for b in range(lo // BLOCK_SIZE, tl.cdiv(ctx, BLOCK_SIZE)):  # blocks wholly before the window: skipped
-        block = tl.load(table_ptr + row * table_stride + b)
+        block = tl.load(table_ptr + row * table_stride + b).to(tl.int64)  # (64-bit cache offsets)
         pos = b * BLOCK_SIZE + offs
         valid = (pos < ctx) & (pos >= lo)
         base = (block * BLOCK_SIZE + offs)[:, None] * cache_slot_stride + kv_head * cache_head_stride + d[None, :]
         lmask = valid[:, None] & dmask[None, :]
         k = tl.load(cache_ptr + base, mask=lmask, other=0.0).to(tl.float32)
-        v = tl.load(cache_ptr + cache_kv_stride + base, mask=lmask, other=0.0).to(tl.float32)
+        v = tl.load(cache_ptr + (base + cache_kv_stride), mask=lmask, other=0.0).to(tl.float32)
         s = tl.sum(k * q[None, :], axis=1) * scale
         if HAS_SOFTCAP:
             s = softcap * _tanh(s / softcap)
