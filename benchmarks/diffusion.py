@@ -43,6 +43,7 @@ stages:
     model: m
     inputs: {{prompt: request.prompt}}
     outputs: {{image: response.image}}
+    resources: {{device: "{device}"}}
     batching: {{max_batch: {batch}, queue_depth: 1024}}
 """
 STEPS = (10, 20, 30, 40)
@@ -71,10 +72,10 @@ def summarize(name: str, latencies: list[float], total: float) -> dict:
             "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
 
 
-def run_omnistage(path: Path, size: int, reqs: list[Req], warm: list[Req], batch: int) -> dict:
+def run_omnistage(path: Path, size: int, reqs: list[Req], warm: list[Req], batch: int, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "graph.yaml"
-        graph.write_text(GRAPH.format(path=path, batch=batch))
+        graph.write_text(GRAPH.format(path=path, batch=batch, device=device))
         with Pipeline.from_yaml(graph) as pipe:
             def submit(r: Req):
                 return pipe.submit(prompt=r.prompt, seed=r.seed, num_inference_steps=r.steps, guidance_scale=GUIDANCE,

@@ -2,7 +2,8 @@
 
 The commands are taken from the documents' ``bash``/``sh``/``console`` code blocks (in a
 ``console`` block, the lines that start with ``$ ``) and run in document order, in a scratch
-directory where ``examples/`` is the repository's (``./dev`` runs in the checkout):
+directory where ``examples/`` and ``benchmarks/`` are the repository's (``./dev`` runs in the
+checkout):
 
 - ``omnistage serve ... &`` starts a server that stays up for the document's later commands (until
   another server takes its port); ``omnistage serve ...`` without ``&`` must come up healthy
@@ -217,6 +218,7 @@ def run_script(script: list[Command], cwd: Path, env: dict[str, str]) -> None:
 @pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda p: p.name)
 def test_every_documented_command_runs(doc, tmp_path, capsys):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")
     servers = Servers(tmp_path, _environment())
     skipped, script = [], []
     try:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
 from omnistage.ar_engine.block_manager import BlockManager
 from omnistage.ar_engine.detokenize import IncrementalDetokenizer
 from omnistage.ar_engine.guided import GuideSpec, Guides
@@ -97,6 +98,7 @@ class LLMEngine:
         ``backend`` "auto": the attention kernels for the model's device (``kernels.backend_for``),
         None: the torch reference. ``tp_size`` > 1: ``model`` is rank 0's shard of a
         tensor-parallel model whose other ranks ``parallel.follow`` (torch.distributed is set up)."""
+        _check_attention(model)
         if backend == "auto":
             backend = backend_for(str(next(model.parameters()).device))
         self.config = config
@@ -341,3 +343,13 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
+
+
+def _check_attention(model: Any) -> None:
+    """The model's language layers must call the paged attention: with another implementation
+    they would attend over the step's own tokens only and decode wrong tokens, silently."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if config._attn_implementation != ATTN_IMPLEMENTATION:
+        raise ValueError(f"the model's attention implementation is {config._attn_implementation!r}; the engine "
+                         f"needs {ATTN_IMPLEMENTATION!r} (from_pretrained(..., attn_implementation=...) or "
+                         "model.set_attn_implementation)")

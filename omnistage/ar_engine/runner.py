@@ -199,7 +199,7 @@ class ModelRunner:
                                  ctx_lens=(pos + 1).to(torch.int32).to(dev), backend=self.backend)
         if self.backend is None or not self.backend.packed:
             self._split_metadata(meta, chunks, offsets, tables)
-        elif any(attends_by_sdpa(c, self.head_dim) for c in chunks):
+        elif self.backend.sdpa_prefills and any(attends_by_sdpa(c, self.head_dim) for c in chunks):
             self._long_prefills(meta, chunks, offsets, tables, rows)
         return torch.tensor(ids, dtype=torch.long, device=dev), self._positions(chunks, pos).to(dev), meta, sample_rows
 

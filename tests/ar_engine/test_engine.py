@@ -230,3 +230,10 @@ def test_vision_language_with_images_and_video_equals_hf_generate(vl_reference, 
     for rid, (content, imgs, _) in cases.items():
         frames = clip.frames if rid == "video" else None
         assert got[rid] == vl_reference(content, imgs, frames, new=16, name=name, fps=clip.fps)[0], rid
+
+
+def test_a_model_without_the_paged_attention_is_refused(family):
+    """With its own attention a model would attend over each step's tokens only: wrong tokens."""
+    _, tok, ref, _ = family
+    with pytest.raises(ValueError, match="the engine needs 'omnistage_paged'"):
+        LLMEngine(ref, tok, EngineConfig(num_blocks=64))

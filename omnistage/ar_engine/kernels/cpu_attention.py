@@ -82,6 +82,7 @@ class CpuBackend:
 
     packed = True
     packs_linears = True  # the runner packs the model's linear layers for oneDNN (``packing``)
+    sdpa_prefills = True  # long prefill chunks with wide heads go to SDPA (``runner.attends_by_sdpa``)
     store_kv = staticmethod(store_kv)
 
     def __init__(self, module: Any) -> None:
