@@ -25,6 +25,9 @@ class EngineConfig:
     prefix_caching: bool = True
     # "generated": the last-layer state that produced each new token; "all": every position.
     hidden_states: Literal["none", "generated", "all"] = "none"
+    # On a GPU, decode steps replay CUDA graphs (``graphs.py``); True runs every step eagerly
+    # (debugging, as vLLM's --enforce-eager).
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_tokens_per_step"):

@@ -17,6 +17,7 @@ import torch
 from omnistage.ar_engine.attention import ATTN_IMPLEMENTATION
 from omnistage.ar_engine.block_manager import BlockManager
 from omnistage.ar_engine.detokenize import IncrementalDetokenizer
+from omnistage.ar_engine.graphs import GraphSettings
 from omnistage.ar_engine.guided import GuideSpec, Guides
 from omnistage.ar_engine.kernels import backend_for
 from omnistage.ar_engine.runner import ModelRunner
@@ -91,13 +92,15 @@ class _State:
 class LLMEngine:
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, max_seqs: int = 64, backend: Any = "auto",
                  media_encoder: Any = None, eos_ids: frozenset[int] | None = None, input_embeds: bool = False,
-                 tp_size: int = 1) -> None:
+                 tp_size: int = 1, decode_graphs: str = "auto") -> None:
         """``max_seqs``: sequences per step; ``tokenizer`` None: no text (a model over codec
         tokens); ``eos_ids`` overrides the model's end-of-sequence ids; ``input_embeds`` (with
         hidden_states "all"): also keep each position's input embedding (what a talker needs);
         ``backend`` "auto": the attention kernels for the model's device (``kernels.backend_for``),
         None: the torch reference. ``tp_size`` > 1: ``model`` is rank 0's shard of a
-        tensor-parallel model whose other ranks ``parallel.follow`` (torch.distributed is set up)."""
+        tensor-parallel model whose other ranks ``parallel.follow`` (torch.distributed is set up).
+        ``decode_graphs``: "auto" (CUDA graphs for decode steps on a GPU, unless
+        ``enforce_eager``), "off", or "eager" (their static buffers and padding, run eagerly)."""
         _check_attention(model)
         if backend == "auto":
             backend = backend_for(str(next(model.parameters()).device))
@@ -111,8 +114,10 @@ class LLMEngine:
         if tp_size > 1:
             from omnistage.ar_engine.parallel import ParallelRunner
             runner_class = ParallelRunner
+        graphs = _graph_settings(decode_graphs, config, self.cache, max_seqs, str(next(model.parameters()).device),
+                                 tp_size)
         self.runner = runner_class(model, self.cache.num_blocks, config.block_size, backend=backend,
-                                   media_encoder=media_encoder, tp_size=tp_size)
+                                   media_encoder=media_encoder, tp_size=tp_size, graphs=graphs)
         self.eos_ids = _eos_ids(model, tokenizer) if eos_ids is None else eos_ids
         self.max_model_len = self.cache.max_model_len
         self.states: dict[str, _State] = {}
@@ -353,3 +358,13 @@ def _check_attention(model: Any) -> None:
         raise ValueError(f"the model's attention implementation is {config._attn_implementation!r}; the engine "
                          f"needs {ATTN_IMPLEMENTATION!r} (from_pretrained(..., attn_implementation=...) or "
                          "model.set_attn_implementation)")
+
+
+def _graph_settings(mode: str, config: EngineConfig, cache: CachePlan, max_seqs: int, device: str,
+                    tp_size: int) -> GraphSettings | None:
+    if mode not in ("auto", "off", "eager"):
+        raise ValueError(f"decode_graphs is 'auto', 'off' or 'eager', not {mode!r}")
+    capture = mode == "auto" and device.startswith("cuda") and not config.enforce_eager
+    if tp_size > 1 or not (capture or mode == "eager"):
+        return None
+    return GraphSettings(capture, max_seqs, -(-cache.max_model_len // config.block_size))

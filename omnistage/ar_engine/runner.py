@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from omnistage.ar_engine.attention import AttentionMetadata, PrefillSpan
+from omnistage.ar_engine.graphs import DecodeGraphs, GraphSettings
 from omnistage.ar_engine.packing import PackedLinear, pack_linears, worth_packing
 from omnistage.ar_engine.sequence import StepPlan
 
@@ -103,9 +104,11 @@ def final_logit_softcap(config: Any) -> float | None:
 class ModelRunner:
     def __init__(self, model: Any, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
                  backend: Any = None, media_encoder: Callable[[list[Any]], list[torch.Tensor]] | None = None,
-                 tp_size: int = 1) -> None:
+                 tp_size: int = 1, graphs: GraphSettings | None = None) -> None:
         """``tp_size``: the model is this rank's shard of a tensor-parallel one (``parallel``):
-        its cache holds its share of the KV heads, and its linear layers stay as sharded."""
+        its cache holds its share of the KV heads, and its linear layers stay as sharded.
+        ``graphs``: decode steps through static buffers (CUDA graphs, ``graphs.py``; a packed
+        backend only); the cache then has one scratch block past ``num_blocks``."""
         self.model = model
         self.block_size = block_size
         self.device = next(model.parameters()).device
@@ -120,8 +123,12 @@ class ModelRunner:
         layers, kv_heads, head_dim = kv_shape(model.config, tp_size)
         self.head_dim = head_dim
         dtype = kv_dtype or next(model.parameters()).dtype
-        self.kv_caches = [torch.zeros(2, num_blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
+        graphs = graphs if backend is not None and backend.packed else None
+        blocks = num_blocks + (graphs is not None)  # (the scratch block the padding rows of a graph use)
+        self.kv_caches = [torch.zeros(2, blocks * block_size, kv_heads, head_dim, dtype=dtype, device=self.device)
                           for _ in range(layers)]
+        self.graphs = None if graphs is None else DecodeGraphs(self._decode_all, graphs, self.kv_caches, block_size,
+                                                               num_blocks, backend)
         self.linear_params = sum(m.in_features * m.out_features for m in (*self.decoder.modules(), self.lm_head)
                                  if hasattr(m, "in_features") and hasattr(m, "out_features"))
         q_heads = text_config(model.config).num_attention_heads // tp_size
@@ -151,7 +158,24 @@ class ModelRunner:
     def run(self, plan: StepPlan) -> StepResult:
         small = self.device.type == "cpu" and step_macs(plan, self.linear_params, self.attention_unit) < SMALL_STEP_MACS
         with threads_at_most(1) if small else nullcontext():
-            return self.forward(self.prepare(plan))
+            step = self.prepare(plan)
+            if self.graphs is not None and self._graphable(plan):
+                logits, hidden = self.graphs.run(step.inputs, step.positions, step.meta)
+                return StepResult(logits.float(), hidden, step.sample_rows, step.embeds)
+            return self.forward(step)
+
+    def _graphable(self, plan: StepPlan) -> bool:
+        """A decode-only step (every row a sampling one) that a bucket holds."""
+        assert self.graphs is not None
+        return (all(c.length == 1 and c.samples for c in plan.chunks)
+                and self.graphs.bucket(len(plan.chunks)) is not None)
+
+    def _decode_all(self, inputs: torch.Tensor, positions: torch.Tensor,
+                    meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, hidden) of every row: what a decode graph captures."""
+        hidden = self.decoder(inputs_embeds=inputs.unsqueeze(0), position_ids=positions, omni_meta=meta,
+                              use_cache=False).last_hidden_state[0]
+        return self._logits(hidden), hidden
 
     @torch.inference_mode()
     def prepare(self, plan: StepPlan) -> StepInputs:
@@ -167,11 +191,15 @@ class ModelRunner:
         out = self.decoder(inputs_embeds=inputs.unsqueeze(0), position_ids=step.positions, omni_meta=meta,
                            use_cache=False)
         hidden = out.last_hidden_state[0]
-        logits = self.lm_head(hidden[sample_rows]) if sample_rows else hidden.new_zeros((0, 1))
+        logits = self._logits(hidden[sample_rows]) if sample_rows else hidden.new_zeros((0, 1))
+        return StepResult(logits.float(), hidden, sample_rows, step.embeds)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)
         if self.final_softcap is not None:
             # In the model's dtype, as XForCausalLM.forward does it (which the decoder call skips).
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
-        return StepResult(logits.float(), hidden, sample_rows, step.embeds)
+        return logits
 
     def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
         """The step's packed inputs, built as whole tensors: each token's block-table row, position,

@@ -1,0 +1,113 @@
+"""Decode steps replayed from CUDA graphs.
+
+A decode-only step (one new token per running sequence: the steady state of serving) runs the
+same kernels every time, with only the data changing; at small batches launching them one by one
+costs more than their work. ``DecodeGraphs`` keeps one set of static input buffers (input
+embeddings, positions, cache slots, block tables, context lengths) sized for the largest bucket,
+and per bucket size (1, 2, 4, then multiples of 8 up to ``max_seqs``) one graph of the decoder
+and LM head over views of them, captured the first time a step of that size runs. A step of n
+rows is padded to the smallest bucket of at least n: the padding rows attend to, and write
+their K/V into, a scratch block that no sequence owns (the runner allocates it past the
+engine's blocks).
+
+Where CUDA graphs do not exist (a CPU) the same buffers and padding run eagerly: that is how the
+padding and the reuse of buffers are tested without a GPU. ``EngineConfig.enforce_eager`` turns
+the whole path off.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from omnistage.ar_engine.attention import AttentionMetadata
+
+class GraphSettings(NamedTuple):
+    capture: bool  # record CUDA graphs; False: the same static buffers, run eagerly
+    max_seqs: int  # the largest decode step
+    table_width: int  # block-table columns: blocks of one max_model_len sequence
+
+
+Forward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], tuple[torch.Tensor, torch.Tensor]]
+
+
+def bucket_sizes(max_seqs: int) -> tuple[int, ...]:
+    """1, 2, 4, then multiples of 8, up to the first at or past ``max_seqs``."""
+    sizes = [1, 2, 4, *range(8, max(max_seqs, 8) + 8, 8)]
+    return (*(b for b in sizes if b < max_seqs), next(b for b in sizes if b >= max_seqs))
+
+
+class DecodeGraphs:
+    def __init__(self, forward: Forward, settings: GraphSettings, kv_caches: list[torch.Tensor], block_size: int,
+                 scratch_block: int, backend: Any) -> None:
+        """``forward(inputs [b, hidden], positions [..., b], meta) -> (logits [b, vocab], hidden
+        [b, hidden])`` runs the decoder and LM head over every row."""
+        self.forward, self.capture = forward, settings.capture
+        self.sizes = bucket_sizes(settings.max_seqs)
+        top, device = self.sizes[-1], kv_caches[0].device
+        self.scratch_block, self.scratch_slot = scratch_block, scratch_block * block_size
+        self.inputs: torch.Tensor | None = None  # shaped by the first step (the decoder's input width)
+        self.positions: torch.Tensor | None = None  # [1, b], or M-RoPE's [3, 1, b]
+        self.slots = torch.full((top,), self.scratch_slot, dtype=torch.long, device=device)
+        self.tables = torch.full((top, settings.table_width), scratch_block, dtype=torch.int32, device=device)
+        self.ctx_lens = torch.ones(top, dtype=torch.int32, device=device)
+        self.metas = {b: AttentionMetadata(kv_caches, self.slots[:b], block_size, self.tables[:b],
+                                           torch.arange(b, dtype=torch.int32, device=device), self.ctx_lens[:b],
+                                           backend=backend) for b in self.sizes}
+        self.graphs: dict[int, Any] = {}
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.pool: Any = None  # the captured graphs share one memory pool
+
+    def bucket(self, rows: int) -> int | None:
+        """The bucket a step of ``rows`` decode rows pads to (None: more than the largest)."""
+        return next((b for b in self.sizes if b >= rows), None)
+
+    def run(self, inputs: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decode step's (logits, hidden) of its ``n`` rows, from the bucket's graph."""
+        n = len(inputs)
+        b = self.bucket(n)
+        assert b is not None, f"a decode step of {n} rows has no bucket"
+        self._fill(inputs, positions, meta, n, b)
+        if not self.capture:
+            logits, hidden = self._forward(b)
+        else:
+            if b not in self.graphs:
+                self._record(b)
+            self.graphs[b].replay()
+            logits, hidden = self.outputs[b]
+        return logits[:n].clone(), hidden[:n].clone()  # (the buffers are the next step's)
+
+    def _fill(self, inputs: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, n: int, b: int) -> None:
+        if self.inputs is None or self.positions is None:
+            top = self.sizes[-1]
+            self.inputs = inputs.new_zeros(top, *inputs.shape[1:])
+            self.positions = positions.new_zeros(*positions.shape[:-1], top)
+        self.inputs[:n].copy_(inputs)
+        self.inputs[n:b].zero_()
+        self.positions[..., :n].copy_(positions)
+        self.positions[..., n:b].zero_()
+        self.slots[:n].copy_(meta.slot_mapping)
+        self.slots[n:b].fill_(self.scratch_slot)  # padding rows write the scratch block...
+        width = meta.tables.shape[1]
+        self.tables[:n, :width].copy_(meta.tables)
+        self.tables[n:b].fill_(self.scratch_block)
+        self.ctx_lens[:n].copy_(meta.ctx_lens)
+        self.ctx_lens[n:b].fill_(1)  # ...and attend to its first slot only
+
+    def _forward(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.inputs is not None and self.positions is not None
+        return self.forward(self.inputs[:b], self.positions[..., :b], self.metas[b])
+
+    def _record(self, b: int) -> None:
+        """Capture bucket ``b``'s graph (after a warm-up run on a side stream, as torch asks)."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._forward(b)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.outputs[b] = self._forward(b)
+        self.pool = graph.pool()
+        self.graphs[b] = graph
