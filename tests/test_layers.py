@@ -25,9 +25,10 @@ ALLOWED: dict[str, set[str]] = {
     "omnistage.connectors": {"omnistage.errors"},
     "omnistage.graph": {"omnistage.errors", "omnistage.ar_engine.config"},
     # The engine's pure table of config features it lacks (checked at validate time), and its pure
-    # settings and shape arithmetic (the GPU budget sizes a KV cache before any engine starts).
+    # settings and shape arithmetic (the GPU budget sizes a KV cache before any engine starts), and
+    # which pipeline components a diffusion family loads (the budget counts those weights only).
     "omnistage.checkpoints": {"omnistage.errors", "omnistage.graph", "omnistage.models", "omnistage.ar_engine.features",
-                              "omnistage.ar_engine.config", "omnistage.ar_engine.shape"},
+                              "omnistage.ar_engine.config", "omnistage.ar_engine.shape", "omnistage.diffusion.registry"},
     "omnistage.stages.worker": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.logs"},
     "omnistage.stages.kinds": {"omnistage.errors", "omnistage.graph", "omnistage.connectors", "omnistage.checkpoints",
                                "omnistage.stages.worker", *ENGINES},

@@ -2,9 +2,10 @@
 starts (``graph/gpu_budget.py`` divides the cards).
 
 - Weights: the checkpoint's tensors at the dtype the stage loads them in (safetensors headers;
-  a sub-model's only; a diffusion stage's pipeline components only: text encoders, the
-  transformer or UNet, the VAE, as its roles say), split over the ranks of a tensor-parallel
-  replica.
+  a vocoder's in float32, as it loads them; a sub-model's only; a diffusion stage's pipeline
+  components only: those its family loads for the stage's roles). A tensor-parallel rank holds
+  1/N of each tensor its family's tensor-parallel plan splits (attention and MLP projections,
+  the LM head) and all of the others (embeddings, norms).
 - KV cache (ar, prefill, decode, talker): a fixed ``kv_cache_mb``/``num_blocks``, or, sized
   from the share, at least one sequence of ``max_model_len``.
 - Activations: those stages' step peak as the engine computes it (``ModelShape``). Other
@@ -14,7 +15,9 @@ starts (``graph/gpu_budget.py`` divides the cards).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,7 @@ log = logging.getLogger(__name__)
 
 KV_KINDS = ("ar", "prefill", "decode", "talker")
 DIFFUSION_KINDS = ("text_encode", "diffusion", "vae_decode")
-# A diffusers pipeline's components by the role that loads them (their names in model_index.json).
-ROLE_COMPONENTS = {"text": ("text_encoder",), "denoise": ("transformer", "unet"), "vae": ("vae",)}
+FLOAT32_KINDS = ("vocoder",)  # kinds that load their weights in float32 whatever the checkpoint's dtype
 
 
 def plan_needs(plan: GraphPlan) -> list[Need]:
@@ -64,10 +66,10 @@ def stage_need(stage: StagePlan, replica: int, device: str, tp: int = 1) -> Need
             log.warning("%s: the checkpoint %s is not on this machine; its weights are not counted",
                         stage.name, stage.model_path)
         else:
-            weights = _weights(stage, directory, dtype) // tp
             config = read_json(str(directory), "config.json") or {}
             config = config.get(f"{stage.model_component}_config", config)  # (a sub-model's own)
-    need = Need(stage.name, replica, device, weights, 0, declared=declared_share(stage))
+            weights = _weights(stage, directory, dtype, config, tp)
+    need = Need(stage.name, replica, device, weights, 0, declared=declared_share(stage), tp=tp)
     if stage.kind.name in KV_KINDS and config:
         return _with_kv(need, stage, config, dtype, tp)
     return need
@@ -77,20 +79,38 @@ def _checkpoint(stage: StagePlan, device: str) -> tuple[Path | None, str]:
     from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype  # (imports torch)
     path = checkpoint_dir(stage.model_path)
     directory = Path(path) if Path(path).is_dir() else checkpoint_directory(path)
-    dtype = str(torch_dtype(stage.model_dtype, path, device)).removeprefix("torch.")
-    return directory, dtype
+    if stage.kind.name in FLOAT32_KINDS:
+        return directory, "float32"
+    return directory, str(torch_dtype(stage.model_dtype, path, device)).removeprefix("torch.")
 
 
-def _weights(stage: StagePlan, directory: Path, dtype: str) -> int:
+def _weights(stage: StagePlan, directory: Path, dtype: str, config: dict[str, Any], tp: int) -> int:
     if stage.kind.name in DIFFUSION_KINDS:
         return weight_bytes(directory, dtype, parts=_diffusion_parts(stage, directory))
-    return weight_bytes(directory, dtype, prefix=stage.model_component)
+    ways = _rank_ways(config.get("model_type"), tp) if tp > 1 else None
+    return weight_bytes(directory, dtype, prefix=stage.model_component, ways=ways)
 
 
 def _diffusion_parts(stage: StagePlan, directory: Path) -> list[str]:
-    index = read_json(str(directory), "model_index.json") or {}
-    prefixes = tuple(p for role in diffusion_roles(stage) for p in ROLE_COMPONENTS[role])
-    return [name for name in index if name.startswith(prefixes) and (directory / name).is_dir()]
+    """The pipeline components the stage's family loads for its roles (not the unused ones, such
+    as Wan 2.2's second transformer, nor the safety checker)."""
+    from omnistage.diffusion.registry import family_class  # (imports diffusers)
+    family = family_class(str(directory))
+    names = [name for role in diffusion_roles(stage) for name in family.components[role]]
+    return [name for name in names if name not in family.unused and (directory / name).is_dir()]
+
+
+def _rank_ways(model_type: str | None, tp: int) -> Callable[[str], int]:
+    """How many ways a tensor of the model is split over ``tp`` ranks: those its family's
+    tensor-parallel plan names (and the LM head) ``tp`` ways, the others not at all. A family
+    without a plan is counted whole on every rank (it is refused at load)."""
+    from transformers import CONFIG_MAPPING
+    plan = getattr(CONFIG_MAPPING[model_type], "base_model_tp_plan", None) if model_type in CONFIG_MAPPING else None
+    patterns = [f"*{key}.*" for key in (plan or {})] + ["*lm_head.*"] * bool(plan)
+
+    def ways(name: str) -> int:
+        return tp if any(fnmatch(name, pattern) for pattern in patterns) else 1
+    return ways
 
 
 def _with_kv(need: Need, stage: StagePlan, config: dict[str, Any], dtype: str, tp: int) -> Need:

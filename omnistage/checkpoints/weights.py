@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from omnistage.checkpoints.files import SKIPPED, local_dir, local_snapshot
@@ -25,13 +25,19 @@ def checkpoint_directory(ref: str) -> Path | None:
     return local_dir(ref) or local_snapshot(ref)
 
 
-def weight_bytes(directory: Path, dtype: str, prefix: str | None = None,
-                 parts: Iterable[str] | None = None) -> int:
+def weight_bytes(directory: Path, dtype: str, prefix: str | None = None, parts: Iterable[str] | None = None,
+                 ways: Callable[[str], int] | None = None) -> int:
     """Bytes of the weights in ``directory`` loaded as ``dtype`` ("float32", "bfloat16", ...):
     only tensors named ``<prefix>.*`` when given (a sub-model), only the subdirectories
-    ``parts`` when given (components of a diffusers pipeline)."""
+    ``parts`` when given (components of a diffusers pipeline); a tensor counts 1/``ways(name)``
+    of itself when given (a tensor-parallel rank's shard)."""
     roots = [directory / part for part in parts] if parts is not None else [directory]
-    return sum(_file_bytes(f, DTYPE_ITEMSIZE[dtype], prefix) for root in roots for f in _weight_files(root))
+    return sum(_file_bytes(f, DTYPE_ITEMSIZE[dtype], prefix, ways or _whole)
+               for root in roots for f in _weight_files(root))
+
+
+def _whole(name: str) -> int:
+    return 1
 
 
 def _weight_files(root: Path) -> list[Path]:
@@ -40,7 +46,7 @@ def _weight_files(root: Path) -> list[Path]:
     return safetensors or sorted(root.glob("*.bin"))
 
 
-def _file_bytes(path: Path, itemsize: int, prefix: str | None) -> int:
+def _file_bytes(path: Path, itemsize: int, prefix: str | None, ways: Callable[[str], int]) -> int:
     if path.suffix != ".safetensors":
         return path.stat().st_size
     with open(path, "rb") as f:
@@ -53,5 +59,5 @@ def _file_bytes(path: Path, itemsize: int, prefix: str | None) -> int:
         for dim in entry["shape"]:
             count *= dim
         stored = ITEMSIZE.get(entry["dtype"], 4)  # (a dtype not listed: 4 bytes, an over-estimate)
-        total += count * (itemsize if entry["dtype"] in FLOATING else stored)
+        total += -(-count * (itemsize if entry["dtype"] in FLOATING else stored) // ways(name))
     return total

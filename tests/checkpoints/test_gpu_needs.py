@@ -1,10 +1,18 @@
 """What a replica placed on a GPU needs, read from real tiny checkpoints (no GPU needed): the
 weights equal the loaded models' parameters, the KV minimum one sequence of max_model_len; a
 graph that over-commits a card is refused at start and by ``validate --gpu-memory-gib``."""
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
-from transformers import AutoModelForCausalLM, CLIPTextModelWithProjection, T5EncoderModel
+from transformers import (
+    AutoModelForCausalLM,
+    CLIPTextModelWithProjection,
+    T5EncoderModel,
+)
 
 from omnistage import Pipeline
 from omnistage.checkpoints import resolve_model
@@ -76,7 +84,7 @@ def test_each_replica_needs_its_own_models_weights_and_one_sequence_of_kv():
     assert needs["text"].weights == param_bytes(*encoders)
     assert needs["denoise"].weights == param_bytes(SD3Transformer2DModel.from_pretrained(sd3, subfolder="transformer"))
     assert needs["decode"].weights == param_bytes(AutoencoderKL.from_pretrained(sd3, subfolder="vae"))
-    assert needs["decode"].kv_min == 0 and needs["decode"].least == needs["decode"].weights + CONTEXT_BYTES
+    assert needs["decode"].kv_min == 0 and needs["decode"].least == needs["decode"].weights
 
 
 def test_weights_count_at_the_dtype_the_stage_loads():
@@ -88,7 +96,8 @@ def test_weights_count_at_the_dtype_the_stage_loads():
 def test_the_card_is_divided_and_an_over_committed_one_refused_with_the_numbers():
     plan = plan_of(graph(chat_share=", gpu_memory_utilization: 0.5"))
     budget = gpu_budgets(plan, 80 * GIB)["cuda:0"]
-    assert budget.share("chat", 0) == 0.5 and sum(budget.shares) == pytest.approx(0.9)
+    # (the four processes' CUDA contexts lie outside their shares)
+    assert budget.share("chat", 0) == 0.5 and sum(budget.shares) == pytest.approx(0.9 - 4 * CONTEXT_BYTES / (80 * GIB))
     with pytest.raises(GpuBudgetError) as err:
         gpu_budgets(plan, 1 * GIB)  # four CUDA contexts alone are 2 GiB
     assert "cuda:0 is over-committed" in str(err.value) and "chat[0]" in str(err.value)
@@ -119,3 +128,38 @@ def test_validate_prints_the_division_or_refuses_an_over_committed_card(tmp_path
     assert "cuda:0: 80.0 GiB" in out and "chat[0]" in out and "decode[0]" in out
     assert main(["validate", str(path), "--gpu-memory-gib", "1"]) == 1
     assert "cuda:0 is over-committed" in capsys.readouterr().err
+
+
+def test_a_tensor_parallel_rank_holds_a_shard_of_the_projections_and_all_of_the_rest():
+    plan = plan_of(graph().replace('device: "cuda:0"}', 'device: "cuda:0", tensor_parallel: 2}', 1))
+    ranks = [n for n in plan_needs(plan) if n.stage == "chat"]
+    assert [(n.device, n.tp) for n in ranks] == [("cuda:0", 2), ("cuda:1", 2)]
+    state = AutoModelForCausalLM.from_pretrained(checkpoint_dir("tiny:qwen2")).state_dict()
+    split = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+    halves = sum(t.numel() * 4 // (2 if any(p in k for p in split) else 1) for k, t in state.items())
+    assert ranks[0].weights == ranks[1].weights == halves
+    assert "model.embed_tokens.weight" in state and halves > sum(t.numel() * 4 for t in state.values()) // 2
+    assert ranks[0].kv_min * 2 == next(n for n in plan_needs(plan_of(graph())) if n.stage == "chat").kv_min
+
+
+def test_a_vocoder_counts_its_weights_in_float32_as_it_loads_them():
+    omni = (Path(__file__).parents[2] / "examples" / "omni.yaml").read_text()
+    omni = omni.replace("resources: {replicas: 2, threads: 1}", "resources: {device: cuda}")
+    omni = omni.replace("options: {max_tokens: 512}", "options: {max_tokens: 512}\n    resources: {device: cuda}")
+    bf16 = omni.replace('"tiny:qwen2.5-omni/token2wav"}', '"tiny:qwen2.5-omni/token2wav", dtype: bfloat16}')
+    bf16 = bf16.replace('"tiny:qwen2.5-omni/talker"}', '"tiny:qwen2.5-omni/talker", dtype: bfloat16}')
+    f32, half = ({n.stage: n.weights for n in plan_needs(plan_of(text))} for text in (omni, bf16))
+    assert half["vocoder"] == f32["vocoder"] > 0 and half["talker"] * 2 == f32["talker"]
+
+
+def test_a_diffusion_stage_counts_only_the_components_its_family_loads(tmp_path):
+    wan = tmp_path / "wan"
+    shutil.copytree(checkpoint_dir("tiny:wan"), wan)
+    text = graph().replace('"tiny:sd3"', f'"{wan}"')
+    before = {n.stage: n.weights for n in plan_needs(plan_of(text))}
+    shutil.copytree(wan / "transformer", wan / "transformer_2")  # (Wan 2.2's second expert, unused)
+    index = json.loads((wan / "model_index.json").read_text())
+    index["transformer_2"] = index["transformer"]
+    (wan / "model_index.json").write_text(json.dumps(index))
+    assert {n.stage: n.weights for n in plan_needs(plan_of(text))} == before
+    assert before["denoise"] > 0 and before["text"] > 0

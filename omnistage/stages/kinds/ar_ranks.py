@@ -21,6 +21,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from omnistage.ar_engine.memory import process_share
 from omnistage.ar_engine.parallel import follow, follower_runner, init_group
 from omnistage.graph.placement import rank_device
 from omnistage.stages.kinds.ar_model import load_model
@@ -35,10 +36,13 @@ def start_ranks(size: int, path: str, dtype: torch.dtype, device: str, threads: 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
+    # Rank 0 is capped at the share every rank of the replica gets (graph/gpu_budget.py): so are they.
+    share = process_share(torch.device(device)) if device.startswith("cuda") else None
+    capped = ["--share", str(share)] if share is not None else []
     procs = [subprocess.Popen([sys.executable, "-m", __name__, "--address", address, "--rank", str(rank),
                                "--size", str(size), "--path", path, "--dtype", str(dtype).removeprefix("torch."),
                                "--device", rank_device(device, rank), "--threads", str(threads),
-                               "--parent", str(os.getpid())])
+                               "--parent", str(os.getpid()), *capped])
              for rank in range(1, size)]
     atexit.register(_reap, procs)
     _use_device(device)
@@ -78,11 +82,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", required=True)
     for name in ("rank", "size", "threads", "parent"):
         parser.add_argument(f"--{name}", type=int, required=True)
+    parser.add_argument("--share", type=float, help="the share of its GPU this rank is capped at")
     args = parser.parse_args(argv)
     _watch_parent(args.parent)
     if args.threads:
         torch.set_num_threads(args.threads)
     _use_device(args.device)
+    if args.share is not None:
+        torch.cuda.set_per_process_memory_fraction(args.share, torch.device(args.device))
     init_group(args.address, args.rank, args.size, args.device)
     from omnistage.ar_engine.kernels import backend_for
     model = load_model(args.path, getattr(torch, args.dtype), args.device, tp_size=args.size)
