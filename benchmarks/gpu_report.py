@@ -1,6 +1,7 @@
 """The body of ``gpu_check.py``: its checks, its timings, its table, JSON and RESULT line."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -79,6 +80,10 @@ def check_graphs(device: str) -> str:
     runs = []
     for mode in ("auto" if device.startswith("cuda") else "eager", "off"):
         engine = LLMEngine(model, None, config, max_seqs=6, decode_graphs=mode)
+        graphs = engine.runner.graphs
+        if mode == "auto":  # (every bucket captured at start; a failed capture would run eagerly)
+            assert graphs is not None and set(graphs.graphs) == set(graphs.sizes), (
+                f"captured {sorted(graphs.graphs) if graphs else []} of the buckets {graphs.sizes if graphs else ()}")
         for i, new in enumerate((9, 4, 12, 6, 2, 7)):
             engine.add(EngineRequest(f"r{i}", list(range(3, 10 + 3 * i)),
                                      SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)))
@@ -96,9 +101,10 @@ def decode_rows(model: Any, sizes: Sizes, device: str, floor_s: float) -> list[d
     for batch in sizes.batches:
         ids = prompts(sizes, batch, sizes.prompt)
         engine = engine_for(model, batch, sizes.prompt + sizes.new_tokens + 16)
-        run_engine(engine, ids, 2, device)  # warm-up (on a GPU: captures the batch's decode graph)
+        run_engine(engine, ids, 2, device)  # warm-up (the decode graphs were captured as the engine started)
         ours = run_engine(engine, ids, sizes.new_tokens, device)
-        del engine  # (its KV cache: the next batch's engine sizes its own from what is free)
+        del engine  # (its KV cache and graphs: the next batch's engine sizes its own from what is free)
+        release()
         step = statistics.median(ours["decode_steps"])
         row = {"batch": batch, "tok_s": batch * sizes.new_tokens / ours["seconds"], "step_ms": step * 1e3,
                "floor_ratio": step / floor_s}
@@ -109,6 +115,14 @@ def decode_rows(model: Any, sizes: Sizes, device: str, floor_s: float) -> list[d
             row["same_tokens"] = sum(a == b for a, b in zip(ours["ids"], hf["ids"])) / batch
         rows.append(row)
     return rows
+
+
+def release() -> None:
+    """Free a dropped engine's GPU memory now (its runner and graphs refer to each other: a cycle
+    that only the collector ends)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def prefill_row(model: Any, sizes: Sizes, device: str, peak: float) -> dict[str, Any]:

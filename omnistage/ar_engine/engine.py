@@ -107,15 +107,17 @@ class LLMEngine:
         self.config = config
         self.input_embeds = input_embeds
         self.tokenizer = tokenizer
-        self.cache = self._plan_cache(model, config, max_seqs, tp_size)
+        device = str(next(model.parameters()).device)
+        graphs = _graph_settings(decode_graphs, config, max_seqs, device, tp_size, backend)
+        self.cache = self._plan_cache(model, config, max_seqs, tp_size, graphs is not None and graphs.capture)
         self.blocks = BlockManager(self.cache.num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(config, max_seqs, self.blocks)
         runner_class = ModelRunner
         if tp_size > 1:
             from omnistage.ar_engine.parallel import ParallelRunner
             runner_class = ParallelRunner
-        graphs = _graph_settings(decode_graphs, config, self.cache, max_seqs, str(next(model.parameters()).device),
-                                 tp_size)
+        if graphs is not None:
+            graphs = graphs._replace(table_width=-(-self.cache.max_model_len // config.block_size))
         self.runner = runner_class(model, self.cache.num_blocks, config.block_size, backend=backend,
                                    media_encoder=media_encoder, tp_size=tp_size, graphs=graphs)
         self.eos_ids = _eos_ids(model, tokenizer) if eos_ids is None else eos_ids
@@ -129,10 +131,10 @@ class LLMEngine:
         self.off_grammar: set[str] = set()  # requests whose sampled token their grammar refused
 
     @staticmethod
-    def _plan_cache(model: Any, config: EngineConfig, max_seqs: int, tp_size: int) -> CachePlan:
+    def _plan_cache(model: Any, config: EngineConfig, max_seqs: int, tp_size: int, graphs: bool) -> CachePlan:
         weight = next(model.parameters())
         shape = shape_from_config(model.config.to_dict(), weight.element_size(), tp_size)
-        return plan_cache(config, shape, max_seqs, weight.device)
+        return plan_cache(config, shape, max_seqs, weight.device, graphs)
 
     # --- requests --------------------------------------------------------------------------
     def add(self, req: EngineRequest) -> None:
@@ -360,11 +362,13 @@ def _check_attention(model: Any) -> None:
                          "model.set_attn_implementation)")
 
 
-def _graph_settings(mode: str, config: EngineConfig, cache: CachePlan, max_seqs: int, device: str,
-                    tp_size: int) -> GraphSettings | None:
+def _graph_settings(mode: str, config: EngineConfig, max_seqs: int, device: str, tp_size: int,
+                    backend: Any) -> GraphSettings | None:
+    """The decode graphs' settings (their table width is set once the cache is planned), None:
+    no static buffers (the mode, a CPU, enforce_eager, tensor parallelism, an unpacked backend)."""
     if mode not in ("auto", "off", "eager"):
         raise ValueError(f"decode_graphs is 'auto', 'off' or 'eager', not {mode!r}")
     capture = mode == "auto" and device.startswith("cuda") and not config.enforce_eager
-    if tp_size > 1 or not (capture or mode == "eager"):
+    if tp_size > 1 or backend is None or not backend.packed or not (capture or mode == "eager"):
         return None
-    return GraphSettings(capture, max_seqs, -(-cache.max_model_len // config.block_size))
+    return GraphSettings(capture, max_seqs, 0)

@@ -5,10 +5,15 @@ same kernels every time, with only the data changing; at small batches launching
 costs more than their work. ``DecodeGraphs`` keeps one set of static input buffers (input
 embeddings, positions, cache slots, block tables, context lengths) sized for the largest bucket,
 and per bucket size (1, 2, 4, then multiples of 8 up to ``max_seqs``) one graph of the decoder
-and LM head over views of them, captured the first time a step of that size runs. A step of n
-rows is padded to the smallest bucket of at least n: the padding rows attend to, and write
-their K/V into, a scratch block that no sequence owns (the runner allocates it past the
-engine's blocks).
+and LM head over views of them. A step of n rows is padded to the smallest bucket of at least
+n: the padding rows attend to, and write their K/V into, a scratch block that no sequence owns
+(the runner allocates it past the engine's blocks).
+
+Every bucket is captured when the engine starts (``prepare``), largest first into one memory
+pool (the engine keeps room for it beside the KV cache: ``ModelShape.graph_bytes``), over
+padding rows only, before the worker serves: no capture happens mid-serving, and a capture is
+thread-local, so another thread's CUDA call neither breaks it nor lands in it. A bucket whose
+capture fails runs eagerly through the same buffers, with a warning saying why.
 
 Where CUDA graphs do not exist (a CPU) the same buffers and padding run eagerly: that is how the
 padding and the reuse of buffers are tested without a GPU. ``EngineConfig.enforce_eager`` turns
@@ -16,12 +21,15 @@ the whole path off.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
 from omnistage.ar_engine.attention import AttentionMetadata
+
+log = logging.getLogger(__name__)
 
 class GraphSettings(NamedTuple):
     capture: bool  # record CUDA graphs; False: the same static buffers, run eagerly
@@ -47,8 +55,8 @@ class DecodeGraphs:
         self.sizes = bucket_sizes(settings.max_seqs)
         top, device = self.sizes[-1], kv_caches[0].device
         self.scratch_block, self.scratch_slot = scratch_block, scratch_block * block_size
-        self.inputs: torch.Tensor | None = None  # shaped by the first step (the decoder's input width)
-        self.positions: torch.Tensor | None = None  # [1, b], or M-RoPE's [3, 1, b]
+        self.inputs: torch.Tensor | None = None  # [top, the decoder's input width] (prepare)
+        self.positions: torch.Tensor | None = None  # [1, top], or M-RoPE's [3, 1, top] (prepare)
         self.slots = torch.full((top,), self.scratch_slot, dtype=torch.long, device=device)
         self.tables = torch.full((top, settings.table_width), scratch_block, dtype=torch.int32, device=device)
         self.ctx_lens = torch.ones(top, dtype=torch.int32, device=device)
@@ -58,6 +66,23 @@ class DecodeGraphs:
         self.graphs: dict[int, Any] = {}
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pool: Any = None  # the captured graphs share one memory pool
+
+    def prepare(self, width: int, dtype: torch.dtype, position_rows: tuple[int, ...]) -> None:
+        """Make the input buffers ([top, width] of ``dtype``, positions [*position_rows, top]) and
+        run every bucket over padding rows only, largest first: captured as its graph on a GPU,
+        eagerly otherwise (which touches the scratch block only)."""
+        top, device = self.sizes[-1], self.slots.device
+        self.inputs = torch.zeros(top, width, dtype=dtype, device=device)
+        self.positions = torch.zeros(*position_rows, top, dtype=torch.long, device=device)
+        for b in reversed(self.sizes):
+            if not self.capture:
+                self._forward(b)
+                continue
+            try:
+                self._record(b)
+            except RuntimeError as err:  # (torch raises RuntimeError for a failed capture)
+                log.warning("decode graph of %d rows: capture failed (%s); it runs eagerly", b, err)
+                self.graphs.pop(b, None)
 
     def bucket(self, rows: int) -> int | None:
         """The bucket a step of ``rows`` decode rows pads to (None: more than the largest)."""
@@ -69,20 +94,15 @@ class DecodeGraphs:
         b = self.bucket(n)
         assert b is not None, f"a decode step of {n} rows has no bucket"
         self._fill(inputs, positions, meta, n, b)
-        if not self.capture:
-            logits, hidden = self._forward(b)
-        else:
-            if b not in self.graphs:
-                self._record(b)
+        if b in self.graphs:
             self.graphs[b].replay()
             logits, hidden = self.outputs[b]
+        else:
+            logits, hidden = self._forward(b)
         return logits[:n].clone(), hidden[:n].clone()  # (the buffers are the next step's)
 
     def _fill(self, inputs: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, n: int, b: int) -> None:
-        if self.inputs is None or self.positions is None:
-            top = self.sizes[-1]
-            self.inputs = inputs.new_zeros(top, *inputs.shape[1:])
-            self.positions = positions.new_zeros(*positions.shape[:-1], top)
+        assert self.inputs is not None and self.positions is not None, "prepare() makes the buffers"
         self.inputs[:n].copy_(inputs)
         self.inputs[n:b].zero_()
         self.positions[..., :n].copy_(positions)
@@ -107,7 +127,7 @@ class DecodeGraphs:
             self._forward(b)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.outputs[b] = self._forward(b)
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            outputs = self._forward(b)
         self.pool = graph.pool()
-        self.graphs[b] = graph
+        self.graphs[b], self.outputs[b] = graph, outputs

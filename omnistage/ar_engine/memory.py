@@ -44,8 +44,10 @@ class CachePlan:
                 f"{self.max_model_len}: {full:.1f} sequences at full length")
 
 
-def plan_cache(config: EngineConfig, shape: ModelShape, max_seqs: int, device: torch.device) -> CachePlan:
-    """Raises ValueError when ``max_model_len`` exceeds the model's context or the cache."""
+def plan_cache(config: EngineConfig, shape: ModelShape, max_seqs: int, device: torch.device,
+               graphs: bool = False) -> CachePlan:
+    """``graphs``: decode steps will be captured as CUDA graphs, whose memory pool is kept beside
+    the cache. Raises ValueError when ``max_model_len`` exceeds the model's context or the cache."""
     max_len = config.max_model_len or shape.context_len
     if max_len > shape.context_len:
         raise ValueError(f"max_model_len {max_len} is longer than the model's context ({shape.context_len} tokens)")
@@ -55,7 +57,7 @@ def plan_cache(config: EngineConfig, shape: ModelShape, max_seqs: int, device: t
     elif config.kv_cache_mb is not None:
         blocks, source = (config.kv_cache_mb << 20) // block_bytes, f"kv_cache_mb {config.kv_cache_mb}"
     else:
-        blocks, source = _from_memory(config, shape, block_bytes, max_len, max_seqs, device)
+        blocks, source = _from_memory(config, shape, block_bytes, max_len, max_seqs, device, graphs)
     plan = CachePlan(blocks, config.block_size, block_bytes, max_len, source)
     if plan.tokens < max_len:
         raise ValueError(f"the KV cache holds {plan.tokens} tokens ({source}), fewer than one sequence of "
@@ -65,11 +67,12 @@ def plan_cache(config: EngineConfig, shape: ModelShape, max_seqs: int, device: t
 
 
 def _from_memory(config: EngineConfig, shape: ModelShape, block_bytes: int, max_len: int, max_seqs: int,
-                 device: torch.device) -> tuple[int, str]:
+                 device: torch.device, graphs: bool) -> tuple[int, str]:
     if device.type == "cuda":
         share = config.memory_utilization or process_share(device) or GPU_UTILIZATION
         free, total = torch.cuda.mem_get_info(device)
         activations = shape.activation_bytes(config.max_tokens_per_step, max_len, max_seqs)
+        activations += shape.graph_bytes(max_seqs) if graphs else 0
         spare = min(share * total - torch.cuda.memory_reserved(device), free) - activations
         return max(0, int(spare) // block_bytes), (f"{share:g} of {device}'s {total / (1 << 30):.0f} GiB, "
                                                    f"{activations / (1 << 30):.1f} GiB kept for activations")

@@ -129,6 +129,10 @@ class ModelRunner:
                           for _ in range(layers)]
         self.graphs = None if graphs is None else DecodeGraphs(self._decode_all, graphs, self.kv_caches, block_size,
                                                                num_blocks, backend)
+        if self.graphs is not None:
+            with torch.inference_mode():
+                self.graphs.prepare(self.decoder.config.hidden_size, next(model.parameters()).dtype,
+                                    (3, 1) if self.mrope else (1,))
         self.linear_params = sum(m.in_features * m.out_features for m in (*self.decoder.modules(), self.lm_head)
                                  if hasattr(m, "in_features") and hasattr(m, "out_features"))
         q_heads = text_config(model.config).num_attention_heads // tp_size

@@ -33,6 +33,11 @@ class ModelShape(NamedTuple):
         mlp = tokens * (2 * self.intermediate + 6 * self.hidden) * self.itemsize
         return mlp + self.heads * tokens * max_len * 4 + max_seqs * self.vocab * 4
 
+    def graph_bytes(self, rows: int) -> int:
+        """What CUDA graphs of decode steps of up to ``rows`` rows keep in their memory pool (the
+        largest step's MLP, projections and logits; their attention makes no score matrix)."""
+        return rows * ((2 * self.intermediate + 6 * self.hidden) * self.itemsize + self.vocab * 4)
+
 
 def shape_from_config(config: Mapping[str, Any], itemsize: int, tp_size: int = 1) -> ModelShape:
     """One rank's shape (KV heads split over ``tp_size`` ranks) from a config.json's text part.

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from omnistage.ar_engine.config import EngineConfig
 from omnistage.ar_engine.engine import EngineRequest, LLMEngine
-from omnistage.ar_engine.graphs import bucket_sizes
+from omnistage.ar_engine.graphs import DecodeGraphs, GraphSettings, bucket_sizes
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.models.tiny import ensure_tiny
 from omnistage.stages.kinds.ar_model import load_model
@@ -46,6 +46,30 @@ def test_padded_static_decode_steps_give_the_plain_paths_tokens(family):
     for ids, new, tokens in zip(PROMPTS, NEW, got):
         want = ref.generate(torch.tensor([ids]), max_new_tokens=new, min_new_tokens=new, do_sample=False)
         assert tokens == want[0, len(ids):].tolist()
+
+
+def test_every_bucket_runs_at_start_largest_first_over_padding_rows_on_the_scratch_block():
+    seen = []
+
+    def forward(inputs, positions, meta):
+        seen.append((len(inputs), positions.shape, meta.slot_mapping.tolist(), meta.tables.unique().tolist(),
+                     meta.ctx_lens.unique().tolist()))
+        return inputs.sum(-1, keepdim=True), inputs
+
+    caches = [torch.zeros(2, 17 * 8, 2, 4)]
+    graphs = DecodeGraphs(forward, GraphSettings(False, 20, 8), caches, 8, scratch_block=16, backend=None)
+    graphs.prepare(32, torch.float32, (3, 1))
+    assert [s[0] for s in seen] == [24, 16, 8, 4, 2, 1] and seen[0][1] == (3, 1, 24)
+    assert all(slots == [16 * 8] * b and tables == [16] and ctx == [1] for b, _, slots, tables, ctx in seen)
+    assert graphs.inputs.shape == (24, 32) and graphs.positions.shape == (3, 1, 24)
+
+
+def test_an_engine_prepares_its_buffers_at_the_decoders_width():
+    model = load_model(str(ensure_tiny("qwen2")), torch.float32, "cpu")
+    engine = LLMEngine(model, None, EngineConfig(num_blocks=16, block_size=8, max_model_len=64), max_seqs=20,
+                       decode_graphs="eager")
+    assert engine.runner.graphs.inputs.shape == (24, model.config.hidden_size)
+    assert engine.runner.graphs.positions.shape == (1, 24)
 
 
 def test_enforce_eager_and_a_cpu_take_no_graphs():
