@@ -8,7 +8,8 @@ starts (``graph/gpu_budget.py`` divides the cards).
   the LM head) and all of the others (embeddings, norms).
 - KV cache (ar, prefill, decode, talker): a fixed ``kv_cache_mb``/``num_blocks``, or, sized
   from the share, at least one sequence of ``max_model_len``.
-- Activations: those stages' step peak as the engine computes it (``ModelShape``). Other
+- Activations: those stages' step peak as the engine computes it (``ModelShape``), and the
+  memory pool of their decode steps' CUDA graphs. Other
   kinds' activations are not estimated here; each replica's process is capped at its share,
   so an overrun fails there, not in a neighbour.
 """
@@ -118,7 +119,10 @@ def _with_kv(need: Need, stage: StagePlan, config: dict[str, Any], dtype: str, t
     shape = shape_from_config(config, DTYPE_ITEMSIZE[dtype], tp)
     max_len = options.max_model_len or shape.context_len
     block_bytes = shape.block_bytes(options.block_size)
-    activations = shape.activation_bytes(options.max_tokens_per_step, max_len, stage.config.batching.max_batch)
+    max_batch = stage.config.batching.max_batch
+    activations = shape.activation_bytes(options.max_tokens_per_step, max_len, max_batch)
+    if tp == 1 and not getattr(options, "enforce_eager", False):  # (the decode graphs' memory pool)
+        activations += shape.graph_bytes(max_batch)
     if isinstance(options, EngineConfig) and options.num_blocks is not None:  # (a talker's have none)
         return replace(need, activations=activations, cache=options.num_blocks * block_bytes)
     if options.kv_cache_mb is not None:

@@ -163,3 +163,12 @@ def test_a_diffusion_stage_counts_only_the_components_its_family_loads(tmp_path)
     (wan / "model_index.json").write_text(json.dumps(index))
     assert {n.stage: n.weights for n in plan_needs(plan_of(text))} == before
     assert before["denoise"] > 0 and before["text"] > 0
+
+
+def test_an_ar_stage_keeps_room_for_its_decode_graphs_unless_eager():
+    graphs, eager = ({n.stage: n for n in plan_needs(plan_of(text))}["chat"]
+                     for text in (graph(), graph().replace("max_tokens_per_step: 64", "max_tokens_per_step: 64, "
+                                                                                     "enforce_eager: true")))
+    cfg = AutoModelForCausalLM.from_pretrained(checkpoint_dir("tiny:qwen2")).config
+    per_row = (2 * cfg.intermediate_size + 6 * cfg.hidden_size) * 4 + cfg.vocab_size * 4
+    assert graphs.activations - eager.activations == 4 * per_row  # (max_batch 4)
