@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from gpu_ipc import handoff
+from gpu_ipc import table as handoff_table
 from gpu_timing import (FULL, SMOKE, Sizes, copy_bandwidth, engine_for, matmul_peak, prefill_flops, prompts,
                         random_model, run_engine, run_hf, weight_bytes)
 
@@ -166,10 +168,16 @@ def run(device: str, smoke: bool, out: Path) -> int:
     report["decode"] = decode_rows(model, sizes, device, floor_s)
     report["prefill"] = prefill_row(model, sizes, device, peak)
     report["diffusion"] = diffusion_row(sizes, device)
+    report["handoff"] = handoff(device, sizes.handoff_mib, reps=2 if smoke else 5)
+    ipc = device.startswith("cuda")
+    report["checks"]["hand-off"] = (f"{'CUDA IPC and ' if ipc else ''}host-path hand-offs of "
+                                    f"{', '.join(map(str, sizes.handoff_mib))} MiB arrived bit-identical")
     hf_row = next(r for r in report["decode"] if "hf_tok_s" in r)
     report["result"] = {"decode_floor_ratio": report["decode"][0]["floor_ratio"], "prefill_mfu": report["prefill"]["mfu"],
                         "ar_vs_hf": hf_row["tok_s"] / hf_row["hf_tok_s"],
                         "diffusion_vs_diffusers": report["diffusion"]["ratio"]}
+    if ipc:
+        report["result"]["ipc_vs_host"] = report["handoff"][-1]["speedup"]
     text = table(report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.txt").write_text(text + "\n")
@@ -198,5 +206,6 @@ def table(r: dict[str, Any]) -> str:
     lines += ["", f"prefill: {p['tokens']} tokens at {p['tok_s']:.0f} tok/s, {p['tflops']:.1f} TFLOP/s = "
                   f"{p['mfu']:.0%} of the matmul peak",
               f"diffusion (tiny SD, {d['size']}px, {d['images']} images at once): {d['ours_img_s']:.2f} img/s vs "
-              f"diffusers one at a time {d['diffusers_img_s']:.2f} img/s ({d['ratio']:.2f}x)"]
+              f"diffusers one at a time {d['diffusers_img_s']:.2f} img/s ({d['ratio']:.2f}x)", "",
+              *handoff_table(r["handoff"])]
     return "\n".join(lines)

@@ -38,11 +38,12 @@ class Sizes:
     copy_mib: int
     image_size: int
     images: int
+    handoff_mib: tuple[int, ...] = (4, 64, 256)  # handed between processes (256 MiB: the KV of ~4.6k tokens of Qwen2-7B)
 
 
 # ~1B parameters (Qwen2 layout, untied head), the decode and prefill workloads.
 FULL = Sizes(2048, 20, 16, 8, 5632, 32000, (1, 16, 64, 256), 64, 128, 128, 8, 2048, 8192, 1024, 256, 32)
-SMOKE = Sizes(64, 2, 4, 2, 128, 512, (1, 4), 4, 16, 8, 2, 64, 128, 8, 64, 3)
+SMOKE = Sizes(64, 2, 4, 2, 128, 512, (1, 4), 4, 16, 8, 2, 64, 128, 8, 64, 3, (1,))
 
 
 def synchronize(device: str) -> None:

@@ -127,7 +127,7 @@ class ParallelRunner(ModelRunner):
         """[layers, 2, n, kv_heads, head_dim] of every head: each rank's heads, gathered."""
         device = comm_device(self)
         send(READ_KV, [slots], device)
-        return _gather_heads(super().read_kv(slots), device).cpu()
+        return _gather_heads(super().read_kv(slots), device)
 
     def write_kv(self, slots: torch.Tensor, kv: torch.Tensor) -> None:
         """Write K/V of every head; each rank keeps its own heads."""

@@ -150,8 +150,9 @@ class ModelRunner:
                 model.set_output_embeddings(self.lm_head)  # untied: drop the plain weight
 
     def read_kv(self, slots: torch.Tensor) -> torch.Tensor:
-        """K/V at flat cache ``slots``: [layers, 2, n, kv_heads, head_dim], on the host."""
-        return torch.stack([cache[:, slots] for cache in self.kv_caches]).cpu()
+        """K/V at flat cache ``slots``: [layers, 2, n, kv_heads, head_dim], on the cache's device
+        (the wire hands a GPU's to a stage on a GPU of the same host without the host)."""
+        return torch.stack([cache[:, slots] for cache in self.kv_caches])
 
     def write_kv(self, slots: torch.Tensor, kv: torch.Tensor) -> None:
         """Write ``kv`` ([layers, 2, n, kv_heads, head_dim]) at flat cache ``slots``."""

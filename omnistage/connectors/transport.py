@@ -48,16 +48,22 @@ class Peers:
     node, as zmq frames (over TCP) when it is not. An address never named is taken to be on this
     node (one host's launcher names no nodes)."""
 
-    def __init__(self, node: str, ring: ShmRing | None, threshold: int) -> None:
-        self.node, self._ring, self._threshold = node, ring, threshold
+    def __init__(self, node: str, ring: ShmRing | None, threshold: int, cuda_ipc: bool = False) -> None:
+        """``cuda_ipc``: GPU tensors go to destinations on a GPU of this node as CUDA IPC handles."""
+        self.node, self._ring, self._threshold, self._cuda_ipc = node, ring, threshold, cuda_ipc
         self._nodes: dict[str, str] = {}
+        self._gpus: set[str] = set()  # destinations that run on a GPU
 
-    def learn(self, address: str, node: str) -> None:
+    def learn(self, address: str, node: str, gpu: bool = False) -> None:
         if node:
             self._nodes[address] = node
+        if gpu:
+            self._gpus.add(address)
 
     def local(self, address: str) -> bool:
         return self._nodes.get(address, self.node) == self.node
 
     def encoder(self, address: str) -> Encoder:
-        return Encoder(self._ring if self.local(address) else None, self._threshold)
+        local = self.local(address)
+        return Encoder(self._ring if local else None, self._threshold,
+                       cuda_ipc=self._cuda_ipc and local and address in self._gpus)

@@ -10,6 +10,11 @@ values travel inside the msgpack body; one of at least the shared-memory thresho
 audio file a request carries) travels out of band like a tensor and is ``bytes`` again on
 arrival, so a request with a few megabytes of images costs a memory copy, not a socket
 transfer. NumPy arrays travel as tensors.
+
+A tensor on a GPU of at least the shared-memory threshold goes to a receiver on a GPU of the
+same host as its CUDA IPC handle (``cuda_ipc.py``: a typed struct, no host copy) when the
+encoder is made with ``cuda_ipc``; otherwise (and a small one always) it is copied to the host
+first.
 """
 from __future__ import annotations
 
@@ -22,13 +27,14 @@ import msgspec
 import numpy as np
 import torch
 
+from omnistage.connectors.cuda_ipc import CudaHandle, export, open_handle
 from omnistage.connectors.messages import (MESSAGE_TYPES, Chunk, Chunks, Data, Message, Part, Probe, payload_code,
                                            payload_type)
 from omnistage.connectors.shm import ShmReaders, ShmRing
 
 log = logging.getLogger("omnistage.wire")
 _TYPE_ID = {t: i for i, t in enumerate(MESSAGE_TYPES)}
-_EXT_TENSOR, _EXT_SHM_TENSOR, _EXT_BYTES, _EXT_SHM_BYTES = 1, 2, 3, 4
+_EXT_TENSOR, _EXT_SHM_TENSOR, _EXT_BYTES, _EXT_SHM_BYTES, _EXT_CUDA_TENSOR = 1, 2, 3, 4, 5
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16,
@@ -111,8 +117,10 @@ def _lift(value: Any, threshold: int) -> Any:
 class Encoder:
     """Encodes messages; not thread-safe (one thread at a time)."""
 
-    def __init__(self, shm: ShmRing | None = None, shm_threshold: int = 64 * 1024) -> None:
+    def __init__(self, shm: ShmRing | None = None, shm_threshold: int = 64 * 1024, cuda_ipc: bool = False) -> None:
+        """``cuda_ipc``: the receiver is on a GPU of this host (GPU tensors go as IPC handles)."""
         self._shm = shm
+        self.cuda_ipc = cuda_ipc
         self._threshold = shm_threshold
         # The largest bytes value that stays in the message body (never takes a shared-memory slot).
         self.inline_bytes = min(_LIGHT_BYTES, shm_threshold) - 1 if shm is not None else _LIGHT_BYTES - 1
@@ -168,6 +176,8 @@ class Encoder:
         if dtype not in _DTYPES:
             raise TypeError(f"cannot send a tensor of dtype {t.dtype}")
         t = t.detach()
+        if t.device.type == "cuda" and self.cuda_ipc and t.numel() * t.element_size() >= self._threshold:
+            return msgspec.msgpack.Ext(_EXT_CUDA_TENSOR, self._header.encode(export(t)))
         if t.device.type != "cpu":
             t = t.cpu()
         flat = t.contiguous().reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
@@ -190,6 +200,7 @@ class Decoder:
         self._frames: Sequence[Any] = ()
         self._bodies = [msgspec.msgpack.Decoder(t, ext_hook=self._ext) for t in MESSAGE_TYPES]
         self._header = msgspec.msgpack.Decoder(TensorHeader)
+        self._cuda_header = msgspec.msgpack.Decoder(CudaHandle)
 
     def decode(self, frames: Sequence[Any]) -> Message:
         type_id = bytes(frames[0])[0]
@@ -206,6 +217,9 @@ class Decoder:
         return msg
 
     def _ext(self, code: int, data: memoryview) -> Any:
+        if code == _EXT_CUDA_TENSOR:
+            handle = self._cuda_header.decode(data)
+            return open_handle(handle, _DTYPES[handle.dtype])
         head = self._header.decode(data)
         if code == _EXT_BYTES:
             return bytes(_buffer(self._frames[2 + head.index]))

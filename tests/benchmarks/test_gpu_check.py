@@ -24,6 +24,8 @@ def test_the_check_runs_end_to_end_at_toy_sizes_on_a_cpu(tmp_path):
     hf_row = next(r for r in report["decode"] if "hf_tok_s" in r)
     assert hf_row["same_tokens"] == 1.0  # the engine and HF generate agree on the same random model
     assert [r["batch"] for r in report["decode"]] == [1, 4] and all(r["floor_ratio"] > 0 for r in report["decode"])
+    assert report["checks"]["hand-off"] == "host-path hand-offs of 1 MiB arrived bit-identical"
+    assert [r["mib"] for r in report["handoff"]] == [1] and report["handoff"][0]["host_ms"] > 0
     assert (tmp_path / "gpu_check.txt").read_text().startswith("GPU check ")
 
 

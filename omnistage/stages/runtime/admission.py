@@ -19,6 +19,7 @@ from omnistage.graph.plan import REQUEST, GraphPlan, Route
 class Target(Protocol):
     address: str
     node: str
+    device: str
 
 
 def probe_target(plan: GraphPlan, route: Route, inputs: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -105,7 +106,7 @@ def _dests(route: Route, stage: str, chosen: Mapping[str, Sequence[Target]], sin
     for edge in route.out_edges(stage):
         target = chosen[edge.dst_stage][0]
         dests.setdefault(edge.src_port, []).append(Dest(target.address, edge.dst_port, stream=edge.stream,
-                                                        node=target.node))
+                                                        node=target.node, gpu=target.device.startswith("cuda")))
     for modality, (src, port) in route.produces.items():
         if src == stage:
             dests.setdefault(port, []).append(Dest(sink, modality, to_response=True))
