@@ -1,6 +1,6 @@
 """A GPU tensor handed from one process to another, as stages hand a prefill's KV to decode: the
-wire's CUDA IPC handle against the host path (GPU -> host -> a shared-memory slot -> host ->
-GPU), both through the real encoder and decoder, into a second process on the same card. The
+wire's CUDA IPC handle against the host path (GPU -> a shared-memory slot -> GPU, what a stage
+on another card gets), both through the real encoder and decoder, into a second process on the same card. The
 receiver hashes what arrived, so each hand-off is also checked bit for bit against the sent
 tensor. On a CPU only the host path exists: ``--device cpu --smoke`` runs it so that the
 script's plumbing is tested without a GPU.
@@ -21,6 +21,7 @@ from gpu_timing import synchronize
 from omnistage.connectors.messages import Data
 from omnistage.connectors.shm import ShmRing, segment_name
 from omnistage.connectors.wire import Decoder, Encoder
+from omnistage.graph.placement import gpu_device
 
 THRESHOLD = 64 << 10  # the transport's default shared-memory threshold
 SESSION = f"gpuipc{os.getpid()}"
@@ -74,11 +75,12 @@ def handoff(device: str, mib: tuple[int, ...], reps: int) -> list[dict[str, Any]
     ring = _ring(max(mib) << 20)
     paths = {"host": Encoder(ring, THRESHOLD)}
     if device.startswith("cuda"):
-        paths["ipc"] = Encoder(None, THRESHOLD, cuda_ipc=True)
+        paths["ipc"] = Encoder(None, THRESHOLD, ipc_device=gpu_device(device))
     rows = []
     try:
         for size in mib:
-            tensor = torch.randn((size << 20) // 2, dtype=torch.bfloat16, device=device).reshape(-1, 1024)
+            tensor = torch.randn((size << 20) // 2, dtype=torch.bfloat16, device=gpu_device(device) or device)
+            tensor = tensor.reshape(-1, 1024)
             want, row = digest(tensor), {"mib": size, "host_path": "shared memory" if ring else "pipe"}
             for name, encoder in paths.items():
                 times = []

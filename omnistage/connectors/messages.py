@@ -117,7 +117,7 @@ class Dest(msgspec.Struct, frozen=True, array_like=True):
     to_response: bool = False
     stream: bool = False  # send each delta as a Part while the request runs (a streamed input)
     node: str = ""  # the receiver's node: tensors go through shared memory only within one node
-    gpu: bool = False  # the receiver runs on a GPU: on its node, GPU tensors go as CUDA IPC handles
+    device: str = ""  # the receiver's GPU ("cuda:N"; "" none): a tensor on that card of its node goes as a CUDA IPC handle
 
 
 class Ready(msgspec.Struct, array_like=True):

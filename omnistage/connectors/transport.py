@@ -49,21 +49,22 @@ class Peers:
     node (one host's launcher names no nodes)."""
 
     def __init__(self, node: str, ring: ShmRing | None, threshold: int, cuda_ipc: bool = False) -> None:
-        """``cuda_ipc``: GPU tensors go to destinations on a GPU of this node as CUDA IPC handles."""
+        """``cuda_ipc``: a tensor on the GPU a destination of this node runs on goes as its CUDA
+        IPC handle."""
         self.node, self._ring, self._threshold, self._cuda_ipc = node, ring, threshold, cuda_ipc
         self._nodes: dict[str, str] = {}
-        self._gpus: set[str] = set()  # destinations that run on a GPU
+        self._gpus: dict[str, str] = {}  # destination -> the GPU it runs on ("cuda:N")
 
-    def learn(self, address: str, node: str, gpu: bool = False) -> None:
+    def learn(self, address: str, node: str, device: str = "") -> None:
         if node:
             self._nodes[address] = node
-        if gpu:
-            self._gpus.add(address)
+        if device:
+            self._gpus[address] = device
 
     def local(self, address: str) -> bool:
         return self._nodes.get(address, self.node) == self.node
 
     def encoder(self, address: str) -> Encoder:
         local = self.local(address)
-        return Encoder(self._ring if local else None, self._threshold,
-                       cuda_ipc=self._cuda_ipc and local and address in self._gpus)
+        card = self._gpus.get(address) if self._cuda_ipc and local else None
+        return Encoder(self._ring if local else None, self._threshold, ipc_device=card)

@@ -11,10 +11,12 @@ audio file a request carries) travels out of band like a tensor and is ``bytes``
 arrival, so a request with a few megabytes of images costs a memory copy, not a socket
 transfer. NumPy arrays travel as tensors.
 
-A tensor on a GPU of at least the shared-memory threshold goes to a receiver on a GPU of the
-same host as its CUDA IPC handle (``cuda_ipc.py``: a typed struct, no host copy) when the
-encoder is made with ``cuda_ipc``; otherwise (and a small one always) it is copied to the host
-first.
+A tensor of at least the shared-memory threshold on the very GPU its receiver (on this host)
+runs on goes as its CUDA IPC handle (``cuda_ipc.py``: a typed struct, no host copy), when the
+encoder is made with that ``ipc_device``. Any other GPU tensor goes by the host: into a
+shared-memory slot straight from the card (one copy), or a frame. A receiver on another card
+is not sent handles: opening one would make it a CUDA context on the sender's card, memory
+that card's budget does not have.
 """
 from __future__ import annotations
 
@@ -117,10 +119,11 @@ def _lift(value: Any, threshold: int) -> Any:
 class Encoder:
     """Encodes messages; not thread-safe (one thread at a time)."""
 
-    def __init__(self, shm: ShmRing | None = None, shm_threshold: int = 64 * 1024, cuda_ipc: bool = False) -> None:
-        """``cuda_ipc``: the receiver is on a GPU of this host (GPU tensors go as IPC handles)."""
+    def __init__(self, shm: ShmRing | None = None, shm_threshold: int = 64 * 1024,
+                 ipc_device: str | None = None) -> None:
+        """``ipc_device``: the receiver's GPU, on this host ("cuda:N"): tensors on it go as IPC handles."""
         self._shm = shm
-        self.cuda_ipc = cuda_ipc
+        self.ipc_device = ipc_device
         self._threshold = shm_threshold
         # The largest bytes value that stays in the message body (never takes a shared-memory slot).
         self.inline_bytes = min(_LIGHT_BYTES, shm_threshold) - 1 if shm is not None else _LIGHT_BYTES - 1
@@ -176,17 +179,16 @@ class Encoder:
         if dtype not in _DTYPES:
             raise TypeError(f"cannot send a tensor of dtype {t.dtype}")
         t = t.detach()
-        if t.device.type == "cuda" and self.cuda_ipc and t.numel() * t.element_size() >= self._threshold:
+        nbytes = t.numel() * t.element_size()
+        if t.device.type == "cuda" and nbytes >= self._threshold and str(t.device) == self.ipc_device:
             return msgspec.msgpack.Ext(_EXT_CUDA_TENSOR, self._header.encode(export(t)))
-        if t.device.type != "cpu":
-            t = t.cpu()
         flat = t.contiguous().reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-        nbytes = flat.numel()
         if self._shm is not None and nbytes >= self._threshold:
-            slot = self._shm.put(flat)
+            slot = self._shm.put(flat)  # (from a GPU: one copy, straight into the slot)
             if slot is not None:  # ring full or tensor too big: fall through to a zmq frame
                 head = TensorHeader(dtype, list(t.shape), slot, self._shm.name, nbytes)
                 return msgspec.msgpack.Ext(_EXT_SHM_TENSOR, self._header.encode(head))
+        flat = flat.cpu()
         self._frames.append(memoryview(flat.numpy()))
         head = TensorHeader(dtype, list(t.shape), len(self._frames) - 1)
         return msgspec.msgpack.Ext(_EXT_TENSOR, self._header.encode(head))

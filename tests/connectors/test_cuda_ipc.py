@@ -1,6 +1,6 @@
 """CUDA IPC hand-off, the parts a CPU can check: the handle travels as a typed struct that
-gives torch's rebuild exactly the arguments torch's reduce made; only a stage on a GPU of the
-same node is sent handles. (Opening a handle needs a GPU: benchmarks/gpu_check.py does it.)"""
+gives torch's rebuild exactly the arguments torch's reduce made; a stage is sent handles only
+to tensors on its own card of its own node. (Opening a handle needs a GPU: benchmarks/gpu_check.py does it.)"""
 import inspect
 from dataclasses import dataclass
 
@@ -38,14 +38,14 @@ def test_a_handle_crosses_the_wire_typed_and_rebuilds_with_the_reduced_arguments
 
 def test_only_a_stage_on_a_gpu_of_the_same_node_is_sent_handles():
     peers = Peers("node-a", None, 64 << 10, cuda_ipc=True)
-    peers.learn("gpu-here", "node-a", gpu=True)
+    peers.learn("gpu-here", "node-a", "cuda:1")
     peers.learn("cpu-here", "node-a")
-    peers.learn("gpu-there", "node-b", gpu=True)
-    assert [peers.encoder(a).cuda_ipc for a in ("gpu-here", "cpu-here", "gpu-there", "sink")] == [True, False, False,
-                                                                                                    False]
+    peers.learn("gpu-there", "node-b", "cuda:1")
+    assert [peers.encoder(a).ipc_device for a in ("gpu-here", "cpu-here", "gpu-there", "sink")] == ["cuda:1", None,
+                                                                                                      None, None]
     off = Peers("node-a", None, 64 << 10, cuda_ipc=False)
-    off.learn("gpu-here", "node-a", gpu=True)
-    assert not off.encoder("gpu-here").cuda_ipc
+    off.learn("gpu-here", "node-a", "cuda:1")
+    assert off.encoder("gpu-here").ipc_device is None
 
 
 @dataclass
@@ -55,18 +55,18 @@ class Replica:
     device: str = "cpu"
 
 
-def test_admission_tells_a_stage_which_of_its_destinations_run_on_a_gpu():
+def test_admission_tells_a_stage_the_card_each_of_its_destinations_runs_on():
     plan = compile_text("""
 name: pd
 models: {lm: {path: "tiny:qwen2"}}
 stages:
-  prefill: {kind: prefill, model: lm, inputs: {prompt: request.prompt}, resources: {device: cuda}}
+  prefill: {kind: prefill, model: lm, inputs: {prompt: request.prompt}, resources: {device: "cuda:0"}}
   decode: {kind: decode, model: lm, inputs: {kv: prefill.kv}, outputs: {text: response.text},
            resources: {device: cuda}}
 """, lambda ref, base: ref)
     route = plan.route_for({"prompt"})
-    chosen = {"prefill": [Replica("p", device="cuda:0")], "decode": [Replica("d", device="cuda:1")]}
+    chosen = {"prefill": [Replica("p", device="cuda:0")], "decode": [Replica("d", device="cuda")]}
     admits = {a: m for a, m in admission_messages("r", route, chosen, {"prompt": "hi"}, {}, "sink")
               if isinstance(m, Admit)}
-    assert [(d.address, d.gpu) for d in admits["p"].routes["kv"]] == [("d", True)]
-    assert [(d.address, d.gpu) for d in admits["d"].routes["text"]] == [("sink", False)]
+    assert [(d.address, d.device) for d in admits["p"].routes["kv"]] == [("d", "cuda:0")]  # ("cuda": the current card)
+    assert [(d.address, d.device) for d in admits["d"].routes["text"]] == [("sink", "")]

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from omnistage.connectors.messages import Admit, Data, Dest, ImageRef
 from omnistage.graph.params import check_request
+from omnistage.graph.placement import gpu_device
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
 
 
@@ -106,7 +107,7 @@ def _dests(route: Route, stage: str, chosen: Mapping[str, Sequence[Target]], sin
     for edge in route.out_edges(stage):
         target = chosen[edge.dst_stage][0]
         dests.setdefault(edge.src_port, []).append(Dest(target.address, edge.dst_port, stream=edge.stream,
-                                                        node=target.node, gpu=target.device.startswith("cuda")))
+                                                        node=target.node, device=gpu_device(target.device) or ""))
     for modality, (src, port) in route.produces.items():
         if src == stage:
             dests.setdefault(port, []).append(Dest(sink, modality, to_response=True))

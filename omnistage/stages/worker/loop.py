@@ -155,7 +155,7 @@ class StageWorker:
             if self.peers is not None:
                 for dests in msg.routes.values():
                     for dest in dests:
-                        self.peers.learn(dest.address, dest.node, dest.gpu)
+                        self.peers.learn(dest.address, dest.node, dest.device)
             if self.requests.admit(msg):
                 self._start(msg.rid)
         elif isinstance(msg, Part) and msg.rid in self.requests.started:
