@@ -7,6 +7,9 @@ classifier-free guidance contributes an unconditional and a conditional row), th
 request's own scheduler update. Requests join between steps and leave when their last step is
 done, so step counts, guidance scales and schedulers mix freely in one batch.
 
+A request may cache steps (``step_cache.py``, its ``cache`` parameters): a step it skips reuses
+its last model output, and its rows leave that step's forward while the others' run.
+
 Only requests of the same latent and embedding shape can share a forward (a bucket). The bucket
 served next is the one holding the request that has waited longest since it last advanced, so a
 new resolution never waits for a running bucket to drain (no head-of-line blocking) and buckets
@@ -24,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from omnistage.diffusion.families import Family
 from omnistage.diffusion.params import GenerationParams
 from omnistage.diffusion.schedulers import SchedulerFactory, step_kwargs
+from omnistage.diffusion.step_cache import StepCache
 from omnistage.diffusion.text import Embeds, PromptEncoder
 from omnistage.errors import RequestRejected
 
@@ -47,6 +51,7 @@ class Job:
     text_key: tuple[Any, ...] = ()  # what of its embeddings' shapes must match a batch's (the family says)
     mask: Any = None  # inpainting: the mask image (white repaints), until its latent grid is made
     inpaint: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (mask grid, image latents, noise)
+    cache: StepCache | None = None  # its step cache (None: every step runs the model)
 
     @property
     def total(self) -> int:
@@ -63,6 +68,7 @@ class Finished:
     rid: str
     latents: torch.Tensor  # (1, ...) final latents
     steps: int
+    skipped: int = 0  # steps that reused the request's last model output (each skips every block)
 
 
 class DiffusionEngine:
@@ -123,7 +129,8 @@ class DiffusionEngine:
         done = [j for j in batch if j.index >= j.total]
         for job in done:
             del self.running[job.rid]
-        return [Finished(j.rid, j.latents, j.total) for j in done]  # type: ignore[arg-type]
+        return [Finished(j.rid, j.latents, j.total, j.cache.skipped if j.cache else 0)  # type: ignore[arg-type]
+                for j in done]
 
     def _admissible(self) -> list[Job]:
         """Waiting jobs, oldest first, that fit: at most ``max_batch`` running per latent shape.
@@ -172,6 +179,8 @@ class DiffusionEngine:
         else:
             self._from_image(job)
         job.extra = step_kwargs(job.scheduler, job.generator, self.family.step_with_generator)
+        if p.cache.policy != "off":
+            job.cache = StepCache(p.cache)
 
     def _from_image(self, job: Job) -> None:
         """img2img, as the diffusers pipelines do it: the schedule's last ``strength`` share, and
@@ -215,6 +224,27 @@ class DiffusionEngine:
         return [j for j in ranked if j.bucket == bucket][:self.max_batch]
 
     def _advance(self, batch: list[Job]) -> None:
+        run = [j for j in batch if j.cache is None or not j.cache.skip(j.index, j.total)]
+        outputs, ran = iter(self._predict(run)), {j.rid for j in run}
+        for job in batch:
+            if job.rid in ran:
+                noise = next(outputs)
+                if job.cache is not None:
+                    job.cache.computed(job.index, noise)
+            else:
+                noise = job.cache.reused()  # type: ignore[union-attr]
+            t = job.timesteps[job.index]  # type: ignore[index]
+            job.latents = job.scheduler.step(noise, t, job.latents, **job.extra, return_dict=False)[0]
+            if job.inpaint is not None:
+                self._keep_unmasked(job)
+            job.index += 1
+            job.served = self.steps
+        self.last_batch = len(batch)
+
+    def _predict(self, batch: list[Job]) -> list[torch.Tensor]:
+        """Each job's (guided) model output at its step: one forward over all their rows."""
+        if not batch:
+            return []
         xs, ts, conds = [], [], []
         for job in batch:
             t = job.timesteps[job.index]  # type: ignore[index]
@@ -228,20 +258,16 @@ class DiffusionEngine:
         cond = self.family.stack(conds)  # type: ignore[arg-type]
         with torch.inference_mode():
             pred = self.family.denoise(torch.cat(xs), torch.stack(ts).to(self.family.device), cond)
-        row = 0
+        row, out = 0, []
         for job in batch:
             if job.params.cfg:
                 uncond, text = pred[row:row + 1], pred[row + 1:row + 2]
-                noise, row = self.family.guide(uncond, text, job.params.guidance), row + 2
+                out.append(self.family.guide(uncond, text, job.params.guidance))
+                row += 2
             else:
-                noise, row = pred[row:row + 1], row + 1
-            t = job.timesteps[job.index]  # type: ignore[index]
-            job.latents = job.scheduler.step(noise, t, job.latents, **job.extra, return_dict=False)[0]
-            if job.inpaint is not None:
-                self._keep_unmasked(job)
-            job.index += 1
-            job.served = self.steps
-        self.last_batch = len(batch)
+                out.append(pred[row:row + 1])
+                row += 1
+        return out
 
 
 def decode_batched(decode: Callable[[torch.Tensor], Any], latents: list[torch.Tensor], max_rows: int) -> list[Any]:

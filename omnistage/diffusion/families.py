@@ -52,6 +52,9 @@ class Family:
     # the negative prompt); False: guidance is a model input or absent (FLUX), no negative prompt.
     classifier_free: ClassVar[bool] = True
     negative_required: ClassVar[bool] = False  # guidance runs only for a request with a negative prompt
+    # Step caching's default threshold (docs/diffusion.md): 0.2 for an epsilon-predicting UNet, 0.1
+    # for a flow-matching transformer, whose outputs change less from step to step.
+    cache_threshold: ClassVar[float] = 0.2
 
     def __init__(self, path: str, roles: set[str], dtype: torch.dtype, device: str,
                  max_sequence_length: int | None = None) -> None:
@@ -315,6 +318,7 @@ class StableDiffusion3(_FlowImage, Family):
 
     name = "stable-diffusion-3"
     prediction = "flow"
+    cache_threshold = 0.1
     components = {"text": ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2",
                            "text_encoder_3"), "denoise": ("transformer",), "vae": ("vae",)}
     unused = ("image_encoder", "feature_extractor")
@@ -361,6 +365,7 @@ class Wan(Family):
     name = "wan"
     output = "video"
     prediction = "flow"
+    cache_threshold = 0.1
     components = {"text": ("tokenizer", "text_encoder"), "denoise": ("transformer",), "vae": ("vae",)}
     unused = ("transformer_2", "image_encoder", "image_processor")
     defaults = {"steps": 50, "guidance": 5.0, "height": 480, "width": 832, "num_frames": 81, "fps": 16}
@@ -417,6 +422,7 @@ class Flux(_FlowImage, Family):
 
     name = "flux"
     prediction = "flow"
+    cache_threshold = 0.1
     components = {"text": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"), "denoise": ("transformer",),
                   "vae": ("vae",)}
     unused = ("image_encoder", "feature_extractor")

@@ -18,6 +18,20 @@ VIDEO_FORMATS = ("mp4", "gif", "webp", "raw")
 MAX_PROMPT_CHARS = 8192
 
 
+CACHE_POLICIES = ("off", "reuse")
+CACHE_FIELDS = ("policy", "threshold")
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A request's step caching (``step_cache.py``)."""
+
+    policy: str = "off"
+    threshold: float = 0.0
+    warmup: int = 2  # first steps always computed
+    max_skips: int = 3  # skipped steps in a row at most
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     height: int
@@ -33,6 +47,7 @@ class GenerationParams:
     classifier_free: bool = True  # the family's guidance is classifier-free (else a model input)
     strength: float = 0.8  # with an input image: the share of the schedule run from it (img2img)
     negative_required: bool = False  # guidance runs only with a negative prompt (Qwen-Image's true CFG)
+    cache: CacheSpec = CacheSpec()
 
     @property
     def cfg(self) -> bool:
@@ -108,7 +123,25 @@ def parse_params(info: Mapping[str, Any], params: Mapping[str, Any]) -> Generati
     _check(_is_num(strength) and 0 < strength <= 1, f"strength must be a number in (0, 1], got {strength!r}",
            "strength")
     return GenerationParams(height, width, frames, steps, float(guidance), seed, scheduler, negative, fmt, fps,
-                            classifier_free, float(strength), bool(info.get("negative_required", False)))
+                            classifier_free, float(strength), bool(info.get("negative_required", False)),
+                            _cache(info, params))
+
+
+def _cache(info: Mapping[str, Any], params: Mapping[str, Any]) -> CacheSpec:
+    """The request's ``cache`` ({policy, threshold}, each optional) over the stage's default."""
+    default = info.get("cache") or {}
+    asked = params.get("cache")
+    asked = {} if asked is None else asked
+    _check(isinstance(asked, dict) and set(asked) <= set(CACHE_FIELDS),
+           f"cache must be an object with {' and/or '.join(CACHE_FIELDS)}, got {asked!r}", "cache")
+    policy = asked.get("policy") or default.get("policy", "off")
+    _check(policy in CACHE_POLICIES, f"cache.policy must be one of {', '.join(CACHE_POLICIES)}, got {policy!r}",
+           "cache.policy")
+    threshold = asked.get("threshold")
+    threshold = default.get("threshold", 0.0) if threshold is None else threshold
+    _check(_is_num(threshold) and 0 <= threshold <= 10, f"cache.threshold must be a number between 0 and 10, "
+           f"got {threshold!r}", "cache.threshold")
+    return CacheSpec(policy, float(threshold))
 
 
 def _frames(info: Mapping[str, Any], params: Mapping[str, Any]) -> int:
@@ -131,7 +164,8 @@ def as_request_params(p: GenerationParams) -> dict[str, Any]:
     """The request parameters that reproduce ``p`` (defaults filled in, the seed drawn)."""
     out = {"height": p.height, "width": p.width, "num_inference_steps": p.steps, "guidance_scale": p.guidance,
            "seed": p.seed, "scheduler": p.scheduler, "negative_prompt": p.negative_prompt,
-           "output_format": p.output_format, "fps": p.fps}
+           "output_format": p.output_format, "fps": p.fps,
+           "cache": {"policy": p.cache.policy, "threshold": p.cache.threshold}}
     if p.num_frames is not None:
         out["num_frames"] = p.num_frames
     return out

@@ -58,6 +58,19 @@ class EncodeOptions:
 
 
 @dataclass(frozen=True)
+class StepCacheOptions:
+    """A diffusion stage's default step caching (``diffusion/step_cache.py``); a request may
+    override either field. ``threshold`` None: the model family's documented default."""
+
+    policy: Literal["off", "reuse"] = "off"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0 <= self.threshold <= 10:
+            raise ValueError("threshold must be between 0 and 10")
+
+
+@dataclass(frozen=True)
 class DiffusionOptions:
     """Diffusion-family stages (text_encode, diffusion, vae_decode).
 
@@ -79,6 +92,7 @@ class DiffusionOptions:
     max_sequence_length: int | None = None
     vae_batch: int = 8
     vae_tiling: bool = False
+    cache: StepCacheOptions = field(default_factory=StepCacheOptions)
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "num_frames", "num_inference_steps", "fps", "max_sequence_length"):

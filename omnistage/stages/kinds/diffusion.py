@@ -48,6 +48,8 @@ def stage_info(family: Family, options: DiffusionOptions) -> dict[str, Any]:
                  "steps": options.num_inference_steps, "guidance": options.guidance_scale, "fps": options.fps}
     info.update({k: v for k, v in overrides.items() if v is not None})
     info.update(max_steps=options.max_steps, max_pixels=options.max_pixels, max_frames=options.max_frames)
+    threshold = family.cache_threshold if options.cache.threshold is None else options.cache.threshold
+    info["cache"] = {"policy": options.cache.policy, "threshold": threshold}
     return info
 
 
@@ -132,7 +134,8 @@ class DiffusionStage(Stage):
         for f, value in zip(finished, values):
             # The last progress chunk goes out before the result.
             ports = {"progress": [Progress(f.steps, f.steps)]} if self.progress else {}
-            outs.append(StageOutput(f.rid, ports={**ports, **value}, finished=True, meta={"steps": f.steps}))
+            outs.append(StageOutput(f.rid, ports={**ports, **value}, finished=True,
+                                    meta={"steps": f.steps, "skipped_steps": f.skipped}))
         return outs
 
     def abort(self, rid: str) -> None:
