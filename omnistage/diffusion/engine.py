@@ -10,10 +10,10 @@ done, so step counts, guidance scales and schedulers mix freely in one batch.
 A request may cache steps (``step_cache.py``, its ``cache`` parameters): a step it skips reuses
 its last model output, and its rows leave that step's forward while the others' run.
 
-Only requests of the same latent and embedding shape can share a forward (a bucket). The bucket
-served next is the one holding the request that has waited longest since it last advanced, so a
-new resolution never waits for a running bucket to drain (no head-of-line blocking) and buckets
-take turns when both are busy.
+Only requests of the same latent and embedding shape can share a forward (a bucket). Which
+requests start and which bucket a step serves is the admission policy's (``admission.py``): a
+fixed number of requests a step, or a compute budget shared by deficit round-robin; under
+either, a new resolution never waits for a running bucket to drain (no head-of-line blocking).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from omnistage.diffusion.admission import Admission, ComputeBudget, FixedBatch
 from omnistage.diffusion.families import Family
 from omnistage.diffusion.params import GenerationParams
 from omnistage.diffusion.schedulers import SchedulerFactory, step_kwargs
@@ -73,7 +74,9 @@ class Finished:
 
 class DiffusionEngine:
     def __init__(self, family: Family, schedulers: SchedulerFactory, max_batch: int,
-                 text: PromptEncoder | None = None) -> None:
+                 text: PromptEncoder | None = None, budget: float | None = None) -> None:
+        """``budget``: a step's compute, in rows times latent elements (``admission.ComputeBudget``);
+        None: at most ``max_batch`` requests a step, of any size (``admission.FixedBatch``)."""
         self.family = family
         self.schedulers = schedulers
         self.max_batch = max_batch
@@ -83,6 +86,8 @@ class DiffusionEngine:
         self.steps = 0
         self._order = 0
         self.last_batch = 0
+        self.admission: Admission = (FixedBatch(max_batch, self._shape) if budget is None
+                                     else ComputeBudget(budget, self._shape))
 
     # --- requests ----------------------------------------------------------------------
     def add(self, rid: str, params: GenerationParams, prompt: str | None = None,
@@ -121,8 +126,8 @@ class DiffusionEngine:
 
     # --- the step ----------------------------------------------------------------------
     def step(self) -> list[Finished]:
-        self._start(self._admissible())
-        batch = self._pick()
+        self._start(self.admission.admit(self.waiting, list(self.running.values())))
+        batch = self.admission.pick(list(self.running.values()))
         if batch:
             self._advance(batch)
         self.steps += 1
@@ -132,22 +137,9 @@ class DiffusionEngine:
         return [Finished(j.rid, j.latents, j.total, j.cache.skipped if j.cache else 0)  # type: ignore[arg-type]
                 for j in done]
 
-    def _admissible(self) -> list[Job]:
-        """Waiting jobs, oldest first, that fit: at most ``max_batch`` running per latent shape.
-
-        The cap is per shape so that a full bucket never holds back a request of another size.
-        """
-        counts: dict[tuple[int, ...], int] = {}
-        for job in self.running.values():
-            counts[tuple(job.latents.shape[1:])] = counts.get(tuple(job.latents.shape[1:]), 0) + 1  # type: ignore[union-attr]
-        chosen = []
-        for job in self.waiting:
-            p = job.params
-            shape = self.family.latent_shape(p.height, p.width, p.num_frames)
-            if counts.get(shape, 0) < self.max_batch and len(chosen) < self.max_batch:
-                counts[shape] = counts.get(shape, 0) + 1
-                chosen.append(job)
-        return chosen
+    def _shape(self, job: Job) -> tuple[int, ...]:
+        p = job.params
+        return tuple(self.family.latent_shape(p.height, p.width, p.num_frames))
 
     def _start(self, jobs: list[Job]) -> None:
         """Embed the prompts of ``jobs`` (one batched text-encoder call) and draw their noise."""
@@ -215,13 +207,6 @@ class DiffusionEngine:
         if nxt < job.total:
             init = self.family.noised(job.scheduler, init, noise, job.timesteps[nxt:nxt + 1])  # type: ignore[index]
         job.latents = (1 - mask) * init + mask * job.latents
-
-    def _pick(self) -> list[Job]:
-        if not self.running:
-            return []
-        ranked = sorted(self.running.values(), key=lambda j: (j.served, j.order))
-        bucket = ranked[0].bucket
-        return [j for j in ranked if j.bucket == bucket][:self.max_batch]
 
     def _advance(self, batch: list[Job]) -> None:
         run = [j for j in batch if j.cache is None or not j.cache.skip(j.index, j.total)]

@@ -93,12 +93,19 @@ class DiffusionOptions:
     vae_batch: int = 8
     vae_tiling: bool = False
     cache: StepCacheOptions = field(default_factory=StepCacheOptions)
+    # A denoising step's compute, in rows at the stage's default size (a request is one row, two
+    # with classifier-free guidance; a larger image costs more in proportion to its latent). None:
+    # 2 x max_batch (a full batch at the default size with guidance); 0: max_batch requests a step
+    # whatever their size.
+    step_budget: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "num_frames", "num_inference_steps", "fps", "max_sequence_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.step_budget is not None and self.step_budget < 0:
+            raise ValueError("step_budget must be >= 0")
         for name in ("max_steps", "max_pixels", "max_frames", "vae_batch"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

@@ -7,6 +7,7 @@ submit-time check (``omnistage.diffusion.params.check_params``).
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import replace
 from typing import Any
@@ -53,6 +54,14 @@ def stage_info(family: Family, options: DiffusionOptions) -> dict[str, Any]:
     return info
 
 
+def step_budget(family: Family, options: DiffusionOptions, info: dict[str, Any], max_batch: int) -> float | None:
+    """The engine's budget in rows times latent elements (None: a fixed max_batch)."""
+    if options.step_budget == 0:
+        return None
+    rows = 2 * max_batch if options.step_budget is None else options.step_budget
+    return rows * math.prod(family.latent_shape(info["height"], info["width"], info.get("num_frames")))
+
+
 def encode_output(family: Family, pixels: Any, p: GenerationParams) -> dict[str, Any]:
     if family.output == "video":
         return encode_video(pixels, p.output_format, p.fps)
@@ -71,7 +80,8 @@ class DiffusionStage(Stage):
         if "text" in family.roles:
             text = PromptEncoder(family.encode_text, PromptCache(options.prompt_cache_mb << 20), max_batch)
         schedulers = SchedulerFactory(family.pipe.scheduler, family.prediction)
-        self.engine = DiffusionEngine(family, schedulers, max_batch, text)
+        self.engine = DiffusionEngine(family, schedulers, max_batch, text, step_budget(family, options, self._info,
+                                                                                       max_batch))
         self.params: dict[str, GenerationParams] = {}
 
     def info(self) -> dict[str, Any]:
