@@ -11,7 +11,13 @@ drawn from {10, 20, 30, 40} (mixed), at one resolution.
     so each call batches the waiting requests that share the oldest one's step count (the best a
     user can do with the pipeline's own batching)
 Two arrival patterns: a burst (all at t=0) and staggered arrivals (a fixed gap). Latency runs
-from a request's arrival to its image. Warm-up requests run first on every side.
+from a request's arrival to its image. Warm-up requests run first on every side. These runs
+keep the stage at a fixed max_batch (``step_budget: 0``), the batch the static side gets.
+
+Then (``diffusion_cache.py``), on the tiny SD and SD3: step caching off and on at two
+thresholds in the same burst, beside diffusers, with each image's PSNR against the same request
+uncached; and a burst of three sizes interleaved, under the compute budget against the fixed
+max_batch (makespan).
 
     python benchmarks/diffusion.py [--quick] [--model sd|sdxl|sd3|flux|qwen-image]
 """
@@ -45,6 +51,7 @@ stages:
     outputs: {{image: response.image}}
     resources: {{device: "{device}"}}
     batching: {{max_batch: {batch}, queue_depth: 1024}}
+    options: {{step_budget: {budget}}}
 """
 STEPS = (10, 20, 30, 40)
 GUIDANCE = 7.5
@@ -72,14 +79,18 @@ def summarize(name: str, latencies: list[float], total: float) -> dict:
             "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
 
 
-def run_omnistage(path: Path, size: int, reqs: list[Req], warm: list[Req], batch: int, device: str = "cpu") -> dict:
+def run_omnistage(path: Path, size: int, reqs: list[Req], warm: list[Req], batch: int, device: str = "cpu",
+                  budget: float = 0, extra: dict | None = None, sides: list[int] | None = None) -> dict:
+    """``budget``: the stage's step_budget (0: a fixed max_batch); ``extra``: more request
+    parameters (cache); ``sides``: each request's side (default ``size``). The result has each
+    request's output under "outputs"."""
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "graph.yaml"
-        graph.write_text(GRAPH.format(path=path, batch=batch, device=device))
+        graph.write_text(GRAPH.format(path=path, batch=batch, device=device, budget=budget))
         with Pipeline.from_yaml(graph) as pipe:
-            def submit(r: Req):
+            def submit(r: Req, side: int = size):
                 return pipe.submit(prompt=r.prompt, seed=r.seed, num_inference_steps=r.steps, guidance_scale=GUIDANCE,
-                                   height=size, width=size)
+                                   height=side, width=side, **(extra or {}))
             [submit(r).result(600) for r in warm]
             handles: list = [None] * len(reqs)
             start = time.perf_counter()
@@ -87,21 +98,22 @@ def run_omnistage(path: Path, size: int, reqs: list[Req], warm: list[Req], batch
             def feed() -> None:
                 for i, r in enumerate(reqs):
                     time.sleep(max(0.0, start + r.arrival - time.perf_counter()))
-                    handles[i] = submit(r)
+                    handles[i] = submit(r, sides[i] if sides else size)
             feeder = threading.Thread(target=feed)
             feeder.start()
             feeder.join()
-            for h in handles:
-                h.result(600)
+            results = [h.result(600) for h in handles]
             latencies = [h.finished_at - (start + r.arrival) for h, r in zip(handles, reqs)]
             total = max(h.finished_at for h in handles) - start
-    return summarize("omnistage", latencies, total)
+    return {**summarize("omnistage", latencies, total), "outputs": [r.outputs for r in results],
+            "skipped": [r.meta.get("generate", {}).get("skipped_steps", 0) for r in results]}
 
 
-def run_diffusers(pipe: DiffusionPipeline, size: int, reqs: list[Req], warm: list[Req], batch: int) -> dict:
+def run_diffusers(pipe: DiffusionPipeline, size: int, reqs: list[Req], warm: list[Req], batch: int,
+                  output_type: str = "pil") -> dict:
     def call(group: list[Req]) -> None:
         pipe([r.prompt for r in group], num_inference_steps=group[0].steps, guidance_scale=GUIDANCE, height=size,
-             width=size, generator=[torch.Generator().manual_seed(r.seed) for r in group])
+             width=size, generator=[torch.Generator().manual_seed(r.seed) for r in group], output_type=output_type)
     for r in warm:
         call([r])
     start = time.perf_counter()
@@ -156,8 +168,13 @@ def main() -> None:
     gap = 1.0 / burst[1]["img_s"] / 4
     staggered = scenario(path, pipe, args.size, n, gap, batch)
     table(f"{what}, one arriving every {gap * 1000:.0f} ms", staggered)
+    from diffusion_cache import cache_runs, mixed_shapes
+    cache = cache_runs(n, batch)
+    mixed = mixed_shapes(args.quick)
     print(f"RESULT speedup={burst[0]['img_s'] / burst[1]['img_s']:.2f} "
-          f"static_ratio={staggered[0]['img_s'] / staggered[2]['img_s']:.2f}")
+          f"static_ratio={staggered[0]['img_s'] / staggered[2]['img_s']:.2f} "
+          f"cache_speedup={cache['speedup']:.2f} psnr_db={cache['psnr_db']:.1f} "
+          f"mixed_makespan_ratio={mixed:.2f}")
 
 
 if __name__ == "__main__":
