@@ -26,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from omnistage.diffusion.admission import Admission, ComputeBudget, FixedBatch
 from omnistage.diffusion.families import Family
+from omnistage.diffusion.lora import Adapters
 from omnistage.diffusion.params import GenerationParams
 from omnistage.diffusion.schedulers import SchedulerFactory, step_kwargs
 from omnistage.diffusion.step_cache import StepCache
@@ -74,10 +75,12 @@ class Finished:
 
 class DiffusionEngine:
     def __init__(self, family: Family, schedulers: SchedulerFactory, max_batch: int,
-                 text: PromptEncoder | None = None, budget: float | None = None) -> None:
+                 text: PromptEncoder | None = None, budget: float | None = None, adapters: Adapters | None = None) -> None:
         """``budget``: a step's compute, in rows times latent elements (``admission.ComputeBudget``);
-        None: at most ``max_batch`` requests a step, of any size (``admission.FixedBatch``)."""
+        None: at most ``max_batch`` requests a step, of any size (``admission.FixedBatch``).
+        ``adapters``: the LoRAs requests may name (``lora.py``)."""
         self.family = family
+        self.adapters = adapters
         self.schedulers = schedulers
         self.max_batch = max_batch
         self.text = text  # None when embeddings arrive from a text_encode stage
@@ -227,6 +230,22 @@ class DiffusionEngine:
         self.last_batch = len(batch)
 
     def _predict(self, batch: list[Job]) -> list[torch.Tensor]:
+        """Each job's (guided) model output at its step: one forward per LoRA among them (the
+        jobs of one adapter and scale, or of none, together)."""
+        groups: dict[Any, list[int]] = {}
+        for i, job in enumerate(batch):
+            groups.setdefault(job.params.lora, []).append(i)
+        if len(groups) <= 1 and self.adapters is None:
+            return self._forward(batch)
+        out: list[Any] = [None] * len(batch)
+        for lora, rows in groups.items():
+            assert self.adapters is not None, "a request names a LoRA this engine has none of"
+            self.adapters.activate(lora)
+            for i, noise in zip(rows, self._forward([batch[i] for i in rows])):
+                out[i] = noise
+        return out
+
+    def _forward(self, batch: list[Job]) -> list[torch.Tensor]:
         """Each job's (guided) model output at its step: one forward over all their rows."""
         if not batch:
             return []

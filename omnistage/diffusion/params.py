@@ -48,6 +48,7 @@ class GenerationParams:
     strength: float = 0.8  # with an input image: the share of the schedule run from it (img2img)
     negative_required: bool = False  # guidance runs only with a negative prompt (Qwen-Image's true CFG)
     cache: CacheSpec = CacheSpec()
+    lora: tuple[str, float] | None = None  # a registered adapter and its scale (diffusion/lora.py)
 
     @property
     def cfg(self) -> bool:
@@ -124,7 +125,24 @@ def parse_params(info: Mapping[str, Any], params: Mapping[str, Any]) -> Generati
            "strength")
     return GenerationParams(height, width, frames, steps, float(guidance), seed, scheduler, negative, fmt, fps,
                             classifier_free, float(strength), bool(info.get("negative_required", False)),
-                            _cache(info, params))
+                            _cache(info, params), _lora(info, params))
+
+
+def _lora(info: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The request's ``lora`` ({name, scale (default 1)}): one of the stage's registered adapters.
+    (A stage that runs no denoiser reports no ``loras`` and leaves it to the one that does.)"""
+    asked = params.get("lora")
+    if asked is None or "loras" not in info:
+        return None
+    _check(isinstance(asked, dict) and "name" in asked and set(asked) <= {"name", "scale"},
+           f"lora must be an object with a name and an optional scale, got {asked!r}", "lora")
+    names = info.get("loras") or []
+    _check(asked["name"] in names, f"unknown LoRA {asked['name']!r}; this stage has "
+           f"{', '.join(map(repr, names)) or 'none'} (options.loras)", "lora.name")
+    scale = asked.get("scale", 1.0)
+    _check(_is_num(scale) and -10 <= scale <= 10, f"lora.scale must be a number between -10 and 10, got {scale!r}",
+           "lora.scale")
+    return asked["name"], float(scale)
 
 
 def _cache(info: Mapping[str, Any], params: Mapping[str, Any]) -> CacheSpec:
@@ -166,6 +184,8 @@ def as_request_params(p: GenerationParams) -> dict[str, Any]:
            "seed": p.seed, "scheduler": p.scheduler, "negative_prompt": p.negative_prompt,
            "output_format": p.output_format, "fps": p.fps,
            "cache": {"policy": p.cache.policy, "threshold": p.cache.threshold}}
+    if p.lora is not None:
+        out["lora"] = {"name": p.lora[0], "scale": p.lora[1]}
     if p.num_frames is not None:
         out["num_frames"] = p.num_frames
     return out

@@ -98,6 +98,10 @@ class DiffusionOptions:
     # 2 x max_batch (a full batch at the default size with guidance); 0: max_batch requests a step
     # whatever their size.
     step_budget: float | None = None
+    # LoRA adapters requests may name (``lora: {name, scale}``): name -> a diffusers/PEFT LoRA
+    # safetensors file (or a directory holding one), loaded on first use; at most max_loras stay.
+    loras: Mapping[str, str] = field(default_factory=frozen_dict)
+    max_loras: int = 4
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "num_frames", "num_inference_steps", "fps", "max_sequence_length"):
@@ -106,7 +110,7 @@ class DiffusionOptions:
                 raise ValueError(f"{name} must be > 0")
         if self.step_budget is not None and self.step_budget < 0:
             raise ValueError("step_budget must be >= 0")
-        for name in ("max_steps", "max_pixels", "max_frames", "vae_batch"):
+        for name in ("max_steps", "max_pixels", "max_frames", "vae_batch", "max_loras"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.prompt_cache_mb < 0:

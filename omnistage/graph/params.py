@@ -163,6 +163,7 @@ GENERATION = (
     ParamSpec("fps", "int", ge=1, le=120, description="video models only"),
     ParamSpec("strength", "float", 0.8, gt=0, le=1, description="with an input image: how much of it is noised away"),
     ParamSpec("cache", "any", description="step caching: {policy: off|reuse, threshold} (default: the stage's)"),
+    ParamSpec("lora", "any", description="a LoRA the stage registers (options.loras): {name, scale (default 1)}"),
 )
 
 SPEECH = (

@@ -49,6 +49,8 @@ def test_jpeg_and_default_size(default_server):
     (dict(extra_body={"max_tokens": 3}), "max_tokens"),
     (dict(extra_body={"seed": "7"}), "seed"),
     (dict(style="vivid"), "style"),
+    (dict(extra_body={"lora": {"name": "ink"}}), "lora.name"),
+    (dict(extra_body={"cache": {"policy": "teacache"}}), "cache.policy"),
 ])
 def test_bad_requests_get_openai_errors(default_server, kwargs, param):
     args = {"prompt": "a cat", **kwargs}

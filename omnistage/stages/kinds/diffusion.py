@@ -17,6 +17,7 @@ import torch
 from omnistage.connectors.messages import Progress, PromptEmbeds
 from omnistage.diffusion.engine import DiffusionEngine, decode_batched
 from omnistage.diffusion.families import Family
+from omnistage.diffusion.lora import Adapters
 from omnistage.diffusion.registry import family_class
 from omnistage.diffusion.output import encode_image, encode_video
 from omnistage.diffusion.params import GenerationParams, check_prompt, parse_params
@@ -51,6 +52,8 @@ def stage_info(family: Family, options: DiffusionOptions) -> dict[str, Any]:
     info.update(max_steps=options.max_steps, max_pixels=options.max_pixels, max_frames=options.max_frames)
     threshold = family.cache_threshold if options.cache.threshold is None else options.cache.threshold
     info["cache"] = {"policy": options.cache.policy, "threshold": threshold}
+    if "denoise" in family.roles:
+        info["loras"] = sorted(options.loras)
     return info
 
 
@@ -80,8 +83,9 @@ class DiffusionStage(Stage):
         if "text" in family.roles:
             text = PromptEncoder(family.encode_text, PromptCache(options.prompt_cache_mb << 20), max_batch)
         schedulers = SchedulerFactory(family.pipe.scheduler, family.prediction)
+        adapters = Adapters(family.pipe, options.loras, options.max_loras) if options.loras else None
         self.engine = DiffusionEngine(family, schedulers, max_batch, text, step_budget(family, options, self._info,
-                                                                                       max_batch))
+                                                                                       max_batch), adapters)
         self.params: dict[str, GenerationParams] = {}
 
     def info(self) -> dict[str, Any]:

@@ -83,3 +83,38 @@ def test_video_stage_mp4_and_raw_equal_diffusers(diffusers_reference):
         ref = diffusers_reference("wan", "a dog running", 4, height=32, width=32, num_frames=9,
                                   num_inference_steps=3, guidance_scale=5.0)
         assert np.abs(got - ref).max() < TOL
+
+
+def test_a_worker_applies_a_requests_lora_and_caches_steps(tmp_path):
+    """A real worker with a registered LoRA: a request naming it gets diffusers' LoRA image, one
+    beside it without does not, and a cached request reports its skipped steps."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from omnistage.models.tiny import ensure_tiny
+    from tests.diffusion.test_lora import make_lora
+    lora = make_lora(tmp_path / "ink", 1)
+    graph = (ROOT / "examples" / "text_to_image.yaml").read_text().replace(
+        "options: {height: 32, width: 32, num_inference_steps: 20}",
+        f"options: {{height: 32, width: 32, num_inference_steps: 20, loras: {{ink: '{lora}'}}}}")
+    (tmp_path / "g.yaml").write_text(graph)
+    args = dict(seed=3, num_inference_steps=4, guidance_scale=7.5, output_format="raw")
+    with Pipeline.from_yaml(tmp_path / "g.yaml") as pipe:
+        styled = pipe.submit(prompt="a cat", lora={"name": "ink", "scale": 0.5}, **args)
+        plain = pipe.submit(prompt="a cat", **args)
+        cached = pipe.submit(prompt="a cat", cache={"policy": "reuse", "threshold": 0.5},
+                             **{**args, "num_inference_steps": 20})
+        got = {k: h.result(120) for k, h in (("styled", styled), ("plain", plain), ("cached", cached))}
+        with pytest.raises(RequestRejected, match="unknown LoRA 'oil'"):
+            pipe.submit(prompt="a cat", lora={"name": "oil"}).result(60)
+    ref = StableDiffusionPipeline.from_pretrained(ensure_tiny("sd"))
+    ref.set_progress_bar_config(disable=True)
+    call = dict(generator=torch.Generator().manual_seed(3), height=32, width=32, num_inference_steps=4,
+                guidance_scale=7.5, output_type="np")
+    want_plain = ref("a cat", **call).images[0]
+    ref.load_lora_weights(lora, adapter_name="ink")
+    ref.set_adapters(["ink"], adapter_weights=[0.5])
+    want_styled = ref("a cat", **{**call, "generator": torch.Generator().manual_seed(3)}).images[0]
+    assert np.abs(got["styled"].outputs["image"]["data"].numpy() - want_styled).max() < TOL
+    assert np.abs(got["plain"].outputs["image"]["data"].numpy() - want_plain).max() < TOL
+    assert got["cached"].meta["generate"]["skipped_steps"] > 0 and got["plain"].meta["generate"]["skipped_steps"] == 0
