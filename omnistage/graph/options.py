@@ -76,7 +76,9 @@ class DiffusionOptions:
 
     Request defaults (``height`` ... ``guidance_scale``, ``fps``) fall back to the model family's
     own when unset. ``max_*`` bound what a request may ask for. ``vae_batch`` caps the rows one
-    VAE decode call takes (slicing); ``vae_tiling`` decodes large outputs tile by tile.
+    VAE decode call takes (slicing); ``vae_tiling`` decodes outputs larger than the VAE's tile
+    size tile by tile ("auto": on a GPU, where a large decode's activations could exhaust the
+    card; a CPU stage then matches the plain pipeline at every size).
     """
 
     height: int | None = None
@@ -91,7 +93,7 @@ class DiffusionOptions:
     prompt_cache_mb: int = 64
     max_sequence_length: int | None = None
     vae_batch: int = 8
-    vae_tiling: bool = False
+    vae_tiling: bool | Literal["auto"] = "auto"
     cache: StepCacheOptions = field(default_factory=StepCacheOptions)
     # A denoising step's compute, in rows at the stage's default size (a request is one row, two
     # with classifier-free guidance; a larger image costs more in proportion to its latent). None:

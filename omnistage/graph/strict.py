@@ -149,6 +149,8 @@ def _type_name(tp: Any) -> str:
              type(None): "null"}
     if tp in names:
         return names[tp]
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
 
 

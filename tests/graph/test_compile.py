@@ -120,3 +120,17 @@ def test_compiling_a_graph_imports_no_torch():
             "compile_file('examples/omni.yaml', resolve_model); assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_choice_of_a_flag_or_a_word_names_both_when_neither_is_given():
+    text = """
+name: g
+models: {sd: {path: "tiny:sd"}}
+stages:
+  gen: {kind: diffusion, model: sd, inputs: {prompt: request.prompt}, outputs: {image: response.image},
+        options: {vae_tiling: maybe}}
+"""
+    with pytest.raises(GraphConfigError, match=r"options.vae_tiling: line 6: got 'maybe', expected true or false or "
+                                               r"'auto'"):
+        compile_text(text, resolve_model)
+    assert compile_text(text.replace("maybe", "auto"), resolve_model).stages["gen"].options.vae_tiling == "auto"

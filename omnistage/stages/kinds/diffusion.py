@@ -37,9 +37,14 @@ def load_family(stage: StagePlan, device: str, roles: set[str]) -> Family:
     options: DiffusionOptions = stage.options
     family = family_class(path)(path, roles, torch_dtype(stage.model_dtype, path, device), device,
                                 options.max_sequence_length)
-    if "vae" in roles and options.vae_tiling:
+    if "vae" in roles and tiles(options, device):
         family.pipe.vae.enable_tiling()
     return family
+
+
+def tiles(options: DiffusionOptions, device: str) -> bool:
+    """Whether the VAE decodes tile by tile (diffusers does so only above its tile size)."""
+    return device.startswith("cuda") if options.vae_tiling == "auto" else bool(options.vae_tiling)
 
 
 def stage_info(family: Family, options: DiffusionOptions) -> dict[str, Any]:

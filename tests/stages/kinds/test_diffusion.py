@@ -118,3 +118,10 @@ def test_a_worker_applies_a_requests_lora_and_caches_steps(tmp_path):
     assert np.abs(got["styled"].outputs["image"]["data"].numpy() - want_styled).max() < TOL
     assert np.abs(got["plain"].outputs["image"]["data"].numpy() - want_plain).max() < TOL
     assert got["cached"].meta["generate"]["skipped_steps"] > 0 and got["plain"].meta["generate"]["skipped_steps"] == 0
+
+
+def test_vae_tiling_auto_tiles_on_a_gpu_only():
+    from omnistage.graph.options import DiffusionOptions
+    from omnistage.stages.kinds.diffusion import tiles
+    assert tiles(DiffusionOptions(), "cuda:1") and not tiles(DiffusionOptions(), "cpu")
+    assert tiles(DiffusionOptions(vae_tiling=True), "cpu") and not tiles(DiffusionOptions(vae_tiling=False), "cuda")
