@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
 
 from omnistage.ar_engine.attention import AttentionMetadata
+from omnistage.ar_engine.shape import bucket_sizes
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,6 @@ class GraphSettings(NamedTuple):
 
 
 Forward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], tuple[torch.Tensor, torch.Tensor]]
-
-
-def bucket_sizes(max_seqs: int) -> tuple[int, ...]:
-    """1, 2, 4, then multiples of 8, up to the first at or past ``max_seqs``."""
-    sizes = [1, 2, 4, *range(8, max(max_seqs, 8) + 8, 8)]
-    return (*(b for b in sizes if b < max_seqs), next(b for b in sizes if b >= max_seqs))
 
 
 class DecodeGraphs:
@@ -74,6 +70,10 @@ class DecodeGraphs:
         top, device = self.sizes[-1], self.slots.device
         self.inputs = torch.zeros(top, width, dtype=dtype, device=device)
         self.positions = torch.zeros(*position_rows, top, dtype=torch.long, device=device)
+        with _on(device):
+            self._prepare_all()
+
+    def _prepare_all(self) -> None:
         for b in reversed(self.sizes):
             if not self.capture:
                 self._forward(b)
@@ -95,7 +95,8 @@ class DecodeGraphs:
         assert b is not None, f"a decode step of {n} rows has no bucket"
         self._fill(inputs, positions, meta, n, b)
         if b in self.graphs:
-            self.graphs[b].replay()
+            with _on(self.slots.device):
+                self.graphs[b].replay()
             logits, hidden = self.outputs[b]
         else:
             logits, hidden = self._forward(b)
@@ -120,14 +121,37 @@ class DecodeGraphs:
         return self.forward(self.inputs[:b], self.positions[..., :b], self.metas[b])
 
     def _record(self, b: int) -> None:
-        """Capture bucket ``b``'s graph (after a warm-up run on a side stream, as torch asks)."""
+        """Capture bucket ``b``'s graph, after a warm-up run, on a side stream (as torch asks).
+        A failed capture is ended and its error raised, with the thread back on its own stream
+        (``torch.cuda.graph`` would leave it on the capture stream when capture_end raises)."""
+        torch.cuda.synchronize()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
         with torch.cuda.stream(stream):
             self._forward(b)
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+            try:
+                outputs = self._forward(b)
+            except BaseException:
+                _abandon(graph)
+                raise
+            graph.capture_end()
         torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            outputs = self._forward(b)
         self.pool = graph.pool()
         self.graphs[b], self.outputs[b] = graph, outputs
+
+
+def _on(device: torch.device) -> Any:
+    """The card's context (streams and graphs are made on the current card, which a replica on
+    cuda:N has not made its own); nothing on a CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+def _abandon(graph: Any) -> None:
+    """End a capture whose captured code failed (the capture is invalid: ending it may fail too)."""
+    try:
+        graph.capture_end()
+    except RuntimeError as err:
+        log.debug("ending a failed capture: %s", err)
+    torch.cuda.synchronize()

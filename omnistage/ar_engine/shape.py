@@ -9,6 +9,13 @@ from typing import Any, NamedTuple
 from omnistage.ar_engine.features import text_config
 
 
+def bucket_sizes(max_seqs: int) -> tuple[int, ...]:
+    """The decode graphs' batch sizes: 1, 2, 4, then multiples of 8, up to the first at or past
+    ``max_seqs``."""
+    sizes = [1, 2, 4, *range(8, max(max_seqs, 8) + 8, 8)]
+    return (*(b for b in sizes if b < max_seqs), next(b for b in sizes if b >= max_seqs))
+
+
 class ModelShape(NamedTuple):
     """What sizes a cache and a step's activations, from the model's (text) config."""
 
@@ -33,10 +40,13 @@ class ModelShape(NamedTuple):
         mlp = tokens * (2 * self.intermediate + 6 * self.hidden) * self.itemsize
         return mlp + self.heads * tokens * max_len * 4 + max_seqs * self.vocab * 4
 
-    def graph_bytes(self, rows: int) -> int:
-        """What CUDA graphs of decode steps of up to ``rows`` rows keep in their memory pool (the
-        largest step's MLP, projections and logits; their attention makes no score matrix)."""
-        return rows * ((2 * self.intermediate + 6 * self.hidden) * self.itemsize + self.vocab * 4)
+    def graph_bytes(self, max_seqs: int) -> int:
+        """What the CUDA graphs of decode steps (``graphs.py``) keep in their memory pool: every
+        bucket's outputs (logits and hidden states of its rows stay allocated between replays),
+        and the largest step's MLP and projections (their attention makes no score matrix)."""
+        sizes = bucket_sizes(max_seqs)
+        outputs = sum(sizes) * (self.vocab + self.hidden) * self.itemsize
+        return outputs + sizes[-1] * (2 * self.intermediate + 6 * self.hidden + self.vocab) * self.itemsize
 
 
 def shape_from_config(config: Mapping[str, Any], itemsize: int, tp_size: int = 1) -> ModelShape:

@@ -107,7 +107,9 @@ def _rank_ways(model_type: str | None, tp: int) -> Callable[[str], int]:
     without a plan is counted whole on every rank (it is refused at load)."""
     from transformers import CONFIG_MAPPING
     plan = getattr(CONFIG_MAPPING[model_type], "base_model_tp_plan", None) if model_type in CONFIG_MAPPING else None
-    patterns = [f"*{key}.*" for key in (plan or {})] + ["*lm_head.*"] * bool(plan)
+    # (a style such as "replicated_with_grad_allreduce" keeps the tensor whole on every rank)
+    split = [key for key, style in (plan or {}).items() if "colwise" in style or "rowwise" in style]
+    patterns = [f"*{key}.*" for key in split] + ["*lm_head.*"] * bool(plan)
 
     def ways(name: str) -> int:
         return tp if any(fnmatch(name, pattern) for pattern in patterns) else 1

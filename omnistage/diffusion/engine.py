@@ -269,7 +269,7 @@ class DiffusionEngine:
                 out.append(self.family.guide(uncond, text, job.params.guidance))
                 row += 2
             else:
-                out.append(pred[row:row + 1])
+                out.append(pred[row:row + 1].clone())  # (a step cache keeps it: not a view of the batch)
                 row += 1
         return out
 

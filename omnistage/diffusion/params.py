@@ -152,7 +152,9 @@ def _cache(info: Mapping[str, Any], params: Mapping[str, Any]) -> CacheSpec:
     asked = {} if asked is None else asked
     _check(isinstance(asked, dict) and set(asked) <= set(CACHE_FIELDS),
            f"cache must be an object with {' and/or '.join(CACHE_FIELDS)}, got {asked!r}", "cache")
-    policy = asked.get("policy") or default.get("policy", "off")
+    # (a threshold alone asks for caching, where the stage's default is off)
+    fallback = "reuse" if "threshold" in asked and default.get("policy", "off") == "off" else default.get("policy", "off")
+    policy = asked.get("policy", fallback)
     _check(policy in CACHE_POLICIES, f"cache.policy must be one of {', '.join(CACHE_POLICIES)}, got {policy!r}",
            "cache.policy")
     threshold = asked.get("threshold")

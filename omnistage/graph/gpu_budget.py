@@ -8,8 +8,8 @@ share is what it declares (``resources.gpu_memory_utilization``, or an AR stage'
 ``options.memory_utilization``); the replicas that declare none divide what the declared ones
 and the contexts leave of ``utilization`` (0.9, as vLLM's default), in proportion to what each
 needs at least. The ranks of a tensor-parallel replica each hold the same (a shard of the
-weights, the cache of their heads, sized once by rank 0), so they all get the smallest of
-their cards' shares. A layout is refused, with every replica's numbers, when the shares and
+weights, the cache of their heads, sized once by rank 0), so they all get the fewest bytes any
+of their cards gave one of them. A layout is refused, with every replica's numbers, when the shares and
 the contexts add up to more than the card or a share is less than its replica needs. Pure arithmetic: ``gpu_needs.py`` reads the
 needs from the checkpoints, the worker caps its process at its share.
 """
@@ -116,14 +116,16 @@ def _shares(needs: Sequence[Need], total: int, utilization: float) -> tuple[floa
 
 
 def _same_for_ranks(budgets: dict[str, DeviceBudget]) -> dict[str, DeviceBudget]:
-    """Every rank of a tensor-parallel replica gets the smallest share any of them got."""
+    """Every rank of a tensor-parallel replica gets the fewest bytes any of them got (as a
+    share of its own card, which may be larger)."""
     least: dict[tuple[str, int], float] = {}
     for budget in budgets.values():
         for need, share in zip(budget.needs, budget.shares):
             if need.tp > 1:
-                key = (need.stage, need.replica)
-                least[key] = min(share, least.get(key, share))
-    return {device: replace(b, shares=tuple(least.get((n.stage, n.replica), s) for n, s in zip(b.needs, b.shares)))
+                key, held = (need.stage, need.replica), share * budget.total
+                least[key] = min(held, least.get(key, held))
+    return {device: replace(b, shares=tuple(least[(n.stage, n.replica)] / b.total if (n.stage, n.replica) in least
+                                            else s for n, s in zip(b.needs, b.shares)))
             for device, b in budgets.items()}
 
 

@@ -110,7 +110,7 @@ class DiffusionOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0")
-        if self.step_budget is not None and self.step_budget < 0:
+        if self.step_budget is not None and not self.step_budget >= 0:  # (NaN too)
             raise ValueError("step_budget must be >= 0")
         for name in ("max_steps", "max_pixels", "max_frames", "vae_batch", "max_loras"):
             if getattr(self, name) <= 0:

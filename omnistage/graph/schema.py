@@ -218,7 +218,8 @@ class TransportConfig:
     shm_slots: int = 8
     shm_slot_mb: int = 64
     shm_threshold_kb: int = 64
-    cuda_ipc: bool = True  # GPU tensors to a stage on a GPU of the same host go as CUDA IPC handles
+    # GPU tensors to a stage on the same card go as CUDA IPC handles (opt-in: docs/architecture.md)
+    cuda_ipc: bool = False
     high_water_mark: int = 1000
     startup_timeout_s: float = 300.0
 

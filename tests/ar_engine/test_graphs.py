@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM
 
 from omnistage.ar_engine.config import EngineConfig
 from omnistage.ar_engine.engine import EngineRequest, LLMEngine
-from omnistage.ar_engine.graphs import DecodeGraphs, GraphSettings, bucket_sizes
+from omnistage.ar_engine.graphs import DecodeGraphs, GraphSettings
+from omnistage.ar_engine.shape import bucket_sizes
 from omnistage.ar_engine.sampling import SamplingParams
 from omnistage.models.tiny import ensure_tiny
 from omnistage.stages.kinds.ar_model import load_model

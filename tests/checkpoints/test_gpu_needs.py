@@ -170,5 +170,8 @@ def test_an_ar_stage_keeps_room_for_its_decode_graphs_unless_eager():
                      for text in (graph(), graph().replace("max_tokens_per_step: 64", "max_tokens_per_step: 64, "
                                                                                      "enforce_eager: true")))
     cfg = AutoModelForCausalLM.from_pretrained(checkpoint_dir("tiny:qwen2")).config
-    per_row = (2 * cfg.intermediate_size + 6 * cfg.hidden_size) * 4 + cfg.vocab_size * 4
-    assert graphs.activations - eager.activations == 4 * per_row  # (max_batch 4)
+    # max_batch 4: buckets 1, 2, 4 keep their outputs (7 rows of logits and hidden states), plus
+    # the 4-row step's intermediates
+    outputs = 7 * (cfg.vocab_size + cfg.hidden_size) * 4
+    step = 4 * (2 * cfg.intermediate_size + 6 * cfg.hidden_size + cfg.vocab_size) * 4
+    assert graphs.activations - eager.activations == outputs + step

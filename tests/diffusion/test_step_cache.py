@@ -95,7 +95,9 @@ def test_cache_parameters_default_to_the_stages_and_are_checked(harness):
     assert parse_params(info, {}).cache == CacheSpec("reuse", 0.2)
     assert parse_params(info, {"cache": {"threshold": 0.4}}).cache == CacheSpec("reuse", 0.4)
     assert parse_params(info, {"cache": {"policy": "off"}}).cache.policy == "off"
-    for bad, param in (({"treshold": 0.1}, "cache"), ({"policy": "teacache"}, "cache.policy"),
+    off = {**info, "cache": {"policy": "off", "threshold": 0.2}}
+    assert parse_params(off, {"cache": {"threshold": 0.3}}).cache == CacheSpec("reuse", 0.3)  # (asking is enabling)
+    for bad, param in (({"treshold": 0.1}, "cache"), ({"policy": "teacache"}, "cache.policy"), ({"policy": ""}, "cache.policy"),
                        ({"threshold": -1}, "cache.threshold"), ("on", "cache")):
         with pytest.raises(RequestRejected) as err:
             parse_params(info, {"cache": bad})

@@ -76,3 +76,10 @@ def test_the_ranks_of_a_tensor_parallel_replica_get_the_smallest_share_of_their_
     assert budgets["cuda:0"].share("llm", 0) == budgets["cuda:1"].share("llm", 0) == budgets["cuda:1"].shares[0]
     assert budgets["cuda:0"].share("llm", 0) == pytest.approx((0.9 - 2 * CONTEXT) / 2)
     assert alone["cuda:0"].share("llm", 0) == pytest.approx(0.9 - CONTEXT)
+
+
+def test_ranks_on_cards_of_different_sizes_get_the_same_bytes():
+    ranks = [need("llm", "cuda:0", tp=2), need("llm", "cuda:1", tp=2)]
+    budgets = divide(ranks, {"cuda:0": 80 * GIB, "cuda:1": 40 * GIB})
+    held = [b.share("llm", 0) * b.total for b in budgets.values()]
+    assert held[0] == pytest.approx(held[1]) == pytest.approx((0.9 - CONTEXT_BYTES / (40 * GIB)) * 40 * GIB)

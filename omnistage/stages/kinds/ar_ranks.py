@@ -36,9 +36,10 @@ def start_ranks(size: int, path: str, dtype: torch.dtype, device: str, threads: 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    # Rank 0 is capped at the share every rank of the replica gets (graph/gpu_budget.py): so are they.
+    # Rank 0 is capped at the bytes every rank of the replica gets (graph/gpu_budget.py): so are they.
     share = process_share(torch.device(device)) if device.startswith("cuda") else None
-    capped = ["--share", str(share)] if share is not None else []
+    held = None if share is None else int(share * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    capped = ["--share-bytes", str(held)] if held is not None else []
     procs = [subprocess.Popen([sys.executable, "-m", __name__, "--address", address, "--rank", str(rank),
                                "--size", str(size), "--path", path, "--dtype", str(dtype).removeprefix("torch."),
                                "--device", rank_device(device, rank), "--threads", str(threads),
@@ -82,14 +83,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", required=True)
     for name in ("rank", "size", "threads", "parent"):
         parser.add_argument(f"--{name}", type=int, required=True)
-    parser.add_argument("--share", type=float, help="the share of its GPU this rank is capped at")
+    parser.add_argument("--share-bytes", type=int, help="the bytes of its GPU this rank is capped at")
     args = parser.parse_args(argv)
     _watch_parent(args.parent)
     if args.threads:
         torch.set_num_threads(args.threads)
     _use_device(args.device)
-    if args.share is not None:
-        torch.cuda.set_per_process_memory_fraction(args.share, torch.device(args.device))
+    if args.share_bytes is not None:
+        card = torch.device(args.device)
+        torch.cuda.set_per_process_memory_fraction(args.share_bytes / torch.cuda.get_device_properties(card).total_memory,
+                                                   card)
     init_group(args.address, args.rank, args.size, args.device)
     from omnistage.ar_engine.kernels import backend_for
     model = load_model(args.path, getattr(torch, args.dtype), args.device, tp_size=args.size)

@@ -88,7 +88,8 @@ def worker_main(spec: WorkerSpec) -> None:
     ctx = zmq.Context()
     ring = ShmRing(segment_name(spec.session, spec.name), transport.shm_slots,
                    transport.shm_slot_mb << 20) if transport.shm else None
-    peers = Peers(node, ring, transport.shm_threshold_kb << 10, cuda_ipc=transport.cuda_ipc)
+    # (in-process workers share one process: CUDA refuses to open its own allocations' handles)
+    peers = Peers(node, ring, transport.shm_threshold_kb << 10, cuda_ipc=transport.cuda_ipc and not spec.in_process)
     peers.learn(spec.sink, spec.sink_node)
     mail = Mailer(ctx, peers.encoder, transport.high_water_mark)
     try:
