@@ -41,6 +41,7 @@ def test_bench_drives_every_endpoint_of_the_default_graph(default_server, tmp_pa
     for name in metrics:
         unit = "" if name == "rtf" else "_ms"
         assert result[f"p99_{name}{unit}"] > 0, name
-    assert result["request_goodput"] > 0
+    # (within the SLO or not depends on the machine's load: the arithmetic is tested above)
+    assert 0 <= result["request_goodput"] <= result["request_throughput"] + 1e-9
     printed = capsys.readouterr().out
     assert f" omnistage bench: {endpoint} " in printed and "request_throughput" in printed
