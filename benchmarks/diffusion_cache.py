@@ -20,6 +20,7 @@ import numpy as np
 from diffusers import DiffusionPipeline
 
 from diffusion import run_diffusers, run_omnistage, workload
+from omnistage.diffusion.families import CACHE_THRESHOLDS
 from omnistage.diffusion.registry import family_class
 from omnistage.models.tiny import ensure_tiny
 
@@ -51,7 +52,7 @@ def cache_runs(n: int, batch: int) -> dict[str, float]:
         path = ensure_tiny(model)
         pipe = DiffusionPipeline.from_pretrained(path)
         pipe.set_progress_bar_config(disable=True)
-        default = family_class(str(path)).cache_threshold
+        default = CACHE_THRESHOLDS[family_class(str(path)).prediction]
         reqs, warm = workload(n, 0.0), workload(2, 0.0, seed=1)
         raw = {"output_format": "raw"}
         off = run_omnistage(path, size, reqs, warm, batch, extra={**raw, "cache": {"policy": "off"}})

@@ -17,6 +17,7 @@ policies:
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -41,14 +42,12 @@ class FixedBatch:
     def admit(self, waiting: Sequence[Job], running: Sequence[Job]) -> list[Job]:
         """Oldest first, at most ``max_batch`` running per latent shape (so a full bucket never
         holds back a request of another size) and ``max_batch`` started at once."""
-        counts: dict[tuple[int, ...], int] = {}
-        for job in running:
-            counts[self.shape(job)] = counts.get(self.shape(job), 0) + 1
+        counts = Counter(self.shape(job) for job in running)
         chosen = []
         for job in waiting:
             shape = self.shape(job)
-            if counts.get(shape, 0) < self.max_batch and len(chosen) < self.max_batch:
-                counts[shape] = counts.get(shape, 0) + 1
+            if counts[shape] < self.max_batch and len(chosen) < self.max_batch:
+                counts[shape] += 1
                 chosen.append(job)
         return chosen
 
@@ -70,16 +69,16 @@ class ComputeBudget:
         return (2 if job.params.cfg else 1) * math.prod(self.shape(job))
 
     def admit(self, waiting: Sequence[Job], running: Sequence[Job]) -> list[Job]:
-        load: dict[tuple[int, ...], float] = {}
+        load: defaultdict[tuple[int, ...], float] = defaultdict(float)
         for job in running:
-            load[self.shape(job)] = load.get(self.shape(job), 0.0) + self.cost(job)
+            load[self.shape(job)] += self.cost(job)
         chosen, held = [], set()
         for job in waiting:
             shape, cost = self.shape(job), self.cost(job)
             if shape in held:
                 continue
-            if load.get(shape, 0.0) == 0.0 or load[shape] + cost <= self.budget:
-                load[shape] = load.get(shape, 0.0) + cost
+            if load[shape] == 0.0 or load[shape] + cost <= self.budget:
+                load[shape] += cost
                 chosen.append(job)
             else:
                 held.add(shape)  # (the newer ones of its shape wait behind it)

@@ -32,6 +32,11 @@ def load_config(path: str, subfolder: str | None = None) -> Mapping[str, Any]:
     return _ComponentConfig.load_config(path, subfolder=subfolder)
 
 
+# Step caching's default threshold by what the model predicts (docs/diffusion.md): an epsilon-
+# predicting UNet's outputs change more from step to step than a flow-matching transformer's.
+CACHE_THRESHOLDS = {"epsilon": 0.2, "flow": 0.1}
+
+
 class _ComponentConfig(ConfigMixin):
     """Reads a component's ``config.json`` without knowing (or importing) its class."""
 
@@ -52,9 +57,6 @@ class Family:
     # the negative prompt); False: guidance is a model input or absent (FLUX), no negative prompt.
     classifier_free: ClassVar[bool] = True
     negative_required: ClassVar[bool] = False  # guidance runs only for a request with a negative prompt
-    # Step caching's default threshold (docs/diffusion.md): 0.2 for an epsilon-predicting UNet, 0.1
-    # for a flow-matching transformer, whose outputs change less from step to step.
-    cache_threshold: ClassVar[float] = 0.2
 
     def __init__(self, path: str, roles: set[str], dtype: torch.dtype, device: str,
                  max_sequence_length: int | None = None) -> None:
@@ -318,7 +320,6 @@ class StableDiffusion3(_FlowImage, Family):
 
     name = "stable-diffusion-3"
     prediction = "flow"
-    cache_threshold = 0.1
     components = {"text": ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2",
                            "text_encoder_3"), "denoise": ("transformer",), "vae": ("vae",)}
     unused = ("image_encoder", "feature_extractor")
@@ -365,7 +366,6 @@ class Wan(Family):
     name = "wan"
     output = "video"
     prediction = "flow"
-    cache_threshold = 0.1
     components = {"text": ("tokenizer", "text_encoder"), "denoise": ("transformer",), "vae": ("vae",)}
     unused = ("transformer_2", "image_encoder", "image_processor")
     defaults = {"steps": 50, "guidance": 5.0, "height": 480, "width": 832, "num_frames": 81, "fps": 16}
@@ -422,7 +422,6 @@ class Flux(_FlowImage, Family):
 
     name = "flux"
     prediction = "flow"
-    cache_threshold = 0.1
     components = {"text": ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"), "denoise": ("transformer",),
                   "vae": ("vae",)}
     unused = ("image_encoder", "feature_extractor")

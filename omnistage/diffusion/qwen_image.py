@@ -32,7 +32,6 @@ def _unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 class QwenImage(Family):
     name = "qwen-image"
     prediction = "flow"
-    cache_threshold = 0.1
     components = {"text": ("tokenizer", "text_encoder"), "denoise": ("transformer",), "vae": ("vae",)}
     defaults = {"steps": 50, "guidance": 4.0}  # the pipeline's true_cfg_scale
     begin_index_zero = True

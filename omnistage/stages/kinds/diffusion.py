@@ -16,7 +16,7 @@ import torch
 
 from omnistage.connectors.messages import Progress, PromptEmbeds
 from omnistage.diffusion.engine import DiffusionEngine, decode_batched
-from omnistage.diffusion.families import Family
+from omnistage.diffusion.families import CACHE_THRESHOLDS, Family
 from omnistage.diffusion.lora import Adapters
 from omnistage.diffusion.registry import family_class
 from omnistage.diffusion.output import encode_image, encode_video
@@ -55,7 +55,7 @@ def stage_info(family: Family, options: DiffusionOptions) -> dict[str, Any]:
                  "steps": options.num_inference_steps, "guidance": options.guidance_scale, "fps": options.fps}
     info.update({k: v for k, v in overrides.items() if v is not None})
     info.update(max_steps=options.max_steps, max_pixels=options.max_pixels, max_frames=options.max_frames)
-    threshold = family.cache_threshold if options.cache.threshold is None else options.cache.threshold
+    threshold = CACHE_THRESHOLDS[family.prediction] if options.cache.threshold is None else options.cache.threshold
     info["cache"] = {"policy": options.cache.policy, "threshold": threshold}
     if "denoise" in family.roles:
         info["loras"] = sorted(options.loras)
