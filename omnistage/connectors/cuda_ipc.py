@@ -5,8 +5,9 @@ the allocation's IPC handle, the producer's reference counter and the event that
 receiver after the producer's stream) and sends those plain fields as a typed struct in the
 wire format, never pickled. The receiver opens the handle (``rebuild_cuda_tensor``: it waits on
 the event) and copies the tensor into memory of its own on the same card, so the producer's
-block is released at once, whatever the receiver does with the value; a stage on another card
-then moves it there (a peer-to-peer copy where the cards have one).
+block is released at once, whatever the receiver does with the value. Only a receiver on the
+tensor's own card is sent handles (``wire.Encoder``): opening one from another card would make
+a CUDA context on the sender's card.
 
 The producer keeps a sent block alive until every receiver has let go of it (torch's
 sent-data limbo): its process must live until then, as a stage worker does.
