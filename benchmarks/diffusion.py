@@ -80,8 +80,9 @@ def summarize(name: str, latencies: list[float], total: float) -> dict:
 
 
 def run_omnistage(path: Path, size: int, reqs: list[Req], warm: list[Req], batch: int, device: str = "cpu",
-                  budget: float = 0, extra: dict | None = None, sides: list[int] | None = None) -> dict:
-    """``budget``: the stage's step_budget (0: a fixed max_batch); ``extra``: more request
+                  budget: float | str = 0, extra: dict | None = None, sides: list[int] | None = None) -> dict:
+    """``budget``: the stage's step_budget (0: a fixed max_batch; "auto": measured widths; warm-up
+    runs at every size, so the widths are measured before the timed run); ``extra``: more request
     parameters (cache); ``sides``: each request's side (default ``size``). The result has each
     request's output under "outputs"."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +92,7 @@ def run_omnistage(path: Path, size: int, reqs: list[Req], warm: list[Req], batch
             def submit(r: Req, side: int = size):
                 return pipe.submit(prompt=r.prompt, seed=r.seed, num_inference_steps=r.steps, guidance_scale=GUIDANCE,
                                    height=side, width=side, **(extra or {}))
-            [submit(r).result(600) for r in warm]
+            [submit(r, side).result(600) for side in sorted(set(sides or [size])) for r in warm]  # (every size)
             handles: list = [None] * len(reqs)
             start = time.perf_counter()
 

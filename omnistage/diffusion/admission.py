@@ -13,6 +13,12 @@ policies:
   costlier than the budget waits a turn or two, gathering deficit, without holding up the
   others). Each bucket admits oldest first up to one step's budget of running cost, and a
   request that does not fit holds back the newer ones of its shape, so none is starved.
+- ``MeasuredWidth`` (the default): each latent shape's step width, in rows, measured on this
+  machine the first time the shape runs (``widths.py``: the narrowest width near the best
+  rows/s, within the memory measured). A shape not measured yet admits one request, whose
+  embeddings the probe uses. Each step serves the bucket of the request that has waited
+  longest since it last advanced, up to its shape's width; admission per shape is oldest first
+  up to one width of running rows, with the same hold-back as above.
 """
 from __future__ import annotations
 
@@ -59,6 +65,57 @@ class FixedBatch:
         return [j for j in ranked if j.bucket == bucket][:self.max_batch]
 
 
+def rows(job: Job) -> int:
+    return 2 if job.params.cfg else 1
+
+
+def oldest_first(waiting: Sequence[Job], running: Sequence[Job], shape: Callable[[Job], Any],
+                 cost: Callable[[Job], float], limit: Callable[[Any], float]) -> list[Job]:
+    """The waiting requests to start, oldest first, while each shape's running cost stays within
+    its ``limit`` (a shape with none running takes one whatever its cost). A request that does
+    not fit holds back the newer ones of its shape."""
+    load: defaultdict[Any, float] = defaultdict(float)
+    for job in running:
+        load[shape(job)] += cost(job)
+    chosen, held = [], set()
+    for job in waiting:
+        key = shape(job)
+        if key in held:
+            continue
+        if load[key] == 0.0 or load[key] + cost(job) <= limit(key):
+            load[key] += cost(job)
+            chosen.append(job)
+        else:
+            held.add(key)  # (the newer ones of its shape wait behind it)
+    return chosen
+
+
+class MeasuredWidth:
+    def __init__(self, probe: Callable[[Job], int], shape: Callable[[Job], tuple[int, ...]]) -> None:
+        """``probe(job)``: the width for ``job``'s latent shape, measured with its embeddings."""
+        self.probe, self.shape = probe, shape
+        self.widths: dict[tuple[int, ...], int] = {}
+
+    def admit(self, waiting: Sequence[Job], running: Sequence[Job]) -> list[Job]:
+        return oldest_first(waiting, running, self.shape, rows, lambda shape: self.widths.get(shape, 0))
+
+    def pick(self, running: Sequence[Job]) -> list[Job]:
+        if not running:
+            return []
+        ranked = by_staleness(running)
+        bucket = [j for j in ranked if j.bucket == ranked[0].bucket]
+        shape = self.shape(bucket[0])
+        if shape not in self.widths:
+            self.widths[shape] = self.probe(bucket[0])
+        taken, width = [], 0
+        for job in bucket:
+            if taken and width + rows(job) > self.widths[shape]:
+                break
+            taken.append(job)
+            width += rows(job)
+        return taken
+
+
 class ComputeBudget:
     def __init__(self, budget: float, shape: Callable[[Job], tuple[int, ...]]) -> None:
         self.budget, self.shape = budget, shape
@@ -66,23 +123,10 @@ class ComputeBudget:
         self.ring: list[Any] = []  # buckets in turn order
 
     def cost(self, job: Job) -> float:
-        return (2 if job.params.cfg else 1) * math.prod(self.shape(job))
+        return rows(job) * math.prod(self.shape(job))
 
     def admit(self, waiting: Sequence[Job], running: Sequence[Job]) -> list[Job]:
-        load: defaultdict[tuple[int, ...], float] = defaultdict(float)
-        for job in running:
-            load[self.shape(job)] += self.cost(job)
-        chosen, held = [], set()
-        for job in waiting:
-            shape, cost = self.shape(job), self.cost(job)
-            if shape in held:
-                continue
-            if load[shape] == 0.0 or load[shape] + cost <= self.budget:
-                load[shape] += cost
-                chosen.append(job)
-            else:
-                held.add(shape)  # (the newer ones of its shape wait behind it)
-        return chosen
+        return oldest_first(waiting, running, self.shape, self.cost, lambda shape: self.budget)
 
     def pick(self, running: Sequence[Job]) -> list[Job]:
         groups: dict[Any, list[Job]] = {}

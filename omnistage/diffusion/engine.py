@@ -17,21 +17,26 @@ either, a new resolution never waits for a running bucket to drain (no head-of-l
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from omnistage.diffusion.admission import Admission, ComputeBudget, FixedBatch
+from omnistage.diffusion.admission import Admission, ComputeBudget, FixedBatch, MeasuredWidth
 from omnistage.diffusion.families import Family
 from omnistage.diffusion.lora import Adapters
 from omnistage.diffusion.params import GenerationParams
 from omnistage.diffusion.schedulers import SchedulerFactory, step_kwargs
 from omnistage.diffusion.step_cache import StepCache
 from omnistage.diffusion.text import Embeds, PromptEncoder
+from omnistage.diffusion.widths import measure_width
 from omnistage.errors import RequestRejected
+
+log = logging.getLogger("omnistage.worker")
+WIDEST = 4  # a measured step width stays within this many times max_batch rows
 
 
 @dataclass
@@ -75,10 +80,12 @@ class Finished:
 
 class DiffusionEngine:
     def __init__(self, family: Family, schedulers: SchedulerFactory, max_batch: int,
-                 text: PromptEncoder | None = None, budget: float | None = None, adapters: Adapters | None = None) -> None:
+                 text: PromptEncoder | None = None, budget: float | Literal["auto"] | None = None,
+                 adapters: Adapters | None = None) -> None:
         """``budget``: a step's compute, in rows times latent elements (``admission.ComputeBudget``);
-        None: at most ``max_batch`` requests a step, of any size (``admission.FixedBatch``).
-        ``adapters``: the LoRAs requests may name (``lora.py``)."""
+        "auto": each latent shape's width measured here, at most ``WIDEST * max_batch`` rows
+        (``admission.MeasuredWidth``); None: at most ``max_batch`` requests a step, of any size
+        (``admission.FixedBatch``). ``adapters``: the LoRAs requests may name (``lora.py``)."""
         self.family = family
         self.adapters = adapters
         self.schedulers = schedulers
@@ -89,8 +96,13 @@ class DiffusionEngine:
         self.steps = 0
         self._order = 0
         self.last_batch = 0
-        self.admission: Admission = (FixedBatch(max_batch, self._shape) if budget is None
-                                     else ComputeBudget(budget, self._shape))
+        self.admission: Admission
+        if budget == "auto":
+            self.admission = MeasuredWidth(self._probe, self._shape)
+        elif budget is None:
+            self.admission = FixedBatch(max_batch, self._shape)
+        else:
+            self.admission = ComputeBudget(budget, self._shape)
 
     # --- requests ----------------------------------------------------------------------
     def add(self, rid: str, params: GenerationParams, prompt: str | None = None,
@@ -143,6 +155,23 @@ class DiffusionEngine:
     def _shape(self, job: Job) -> tuple[int, ...]:
         p = job.params
         return tuple(self.family.latent_shape(p.height, p.width, p.num_frames))
+
+    def _probe(self, job: Job) -> int:
+        """The step width for ``job``'s latent shape, timed with its embeddings (``widths.py``)."""
+        assert job.latents is not None and job.cond is not None and job.timesteps is not None
+        device, dtype = job.latents.device, job.latents.dtype
+        noise = torch.Generator("cpu").manual_seed(0)
+        row = {**job.cond, **self.family.row_inputs(job.params)}
+        t = job.timesteps[0].float()
+
+        def run(rows: int) -> None:
+            x = torch.randn((rows, *job.latents.shape[1:]), generator=noise, dtype=dtype).to(device)  # type: ignore[union-attr]
+            with torch.inference_mode():
+                self.family.denoise(x, t.repeat(rows).to(self.family.device), self.family.stack([row] * rows))
+
+        width = measure_width(run, WIDEST * self.max_batch, self.family.device)
+        log.info("diffusion step width for latent %s: %s", tuple(job.latents.shape[1:]), width.summary())
+        return width.rows
 
     def _start(self, jobs: list[Job]) -> None:
         """Embed the prompts of ``jobs`` (one batched text-encoder call) and draw their noise."""

@@ -95,11 +95,12 @@ class DiffusionOptions:
     vae_batch: int = 8
     vae_tiling: bool | Literal["auto"] = "auto"
     cache: StepCacheOptions = field(default_factory=StepCacheOptions)
-    # A denoising step's compute, in rows at the stage's default size (a request is one row, two
-    # with classifier-free guidance; a larger image costs more in proportion to its latent). None:
-    # 2 x max_batch (a full batch at the default size with guidance); 0: max_batch requests a step
-    # whatever their size.
-    step_budget: float | None = None
+    # A denoising step's width. "auto": per latent size, measured on this machine the first time
+    # that size runs (the narrowest width near the best throughput, within the memory measured;
+    # at most 4 x max_batch rows; a request is one row, two with classifier-free guidance). A
+    # number: a compute budget in rows at the stage's default size (a larger image costs more in
+    # proportion to its latent). 0: max_batch requests a step whatever their size.
+    step_budget: float | Literal["auto"] = "auto"
     # LoRA adapters requests may name (``lora: {name, scale}``): name -> a diffusers/PEFT LoRA
     # safetensors file (or a directory holding one), loaded on first use; at most max_loras stay.
     loras: Mapping[str, str] = field(default_factory=frozen_dict)
@@ -110,7 +111,7 @@ class DiffusionOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0")
-        if self.step_budget is not None and not self.step_budget >= 0:  # (NaN too)
+        if self.step_budget != "auto" and not self.step_budget >= 0:  # (NaN too)
             raise ValueError("step_budget must be >= 0")
         for name in ("max_steps", "max_pixels", "max_frames", "vae_batch", "max_loras"):
             if getattr(self, name) <= 0:

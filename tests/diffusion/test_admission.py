@@ -4,8 +4,9 @@ alone."""
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
-from omnistage.diffusion.admission import ComputeBudget, FixedBatch
+from omnistage.diffusion.admission import ComputeBudget, FixedBatch, MeasuredWidth
 
 
 @dataclass
@@ -81,14 +82,51 @@ def test_every_request_advances_within_a_bounded_number_of_steps():
         assert all(step - s <= bound for s in last.values()), last
 
 
-def test_in_the_engine_each_request_equals_itself_alone(harness):
+def test_a_measured_width_admits_one_request_of_a_new_shape_then_fills_its_width():
+    probed = []
+
+    def probe(job):
+        probed.append(job.rid)
+        return {4: 6, 16: 2}[job.params.side]  # rows
+
+    policy = MeasuredWidth(probe, shape)
+    waiting = jobs([("a", 4, True), ("b", 4, False), ("c", 16, False), ("d", 4, True), ("e", 4, True), ("f", 16, True)])
+    running = policy.admit(waiting, [])
+    assert [j.rid for j in running] == ["a", "c"]  # one of each shape until its width is measured
+    assert [j.rid for j in policy.pick(running)] == ["a"] and probed == ["a"]
+    running[0].served = 0
+    assert [j.rid for j in policy.pick(running)] == ["c"] and probed == ["a", "c"]
+    rest = [j for j in waiting if j.rid not in {"a", "c"}]
+    more = policy.admit(rest, running)
+    # 4x4: a (2 rows) + b (1) + d (2) fill 5 of 6; e (2) does not fit. 16x16: f (2) does not fit beside c
+    assert [j.rid for j in more] == ["b", "d"]
+    for j in running + more:
+        j.served = 5
+    assert [j.rid for j in policy.pick(running + more)] == ["a", "b", "d"] and len(probed) == 2
+
+
+def test_a_request_wider_than_its_measured_width_still_runs_alone():
+    policy = MeasuredWidth(lambda job: 1, shape)
+    waiting = jobs([("a", 8, True), ("b", 8, True)])
+    running = policy.admit(waiting, [])
+    assert [j.rid for j in running] == ["a"] and [j.rid for j in policy.pick(running)] == ["a"]
+    assert policy.admit(waiting[1:], running) == []  # b waits for a
+    assert [j.rid for j in policy.admit(waiting[1:], [])] == ["b"]
+
+
+@pytest.mark.parametrize("policy", ["budget", "measured"])
+def test_in_the_engine_each_request_equals_itself_alone(harness, policy):
     h = harness("sd")
-    h.engine.admission = ComputeBudget(6 * 4 * 8 * 8, h.engine._shape)  # (the tiny SD's latents: 4 x 8 x 8)
+    h.engine.admission = (ComputeBudget(6 * 4 * 8 * 8, h.engine._shape) if policy == "budget"  # (latents: 4 x 8 x 8)
+                          else MeasuredWidth(h.engine._probe, h.engine._shape))
     sizes = [(64, 64), (32, 32), (64, 64), (32, 48), (32, 32), (64, 64)]
     for i, (height, width) in enumerate(sizes):
         h.add(f"r{i}", f"picture {i}", seed=i, height=height, width=width, num_inference_steps=4)
     together = h.pixels(h.run())
     assert h.engine.last_batch >= 1
+    if policy == "measured":  # each latent size measured once, at a width the probe tried
+        assert sorted(h.engine.admission.widths) == [(4, 16, 16), (4, 16, 24), (4, 32, 32)]
+        assert all(1 <= w <= 4 * h.engine.max_batch for w in h.engine.admission.widths.values())
     for i, (height, width) in enumerate(sizes):
         h.engine.admission = FixedBatch(1, h.engine._shape)
         h.add("alone", f"picture {i}", seed=i, height=height, width=width, num_inference_steps=4)

@@ -134,3 +134,17 @@ stages:
                                                r"'auto'"):
         compile_text(text, resolve_model)
     assert compile_text(text.replace("maybe", "auto"), resolve_model).stages["gen"].options.vae_tiling == "auto"
+
+
+def test_step_budget_is_auto_by_default_or_a_number():
+    text = """
+name: g
+models: {sd: {path: "tiny:sd"}}
+stages:
+  gen: {kind: diffusion, model: sd, inputs: {prompt: request.prompt}, outputs: {image: response.image},
+        options: {step_budget: lots}}
+"""
+    with pytest.raises(GraphConfigError, match=r"options.step_budget: line 6: got 'lots', expected a number or 'auto'"):
+        compile_text(text, resolve_model)
+    assert compile_text(text.replace("lots", "24"), resolve_model).stages["gen"].options.step_budget == 24
+    assert compile_text(text.replace("step_budget: lots", "max_loras: 2"), resolve_model).stages["gen"].options.step_budget == "auto"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -62,12 +62,14 @@ def stage_info(family: Family, options: DiffusionOptions) -> dict[str, Any]:
     return info
 
 
-def step_budget(family: Family, options: DiffusionOptions, info: dict[str, Any], max_batch: int) -> float | None:
-    """The engine's budget in rows times latent elements (None: a fixed max_batch)."""
+def step_budget(family: Family, options: DiffusionOptions, info: dict[str, Any]) -> float | Literal["auto"] | None:
+    """The engine's budget: "auto" (widths measured), rows times latent elements, or None (a
+    fixed max_batch)."""
+    if options.step_budget == "auto":
+        return "auto"
     if options.step_budget == 0:
         return None
-    rows = 2 * max_batch if options.step_budget is None else options.step_budget
-    return rows * math.prod(family.latent_shape(info["height"], info["width"], info.get("num_frames")))
+    return options.step_budget * math.prod(family.latent_shape(info["height"], info["width"], info.get("num_frames")))
 
 
 def encode_output(family: Family, pixels: Any, p: GenerationParams) -> dict[str, Any]:
@@ -89,8 +91,8 @@ class DiffusionStage(Stage):
             text = PromptEncoder(family.encode_text, PromptCache(options.prompt_cache_mb << 20), max_batch)
         schedulers = SchedulerFactory(family.pipe.scheduler, family.prediction)
         adapters = Adapters(family.pipe, options.loras, options.max_loras) if options.loras else None
-        self.engine = DiffusionEngine(family, schedulers, max_batch, text, step_budget(family, options, self._info,
-                                                                                       max_batch), adapters)
+        self.engine = DiffusionEngine(family, schedulers, max_batch, text, step_budget(family, options, self._info),
+                                      adapters)
         self.params: dict[str, GenerationParams] = {}
 
     def info(self) -> dict[str, Any]:
