@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -200,25 +201,39 @@ class Decoder:
     def __init__(self, shm_readers: ShmReaders | None = None) -> None:
         self._readers = shm_readers or ShmReaders()
         self._frames: Sequence[Any] = ()
+        self._failed = False  # a value of the message being decoded could not be brought in
         self._bodies = [msgspec.msgpack.Decoder(t, ext_hook=self._ext) for t in MESSAGE_TYPES]
         self._header = msgspec.msgpack.Decoder(TensorHeader)
         self._cuda_header = msgspec.msgpack.Decoder(CudaHandle)
 
     def decode(self, frames: Sequence[Any]) -> Message:
+        """The message; ``Unreadable`` when a value it carries could not be brought in."""
         type_id = bytes(frames[0])[0]
         if type_id >= len(self._bodies):
             raise ValueError(f"unknown message type {type_id}")
-        self._frames = frames
+        self._frames, self._failed = frames, False
         try:
             msg = self._bodies[type_id].decode(frames[1])
         finally:
             self._frames = ()
+        if self._failed:
+            raise Unreadable.of(msg)
         for item in _values(msg):
             if item.payload:
                 item.value = _typed(item)
         return msg
 
     def _ext(self, code: int, data: memoryview) -> Any:
+        """A tensor or bytes value. One that cannot be brought in (its shared-memory segment gone,
+        a CUDA handle the card cannot open or has no memory for) becomes a ``_Lost`` marker,
+        so that only the requests whose values it held fail, not the reading thread."""
+        try:
+            return self._value(code, data)
+        except (RuntimeError, OSError) as exc:  # (torch.OutOfMemoryError and CUDA errors are RuntimeErrors)
+            self._failed = True
+            return _Lost(f"{type(exc).__name__}: {exc}")
+
+    def _value(self, code: int, data: memoryview) -> Any:
         if code == _EXT_CUDA_TENSOR:
             handle = self._cuda_header.decode(data)
             return open_handle(handle, _DTYPES[handle.dtype])
@@ -271,6 +286,41 @@ def _light(value: Any, max_bytes: int, depth: int) -> bool:
 _LIGHT_BYTES = 16 * 1024
 # The field of each message type that carries request values (where big bytes may be).
 _BLOB_FIELDS = {Data: "value", Part: "value", Chunk: "value", Probe: "inputs"}
+
+
+@dataclass(frozen=True)
+class _Lost:
+    error: str
+
+
+def _lost_in(value: Any, depth: int = 8) -> _Lost | None:
+    if isinstance(value, _Lost):
+        return value
+    if depth and isinstance(value, dict):
+        value = list(value.values())
+    if depth and isinstance(value, (list, tuple)):
+        return next((lost for v in value if (lost := _lost_in(v, depth - 1)) is not None), None)
+    return None
+
+
+class Unreadable(Exception):
+    """A message some of whose values could not be brought in: ``failed`` maps each request they
+    belonged to to why; ``rest`` is what of the message is still whole to deliver (the other
+    requests' chunks of a ``Chunks``), or None."""
+
+    def __init__(self, failed: dict[str, str], rest: Message | None) -> None:
+        super().__init__("; ".join(f"{rid}: {why}" for rid, why in failed.items()))
+        self.failed, self.rest = failed, rest
+
+    @classmethod
+    def of(cls, msg: Message) -> Unreadable:
+        if not isinstance(msg, Chunks):
+            field = _BLOB_FIELDS.get(type(msg))
+            lost = _lost_in(getattr(msg, field)) if field else None
+            return cls({getattr(msg, "rid", ""): lost.error if lost else "a value could not be read"}, None)
+        failed = {c.rid: lost.error for c in msg.items if (lost := _lost_in(c.value)) is not None}
+        whole = [c for c in msg.items if c.rid not in failed]
+        return cls(failed, msgspec.structs.replace(msg, items=whole) if whole else None)
 
 
 def _values(msg: Message) -> list[Data | Part | Chunk]:

@@ -7,7 +7,7 @@ from omnistage.connectors.messages import (MESSAGE_TYPES, PAYLOAD_TYPES, Abort, 
                                            Failed, KvHandoff, MediaEmbedding, Part, Probe, ProbeResult, Progress,
                                            PromptEmbeds, Ready, Shutdown, StartFailed, Stats, ThinkerStates, WireSpan)
 from omnistage.connectors.shm import ShmRing
-from omnistage.connectors.wire import Decoder, Encoder
+from omnistage.connectors.wire import Decoder, Encoder, Unreadable
 
 SAMPLES = [
     Ready("llm", 1, 4242, "ipc:///tmp/x.sock"),
@@ -165,6 +165,25 @@ def test_shm_ring_falls_back_when_full_and_reuses_released_slots(tmp_path):
         assert len(enc.encode(Data("r", "p", too_big))) == 3
     finally:
         ring.close()
+
+
+def test_a_value_that_cannot_be_brought_in_fails_only_its_request(tmp_path):
+    ring = ShmRing(f"omnistage-test-{tmp_path.name}", 4, 1 << 16)
+    big, small = torch.arange(4096, dtype=torch.int32), torch.ones(3)
+    try:
+        enc = Encoder(ring, shm_threshold=1024)
+        chunks = enc.encode(Chunks([Chunk("r1", "audio", small), Chunk("r2", "audio", {"pcm": [big]}),
+                                    Chunk("r3", "text", "hi")]))
+        data = enc.encode(Data("r4", "p", big))
+    finally:
+        ring.close()  # (the sender's ring is gone: its slots cannot be read)
+    with pytest.raises(Unreadable) as lost:
+        Decoder().decode(chunks)
+    assert list(lost.value.failed) == ["r2"] and "FileNotFoundError" in lost.value.failed["r2"]
+    assert [c.rid for c in lost.value.rest.items] == ["r1", "r3"] and torch.equal(lost.value.rest.items[0].value, small)
+    with pytest.raises(Unreadable) as lost:
+        Decoder().decode(data)
+    assert list(lost.value.failed) == ["r4"] and lost.value.rest is None
 
 
 def test_pickle_is_refused():

@@ -26,7 +26,7 @@ from omnistage.connectors.messages import (Abort, Chunks, Done, Failed, Probe, P
 from omnistage.connectors.shm import ShmRing, remove_segment, remove_segments, segment_name
 from omnistage.connectors.mailer import Mailer
 from omnistage.connectors.transport import Inbox, Peers, bind_address
-from omnistage.connectors.wire import Decoder, unsendable
+from omnistage.connectors.wire import Decoder, Unreadable, unsendable
 from omnistage.errors import Overloaded, RequestFailed, RequestRejected, StageDeadError, StageStartError
 from omnistage.graph.plan import REQUEST, GraphPlan, Route
 from omnistage.stages.runtime.admission import (admission_messages, images_by_reference, probe_target, resolve_params,
@@ -324,7 +324,13 @@ class Orchestrator:
     def _receive(self) -> None:
         while not self._stopping.is_set():
             try:
-                msg = self._sink.recv(timeout_ms=50)
+                try:
+                    msg = self._sink.recv(timeout_ms=50)
+                except Unreadable as lost:  # (a value of it could not be brought in: its requests fail)
+                    self.internal_errors += 1
+                    for rid, why in lost.failed.items():
+                        self._fail(rid, RequestFailed(f"internal error: a stage's output could not be read: {why}"))
+                    msg = lost.rest
                 if msg is not None:
                     self._on_message(msg)
             except zmq.ContextTerminated:

@@ -26,7 +26,7 @@ from omnistage.connectors.messages import (Abort, Admit, Chunk, Chunks, Data, Do
                                            Shutdown, Stats)
 from omnistage.connectors.mailer import Mailer
 from omnistage.connectors.transport import Inbox, Peers
-from omnistage.connectors.wire import unsendable
+from omnistage.connectors.wire import Unreadable, unsendable
 from omnistage.errors import RequestRejected
 from omnistage.stages.worker.cores import CoreShare
 from omnistage.stages.worker.gather import Gather
@@ -43,8 +43,9 @@ class WorkerCrashed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Unsent:
-    """A message of ``rid`` that could not be encoded (from a sending thread)."""
+class _Lost:
+    """A message of ``rid`` that could not be encoded (from a sending thread) or read (from the
+    reading thread)."""
 
     rid: str
     error: str
@@ -170,10 +171,10 @@ class StageWorker:
         elif isinstance(msg, Abort):
             self.stage.abort(msg.rid)
             self._forget(msg.rid)
-        elif isinstance(msg, _Unsent):
+        elif isinstance(msg, _Lost):
             if msg.rid in self.requests.admitted:
                 self._fail(msg.rid, msg.error)
-            else:  # finished here already (its Done or onward data was lost): the sink must still hear
+            else:  # not held here (finished already, or not admitted yet): the sink must still hear
                 self._mail.put(self.spec.sink, Failed(msg.rid, self.spec.stage, self.spec.replica, msg.error, 500))
         elif isinstance(msg, _IoDied):
             self._crash(msg.error)
@@ -330,13 +331,19 @@ class StageWorker:
                   ", ".join(sorted(rids)) or "no request", type(exc).__name__, exc)
         if not isinstance(msg, Failed):
             for rid in rids:
-                self._in.put(_Unsent(rid, f"internal error: stage {self.spec.stage!r} could not send its output: "
+                self._in.put(_Lost(rid, f"internal error: stage {self.spec.stage!r} could not send its output: "
                                           f"{type(exc).__name__}: {exc}"))
 
     def _read(self) -> None:
         owner = self.spec.owner
         while not self._stop.is_set():
-            msg = self._inbox.recv(timeout_ms=_POLL_MS)
+            try:
+                msg = self._inbox.recv(timeout_ms=_POLL_MS)
+            except Unreadable as lost:  # (a value of it could not be brought in: only its requests fail)
+                log.error("stage %r: could not read a message: %s", self.spec.stage, lost)
+                for rid, why in lost.failed.items():
+                    self._in.put(_Lost(rid, f"could not read its input: {why}"))
+                msg = lost.rest
             if msg is None and owner is not None and not _alive(owner):
                 msg = Shutdown()  # orphaned: the orchestrator's process is gone
             if msg is not None:

@@ -2,7 +2,8 @@
 import pytest
 
 from omnistage.checkpoints import resolve_model
-from omnistage.connectors.messages import Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed
+from omnistage.connectors.messages import Abort, Admit, Chunk, Chunks, Data, Dest, Done, Failed, Shutdown
+from omnistage.connectors.wire import Unreadable
 from omnistage.graph.compile import compile_text
 from omnistage.errors import RequestRejected
 from omnistage.stages.kinds.python import PythonStage
@@ -139,3 +140,29 @@ def test_a_step_that_raises_fails_everything_held_and_ends_the_replica(worker):
         worker._step()
     (_, failed), = _sent(worker)
     assert isinstance(failed, Failed) and "crashed: RuntimeError: broken invariant" in failed.error
+
+
+class Scripted:
+    """An inbox whose reads go as scripted: a message, or an exception raised by the read."""
+
+    def __init__(self, *reads):
+        self.reads = list(reads)
+
+    def recv(self, timeout_ms=None):
+        read = self.reads.pop(0)
+        if isinstance(read, Exception):
+            raise read
+        return read
+
+
+def test_an_input_that_cannot_be_read_fails_its_request_and_the_reader_lives_on(worker):
+    worker._apply(_admit("r"))
+    worker._apply(_admit("q"))
+    worker._inbox = Scripted(Unreadable({"r": "FileNotFoundError: segment gone"}, None), Data("q", "a", "fine"),
+                             Shutdown())
+    worker._read()  # returns at the Shutdown: the unreadable message did not end it
+    assert not worker._handle_messages(block=False)
+    (_, failed), = _sent(worker)
+    assert isinstance(failed, Failed) and failed.rid == "r" and failed.status == 500
+    assert "could not read its input: FileNotFoundError: segment gone" in failed.error
+    assert "r" not in worker.requests.admitted and "q" in worker.requests.admitted  # (q's Data was read after)
