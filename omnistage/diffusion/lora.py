@@ -7,41 +7,17 @@ pipeline's denoiser the first time a request names one, through diffusers' own
 first. A step whose requests name different adapters runs one model call per adapter (the
 weights differ), requests of the same adapter and scale batched together; ``activate`` sets
 the denoiser up for one such call. Only denoiser LoRAs are taken: a file with text-encoder
-weights is refused when the stage starts (the stage's prompt embeddings are shared across
-requests and cached, so they cannot follow a request's adapter).
+weights is refused when the graph is validated and again when the stage starts
+(``lora_files.py``: the stage's prompt embeddings are shared across requests and cached, so they
+cannot follow a request's adapter).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
-TEXT_ENCODER_PREFIXES = ("text_encoder", "lora_te", "te_", "te1_", "te2_")
-
-
-def lora_file(path: str) -> Path:
-    """The LoRA safetensors file a registered path names (a file, or a directory with one)."""
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(p.glob("*.safetensors"))
-        if len(files) != 1:
-            raise ValueError(f"LoRA directory {path} holds {len(files)} .safetensors files; name the file")
-        return files[0]
-    if not p.is_file():
-        raise ValueError(f"LoRA file {path} does not exist")
-    return p
-
-
-def check_lora(name: str, path: str) -> None:
-    """Refuse a LoRA the stage cannot apply per request (missing, or with text-encoder weights)."""
-    with safe_open(str(lora_file(path)), "pt") as f:
-        text = [k for k in f.keys() if k.startswith(TEXT_ENCODER_PREFIXES)]
-    if text:
-        raise ValueError(f"LoRA {name!r} ({path}) has text-encoder weights ({text[0]}, ...); a stage applies only "
-                         "denoiser LoRAs per request")
+from omnistage.diffusion.lora_files import check_lora, lora_file
 
 
 class Adapters:

@@ -11,8 +11,10 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from omnistage.ar_engine.config import EngineConfig
+from omnistage.diffusion.lora_files import resolve_loras
 from omnistage.errors import ConfigIssue, GraphConfigError
 from omnistage.graph.kinds import registry
 from omnistage.graph.load import parse_graph, read_graph, source_lines, with_lines
@@ -123,8 +125,19 @@ def _stage_plan(name: str, st: StageConfig, config: GraphConfig, base_dir: Path,
                                       f"{suggest(modality, RESPONSE_MODALITIES)}; known: {', '.join(RESPONSE_MODALITIES)}"))
         else:
             response[port] = modality
-    return StagePlan(name, spec, st, st.options, model_path, dtype, inputs, outputs, tuple(in_edges),
+    options = _with_loras(path, st.options, base_dir, issues)
+    return StagePlan(name, spec, st, options, model_path, dtype, inputs, outputs, tuple(in_edges),
                      frozen_dict(response), params=spec.params_for(st.options), model_component=component)
+
+
+def _with_loras(path: str, options: Any, base_dir: Path, issues: list[ConfigIssue]) -> Any:
+    """A diffusion stage's LoRA files, checked and taken from the graph file's directory."""
+    loras = getattr(options, "loras", None)
+    if not loras:
+        return options
+    resolved, refused = resolve_loras(dict(loras), base_dir)
+    issues += [ConfigIssue(f"{path}.options.loras.{name}", why) for name, why in refused.items()]
+    return replace(options, loras=frozen_dict(resolved))
 
 
 def _gpu_share_issues(path: str, st: StageConfig) -> list[ConfigIssue]:

@@ -102,7 +102,8 @@ class DiffusionOptions:
     # proportion to its latent). 0: max_batch requests a step whatever their size.
     step_budget: float | Literal["auto"] = "auto"
     # LoRA adapters requests may name (``lora: {name, scale}``): name -> a diffusers/PEFT LoRA
-    # safetensors file (or a directory holding one), loaded on first use; at most max_loras stay.
+    # safetensors file (or a directory holding one; a relative path from the graph file's
+    # directory), checked at validate time, loaded on first use; at most max_loras stay.
     loras: Mapping[str, str] = field(default_factory=frozen_dict)
     max_loras: int = 4
 

@@ -148,3 +148,27 @@ stages:
         compile_text(text, resolve_model)
     assert compile_text(text.replace("lots", "24"), resolve_model).stages["gen"].options.step_budget == 24
     assert compile_text(text.replace("step_budget: lots", "max_loras: 2"), resolve_model).stages["gen"].options.step_budget == "auto"
+
+
+def test_lora_files_are_taken_from_the_graph_files_directory_and_checked_at_validate_time(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    (tmp_path / "loras").mkdir()
+    save_file({"unet.down_blocks.0.lora_A.weight": torch.zeros(2, 2)}, str(tmp_path / "loras" / "ink.safetensors"))
+    save_file({"text_encoder.layers.0.lora_A.weight": torch.zeros(2, 2)}, str(tmp_path / "loras" / "te.safetensors"))
+    graph = tmp_path / "graph.yaml"
+    text = """
+name: g
+models: {sd: {path: "tiny:sd"}}
+stages:
+  gen: {kind: diffusion, model: sd, inputs: {prompt: request.prompt}, outputs: {image: response.image},
+        options: {loras: {ink: loras/ink.safetensors, LATER}}}
+"""
+    graph.write_text(text.replace(", LATER", ""))
+    loras = compile_file(graph, resolve_model).stages["gen"].options.loras
+    assert loras == {"ink": str(tmp_path / "loras" / "ink.safetensors")}  # (not the working directory's)
+    graph.write_text(text.replace("LATER", "oil: loras/oil.safetensors, te: loras/te.safetensors"))
+    with pytest.raises(GraphConfigError) as err:
+        compile_file(graph, resolve_model)
+    assert "stages.gen.options.loras.oil: line 6: LoRA file" in str(err.value) and "does not exist" in str(err.value)
+    assert "stages.gen.options.loras.te: line 6: LoRA 'te'" in str(err.value) and "text-encoder weights" in str(err.value)
