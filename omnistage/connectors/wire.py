@@ -216,35 +216,40 @@ class Decoder:
             msg = self._bodies[type_id].decode(frames[1])
         finally:
             self._frames = ()
-        if self._failed:
-            raise Unreadable.of(msg)
-        for item in _values(msg):
+        lost = Unreadable.of(msg) if self._failed else None
+        for item in _values(msg if lost is None else lost.rest):
             if item.payload:
                 item.value = _typed(item)
+        if lost is not None:
+            raise lost
         return msg
 
     def _ext(self, code: int, data: memoryview) -> Any:
         """A tensor or bytes value. One that cannot be brought in (its shared-memory segment gone,
-        a CUDA handle the card cannot open or has no memory for) becomes a ``_Lost`` marker,
-        so that only the requests whose values it held fail, not the reading thread."""
+        a CUDA handle the card cannot open or has no memory for) becomes a ``_Missing`` marker,
+        so that only the requests whose values it held fail, not the reading thread; any other
+        error (a malformed header: a sender's bug) still raises."""
         try:
             return self._value(code, data)
-        except (RuntimeError, OSError) as exc:  # (torch.OutOfMemoryError and CUDA errors are RuntimeErrors)
+        except _CannotBring as exc:
             self._failed = True
-            return _Lost(f"{type(exc).__name__}: {exc}")
+            return _Missing(str(exc))
 
     def _value(self, code: int, data: memoryview) -> Any:
         if code == _EXT_CUDA_TENSOR:
             handle = self._cuda_header.decode(data)
-            return open_handle(handle, _DTYPES[handle.dtype])
+            try:
+                return open_handle(handle, _DTYPES[handle.dtype])
+            except RuntimeError as exc:  # (torch.OutOfMemoryError, a CUDA error opening the handle)
+                raise _CannotBring(exc) from exc
         head = self._header.decode(data)
         if code == _EXT_BYTES:
             return bytes(_buffer(self._frames[2 + head.index]))
         if code == _EXT_SHM_BYTES:  # copied out: the slot goes back to the sender as the view dies
-            return self._readers.take(head.segment, head.index, head.nbytes).numpy().tobytes()
+            return self._take(head).numpy().tobytes()
         dtype = _DTYPES[head.dtype]
         if code == _EXT_SHM_TENSOR:
-            flat = self._readers.take(head.segment, head.index, head.nbytes)
+            flat = self._take(head)
         elif code == _EXT_TENSOR:
             raw = _buffer(self._frames[2 + head.index])
             if len(raw) == 0:
@@ -253,6 +258,12 @@ class Decoder:
         else:
             raise ValueError(f"unknown extension type {code}")
         return flat.view(dtype).reshape(head.shape)
+
+    def _take(self, head: TensorHeader) -> torch.Tensor:
+        try:
+            return self._readers.take(head.segment, head.index, head.nbytes)
+        except OSError as exc:  # (the sender's segment is gone)
+            raise _CannotBring(exc) from exc
 
     def close(self) -> None:
         self._readers.close()
@@ -288,25 +299,32 @@ _LIGHT_BYTES = 16 * 1024
 _BLOB_FIELDS = {Data: "value", Part: "value", Chunk: "value", Probe: "inputs"}
 
 
+class _CannotBring(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+
+
 @dataclass(frozen=True)
-class _Lost:
+class _Missing:
+    """Where a value that could not be brought in was."""
+
     error: str
 
 
-def _lost_in(value: Any, depth: int = 8) -> _Lost | None:
-    if isinstance(value, _Lost):
+def _missing_in(value: Any) -> _Missing | None:
+    if isinstance(value, _Missing):
         return value
-    if depth and isinstance(value, dict):
+    if isinstance(value, dict):
         value = list(value.values())
-    if depth and isinstance(value, (list, tuple)):
-        return next((lost for v in value if (lost := _lost_in(v, depth - 1)) is not None), None)
+    if isinstance(value, (list, tuple)):  # (as deep as the wire nests: MAX_DEPTH)
+        return next((found for v in value if (found := _missing_in(v)) is not None), None)
     return None
 
 
 class Unreadable(Exception):
     """A message some of whose values could not be brought in: ``failed`` maps each request they
-    belonged to to why; ``rest`` is what of the message is still whole to deliver (the other
-    requests' chunks of a ``Chunks``), or None."""
+    belonged to to why (empty for a message of no request); ``rest`` is what of the message is
+    still whole to deliver (the other requests' chunks of a ``Chunks``), or None."""
 
     def __init__(self, failed: dict[str, str], rest: Message | None) -> None:
         super().__init__("; ".join(f"{rid}: {why}" for rid, why in failed.items()))
@@ -316,9 +334,10 @@ class Unreadable(Exception):
     def of(cls, msg: Message) -> Unreadable:
         if not isinstance(msg, Chunks):
             field = _BLOB_FIELDS.get(type(msg))
-            lost = _lost_in(getattr(msg, field)) if field else None
-            return cls({getattr(msg, "rid", ""): lost.error if lost else "a value could not be read"}, None)
-        failed = {c.rid: lost.error for c in msg.items if (lost := _lost_in(c.value)) is not None}
+            found = _missing_in(getattr(msg, field)) if field else None
+            rid = getattr(msg, "rid", "")
+            return cls({rid: found.error if found else "a value could not be read"} if rid else {}, None)
+        failed = {c.rid: found.error for c in msg.items if (found := _missing_in(c.value)) is not None}
         whole = [c for c in msg.items if c.rid not in failed]
         return cls(failed, msgspec.structs.replace(msg, items=whole) if whole else None)
 

@@ -12,8 +12,9 @@ its last model output, and its rows leave that step's forward while the others' 
 
 Only requests of the same latent and embedding shape can share a forward (a bucket). Which
 requests start and which bucket a step serves is the admission policy's (``admission.py``): a
-fixed number of requests a step, or a compute budget shared by deficit round-robin; under
-either, a new resolution never waits for a running bucket to drain (no head-of-line blocking).
+width per latent size measured on this machine (the default), a compute budget shared by
+deficit round-robin, or a fixed number of requests a step; under each, a new resolution never
+waits for a running bucket to drain (no head-of-line blocking).
 """
 from __future__ import annotations
 
@@ -169,6 +170,8 @@ class DiffusionEngine:
             with torch.inference_mode():
                 self.family.denoise(x, t.repeat(rows).to(self.family.device), self.family.stack([row] * rows))
 
+        if self.adapters is not None:
+            self.adapters.activate(None)  # (timed without a LoRA's extra work; each step sets its own)
         width = measure_width(run, WIDEST * self.max_batch, self.family.device)
         log.info("diffusion step width for latent %s: %s", tuple(job.latents.shape[1:]), width.summary())
         return width.rows

@@ -23,14 +23,22 @@ def lora_file(path: str | Path) -> Path:
     return p
 
 
+MAX_HEADER = 100 << 20  # (safetensors' own limit)
+
+
 def tensor_names(path: Path) -> list[str]:
     """The tensor names in a safetensors file's header."""
     with open(path, "rb") as f:
-        size = struct.unpack("<Q", f.read(8) or b"\0" * 8)[0]
+        size = f.read(8)
+        length = struct.unpack("<Q", size)[0] if len(size) == 8 else -1
+        if not 0 < length <= MAX_HEADER:
+            raise ValueError(f"{path} is not a safetensors file (no header)")
         try:
-            header = json.loads(f.read(size))
+            header = json.loads(f.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path} is not a safetensors file: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a safetensors file (its header is not a table)")
     return [name for name in header if name != "__metadata__"]
 
 

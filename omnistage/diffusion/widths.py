@@ -41,14 +41,17 @@ class Width:
         return f"{self.rows} rows (probed {timed}; stopped: {self.stop})"
 
 
-def _timed(run: Callable[[int], None], rows: int, sync: Callable[[], None]) -> float:
+def _timed(run: Callable[[int], None], rows: int, sync: Callable[[], None], repeats: int = REPEATS) -> float:
+    """The best of ``repeats`` calls; a call slower than ``SLOW_S`` is not repeated."""
     best = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         sync()
         start = time.perf_counter()
         run(rows)
         sync()
         best = min(best, time.perf_counter() - start)
+        if best > SLOW_S:
+            break
     return best
 
 
@@ -59,8 +62,8 @@ def measure_width(run: Callable[[int], None], max_rows: int, device: str | torch
     width = Width(1)
     rate = lambda r: r / width.seconds[r]  # noqa: E731
     try:
-        run(1)  # warm-up (lazy initialisation, allocator growth)
-        width.seconds[1] = _timed(run, 1, sync)
+        warm = _timed(run, 1, sync, repeats=1)  # (lazy initialisation, allocator growth)
+        width.seconds[1] = warm if warm > SLOW_S else _timed(run, 1, sync)
     except torch.OutOfMemoryError as e:
         raise torch.OutOfMemoryError(f"one row of this latent size does not fit in the stage's memory: {e}") from e
     while not width.stop:
@@ -77,6 +80,7 @@ def measure_width(run: Callable[[int], None], max_rows: int, device: str | torch
                 width.seconds[rows] = _timed(run, rows, sync)
             except torch.OutOfMemoryError:
                 width.stop = "memory"
+            if width.stop == "memory":  # (out of the handler: its traceback no longer holds the activations)
                 torch.cuda.empty_cache()
     best = max(map(rate, width.seconds))
     width.rows = min(r for r in width.seconds if rate(r) >= SHARE * best)

@@ -173,7 +173,7 @@ def test_a_value_that_cannot_be_brought_in_fails_only_its_request(tmp_path):
     try:
         enc = Encoder(ring, shm_threshold=1024)
         chunks = enc.encode(Chunks([Chunk("r1", "audio", small), Chunk("r2", "audio", {"pcm": [big]}),
-                                    Chunk("r3", "text", "hi")]))
+                                    Chunk("r3", "progress", Progress(1, 4))]))
         data = enc.encode(Data("r4", "p", big))
     finally:
         ring.close()  # (the sender's ring is gone: its slots cannot be read)
@@ -181,6 +181,7 @@ def test_a_value_that_cannot_be_brought_in_fails_only_its_request(tmp_path):
         Decoder().decode(chunks)
     assert list(lost.value.failed) == ["r2"] and "FileNotFoundError" in lost.value.failed["r2"]
     assert [c.rid for c in lost.value.rest.items] == ["r1", "r3"] and torch.equal(lost.value.rest.items[0].value, small)
+    assert lost.value.rest.items[1].value == Progress(1, 4)  # (the rest is delivered as its payload types)
     with pytest.raises(Unreadable) as lost:
         Decoder().decode(data)
     assert list(lost.value.failed) == ["r4"] and lost.value.rest is None

@@ -44,6 +44,12 @@ def test_it_stops_at_a_slow_call_and_at_max_rows(monkeypatch):
     assert capped.stop == "max_rows" and list(capped.seconds) == [1, 2, 4, 8, 16, 24] and capped.rows == 24
 
 
+def test_a_slow_model_is_called_once_and_runs_one_row(monkeypatch):
+    model = Model(monkeypatch, lambda rows: 5.0 * rows)  # (a video model: seconds a call)
+    width = measure_width(model, 64, "cpu")
+    assert model.calls == [1] and width.stop == "slow" and width.rows == 1
+
+
 def test_one_row_that_does_not_fit_is_an_error(monkeypatch):
     with pytest.raises(torch.OutOfMemoryError, match="one row"):
         measure_width(Model(monkeypatch, lambda rows: 0.001, oom_from=1), 64, "cpu")

@@ -167,8 +167,11 @@ stages:
     graph.write_text(text.replace(", LATER", ""))
     loras = compile_file(graph, resolve_model).stages["gen"].options.loras
     assert loras == {"ink": str(tmp_path / "loras" / "ink.safetensors")}  # (not the working directory's)
-    graph.write_text(text.replace("LATER", "oil: loras/oil.safetensors, te: loras/te.safetensors"))
+    (tmp_path / "loras" / "cut.safetensors").write_bytes(b"\x05\x00")  # (not even a header's length)
+    graph.write_text(text.replace("LATER", "oil: loras/oil.safetensors, te: loras/te.safetensors, "
+                                           "cut: loras/cut.safetensors"))
     with pytest.raises(GraphConfigError) as err:
         compile_file(graph, resolve_model)
     assert "stages.gen.options.loras.oil: line 6: LoRA file" in str(err.value) and "does not exist" in str(err.value)
     assert "stages.gen.options.loras.te: line 6: LoRA 'te'" in str(err.value) and "text-encoder weights" in str(err.value)
+    assert "stages.gen.options.loras.cut: line 6:" in str(err.value) and "is not a safetensors file" in str(err.value)

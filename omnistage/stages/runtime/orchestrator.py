@@ -328,6 +328,7 @@ class Orchestrator:
                     msg = self._sink.recv(timeout_ms=50)
                 except Unreadable as lost:  # (a value of it could not be brought in: its requests fail)
                     self.internal_errors += 1
+                    log.error("could not read a message from a stage worker: %s", lost)
                     for rid, why in lost.failed.items():
                         self._fail(rid, RequestFailed(f"internal error: a stage's output could not be read: {why}"))
                     msg = lost.rest
