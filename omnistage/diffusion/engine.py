@@ -38,6 +38,7 @@ from omnistage.errors import RequestRejected
 
 log = logging.getLogger("omnistage.worker")
 WIDEST = 4  # a measured step width stays within this many times max_batch rows
+ADAPTER_AGE = 8  # steps a request may wait for its LoRA while more adapters than max_loras are in use
 
 
 @dataclass
@@ -243,7 +244,28 @@ class DiffusionEngine:
             init = self.family.noised(job.scheduler, init, noise, job.timesteps[nxt:nxt + 1])  # type: ignore[index]
         job.latents = (1 - mask) * init + mask * job.latents
 
+    def _with_adapters(self, batch: list[Job]) -> list[Job]:
+        """The jobs of at most ``max_loras`` adapters (more would unload one to load another
+        within the step, every step): first the adapters whose stalest job has waited
+        ``ADAPTER_AGE`` steps or more, then those loaded already, then by staleness. The others
+        wait; growing staler, their turn comes within ``ADAPTER_AGE`` steps."""
+        if self.adapters is None:
+            return batch
+        groups: dict[str, list[Job]] = {}
+        for job in batch:
+            if job.params.lora is not None:
+                groups.setdefault(job.params.lora[0], []).append(job)
+        if len(groups) <= self.adapters.capacity:
+            return batch
+
+        def rank(name: str) -> tuple[bool, bool, int]:
+            oldest = min(j.served for j in groups[name])
+            return self.steps - oldest < ADAPTER_AGE, name not in self.adapters.loaded, oldest  # type: ignore[union-attr]
+        keep = set(sorted(groups, key=rank)[:self.adapters.capacity])
+        return [j for j in batch if j.params.lora is None or j.params.lora[0] in keep]
+
     def _advance(self, batch: list[Job]) -> None:
+        batch = self._with_adapters(batch)
         run = [j for j in batch if j.cache is None or not j.cache.skip(j.index, j.total)]
         outputs, ran = iter(self._predict(run)), {j.rid for j in run}
         for job in batch:

@@ -11,6 +11,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from omnistage.diffusion.engine import ADAPTER_AGE
 from omnistage.diffusion.lora import Adapters
 from omnistage.diffusion.params import parse_params
 from omnistage.errors import RequestRejected
@@ -37,13 +38,14 @@ def loras(tmp_path_factory):
     return {name: make_lora(root / name, seed) for name, seed in (("ink", 1), ("neon", 2))}
 
 
-def reference(prompt, seed, lora=None, path=None):
+def reference(prompt, seed, lora=None, path=None, steps=ARGS["num_inference_steps"]):
     pipe = StableDiffusionPipeline.from_pretrained(ensure_tiny("sd"))
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:
         pipe.load_lora_weights(path, adapter_name=lora[0])
         pipe.set_adapters([lora[0]], adapter_weights=[lora[1]])
-    return pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **ARGS).images[0]
+    args = {**ARGS, "num_inference_steps": steps}
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **args).images[0]
 
 
 def engine_with(loras, capacity=4):
@@ -75,6 +77,23 @@ def test_adapters_load_lazily_and_the_least_recently_used_is_unloaded(loras):
         assert list(h.engine.adapters.loaded) == [name]
     assert h.engine.adapters.loads == 3
     assert np.abs(got - reference("a cat on a hill", 4, ("ink", 0.7), loras["ink"])).max() < TOL
+
+
+def test_more_adapters_at_once_than_max_loras_take_turns_instead_of_reloading_every_step(loras):
+    h = engine_with(loras, capacity=1)
+    long = {**ARGS, "num_inference_steps": 12}
+    h.add("a", "a cat on a hill", seed=4, lora={"name": "ink", "scale": 0.7}, **long)
+    h.add("b", "a bird at night", seed=6, lora={"name": "neon"}, **ARGS)
+    h.add("c", "a dog in the rain", seed=5, **ARGS)
+    got = h.pixels(h.run())
+    # ink runs while neon's request waits; at ADAPTER_AGE (8) steps it takes its turn, 4 steps,
+    # then ink is loaded again for the rest: 3 loads. (Both in every step: both loaded every step,
+    # 24; no aging: b would wait for all 12 of a's steps, 2.)
+    assert ADAPTER_AGE == 8 and h.engine.adapters.loads == 3
+    want = reference("a cat on a hill", 4, ("ink", 0.7), loras["ink"], steps=12)
+    assert np.abs(got["a"] - want).max() < TOL
+    assert np.abs(got["b"] - reference("a bird at night", 6, ("neon", 1.0), loras["neon"])).max() < TOL
+    assert np.abs(got["c"] - reference("a dog in the rain", 5)).max() < TOL
 
 
 def test_unknown_adapters_and_text_encoder_loras_are_refused(loras, tmp_path):
