@@ -14,7 +14,8 @@ PACKAGE = ROOT / "omnistage"
 ENGINES = ("omnistage.ar_engine", "omnistage.diffusion", "omnistage.encoders", "omnistage.omni", "omnistage.speech")
 # Each part of omnistage, and the parts it may import (besides itself). Engines are libraries:
 # they import nothing of ours but errors. The graph is pure data; it may read an engine's pure
-# config module (the options a kind takes are the engine's settings), nothing else of it.
+# config module (the options a kind takes are the engine's settings), and the diffusion engine's
+# torch-free check of the LoRA files a stage registers (refused at validate time), nothing else.
 ALLOWED: dict[str, set[str]] = {
     "omnistage.errors": set(),
     "omnistage.examples_lib": set(),
@@ -23,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "omnistage.models": set(),
     **{engine: {"omnistage.errors"} for engine in ENGINES},
     "omnistage.connectors": {"omnistage.errors"},
-    "omnistage.graph": {"omnistage.errors", "omnistage.ar_engine.config"},
+    "omnistage.graph": {"omnistage.errors", "omnistage.ar_engine.config", "omnistage.diffusion.lora_files"},
     # The engine's pure table of config features it lacks (checked at validate time), and its pure
     # settings and shape arithmetic (the GPU budget sizes a KV cache before any engine starts), and
     # which pipeline components a diffusion family loads (the budget counts those weights only).
