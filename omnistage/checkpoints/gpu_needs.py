@@ -82,7 +82,8 @@ def _checkpoint(stage: StagePlan, device: str) -> tuple[Path | None, str]:
     directory = Path(path) if Path(path).is_dir() else checkpoint_directory(path)
     if stage.kind.name in FLOAT32_KINDS:
         return directory, "float32"
-    return directory, str(torch_dtype(stage.model_dtype, path, device)).removeprefix("torch.")
+    dtype = torch_dtype(stage.model_dtype, path, device, half_on_gpu=stage.kind.name in DIFFUSION_KINDS)
+    return directory, str(dtype).removeprefix("torch.")
 
 
 def _weights(stage: StagePlan, directory: Path, dtype: str, config: dict[str, Any], tp: int) -> int:

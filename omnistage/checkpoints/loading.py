@@ -37,14 +37,20 @@ def component_kwargs(path: str, component: str | None) -> dict[str, Any]:
             "key_mapping": {rf"^{component}\.": ""}}
 
 
-def torch_dtype(name: str, path: str, device: str) -> torch.dtype:
+def torch_dtype(name: str, path: str, device: str, half_on_gpu: bool = False) -> torch.dtype:
     """``auto``: the checkpoint's own dtype (``dtype``/``torch_dtype`` of its config, or of a
     diffusers pipeline's denoiser weights), float32 where it says none; float16 becomes bfloat16
-    on a CPU (as vLLM does: CPUs compute bfloat16, not float16, at speed). Else the dtype named."""
+    on a CPU (as vLLM does: CPUs compute bfloat16, not float16, at speed). With ``half_on_gpu``
+    (the diffusion kinds), float32 becomes bfloat16 on a GPU: diffusion pipelines are run in half
+    precision there, and an fp32 checkpoint would take twice the memory and tensor-core time.
+    Else the dtype named."""
     if name != "auto":
         return DTYPES[name]
     dtype = DTYPES.get(checkpoint_dtype(path) or "", torch.float32)
-    return torch.bfloat16 if dtype == torch.float16 and not device.startswith("cuda") else dtype
+    gpu = device.startswith("cuda")
+    if dtype == torch.float16 and not gpu or dtype == torch.float32 and gpu and half_on_gpu:
+        return torch.bfloat16
+    return dtype
 
 
 def checkpoint_dtype(path: str) -> str | None:

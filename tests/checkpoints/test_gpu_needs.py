@@ -17,7 +17,7 @@ from transformers import (
 from omnistage import Pipeline
 from omnistage.checkpoints import resolve_model
 from omnistage.checkpoints.gpu_needs import gpu_budgets, plan_needs
-from omnistage.checkpoints.loading import checkpoint_dir
+from omnistage.checkpoints.loading import checkpoint_dir, torch_dtype
 from omnistage.cli import main
 from omnistage.errors import GraphConfigError
 from omnistage.graph.compile import compile_text
@@ -81,9 +81,10 @@ def test_each_replica_needs_its_own_models_weights_and_one_sequence_of_kv():
     assert needs["chat"].kv_min == 256 * kv_per_token and needs["chat"].activations > 0
     encoders = [CLIPTextModelWithProjection.from_pretrained(sd3, subfolder=f"text_encoder{s}") for s in ("", "_2")]
     encoders.append(T5EncoderModel.from_pretrained(sd3, subfolder="text_encoder_3"))
-    assert needs["text"].weights == param_bytes(*encoders)
-    assert needs["denoise"].weights == param_bytes(SD3Transformer2DModel.from_pretrained(sd3, subfolder="transformer"))
-    assert needs["decode"].weights == param_bytes(AutoencoderKL.from_pretrained(sd3, subfolder="vae"))
+    # (the diffusion kinds load an fp32 checkpoint in bfloat16 on a GPU: half its fp32 bytes)
+    assert needs["text"].weights * 2 == param_bytes(*encoders)
+    assert needs["denoise"].weights * 2 == param_bytes(SD3Transformer2DModel.from_pretrained(sd3, subfolder="transformer"))
+    assert needs["decode"].weights * 2 == param_bytes(AutoencoderKL.from_pretrained(sd3, subfolder="vae"))
     assert needs["decode"].kv_min == 0 and needs["decode"].least == needs["decode"].weights
 
 
@@ -91,6 +92,14 @@ def test_weights_count_at_the_dtype_the_stage_loads():
     f32 = next(n for n in plan_needs(plan_of(graph())) if n.stage == "chat")
     bf16 = next(n for n in plan_needs(plan_of(graph("bfloat16"))) if n.stage == "chat")
     assert bf16.weights * 2 == f32.weights and bf16.kv_min * 2 == f32.kv_min
+
+
+def test_auto_dtype_is_the_checkpoints_except_half_precision_where_it_computes_fast():
+    lm, sd3 = checkpoint_dir("tiny:qwen2"), checkpoint_dir("tiny:sd3")  # (both saved in float32)
+    assert torch_dtype("auto", lm, "cuda:0") == torch.float32 and torch_dtype("auto", lm, "cpu") == torch.float32
+    assert torch_dtype("auto", sd3, "cuda:0", half_on_gpu=True) == torch.bfloat16
+    assert torch_dtype("auto", sd3, "cpu", half_on_gpu=True) == torch.float32  # (equal to the diffusers pipeline)
+    assert torch_dtype("float32", sd3, "cuda:0", half_on_gpu=True) == torch.float32  # (named: as named)
 
 
 def test_the_card_is_divided_and_an_over_committed_one_refused_with_the_numbers():

@@ -35,7 +35,7 @@ def load_family(stage: StagePlan, device: str, roles: set[str]) -> Family:
     assert stage.model_path is not None
     path = checkpoint_dir(stage.model_path)
     options: DiffusionOptions = stage.options
-    family = family_class(path)(path, roles, torch_dtype(stage.model_dtype, path, device), device,
+    family = family_class(path)(path, roles, torch_dtype(stage.model_dtype, path, device, half_on_gpu=True), device,
                                 options.max_sequence_length)
     if "vae" in roles and tiles(options, device):
         family.pipe.vae.enable_tiling()
