@@ -16,6 +16,9 @@ from transformers import AutoTokenizer, SpeechT5ForTextToSpeech, SpeechT5HifiGan
 from omnistage.models.tiny import ensure_tiny
 
 MODEL = "omnistage-tiny"
+# httpx's own 5 s timeout is too short for a speech request on a loaded machine; no kept-alive
+# connections, since the servers of these tests come and go.
+HTTP = httpx.Client(timeout=120, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def client(server):
@@ -72,15 +75,15 @@ def test_speech_sent_whole_says_its_usage_in_headers(default_server):
     """stream false: the same bytes as the stream, at once, with x-usage-* headers that equal the
     usage of the server-sent events' done event (flac is whole anyway and has them too)."""
     body = {"input": "one two three", "voice": "echo", "response_format": "pcm"}
-    streamed = httpx.post(f"{default_server.url}/v1/audio/speech", json=body)
+    streamed = HTTP.post(f"{default_server.url}/v1/audio/speech", json=body)
     assert not any(k.startswith("x-usage-") for k in streamed.headers)  # (headers go before the audio is made)
-    whole = httpx.post(f"{default_server.url}/v1/audio/speech", json={**body, "stream": False})
+    whole = HTTP.post(f"{default_server.url}/v1/audio/speech", json={**body, "stream": False})
     assert whole.status_code == 200 and whole.content == streamed.content
-    with httpx.stream("POST", f"{default_server.url}/v1/audio/speech", json={**body, "stream_format": "sse"}) as r:
+    with HTTP.stream("POST", f"{default_server.url}/v1/audio/speech", json={**body, "stream_format": "sse"}) as r:
         done = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")][-1]["usage"]
     assert {k: whole.headers[f"x-usage-{k.replace('_', '-')}"] for k in done} == {k: str(v) for k, v in done.items()}
     assert float(whole.headers["x-usage-audio-seconds"]) == pytest.approx(len(whole.content) / 2 / 24000, abs=0.01)
-    flac = httpx.post(f"{default_server.url}/v1/audio/speech", json={**body, "response_format": "flac"})
+    flac = HTTP.post(f"{default_server.url}/v1/audio/speech", json={**body, "response_format": "flac"})
     assert flac.headers["x-usage-audio-seconds"] == whole.headers["x-usage-audio-seconds"]
 
 
@@ -110,9 +113,9 @@ def test_speech_as_server_sent_events_carries_the_same_audio(default_server):
     plain stream gives, then speech.audio.done with the usage."""
     import json
     body = {"input": "the quick brown fox", "voice": "alloy", "response_format": "pcm"}
-    plain = httpx.post(f"{default_server.url}/v1/audio/speech", json=body, timeout=120).content
+    plain = HTTP.post(f"{default_server.url}/v1/audio/speech", json=body, timeout=120).content
     events = []
-    with httpx.stream("POST", f"{default_server.url}/v1/audio/speech", json={**body, "stream_format": "sse"},
+    with HTTP.stream("POST", f"{default_server.url}/v1/audio/speech", json={**body, "stream_format": "sse"},
                       timeout=120) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
@@ -131,7 +134,7 @@ def test_speech_as_server_sent_events_carries_the_same_audio(default_server):
     ({"input": "hi", "instructions": "whisper it"}, "instructions"), ({"input": "hi", "seed": 3}, "seed"),
 ])
 def test_bad_speech_requests(default_server, body, param):
-    r = httpx.post(f"{default_server.url}/v1/audio/speech", json=body)
+    r = HTTP.post(f"{default_server.url}/v1/audio/speech", json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
 
 
@@ -140,7 +143,7 @@ def test_transcription_upload(default_server):
     sf.write(buf, (np.sin(np.arange(16000) * 440 / 16000 * 2 * np.pi) * 0.3).astype(np.float32), 16000, format="WAV")
     out = client(default_server).audio.transcriptions.create(model=MODEL, file=("tone.wav", buf.getvalue()))
     assert isinstance(out.text, str) and out.text
-    plain = httpx.post(f"{default_server.url}/v1/audio/transcriptions", data={"response_format": "text"},
+    plain = HTTP.post(f"{default_server.url}/v1/audio/transcriptions", data={"response_format": "text"},
                        files={"file": ("tone.wav", buf.getvalue(), "audio/wav")})
     assert plain.status_code == 200 and plain.text == out.text
     assert int(plain.headers["x-usage-output-tokens"]) == out.usage.output_tokens > 0
@@ -210,10 +213,10 @@ def test_word_timestamps_through_the_openai_client(default_server):
     both = c.audio.transcriptions.create(model=MODEL, file=("a.wav", wav), response_format="verbose_json",
                                          timestamp_granularities=["word", "segment"])
     assert both.words == words.words and both.segments and both.text == words.text
-    bad = httpx.post(f"{default_server.url}/v1/audio/transcriptions", files={"file": ("a.wav", wav, "audio/wav")},
+    bad = HTTP.post(f"{default_server.url}/v1/audio/transcriptions", files={"file": ("a.wav", wav, "audio/wav")},
                      data={"timestamp_granularities[]": "letter", "response_format": "verbose_json"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "timestamp_granularities"
-    r = httpx.post(f"{default_server.url}/v1/audio/transcriptions", files={"file": ("a.wav", wav, "audio/wav")},
+    r = HTTP.post(f"{default_server.url}/v1/audio/transcriptions", files={"file": ("a.wav", wav, "audio/wav")},
                    data={"response_format": "verbose_json", "timestamp_granularities[]": "word"})
     assert r.status_code == 200 and [w["word"] for w in r.json()["words"]] == [w.word for w in words.words]
 
@@ -225,26 +228,26 @@ def test_a_streamed_transcript_joins_into_the_whole(default_server):
     sf.write(buf, (np.sin(2 * np.pi * 440 * t) * 0.3).astype(np.float32), 16000, format="WAV")
     url = f"{default_server.url}/v1/audio/transcriptions"
     files = {"file": ("tone.wav", buf.getvalue(), "audio/wav")}
-    whole = httpx.post(url, files=files, timeout=120).json()
-    with httpx.stream("POST", url, data={"stream": "true"}, files=files, timeout=120) as r:
+    whole = HTTP.post(url, files=files, timeout=120).json()
+    with HTTP.stream("POST", url, data={"stream": "true"}, files=files, timeout=120) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert {e["type"] for e in events[:-1]} <= {"transcript.text.delta"} and events[-1]["type"] == "transcript.text.done"
     assert "".join(e["delta"] for e in events[:-1]) == events[-1]["text"] == whole["text"]
     assert events[-1]["usage"]["output_tokens"] == whole["usage"]["output_tokens"]
-    refused = httpx.post(url, data={"stream": "true", "response_format": "srt"}, files=files)
+    refused = HTTP.post(url, data={"stream": "true", "response_format": "srt"}, files=files)
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "response_format"
 
 
 def test_bad_transcriptions(default_server):
     url = f"{default_server.url}/v1/audio/transcriptions"
-    missing = httpx.post(url, data={"model": MODEL})
+    missing = HTTP.post(url, data={"model": MODEL})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
-    garbage = httpx.post(url, files={"file": ("x.wav", b"not audio at all", "audio/wav")})
+    garbage = HTTP.post(url, files={"file": ("x.wav", b"not audio at all", "audio/wav")})
     assert garbage.status_code == 400 and garbage.json()["error"]["param"] == "file"
     long = io.BytesIO()
     sf.write(long, np.zeros(16000 * 5, dtype=np.float32), 16000, format="WAV")
-    windows = httpx.post(url, files={"file": ("long.wav", long.getvalue(), "audio/wav")})
+    windows = HTTP.post(url, files={"file": ("long.wav", long.getvalue(), "audio/wav")})
     assert windows.status_code == 200 and windows.json()["usage"]["output_tokens"] == _silence_tokens([2, 2, 1], 32)
 
 
