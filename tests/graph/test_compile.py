@@ -122,14 +122,19 @@ def test_compiling_a_graph_imports_no_torch():
     assert done.returncode == 0, done.stderr
 
 
-def test_a_choice_of_a_flag_or_a_word_names_both_when_neither_is_given():
-    text = """
+def diffusion_graph(options: str) -> str:
+    """A one-stage diffusion graph with ``options`` (YAML flow mapping), its options on line 6."""
+    return f"""
 name: g
-models: {sd: {path: "tiny:sd"}}
+models: {{sd: {{path: "tiny:sd"}}}}
 stages:
-  gen: {kind: diffusion, model: sd, inputs: {prompt: request.prompt}, outputs: {image: response.image},
-        options: {vae_tiling: maybe}}
+  gen: {{kind: diffusion, model: sd, inputs: {{prompt: request.prompt}}, outputs: {{image: response.image}},
+        options: {options}}}
 """
+
+
+def test_a_choice_of_a_flag_or_a_word_names_both_when_neither_is_given():
+    text = diffusion_graph("{vae_tiling: maybe}")
     with pytest.raises(GraphConfigError, match=r"options.vae_tiling: line 6: got 'maybe', expected true or false or "
                                                r"'auto'"):
         compile_text(text, resolve_model)
@@ -137,13 +142,7 @@ stages:
 
 
 def test_step_budget_is_auto_by_default_or_a_number():
-    text = """
-name: g
-models: {sd: {path: "tiny:sd"}}
-stages:
-  gen: {kind: diffusion, model: sd, inputs: {prompt: request.prompt}, outputs: {image: response.image},
-        options: {step_budget: lots}}
-"""
+    text = diffusion_graph("{step_budget: lots}")
     with pytest.raises(GraphConfigError, match=r"options.step_budget: line 6: got 'lots', expected a number or 'auto'"):
         compile_text(text, resolve_model)
     assert compile_text(text.replace("lots", "24"), resolve_model).stages["gen"].options.step_budget == 24
@@ -157,13 +156,7 @@ def test_lora_files_are_taken_from_the_graph_files_directory_and_checked_at_vali
     save_file({"unet.down_blocks.0.lora_A.weight": torch.zeros(2, 2)}, str(tmp_path / "loras" / "ink.safetensors"))
     save_file({"text_encoder.layers.0.lora_A.weight": torch.zeros(2, 2)}, str(tmp_path / "loras" / "te.safetensors"))
     graph = tmp_path / "graph.yaml"
-    text = """
-name: g
-models: {sd: {path: "tiny:sd"}}
-stages:
-  gen: {kind: diffusion, model: sd, inputs: {prompt: request.prompt}, outputs: {image: response.image},
-        options: {loras: {ink: loras/ink.safetensors, LATER}}}
-"""
+    text = diffusion_graph("{loras: {ink: loras/ink.safetensors, LATER}}")
     graph.write_text(text.replace(", LATER", ""))
     loras = compile_file(graph, resolve_model).stages["gen"].options.loras
     assert loras == {"ink": str(tmp_path / "loras" / "ink.safetensors")}  # (not the working directory's)
